@@ -1,0 +1,183 @@
+"""Command line: a thin click layer over `streamdiff.diff`.
+
+Every user-facing failure is one line on stderr and exit code 2 (click's own usage errors included);
+0 means equal within tolerance, 1 different.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+from . import __version__, report
+from .api import diff
+from .errors import StreamdiffError
+from .plan import DEFAULT_MAX_MEMORY, default_jobs
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'512M', '4G', '1.5GiB', '1000000' -> bytes (binary units)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise click.BadParameter(f"{text!r} is not a size (examples: 512M, 4G, 1.5GiB)")
+    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+    return int(float(m.group(1)) * scale)
+
+
+def _human(n: int) -> str:
+    for unit in ("", "K", "M", "G", "T"):
+        if n < 1024 or unit == "T":
+            return f"{n:g}{unit}" if unit == "" else f"{n:.4g}{unit}"
+        n /= 1024
+    return str(n)
+
+
+class _Bar:
+    """Progress over decoded bytes of both sides, on stderr."""
+
+    def __init__(self, console: Console):
+        self.progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task = None
+
+    def start(self, total_bytes: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task("comparing", total=total_bytes)
+
+    def advance(self, nbytes: int) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task, nbytes)
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="Exit codes: 0 equal within tolerance, 1 different (values, structure, shape or dtype), 2 error.",
+)
+@click.argument("a")
+@click.argument("b")
+@click.option("--atol", type=float, default=0.0, show_default=True, help="Absolute tolerance.")
+@click.option(
+    "--rtol",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Relative tolerance. A value differs when |a-b| > atol + rtol*|b|, b from the second checkpoint "
+    "(numpy's isclose convention), computed in float64. Integers, bools, PRNG keys and scalars compare exactly.",
+)
+@click.option(
+    "--structure-only", is_flag=True, help="Compare metadata only: paths, shapes, dtypes. Reads no array data."
+)
+@click.option("--nan-unequal", is_flag=True, help="Count NaN vs NaN at the same position as a mismatch.")
+@click.option(
+    "--step",
+    type=int,
+    default=None,
+    help="Step to use when a path is a CheckpointManager root (default: the latest committed step).",
+)
+@click.option("--item", default=None, metavar="NAME", help="Item to compare when a step holds several PyTree items.")
+@click.option(
+    "--max-memory",
+    default=_human(DEFAULT_MAX_MEMORY),
+    show_default=True,
+    metavar="SIZE",
+    help="Peak memory budget for the whole process (e.g. 512M, 4G); blocks are sized to fit.",
+)
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(1, 256),
+    default=None,
+    help=f"Compare threads (default {default_jobs()} here: CPU count, at least 2).",
+)
+@click.option(
+    "--json", "json_path", default=None, metavar="PATH", help="Write the full report as JSON ('-' for stdout)."
+)
+@click.option("--verbose", "-v", is_flag=True, help="List every leaf, not only the differing ones.")
+@click.option(
+    "--quiet", "-q", is_flag=True, help="No progress bar and no terminal report (exit code only, plus --json)."
+)
+@click.version_option(__version__, prog_name="streamdiff")
+def cli(a, b, atol, rtol, structure_only, nan_unequal, step, item, max_memory, jobs, json_path, verbose, quiet):
+    """Compare two Orbax checkpoints A and B leaf by leaf, streaming, with bounded memory.
+
+    A and B may be item directories, step directories or CheckpointManager roots, as local paths,
+    file:// or gs:// URLs.
+    """
+    budget = parse_size(max_memory)
+    err = Console(stderr=True)
+    bar = _Bar(err) if err.is_terminal and not quiet and not structure_only else None
+    try:
+        r = diff(
+            a,
+            b,
+            atol=atol,
+            rtol=rtol,
+            structure_only=structure_only,
+            nan_equal=not nan_unequal,
+            step=step,
+            item=item,
+            max_memory=budget,
+            jobs=jobs,
+            progress=bar,
+        )
+    finally:
+        if bar:
+            bar.stop()
+    if json_path == "-":
+        sys.stdout.write(report.dumps(r) + "\n")
+    elif json_path:
+        try:
+            with open(json_path, "w") as f:
+                f.write(report.dumps(r) + "\n")
+        except OSError as e:
+            raise StreamdiffError(f"cannot write {json_path}: {e.strerror}") from e
+    if not quiet:
+        to_err = json_path == "-"  # keep stdout pure JSON
+        out = Console(stderr=to_err)
+        if not out.is_terminal:
+            out = Console(stderr=to_err, width=200, no_color=True)
+        report.render(r, out, verbose=verbose)
+    for x in r.leaves:
+        if x.status == "error":
+            click.echo(f"streamdiff: error: {report.format_path(x.path)}: {x.message}", err=True)
+    return r.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: maps every failure to one stderr line and exit code 2."""
+    try:
+        code = cli.main(args=argv, prog_name="streamdiff", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.ClickException as e:
+        click.echo(f"streamdiff: error: {e.format_message()}", err=True)
+        return 2
+    except StreamdiffError as e:
+        click.echo(f"streamdiff: error: {e}", err=True)
+        return 2
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("streamdiff: interrupted", err=True)
+        return 130
+    except BrokenPipeError:
+        return 1
+    return int(code) if isinstance(code, int) else 0
+
+
+def run() -> None:
+    sys.exit(main())

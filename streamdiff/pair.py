@@ -1,0 +1,42 @@
+"""Match two trees path by path: pairs to compare, one-sided paths, shape and kind mismatches.
+
+Trees arrive here already in canonical form (mapping rules, when there are any, run between `tree`
+and `pair`), so pairing is exact matching of key paths, in A's order followed by B-only paths.
+"""
+
+from __future__ import annotations
+
+from .datatypes import KeyPath, Leaf, Pair
+
+#: Kinds that hold numbers and can be compared with each other.
+NUMERIC = {"array", "scalar", "prng_key"}
+
+
+def pair_trees(a: dict[KeyPath, Leaf], b: dict[KeyPath, Leaf]) -> list[Pair]:
+    out = [_pair(path, leaf, b.get(path)) for path, leaf in a.items()]
+    out.extend(Pair(path, None, leaf, "only_b") for path, leaf in b.items() if path not in a)
+    return out
+
+
+def _pair(path: KeyPath, a: Leaf, b: Leaf | None) -> Pair:
+    if b is None:
+        return Pair(path, a, None, "only_a")
+    for side, leaf in (("A", a), ("B", b)):
+        if leaf.error:
+            return Pair(path, a, b, "error", f"checkpoint {side}: {leaf.error}")
+    if a.kind == "empty" or b.kind == "empty":
+        if a.kind == b.kind:
+            # None vs {} is still a structural difference worth reporting.
+            if a.value_type == b.value_type:
+                return Pair(path, a, b, "equal")
+            return Pair(path, a, b, "kind_mismatch", f"empty node {a.value_type} vs {b.value_type}")
+        return Pair(path, a, b, "kind_mismatch", f"{a.kind} vs {b.kind}")
+    if a.kind == "string" or b.kind == "string":
+        if a.kind != b.kind:
+            return Pair(path, a, b, "kind_mismatch", f"{a.kind} vs {b.kind}")
+        return Pair(path, a, b, "compare")
+    if a.kind not in NUMERIC or b.kind not in NUMERIC:
+        return Pair(path, a, b, "kind_mismatch", f"{a.kind} vs {b.kind}")
+    if a.shape != b.shape:
+        return Pair(path, a, b, "shape_mismatch", f"shape {list(a.shape)} vs {list(b.shape)}")
+    return Pair(path, a, b, "compare")

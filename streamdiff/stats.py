@@ -1,0 +1,237 @@
+"""Per-block statistics of a - b, mergeable in any order with the same result.
+
+Semantics (the README documents them; tests reproduce each number with numpy on whole arrays):
+
+* Values are compared in float64 (complex128 if either side is complex); integers, bools and PRNG
+  key data compare exactly (`a != b`), as do `scalar` leaves.
+* Floats: a position is a mismatch unless `np.isclose(a, b, rtol, atol, equal_nan)`, i.e.
+  `|a - b| <= atol + rtol * |b|` with b from the second checkpoint, infinities equal only to
+  themselves, and NaN vs NaN equal unless `--nan-unequal`. NaN vs a number is always a mismatch.
+* `d = |a - b|`, taken as 0 where a == b (so +inf vs +inf is 0) and undefined where either side is
+  NaN. `max_abs_diff` / `rms_diff` are over the positions where d is defined; `max_rel_diff` is
+  d / |b| (0 where d == 0, inf where b == 0 != a). Indices are the first position (C order) holding
+  the maximum, and are null when the maximum is 0.
+* `identical` is bit-for-bit equality of the stored values (same dtype, same bytes).
+
+Merging keeps the per-block sums of squares and adds them with `math.fsum` at the end: exactly
+rounded, hence independent of the order in which threads or workers finish.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .dtypes import compute_dtype, is_exact
+
+#: Elements per compute tile: bounds float64 temporaries to a few MB per thread, whatever the block.
+DEFAULT_TILE = 1 << 18
+
+
+@dataclass(frozen=True)
+class Policy:
+    atol: float = 0.0
+    rtol: float = 0.0
+    nan_equal: bool = True
+    exact: bool = False  # compare exactly (ints, bools, PRNG keys, scalars)
+
+
+@dataclass
+class LeafStats:
+    """Mergeable accumulator for one leaf."""
+
+    count: int = 0
+    mismatches: int = 0
+    max_abs: float = 0.0
+    max_abs_index: int = -1  # flat C-order index into the whole array; -1 while max is 0
+    max_rel: float = 0.0
+    max_rel_index: int = -1
+    sq_sums: list[float] = field(default_factory=list)
+    n_defined: int = 0  # positions where d is defined (neither side NaN)
+    nan_a: int = 0
+    nan_b: int = 0
+    inf_a: int = 0
+    inf_b: int = 0
+    nan_mismatch: int = 0  # NaN on exactly one side
+    identical: bool = True
+    shortcut_chunks: int = 0
+    shortcut_bytes: int = 0
+
+    def merge(self, o: LeafStats) -> LeafStats:
+        """Combine with another accumulator in place (commutative and associative)."""
+        self.count += o.count
+        self.mismatches += o.mismatches
+        self.max_abs, self.max_abs_index = _better(self.max_abs, self.max_abs_index, o.max_abs, o.max_abs_index)
+        self.max_rel, self.max_rel_index = _better(self.max_rel, self.max_rel_index, o.max_rel, o.max_rel_index)
+        self.sq_sums.extend(o.sq_sums)
+        self.n_defined += o.n_defined
+        self.nan_a += o.nan_a
+        self.nan_b += o.nan_b
+        self.inf_a += o.inf_a
+        self.inf_b += o.inf_b
+        self.nan_mismatch += o.nan_mismatch
+        self.identical = self.identical and o.identical
+        self.shortcut_chunks += o.shortcut_chunks
+        self.shortcut_bytes += o.shortcut_bytes
+        return self
+
+    @property
+    def rms(self) -> float:
+        if not self.n_defined:
+            return 0.0
+        return math.sqrt(math.fsum(self.sq_sums) / self.n_defined)
+
+    def to_dict(self, shape: tuple[int, ...]) -> dict[str, Any]:
+        def idx(flat: int) -> list[int] | None:
+            if flat < 0:
+                return None
+            return [int(i) for i in np.unravel_index(flat, shape)] if shape else []
+
+        return {
+            "count": self.count,
+            "mismatches": self.mismatches,
+            "max_abs_diff": self.max_abs,
+            "max_abs_diff_index": idx(self.max_abs_index),
+            "max_rel_diff": self.max_rel,
+            "max_rel_diff_index": idx(self.max_rel_index),
+            "rms_diff": self.rms,
+            "nan_a": self.nan_a,
+            "nan_b": self.nan_b,
+            "inf_a": self.inf_a,
+            "inf_b": self.inf_b,
+            "nan_mismatch": self.nan_mismatch,
+            "identical": self.identical,
+            "shortcut_chunks": self.shortcut_chunks,
+            "shortcut_bytes": self.shortcut_bytes,
+        }
+
+
+def _better(v1: float, i1: int, v2: float, i2: int) -> tuple[float, int]:
+    """The larger maximum; on a tie the smaller flat index (what np.argmax would return)."""
+    if v2 > v1 or (v2 == v1 and i2 >= 0 and (i1 < 0 or i2 < i1)):
+        return v2, i2
+    return v1, i1
+
+
+def block_stats(
+    a: np.ndarray,
+    b: np.ndarray,
+    policy: Policy,
+    start: tuple[int, ...] = (),
+    full_shape: tuple[int, ...] | None = None,
+    tile: int = DEFAULT_TILE,
+) -> LeafStats:
+    """Statistics of one block; `start` places it in the whole array for the reported indices."""
+    if a.shape != b.shape:
+        raise ValueError(f"block shapes differ: {a.shape} vs {b.shape}")
+    full_shape = tuple(a.shape) if full_shape is None else tuple(full_shape)
+    start = tuple(start) if start else (0,) * a.ndim
+    fa = np.ascontiguousarray(a).reshape(-1)
+    fb = np.ascontiguousarray(b).reshape(-1)
+    out = LeafStats(count=fa.size)
+    out.identical = a.dtype == b.dtype and _bytes_equal(fa, fb)
+    exact = policy.exact or (is_exact(a.dtype.name) and is_exact(b.dtype.name))
+    cdt = compute_dtype(a.dtype.name, b.dtype.name)
+    if out.identical and exact:
+        out.n_defined = fa.size
+        return out
+    for lo in range(0, fa.size, tile):
+        ta = fa[lo : lo + tile]
+        tb = fb[lo : lo + tile]
+        if out.identical:
+            # Equal bytes: no differences; only NaN/Inf counts remain to be taken.
+            _count_special(ta, tb, cdt, out)
+            continue
+        _tile_stats(ta, tb, policy, exact, cdt, out, lo, a.shape, start, full_shape)
+    return out
+
+
+def _bytes_equal(fa: np.ndarray, fb: np.ndarray) -> bool:
+    if fa.dtype.itemsize != fb.dtype.itemsize:
+        return False
+    return bool(np.array_equal(fa.view(np.uint8), fb.view(np.uint8)))
+
+
+def _count_special(ta: np.ndarray, tb: np.ndarray, cdt: np.dtype, out: LeafStats) -> None:
+    if ta.dtype.kind in "biu" or is_exact(ta.dtype.name):
+        out.n_defined += ta.size
+        return
+    xa = ta.astype(cdt)
+    na = int(np.count_nonzero(np.isnan(xa)))
+    ia = int(np.count_nonzero(np.isinf(xa)))
+    out.nan_a += na
+    out.nan_b += na
+    out.inf_a += ia
+    out.inf_b += ia
+    out.n_defined += ta.size - na
+
+
+def _tile_stats(
+    ta: np.ndarray,
+    tb: np.ndarray,
+    policy: Policy,
+    exact: bool,
+    cdt: np.dtype,
+    out: LeafStats,
+    offset: int,
+    block_shape: tuple[int, ...],
+    start: tuple[int, ...],
+    full_shape: tuple[int, ...],
+) -> None:
+    xa = ta.astype(cdt)
+    xb = tb.astype(cdt)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        # Exact kinds compare natively: float64 cannot tell int64 values above 2**53 apart.
+        eq = (ta == tb) if exact and ta.dtype == tb.dtype else (xa == xb)
+        nan_a = np.isnan(xa)
+        nan_b = np.isnan(xb)
+        any_nan = nan_a | nan_b
+        d = np.abs(xa - xb)
+        d[eq] = 0.0
+        d[any_nan] = np.nan
+        absb = np.abs(xb)
+        if exact:
+            close = eq
+        else:
+            finite = np.isfinite(xa) & np.isfinite(xb)
+            close = eq | (finite & (d <= policy.atol + policy.rtol * absb))
+        if policy.nan_equal:
+            close |= nan_a & nan_b
+        out.mismatches += int(close.size - np.count_nonzero(close))
+        na = int(np.count_nonzero(nan_a))
+        nb = int(np.count_nonzero(nan_b))
+        out.nan_a += na
+        out.nan_b += nb
+        out.inf_a += int(np.count_nonzero(np.isinf(xa)))
+        out.inf_b += int(np.count_nonzero(np.isinf(xb)))
+        out.nan_mismatch += int(np.count_nonzero(nan_a != nan_b))
+        defined = ~any_nan
+        n_def = int(np.count_nonzero(defined))
+        out.n_defined += n_def
+        if n_def == 0:
+            return
+        dz = np.where(defined, d, -1.0)  # -1 never wins a max; d >= 0 elsewhere
+        i = int(np.argmax(dz))
+        if dz[i] > 0:
+            out.max_abs, out.max_abs_index = _better(
+                out.max_abs, out.max_abs_index, float(dz[i]), _global(offset + i, block_shape, start, full_shape)
+            )
+        out.sq_sums.append(float(np.sum(np.square(d[defined]))))
+        rel = np.where(dz > 0, dz / absb, np.where(defined, 0.0, -1.0))
+        rel[np.isnan(rel)] = np.inf  # inf / inf: an infinite difference relative to an infinite value
+        j = int(np.argmax(rel))
+        if rel[j] > 0:
+            out.max_rel, out.max_rel_index = _better(
+                out.max_rel, out.max_rel_index, float(rel[j]), _global(offset + j, block_shape, start, full_shape)
+            )
+
+
+def _global(local_flat: int, block_shape: tuple[int, ...], start: tuple[int, ...], full_shape: tuple[int, ...]) -> int:
+    """Flat index in the whole array of a flat index within a block placed at `start`."""
+    if not block_shape:
+        return 0
+    local = np.unravel_index(local_flat, block_shape)
+    return int(np.ravel_multi_index(tuple(int(s) + int(i) for s, i in zip(start, local)), full_shape))

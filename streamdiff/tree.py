@@ -1,0 +1,342 @@
+"""Build a checkpoint item's tree from metadata alone (orbax-format.md §12.B). No chunk data is read.
+
+Structure comes from `_METADATA.tree_metadata[*].key_metadata` (never from splitting names on '.'),
+else from the legacy msgpack `checkpoint` file, else (ambiguous) from the stored array names.
+Shapes and dtypes come from each array's zarr metadata, which for OCDBT is inline in the B-tree, so
+one listing plus one concurrent batch of small reads describes every array.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorstore as ts
+
+from . import dtypes, legacy_msgpack
+from .datatypes import ArraySource, KeyPath, Leaf, Tree
+from .errors import CorruptCheckpointError, StreamdiffError
+from .storage import META_CACHE, Dir, result_bytes, storage_error
+
+EMPTY_TYPES = {"None", "Dict", "List", "Tuple", "NamedTuple"}
+ZARR_META = {".zarray": 2, "zarr.json": 3}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One leaf as the structure source describes it, before storage is consulted."""
+
+    keys: KeyPath
+    value_type: str
+    storage_name: str
+    skip_deserialize: bool = False
+    inline: Any = None  # value from the legacy msgpack file
+    has_inline: bool = False
+
+
+def build_tree(item: Dir) -> Tree:
+    children = item.list_children()
+    files = {n for n, k in children.items() if k == "file"}
+    ocdbt = "manifest.ocdbt" in files
+
+    # Issue every independent read at once: on GCS each is a round trip.
+    futures = {n: item.read_async(n) for n in ("_METADATA", "_strings.json", "checkpoint") if n in files}
+    am_dir = item.child("array_metadatas")
+    am_names = [n for n, k in am_dir.list_children().items() if k == "file"] if "array_metadatas" in children else []
+    am_futures = [am_dir.read_async(n) for n in am_names]
+    ocdbt_kv = None
+    listing = None
+    if ocdbt:
+        ocdbt_kv = _open_ocdbt(item)
+        listing = ocdbt_kv.list()
+
+    raw = {n: result_bytes(f, f"{item.display}/{n}") for n, f in futures.items()}
+    notes: list[str] = []
+    metadata = _parse_json(raw.get("_METADATA"), item, "_METADATA")
+    msgpack_entries = _parse_msgpack(raw.get("checkpoint"), item)
+    strings = _parse_json(raw.get("_strings.json"), item, "_strings.json") or {}
+    prng = _prng_impls(am_futures, item)
+
+    # Which arrays exist in storage, and with which zarr version.
+    if ocdbt:
+        try:
+            keys = [k.decode() for k in listing.result()]
+        except Exception as e:
+            raise storage_error(e, f"{item.display}/manifest.ocdbt") from e
+        stored = _arrays_from_keys(keys)
+    else:
+        stored = None  # discovered per name below
+
+    if metadata is not None:
+        entries = _entries_from_metadata(metadata, item, msgpack_entries)
+    elif msgpack_entries is not None:
+        entries = _entries_from_msgpack(msgpack_entries)
+    else:
+        if stored is None:
+            stored = _arrays_from_keys(item.list_recursive())
+        entries = [_Entry(tuple(name.split(".")) if name else (), "unknown", name) for name in sorted(stored)]
+        notes.append("no _METADATA: tree rebuilt by splitting array names on '.' (ambiguous for keys with dots)")
+
+    wanted = [e.storage_name for e in entries if _needs_array(e)]
+    if stored is None:
+        stored = _probe_per_leaf(item, wanted)
+    meta_futures = {
+        name: _meta_reader(item, ocdbt_kv, name, stored[name]) for name in dict.fromkeys(wanted) if name in stored
+    }
+    zmeta: dict[str, tuple[int, dict]] = {}
+    for name, fut in meta_futures.items():
+        fmt = stored[name]
+        key = (name + "/" if name else "") + (".zarray" if fmt == 2 else "zarr.json")
+        raw_meta = result_bytes(fut, f"{item.display}/{key}")
+        if raw_meta is None:
+            continue
+        try:
+            zmeta[name] = (fmt, json.loads(raw_meta))
+        except ValueError as e:
+            raise CorruptCheckpointError(f"{item.display}/{key}: unreadable JSON ({e})") from e
+
+    legacy_strings = _legacy_strings(item, [e for e in entries if _needs_array(e) and e.storage_name not in zmeta])
+    leaves: dict[KeyPath, Leaf] = {}
+    for e in entries:
+        leaves[e.keys] = _make_leaf(e, item, ocdbt, zmeta, strings, legacy_strings, prng)
+    fmts = sorted({f for f, _ in zmeta.values()})
+    layout = ("ocdbt" if ocdbt else "per-leaf dirs") + (" + " + "/".join(f"zarr{f}" for f in fmts) if fmts else "")
+    if msgpack_entries is not None:
+        layout += " + legacy msgpack"
+    return Tree(location=item.display, leaves=leaves, layout=layout, notes=tuple(notes))
+
+
+def _open_ocdbt(item: Dir) -> ts.KvStore:
+    try:
+        spec = {"driver": "ocdbt", "base": item.kv_spec(), "cache_pool": META_CACHE}
+        return ts.KvStore.open(spec, context=item.storage.context).result()
+    except Exception as e:
+        raise storage_error(e, f"{item.display}/manifest.ocdbt") from e
+
+
+def _parse_json(raw: bytes | None, item: Dir, name: str) -> Any:
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError as e:
+        raise CorruptCheckpointError(f"{item.display}/{name}: unreadable JSON ({e})") from e
+
+
+def _parse_msgpack(raw: bytes | None, item: Dir) -> list[legacy_msgpack.MsgpackEntry] | None:
+    if raw is None:
+        return None
+    try:
+        return legacy_msgpack.entries(raw)
+    except Exception as e:
+        raise CorruptCheckpointError(f"{item.display}/checkpoint: unreadable msgpack ({e})") from e
+
+
+def _prng_impls(futures: list[ts.Future], item: Dir) -> dict[str, str]:
+    """param name -> random_key_impl, merged over all array_metadatas/process_* files (§8.1)."""
+    out: dict[str, str] = {}
+    for fut in futures:
+        raw = result_bytes(fut, f"{item.display}/array_metadatas")
+        doc = _parse_json(raw, item, "array_metadatas/*") or {}
+        for entry in doc.get("array_metadatas", []) if isinstance(doc, dict) else []:
+            am = entry.get("array_metadata", entry) if isinstance(entry, dict) else {}
+            impl = (am.get("ext_metadata") or {}).get("random_key_impl")
+            if impl and "param_name" in am:
+                out[am["param_name"]] = impl
+    return out
+
+
+def _arrays_from_keys(keys: list[str]) -> dict[str, int]:
+    """Array name -> zarr version: only keys ending in .zarray / zarr.json define arrays (§13.6)."""
+    out: dict[str, int] = {}
+    for k in keys:
+        head, _, last = k.rpartition("/")
+        if last in ZARR_META:
+            out.setdefault(head, ZARR_META[last])
+    return out
+
+
+def _entries_from_metadata(metadata: Any, item: Dir, packed: list | None) -> list[_Entry]:
+    tm = metadata.get("tree_metadata") if isinstance(metadata, dict) else None
+    if not isinstance(tm, dict):
+        raise CorruptCheckpointError(f"{item.display}/_METADATA: no tree_metadata")
+    inline = {m.keys: m for m in packed or []}
+    raw: list[_Entry] = []
+    for entry in tm.values():
+        try:
+            keys = tuple(str(k["key"]) for k in entry["key_metadata"])
+        except (KeyError, TypeError) as e:
+            raise CorruptCheckpointError(f"{item.display}/_METADATA: malformed key_metadata") from e
+        vm = entry.get("value_metadata") or {}
+        vt = str(vm.get("value_type", "unknown"))
+        skip = bool(vm.get("skip_deserialize", False))
+        packed_entry = inline.get(keys)
+        name = ".".join(keys)
+        if packed_entry is not None and packed_entry.placeholder is not None:
+            name = packed_entry.placeholder
+        has_inline = skip and vt not in EMPTY_TYPES and packed_entry is not None and packed_entry.placeholder is None
+        raw.append(_Entry(keys, vt, name, skip, packed_entry.value if has_inline else None, has_inline))
+    # Drop entries that are strict prefixes of others: placeholders of partial saves (§4).
+    prefixes = {e.keys[:i] for e in raw for i in range(len(e.keys))}
+    return [e for e in raw if e.keys not in prefixes]
+
+
+def _entries_from_msgpack(packed: list[legacy_msgpack.MsgpackEntry]) -> list[_Entry]:
+    out = []
+    for m in packed:
+        if m.placeholder is not None:
+            out.append(_Entry(m.keys, "unknown", m.placeholder))
+            continue
+        v = m.value
+        if v is None:
+            vt = "None"
+        elif isinstance(v, (dict, list, tuple)) and not v:
+            vt = {dict: "Dict", list: "List", tuple: "Tuple"}[type(v)]
+        elif isinstance(v, str):
+            vt = "string"
+        else:
+            vt = "aggregated"
+        out.append(_Entry(m.keys, vt, ".".join(m.keys), True, v, vt not in EMPTY_TYPES))
+    return out
+
+
+def _needs_array(e: _Entry) -> bool:
+    return e.value_type not in EMPTY_TYPES and e.value_type != "string" and not e.has_inline
+
+
+def _probe_per_leaf(item: Dir, names: list[str]) -> dict[str, int]:
+    """Non-OCDBT: which of `<name>/.zarray` and `<name>/zarr.json` exists, asked concurrently."""
+    futs = {(n, f): item.read_async((n + "/" if n else "") + f) for n in dict.fromkeys(names) for f in ZARR_META}
+    out: dict[str, int] = {}
+    for (n, f), fut in futs.items():
+        try:
+            r = fut.result()
+        except Exception as e:
+            raise storage_error(e, f"{item.display}/{n}/{f}") from e
+        if r.state == "value":
+            out.setdefault(n, ZARR_META[f])
+    return out
+
+
+def _meta_reader(item: Dir, kv: ts.KvStore | None, name: str, fmt: int) -> ts.Future:
+    key = (name + "/" if name else "") + (".zarray" if fmt == 2 else "zarr.json")
+    return kv.read(key) if kv is not None else item.read_async(key)
+
+
+def _legacy_strings(item: Dir, entries: list[_Entry]) -> dict[str, str]:
+    """orbax <= 0.3 non-OCDBT kept each string in `<name>/_strings.json` (§5)."""
+    futs = {e.storage_name: item.read_async(e.storage_name + "/_strings.json") for e in entries}
+    out = {}
+    for name, fut in futs.items():
+        raw = result_bytes(fut, f"{item.display}/{name}/_strings.json")
+        doc = _parse_json(raw, item, f"{name}/_strings.json")
+        if isinstance(doc, dict) and name in doc:
+            out[name] = doc[name]
+    return out
+
+
+def _make_leaf(
+    e: _Entry,
+    item: Dir,
+    ocdbt: bool,
+    zmeta: dict[str, tuple[int, dict]],
+    strings: dict[str, Any],
+    legacy_strings: dict[str, str],
+    prng: dict[str, str],
+) -> Leaf:
+    if e.value_type in EMPTY_TYPES:
+        return Leaf(e.keys, "empty", e.value_type)
+    if e.has_inline:
+        return _inline_leaf(e)
+    if e.value_type == "string" or e.storage_name in legacy_strings:
+        name = e.storage_name
+        if name in strings:
+            return Leaf(e.keys, "string", "string", value=strings[name])
+        if name in legacy_strings:
+            return Leaf(e.keys, "string", "string", value=legacy_strings[name])
+        return Leaf(e.keys, "string", "string", error=f"string {name!r} is missing from _strings.json")
+    if e.storage_name not in zmeta:
+        return Leaf(
+            e.keys,
+            "array",
+            e.value_type,
+            error=f"array {e.storage_name!r} is listed in the tree metadata but missing from storage",
+        )
+    fmt, md = zmeta[e.storage_name]
+    try:
+        source, shape, dtype = _array_source(item, ocdbt, e.storage_name, fmt, md)
+    except (KeyError, TypeError, ValueError, StreamdiffError) as exc:
+        return Leaf(e.keys, "array", e.value_type, error=f"unreadable zarr metadata: {exc}")
+    impl = prng.get(e.storage_name)
+    if impl:
+        kind = "prng_key"
+    elif e.value_type == "scalar" or (e.value_type == "unknown" and shape == ()):
+        kind = "scalar"
+    else:
+        kind = "array"
+    return Leaf(e.keys, kind, e.value_type, shape=shape, dtype=dtype, source=source, prng_impl=impl)
+
+
+def _inline_leaf(e: _Entry) -> Leaf:
+    v = e.inline
+    if isinstance(v, str):
+        return Leaf(e.keys, "string", "string", value=v)
+    arr = np.asarray(v)
+    if arr.dtype.kind in "OUS":
+        return Leaf(e.keys, "array", e.value_type, error=f"unsupported inline value of type {type(v).__name__}")
+    kind = "array" if isinstance(v, np.ndarray) and arr.ndim else "scalar"
+    return Leaf(e.keys, kind, e.value_type, shape=arr.shape, dtype=arr.dtype.name, value=arr)
+
+
+def _array_source(item: Dir, ocdbt: bool, name: str, fmt: int, md: dict) -> tuple[ArraySource, tuple, str]:
+    shape = tuple(int(s) for s in md["shape"])
+    if fmt == 2:
+        if not isinstance(md["dtype"], str):
+            raise ValueError(f"structured dtype {md['dtype']!r} is not supported")
+        dtype = dtypes.normalize(md["dtype"])
+        chunks = tuple(int(c) for c in md["chunks"])
+        read_chunks = chunks
+        comp = md.get("compressor")
+        codec = "raw" if comp is None else f"{comp.get('id')}" + (f"(level={comp['level']})" if "level" in comp else "")
+        if md.get("filters"):
+            codec = "+".join(f.get("id", "?") for f in md["filters"]) + "+" + codec
+    else:
+        dtype = dtypes.normalize(md["data_type"])
+        chunks = tuple(int(c) for c in md["chunk_grid"]["configuration"]["chunk_shape"])
+        read_chunks = chunks
+        codec = _codec_names(md.get("codecs", []))
+        for c in md.get("codecs", []):
+            if c.get("name") == "sharding_indexed":
+                read_chunks = tuple(int(x) for x in c["configuration"]["chunk_shape"])
+    if ocdbt:
+        kv = {"driver": "ocdbt", "base": item.kv_spec(), "path": name + "/" if name else "", "cache_pool": META_CACHE}
+    else:
+        kv = item.storage.spec(item.relpath + (name + "/" if name else ""))
+    spec = {
+        "driver": "zarr" if fmt == 2 else "zarr3",
+        "kvstore": kv,
+        "metadata": md,
+        # A missing chunk must be an error, not zeros: orbax writes every chunk (§6.3).
+        "fill_missing_data_reads": False,
+        "recheck_cached_data": False,
+        "recheck_cached_metadata": False,
+    }
+    return ArraySource(spec, name, fmt, chunks, read_chunks, codec), shape, dtype
+
+
+def _codec_names(codecs: list[dict]) -> str:
+    parts = []
+    for c in codecs:
+        name = c.get("name", "?")
+        conf = c.get("configuration") or {}
+        if name == "sharding_indexed":
+            parts.append("shard[" + _codec_names(conf.get("codecs", [])) + "]")
+        elif name == "bytes":
+            continue
+        elif "level" in conf:
+            parts.append(f"{name}(level={conf['level']})")
+        else:
+            parts.append(name)
+    return "+".join(parts) or "raw"
