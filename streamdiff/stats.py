@@ -133,9 +133,10 @@ def block_stats(
     fb = np.ascontiguousarray(b).reshape(-1)
     out = LeafStats(count=fa.size)
     out.identical = a.dtype == b.dtype and _bytes_equal(fa, fb)
-    exact = policy.exact or (is_exact(a.dtype.name) and is_exact(b.dtype.name))
+    int_like = is_exact(a.dtype.name) and is_exact(b.dtype.name)
+    exact = policy.exact or int_like
     cdt = compute_dtype(a.dtype.name, b.dtype.name)
-    if out.identical and exact:
+    if out.identical and int_like:
         out.n_defined = fa.size
         return out
     for lo in range(0, fa.size, tile):
@@ -143,7 +144,7 @@ def block_stats(
         tb = fb[lo : lo + tile]
         if out.identical:
             # Equal bytes: no differences; only NaN/Inf counts remain to be taken.
-            _count_special(ta, tb, cdt, out)
+            _count_special(ta, cdt, policy, out)
             continue
         _tile_stats(ta, tb, policy, exact, cdt, out, lo, a.shape, start, full_shape)
     return out
@@ -155,8 +156,9 @@ def _bytes_equal(fa: np.ndarray, fb: np.ndarray) -> bool:
     return bool(np.array_equal(fa.view(np.uint8), fb.view(np.uint8)))
 
 
-def _count_special(ta: np.ndarray, tb: np.ndarray, cdt: np.dtype, out: LeafStats) -> None:
-    if ta.dtype.kind in "biu" or is_exact(ta.dtype.name):
+def _count_special(ta: np.ndarray, cdt: np.dtype, policy: Policy, out: LeafStats) -> None:
+    """Equal bytes on both sides: only NaN/Inf counts remain (and NaN mismatches under --nan-unequal)."""
+    if is_exact(ta.dtype.name):
         out.n_defined += ta.size
         return
     xa = ta.astype(cdt)
@@ -167,6 +169,8 @@ def _count_special(ta: np.ndarray, tb: np.ndarray, cdt: np.dtype, out: LeafStats
     out.inf_a += ia
     out.inf_b += ia
     out.n_defined += ta.size - na
+    if not policy.nan_equal:
+        out.mismatches += na
 
 
 def _tile_stats(

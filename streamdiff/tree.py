@@ -272,7 +272,9 @@ def _make_leaf(
     impl = prng.get(e.storage_name)
     if impl:
         kind = "prng_key"
-    elif e.value_type == "scalar" or (e.value_type == "unknown" and shape == ()):
+    elif shape == () and e.value_type in ("scalar", "np.ndarray", "unknown"):
+        # Python and numpy scalars (StandardCheckpointHandler stores np scalars as 0-d np.ndarray);
+        # a 0-d jax.Array such as MaxText's `step` stays an array.
         kind = "scalar"
     else:
         kind = "array"

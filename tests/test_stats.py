@@ -1,0 +1,138 @@
+"""Block statistics, merged over any block grid in any order, equal numpy on the whole arrays."""
+
+from __future__ import annotations
+
+import random
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from reference import assert_stats_match, expected_stats
+
+from streamdiff.plan import BlockGrid
+from streamdiff.stats import LeafStats, Policy, block_stats
+
+SPECIAL = [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-30, 1e30, 1.0, -1.0]
+FLOAT_DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn]
+
+
+def blockwise(a, b, policy, block_shape, tile, seed=0):
+    """What the streaming engine does: blocks of a grid, stats per block, merged in shuffled order."""
+    grid = BlockGrid(a.shape, tuple(block_shape), 1.0, 1.0)
+    parts = []
+    for start, stop in grid.boxes():
+        box = tuple(slice(s, e) for s, e in zip(start, stop))
+        parts.append(block_stats(a[box], b[box], policy, start, a.shape, tile))
+    random.Random(seed).shuffle(parts)
+    acc = LeafStats()
+    for p in parts:
+        acc.merge(p)
+    return acc.to_dict(a.shape)
+
+
+@st.composite
+def array_pairs(draw):
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=7))
+    kind = draw(st.sampled_from(["float", "float", "float", "int", "bool", "complex", "mixed"]))
+    if kind == "float":
+        dt = draw(st.sampled_from(FLOAT_DTYPES))
+        base = draw(hnp.arrays(np.float64, shape, elements=st.sampled_from(SPECIAL) | st.floats(-1e3, 1e3)))
+        noise = draw(hnp.arrays(np.float64, shape, elements=st.sampled_from([0.0, 0.0, 1e-6, -1e-3, 1.0, np.nan])))
+        with np.errstate(over="ignore"):  # 1e30 overflows to inf in small floats: fine, inf is a case too
+            a = base.astype(dt)
+            b = (base + noise).astype(dt)
+    elif kind == "mixed":  # dtype differs between sides: compared after promotion
+        base = draw(hnp.arrays(np.float32, shape, elements=st.floats(-100, 100, width=32)))
+        a, b = base, base.astype(ml_dtypes.bfloat16)
+    elif kind == "int":
+        dt = draw(st.sampled_from([np.int8, np.int32, np.int64, np.uint32, ml_dtypes.int4]))
+        lo, hi = (-8, 7) if dt is ml_dtypes.int4 else (0, 100)
+        a = draw(hnp.arrays(np.int64, shape, elements=st.integers(lo, hi))).astype(dt)
+        b = draw(hnp.arrays(np.int64, shape, elements=st.integers(lo, hi))).astype(dt)
+        keep = draw(hnp.arrays(np.bool_, shape))
+        b = np.where(keep, a, b).astype(dt)
+    elif kind == "bool":
+        a = draw(hnp.arrays(np.bool_, shape))
+        b = draw(hnp.arrays(np.bool_, shape))
+    else:
+        re = draw(hnp.arrays(np.float64, shape, elements=st.floats(-10, 10)))
+        a = (re + 1j * re[::-1] if re.ndim else re + 1j).astype(np.complex64)
+        b = a.copy()
+        if a.size:
+            b.reshape(-1)[0] += draw(st.sampled_from([0, 1e-3, 1j, np.nan]))
+    block = tuple(draw(st.integers(1, max(1, n))) for n in shape)
+    return a, b, block
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pair=array_pairs(),
+    atol=st.sampled_from([0.0, 1e-6, 1e-2]),
+    rtol=st.sampled_from([0.0, 1e-5, 1e-1]),
+    nan_equal=st.booleans(),
+    exact=st.booleans(),
+    tile=st.sampled_from([1, 3, 1 << 18]),
+    seed=st.integers(0, 3),
+)
+def test_blockwise_stats_equal_numpy(pair, atol, rtol, nan_equal, exact, tile, seed):
+    a, b, block = pair
+    policy = Policy(atol=atol, rtol=rtol, nan_equal=nan_equal, exact=exact)
+    got = blockwise(a, b, policy, block, tile, seed)
+    assert_stats_match(got, expected_stats(a, b, atol, rtol, nan_equal, exact))
+
+
+def test_tolerance_is_numpy_isclose_convention():
+    """|a-b| <= atol + rtol*|b| with b the second argument: asymmetric, like numpy."""
+    a = np.array([1.0, 100.0])
+    b = np.array([1.1, 110.0])
+    fwd = block_stats(a, b, Policy(rtol=0.0910)).mismatches  # 0.1 <= 0.1001, 10 <= 10.01
+    rev = block_stats(b, a, Policy(rtol=0.0910)).mismatches  # 0.1 > 0.091, 10 > 9.1
+    assert (fwd, rev) == (0, 2)
+
+
+def test_nan_policy():
+    a = np.array([np.nan, 1.0, np.nan], np.float32)
+    b = np.array([np.nan, np.nan, 2.0], np.float32)
+    s = block_stats(a, b, Policy())
+    assert (s.mismatches, s.nan_a, s.nan_b, s.nan_mismatch) == (2, 2, 2, 2)
+    assert block_stats(a, b, Policy(nan_equal=False)).mismatches == 3
+
+
+def test_infinities_equal_only_themselves():
+    a = np.array([np.inf, -np.inf, np.inf, 1.0])
+    b = np.array([np.inf, np.inf, 1.0, 1.0])
+    s = block_stats(a, b, Policy(atol=1e300, rtol=1.0))
+    assert s.mismatches == 2
+    assert s.max_abs == np.inf and s.max_abs_index == 1
+
+
+def test_large_int64_compare_exactly():
+    """float64 cannot tell 2**53 from 2**53+1; integer comparison must."""
+    a = np.array([2**53], np.int64)
+    b = np.array([2**53 + 1], np.int64)
+    assert block_stats(a, b, Policy()).mismatches == 1
+
+
+def test_bf16_accumulates_in_float64():
+    a = np.full(1 << 16, 1.0, ml_dtypes.bfloat16)
+    b = np.full(1 << 16, 1.0078125, ml_dtypes.bfloat16)  # next bf16 after 1.0
+    s = block_stats(a, b, Policy(), tile=1000)
+    assert s.mismatches == 1 << 16
+    assert s.rms == pytest.approx(0.0078125, rel=1e-15)
+
+
+def test_merge_is_order_independent_for_rms():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(100_000)
+    b = a + rng.standard_normal(100_000) * np.logspace(-12, 12, 100_000)
+    parts = [block_stats(a[i : i + 777], b[i : i + 777], Policy(), (i,), a.shape) for i in range(0, a.size, 777)]
+    r1 = LeafStats()
+    for p in parts:
+        r1.merge(p)
+    r2 = LeafStats()
+    for p in reversed(parts):
+        r2.merge(p)
+    assert r1.rms == r2.rms
