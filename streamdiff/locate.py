@@ -182,7 +182,7 @@ def choose_items(a: Located, b: Located, item: str | None) -> list[tuple[str, It
         pa = {i.name: i for i in a.items}
         pb = {i.name: i for i in b.items}
         for side, p in (("A", pa), ("B", pb)):
-            if item not in p and not (len(p) == 1 and "" in p):
+            if item not in p and len(p) != 1:  # a side with a single item uses it whatever its name
                 raise UsageError(f"no item {item!r} in checkpoint {side} (items: {', '.join(sorted(p)) or '-'})")
         return [("", pa.get(item, a.items[0]), pb.get(item, b.items[0]))]
     if len(a.items) == 1 and len(b.items) == 1:

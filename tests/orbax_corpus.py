@@ -24,6 +24,18 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
+VARIANTS = (
+    "std_ocdbt_zarr2 std_noocdbt_zarr2 pytree_ocdbt_zarr3 pytree_noocdbt_zarr3 pytree_ocdbt_zarr2_strings "
+    "pytree_nocompress pytree_nocompress_zarr3 dtypes_zarr2 dtypes_zarr3 prng_keys odd_keys odd_keys_rich_types "
+    "int_dict_keys bare_leaf array_handler chunked_zarr2 chunked_zarr3 chunked_noocdbt ocdbt_small_target_file "
+    "cast_on_save replica_separate_folder manager_default manager_composite manager_commit_file_items "
+    "manager_unfinished_atomic_rename manager_unfinished_commit_file unfinished_single flax_nnx_state "
+    "flax_nnx_pure_dict flax_nnx_optimizer flax_linen_scan maxtext_like_manager flax_linen_trainstate "
+    "flax_training_checkpoints flax_msgpack_file orbax_v1_pytree orbax_v1_checkpointables multiprocess_ocdbt "
+    "multiprocess_noocdbt multiprocess_manager"
+).split()
+
+
 def _key(k):
     import jax
 
