@@ -25,7 +25,7 @@ def parse_size(text: str) -> int:
     """'512M', '4G', '1.5GiB', '1000000' -> bytes (binary units)."""
     m = _SIZE.match(text)
     if not m:
-        raise click.BadParameter(f"{text!r} is not a size (examples: 512M, 4G, 1.5GiB)")
+        raise click.BadParameter(f"{text!r} is not a size (examples: 512M, 4G, 1.5GiB)", param_hint="'--max-memory'")
     scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
     return int(float(m.group(1)) * scale)
 

@@ -181,8 +181,10 @@ def choose_items(a: Located, b: Located, item: str | None) -> list[tuple[str, It
     if item is not None:
         pa = {i.name: i for i in a.items}
         pb = {i.name: i for i in b.items}
+        # A side with a single item uses it whatever its name, so a composite step can be compared
+        # with a plain item; the name must still exist somewhere.
         for side, p in (("A", pa), ("B", pb)):
-            if item not in p and len(p) != 1:  # a side with a single item uses it whatever its name
+            if item not in p and (len(p) != 1 or item not in pa and item not in pb):
                 raise UsageError(f"no item {item!r} in checkpoint {side} (items: {', '.join(sorted(p)) or '-'})")
         return [("", pa.get(item, a.items[0]), pb.get(item, b.items[0]))]
     if len(a.items) == 1 and len(b.items) == 1:

@@ -161,7 +161,8 @@ def _count_special(ta: np.ndarray, cdt: np.dtype, policy: Policy, out: LeafStats
     if is_exact(ta.dtype.name):
         out.n_defined += ta.size
         return
-    xa = ta.astype(cdt)
+    with np.errstate(all="ignore"):
+        xa = ta.astype(cdt)
     na = int(np.count_nonzero(np.isnan(xa)))
     ia = int(np.count_nonzero(np.isinf(xa)))
     out.nan_a += na
@@ -185,9 +186,9 @@ def _tile_stats(
     start: tuple[int, ...],
     full_shape: tuple[int, ...],
 ) -> None:
-    xa = ta.astype(cdt)
-    xb = tb.astype(cdt)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with np.errstate(all="ignore"):  # inf/nan arithmetic is expected here, not an error
+        xa = ta.astype(cdt)
+        xb = tb.astype(cdt)
         # Exact kinds compare natively: float64 cannot tell int64 values above 2**53 apart.
         eq = (ta == tb) if exact and ta.dtype == tb.dtype else (xa == xb)
         nan_a = np.isnan(xa)
