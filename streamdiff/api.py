@@ -39,12 +39,15 @@ def diff(
     item: str | None = None,
     max_memory: int = DEFAULT_MAX_MEMORY,
     jobs: int | None = None,
+    block_bytes: int | None = None,
     progress: Progress | None = None,
 ) -> Report:
     """Compare two checkpoints leaf by leaf. Raises `StreamdiffError` for unusable input.
 
     `a` and `b` are paths, `file://` or `gs://` URLs of an item dir, a step dir or a
     CheckpointManager root. Values are compared as `|a - b| <= atol + rtol * |b|`.
+    `max_memory` bounds the process's peak memory; `block_bytes` overrides the block size the
+    planner derives from it (tests use it to force many blocks per chunk).
     """
     if atol < 0 or rtol < 0:
         from .errors import UsageError
@@ -65,7 +68,7 @@ def diff(
     outcomes: dict[int, PairOutcome] = {}
     if not structure_only:
         policies = [_policy(p, atol, rtol, nan_equal) for p in pairs]
-        mem = memory_plan(max_memory, jobs or default_jobs())
+        mem = memory_plan(max_memory, jobs or default_jobs(), block_bytes)
         if progress:
             progress.start(sum(p.a.nbytes + p.b.nbytes for p in pairs if p.status == "compare"))
         ctx = (matched[0][1].dir.storage.context, matched[0][2].dir.storage.context)

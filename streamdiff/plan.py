@@ -42,11 +42,11 @@ class MemoryPlan:
         return self.block_bytes * self.in_flight
 
 
-def memory_plan(budget: int, jobs: int) -> MemoryPlan:
+def memory_plan(budget: int, jobs: int, block_bytes: int | None = None) -> MemoryPlan:
     """Split `budget` (peak RSS of the whole process) between blocks in flight and compute tiles.
 
     A block in flight costs about twice its decoded size (tensorstore's decode buffer, then the
-    array handed to us), hence the factor 2.
+    array handed to us), hence the factor 2. `block_bytes` overrides the computed block size.
     """
     avail = max(budget - BASE_RSS, 16 << 20)
     tile = 1 << 18
@@ -55,6 +55,8 @@ def memory_plan(budget: int, jobs: int) -> MemoryPlan:
     in_flight = jobs + 1
     for_blocks = avail - jobs * tile * TILE_BYTES_PER_ELEMENT
     block = max(MIN_BLOCK_BYTES, min(MAX_BLOCK_BYTES, for_blocks // (2 * in_flight)))
+    if block_bytes is not None:  # expert / test override: many small blocks on small arrays
+        block = max(1, block_bytes)
     return MemoryPlan(budget=budget, jobs=jobs, block_bytes=block, in_flight=in_flight, tile=tile)
 
 

@@ -13,7 +13,12 @@ from pathlib import Path
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import logging  # noqa: E402
+
 import pytest  # noqa: E402
+
+# orbax logs a warning for every tiny chunk size the tests ask for on purpose.
+logging.getLogger("absl").setLevel(logging.ERROR)
 
 DATA = Path(__file__).parent / "data"
 MAXTEXT = DATA / "maxtext"

@@ -109,7 +109,9 @@ def write_corpus(out: str, multiprocess: bool = True) -> dict:
         }
 
     def pytree_save(path, tree, save_args=None, **kw):
-        ocp.Checkpointer(ocp.PyTreeCheckpointHandler(**kw)).save(path, args=ocp.args.PyTreeSave(tree, save_args=save_args))
+        ocp.Checkpointer(ocp.PyTreeCheckpointHandler(**kw)).save(
+            path, args=ocp.args.PyTreeSave(tree, save_args=save_args)
+        )
 
     mixed = {
         "a": {"b": np.arange(12, dtype=np.float32).reshape(3, 4)},

@@ -107,7 +107,8 @@ def test_structure_only_same_layout():
 def test_linen_vs_native_nnx_without_rules_is_a_structure_difference():
     """Cross-layout pairs need mapping rules; without them every path is one-sided (exit 1)."""
     r = streamdiff.diff(
-        str(MAXTEXT / "v024_linen_scan/checkpoints"), str(MAXTEXT / "pr283f88b_nnx_scan/checkpoints"),
+        str(MAXTEXT / "v024_linen_scan/checkpoints"),
+        str(MAXTEXT / "pr283f88b_nnx_scan/checkpoints"),
         structure_only=True,
     )
     assert r.exit_code == 1 and r.count("only_a") and r.count("only_b")
