@@ -76,8 +76,8 @@ def diff(
 
     results = tuple(_result(p, outcomes.get(i), structure_only) for i, p in enumerate(pairs))
     io1 = io_counters()
-    notes_a = tuple(la.notes) + tuple(n for t in trees_a for n in (f"layout: {t.layout}",) + t.notes)
-    notes_b = tuple(lb.notes) + tuple(n for t in trees_b for n in (f"layout: {t.layout}",) + t.notes)
+    notes_a = _notes(la.notes, trees_a)
+    notes_b = _notes(lb.notes, trees_b)
     return Report(
         a=a,
         b=b,
@@ -92,6 +92,15 @@ def diff(
         requests=io1[1] - io0[1],
         seconds=time.perf_counter() - t0,
     )
+
+
+def _notes(located: tuple[str, ...], trees: list[Tree]) -> tuple[str, ...]:
+    """What was decided for the user: step picked, item dirs read, their layout, any caveats."""
+    out = list(located)
+    for t in trees:
+        out.append(f"{t.layout}: {t.location}")
+        out.extend(t.notes)
+    return tuple(out)
 
 
 def _build_trees(matched: list[tuple[str, Item, Item]]) -> tuple[list[Tree], list[Tree]]:

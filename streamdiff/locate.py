@@ -95,7 +95,7 @@ def _resolve(d: Dir, step: int | None) -> Located:
         except UnfinishedCheckpointError:
             skipped.append(name)
             continue
-        notes.append(f"latest committed step {num} of {len(steps)} ({sd.display})")
+        notes.append(f"step {num} (latest committed of {len(steps)})")
         if skipped:
             notes.append(f"skipped unfinished: {', '.join(skipped)}")
         return Located(items, tuple(notes))

@@ -122,7 +122,9 @@ def render(r: Report, console: Console, verbose: bool = False) -> None:
     style = "bold red" if r.errors else ("bold green" if r.equal else "bold yellow")
     console.print(Text(v, style=style))
     for side, path, notes in (("A", r.a, r.notes_a), ("B", r.b, r.notes_b)):
-        console.print(Text(f"  {side}: {path}" + (f"  ({'; '.join(notes)})" if notes else ""), style="dim"))
+        console.print(Text(f"  {side}: {path}", style="dim"))
+        for n in notes:
+            console.print(Text(f"     {n}", style="dim"))
 
     problems = [x for x in r.leaves if x.status in ("only_a", "only_b", "shape_mismatch", "error")]
     problems += [x for x in r.leaves if x.status == "different" and (x.kind_b or x.dtype_b or not x.stats)]

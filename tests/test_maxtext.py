@@ -74,7 +74,7 @@ def test_seed1_differs_in_36_of_39_leaves_counters_equal():
 def test_root_picks_latest_committed_step_and_step_option():
     root = MAXTEXT / "v024_linen_scan/checkpoints"
     r = run_cli(root, root / "1", "--json", "-", "-q")
-    assert r.code == 0 and "latest committed step 1" in " ".join(r.json["notes"]["a"])
+    assert r.code == 0 and "step 1 (latest committed" in " ".join(r.json["notes"]["a"])
     r0 = run_cli(root, root / "0", "--step", "0", "--json", "-", "-q")
     assert r0.code == 2 and "--step applies to a CheckpointManager root" in r0.err
     r0 = run_cli(root, root, "--step", "0", "--json", "-", "-q")

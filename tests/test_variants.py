@@ -63,7 +63,7 @@ def test_manager_root_skips_unfinished_latest_step(corpus):
         r = run_cli(root / name, root / name, "--json", "-", "-q")
         assert r.code == 0, r.err
         notes = " ".join(r.json["notes"]["a"])
-        assert "latest committed step 0" in notes, notes
+        assert "step 0 (latest committed" in notes, notes
         bad = run_cli(root / name, root / name, "--step", "1")
         assert bad.code == 2 and "unfinished" in bad.err
 

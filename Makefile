@@ -1,0 +1,52 @@
+# Two commands on a fresh machine (python3 >= 3.10 with venv):
+#   make demo   installs streamdiff and diffs real MaxText checkpoints shipped in tests/data
+#   make test   installs streamdiff with its test dependencies and runs lint + the whole suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+
+MAXTEXT := tests/data/maxtext
+
+.PHONY: install install-test demo test lint format bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.runtime: pyproject.toml | $(VENV)/bin/python
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.test: pyproject.toml | $(VENV)/bin/python
+	$(PIP) -e '.[test]'
+	touch $@ $(VENV)/.runtime
+
+install: $(VENV)/.runtime
+install-test: $(VENV)/.test
+
+demo: install
+	@echo "== 1. same run, two seeds (MaxText Linen, scanned): 36 of 39 leaves differ, the 3 counters do not"
+	@$(VENV)/bin/streamdiff $(MAXTEXT)/v024_linen_scan/checkpoints $(MAXTEXT)/v024_linen_scan_seed1/checkpoints --atol 1e-6 --rtol 1e-5; echo "(exit code $$?)"
+	@echo
+	@echo "== 2. one optimizer step apart (step 0 vs step 1 of one run)"
+	@$(VENV)/bin/streamdiff $(MAXTEXT)/v024_linen_scan/checkpoints $(MAXTEXT)/v024_linen_scan/checkpoints/1 --step 0 --atol 1e-6 --rtol 1e-5; echo "(exit code $$?)"
+	@echo
+	@echo "== 3. a checkpoint against itself: identical, exit 0"
+	@$(VENV)/bin/streamdiff $(MAXTEXT)/v024_nnx_scan/checkpoints $(MAXTEXT)/v024_nnx_scan/checkpoints; echo "(exit code $$?)"
+	@echo
+	@echo "== 4. structure only (no array data read): Linen vs native NNX layouts without mapping rules"
+	@$(VENV)/bin/streamdiff $(MAXTEXT)/v024_linen_scan/checkpoints $(MAXTEXT)/pr283f88b_nnx_scan/checkpoints --structure-only; echo "(exit code $$?)"
+
+lint: install-test
+	$(PY) -m ruff check streamdiff tests bench
+	$(PY) -m ruff format --check streamdiff tests bench
+
+format: install-test
+	$(PY) -m ruff check --fix streamdiff tests bench
+	$(PY) -m ruff format streamdiff tests bench
+
+test: install-test lint
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info
