@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
 MAXTEXT := tests/data/maxtext
+SRC := streamdiff tests $(wildcard bench)
 
 .PHONY: install install-test demo test lint format bench clean
 
@@ -38,12 +39,12 @@ demo: install
 	@$(VENV)/bin/streamdiff $(MAXTEXT)/v024_linen_scan/checkpoints $(MAXTEXT)/pr283f88b_nnx_scan/checkpoints --structure-only; echo "(exit code $$?)"
 
 lint: install-test
-	$(PY) -m ruff check streamdiff tests bench
-	$(PY) -m ruff format --check streamdiff tests bench
+	$(PY) -m ruff check $(SRC)
+	$(PY) -m ruff format --check $(SRC)
 
 format: install-test
-	$(PY) -m ruff check --fix streamdiff tests bench
-	$(PY) -m ruff format streamdiff tests bench
+	$(PY) -m ruff check --fix $(SRC)
+	$(PY) -m ruff format $(SRC)
 
 test: install-test lint
 	$(PY) -m pytest -q
