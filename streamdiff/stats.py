@@ -20,6 +20,7 @@ rounded, hence independent of the order in which threads or workers finish.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +140,7 @@ def block_stats(
     if out.identical and int_like:
         out.n_defined = fa.size
         return out
+    fast = not exact and cdt == np.float64
     for lo in range(0, fa.size, tile):
         ta = fa[lo : lo + tile]
         tb = fb[lo : lo + tile]
@@ -146,14 +148,90 @@ def block_stats(
             # Equal bytes: no differences; only NaN/Inf counts remain to be taken.
             _count_special(ta, cdt, policy, out)
             continue
+        if fast and _tile_fast(ta, tb, policy, out, lo, a.shape, start, full_shape):
+            continue
         _tile_stats(ta, tb, policy, exact, cdt, out, lo, a.shape, start, full_shape)
     return out
 
 
 def _bytes_equal(fa: np.ndarray, fb: np.ndarray) -> bool:
+    """Bitwise equality; a 4 KiB prefix first, since differing blocks almost always differ early."""
     if fa.dtype.itemsize != fb.dtype.itemsize:
         return False
-    return bool(np.array_equal(fa.view(np.uint8), fb.view(np.uint8)))
+    ba = fa.view(np.uint8)
+    bb = fb.view(np.uint8)
+    if not np.array_equal(ba[:4096], bb[:4096]):
+        return False
+    return bool(np.array_equal(ba, bb))
+
+
+class _Scratch(threading.local):
+    """Per-thread float64 work buffers, reused across tiles: no allocation (and no page faults)
+    in the hot loop."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def get(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if n > self.n:
+            self.d = np.empty(n, np.float64)
+            self.t = np.empty(n, np.float64)
+            self.r = np.empty(n, np.float64)
+            self.m = np.empty(n, np.bool_)
+            self.n = n
+        return self.d[:n], self.t[:n], self.r[:n], self.m[:n]
+
+
+_SCRATCH = _Scratch()
+
+
+def _tile_fast(
+    ta: np.ndarray,
+    tb: np.ndarray,
+    policy: Policy,
+    out: LeafStats,
+    offset: int,
+    block_shape: tuple[int, ...],
+    start: tuple[int, ...],
+    full_shape: tuple[int, ...],
+) -> bool:
+    """Real floats with no NaN or Inf anywhere: about ten passes, casts done inside the ufuncs.
+
+    Returns False, having recorded nothing, when the tile holds NaN or Inf (the sum of squares is
+    then not finite); `_tile_stats` handles those tiles. Every number equals the slow path's.
+    """
+    d, t, r, m = _SCRATCH.get(ta.size)
+    with np.errstate(all="ignore"):
+        np.subtract(ta, tb, out=d, dtype=np.float64)
+        np.abs(d, out=d)
+        sq = float(np.dot(d, d))
+        if not math.isfinite(sq):
+            return False
+        out.n_defined += d.size
+        out.sq_sums.append(sq)
+        i = int(np.argmax(d))
+        if d[i] == 0:
+            return True
+        out.max_abs, out.max_abs_index = _better(
+            out.max_abs, out.max_abs_index, float(d[i]), _global(offset + i, block_shape, start, full_shape)
+        )
+        np.abs(tb, out=t, dtype=np.float64)
+        np.divide(d, t, out=r)  # 0/0 -> nan where a == b == 0: ignored by fmax
+        rmax = float(np.fmax.reduce(r))
+        if rmax > 0:
+            np.equal(r, rmax, out=m)
+            j = int(np.argmax(m))
+            out.max_rel, out.max_rel_index = _better(
+                out.max_rel, out.max_rel_index, rmax, _global(offset + j, block_shape, start, full_shape)
+            )
+        if policy.atol == 0 and policy.rtol == 0:
+            out.mismatches += int(np.count_nonzero(d))
+        else:
+            np.multiply(t, policy.rtol, out=t)
+            np.add(t, policy.atol, out=t)
+            np.greater(d, t, out=m)
+            out.mismatches += int(np.count_nonzero(m))
+    return True
 
 
 def _count_special(ta: np.ndarray, cdt: np.dtype, policy: Policy, out: LeafStats) -> None:
