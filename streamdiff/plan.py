@@ -20,6 +20,8 @@ TILE_BYTES_PER_ELEMENT = 112
 #: Cap on one block: large enough to amortise per-read overhead, small enough to pipeline.
 MAX_BLOCK_BYTES = 256 << 20
 MIN_BLOCK_BYTES = 1 << 20
+#: Blocks made of many small chunks grow to about this size (both sides together).
+GROW_TARGET_BYTES = 8 << 20
 DEFAULT_MAX_MEMORY = 2 << 30
 
 
@@ -52,7 +54,7 @@ def memory_plan(budget: int, jobs: int, block_bytes: int | None = None) -> Memor
     tile = 1 << 18
     while tile > 1 << 12 and jobs * tile * TILE_BYTES_PER_ELEMENT > avail // 4:
         tile //= 2
-    in_flight = jobs + 1
+    in_flight = 2 * jobs + 2  # keep tensorstore decoding ahead while the threads compare
     for_blocks = avail - jobs * tile * TILE_BYTES_PER_ELEMENT
     block = max(MIN_BLOCK_BYTES, min(MAX_BLOCK_BYTES, for_blocks // (2 * in_flight)))
     if block_bytes is not None:  # expert / test override: many small blocks on small arrays
@@ -106,12 +108,15 @@ def block_grid(
     common = [min(math.lcm(x, y), n) for x, y, n in zip(ca, cb, shape)]
     limit = max(1, max_block_bytes // max(1, bytes_per_element))
     bs = list(common)
-    # Grow along leading dims while whole grid cells fit (fewer, larger reads).
+    # Grow small grid cells along leading dims (fewer reads), but only up to GROW_TARGET_BYTES:
+    # a block that is exactly one stored chunk is decoded straight into the array we compare,
+    # while a block spanning many chunks costs tensorstore an extra copy and fresh pages.
+    grow_limit = max(1, min(limit, GROW_TARGET_BYTES // max(1, bytes_per_element)))
     for d in range(len(bs)):
         if bs[d] >= shape[d]:
             continue
         others = math.prod(bs) // bs[d]
-        fit = (limit // max(1, others)) // common[d] * common[d]
+        fit = (grow_limit // max(1, others)) // common[d] * common[d]
         bs[d] = max(bs[d], min(shape[d], fit))
         break
     # Shrink from the leading dim until the block fits.

@@ -91,10 +91,14 @@ def compare_values(
 
     lock = threading.Lock()
 
-    def run(blk: Block) -> LeafStats:
+    def start_reads(blk: Block) -> tuple:
+        """Issued from the main thread at submit time, so tensorstore fetches and decodes the
+        blocks ahead while the worker threads compare earlier ones."""
         sa, sb = sides[blk.pair_index]
-        fa = sa.read(blk.start, blk.stop)
-        fb = sb.read(blk.start, blk.stop)
+        return sa.read(blk.start, blk.stop), sb.read(blk.start, blk.stop)
+
+    def run(blk: Block, reads: tuple) -> LeafStats:
+        fa, fb = reads
         a = fa if isinstance(fa, np.ndarray) else fa.result()
         b = fb if isinstance(fb, np.ndarray) else fb.result()
         return block_stats(a, b, policies[blk.pair_index], blk.start, pairs[blk.pair_index].a.shape, mem.tile)
@@ -126,7 +130,14 @@ def compare_values(
                     b = pending.pop(fut)
                     in_flight_bytes -= b.nbytes
                     settle(fut, b)
-            pending[pool.submit(run, blk)] = blk
+            try:
+                reads = start_reads(blk)
+            except Exception as e:  # noqa: BLE001 - e.g. the store failed to open
+                fut: Future = Future()
+                fut.set_exception(e)
+                pending[fut] = blk
+            else:
+                pending[pool.submit(run, blk, reads)] = blk
             in_flight_bytes += blk.nbytes
         for fut in list(pending):
             fut.exception()
