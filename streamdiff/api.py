@@ -40,6 +40,7 @@ def diff(
     max_memory: int = DEFAULT_MAX_MEMORY,
     jobs: int | None = None,
     block_bytes: int | None = None,
+    shortcut: bool = True,
     progress: Progress | None = None,
 ) -> Report:
     """Compare two checkpoints leaf by leaf. Raises `StreamdiffError` for unusable input.
@@ -47,7 +48,8 @@ def diff(
     `a` and `b` are paths, `file://` or `gs://` URLs of an item dir, a step dir or a
     CheckpointManager root. Values are compared as `|a - b| <= atol + rtol * |b|`.
     `max_memory` bounds the process's peak memory; `block_bytes` overrides the block size the
-    planner derives from it (tests use it to force many blocks per chunk).
+    planner derives from it (tests use it to force many blocks per chunk). With `shortcut`, chunks
+    whose stored bytes are equal on both sides are settled without decoding.
     """
     if atol < 0 or rtol < 0:
         from .errors import UsageError
@@ -72,7 +74,7 @@ def diff(
         if progress:
             progress.start(sum(p.a.nbytes + p.b.nbytes for p in pairs if p.status == "compare"))
         ctx = (matched[0][1].dir.storage.context, matched[0][2].dir.storage.context)
-        outcomes = compare_values(pairs, policies, ctx, mem, progress.advance if progress else None)
+        outcomes = compare_values(pairs, policies, ctx, mem, progress.advance if progress else None, shortcut)
 
     results = tuple(_result(p, outcomes.get(i), structure_only) for i, p in enumerate(pairs))
     io1 = io_counters()
@@ -169,13 +171,16 @@ def _result(p: Pair, outcome: PairOutcome | None, structure_only: bool) -> LeafR
     if outcome.error:
         return LeafResult(status="error", message=f"reading values failed: {outcome.error}", **common)
     stats = outcome.stats.to_dict(a.shape)
+    if outcome.rows is not None:
+        stats["streamed"] = True
     if outcome.grid is not None:
         stats["blocks"] = outcome.grid.count
         amp = max(outcome.grid.amplification_a, outcome.grid.amplification_b)
         if amp > 1.0:
             stats["read_amplification"] = amp
     differs = stats["mismatches"] > 0 or dtype_differs
-    return LeafResult(status="different" if differs else "equal", stats=stats, **common)
+    msg = "; ".join(outcome.warnings) or None
+    return LeafResult(status="different" if differs else "equal", stats=stats, message=msg, **common)
 
 
 def _short(v: object, n: int = 40) -> str:

@@ -99,6 +99,13 @@ class _Bar:
     help="Peak memory budget for the whole process (e.g. 512M, 4G); blocks are sized to fit.",
 )
 @click.option(
+    "--no-shortcut",
+    is_flag=True,
+    help="Decode every chunk, even when both sides store it with byte-identical contents "
+    "(by default such chunks are settled without decoding, and the NaN/Inf counts of their "
+    "leaves are then unknown).",
+)
+@click.option(
     "--jobs",
     "-j",
     type=click.IntRange(1, 256),
@@ -113,7 +120,9 @@ class _Bar:
     "--quiet", "-q", is_flag=True, help="No progress bar and no terminal report (exit code only, plus --json)."
 )
 @click.version_option(__version__, prog_name="streamdiff")
-def cli(a, b, atol, rtol, structure_only, nan_unequal, step, item, max_memory, jobs, json_path, verbose, quiet):
+def cli(
+    a, b, atol, rtol, structure_only, nan_unequal, step, item, max_memory, no_shortcut, jobs, json_path, verbose, quiet
+):
     """Compare two Orbax checkpoints A and B leaf by leaf, streaming, with bounded memory.
 
     A and B may be item directories, step directories or CheckpointManager roots, as local paths,
@@ -134,6 +143,7 @@ def cli(a, b, atol, rtol, structure_only, nan_unequal, step, item, max_memory, j
             item=item,
             max_memory=budget,
             jobs=jobs,
+            shortcut=not no_shortcut,
             progress=bar,
         )
     finally:

@@ -155,3 +155,48 @@ def _amplification(shape: tuple[int, ...], block: tuple[int, ...], chunks: list[
             reads += (e - 1) // c - s // c + 1
         amp *= reads / -(-n // c)
     return amp
+
+
+@dataclass(frozen=True)
+class RowsPlan:
+    """Chunks too big to decode whole: walk the big side's chunk grid, a slab of rows at a time.
+
+    `grid` is the chunk grid being walked (its block shape is the chunk shape); each chunk is read
+    as slabs of `slab_rows` rows of the chunk's first axis. `stream_a` / `stream_b` say which
+    sides are stream-decoded from stored bytes; the other side is read with tensorstore, box by box.
+    """
+
+    grid: BlockGrid
+    slab_rows: int
+    stream_a: bool
+    stream_b: bool
+
+
+def rows_plan(
+    shape: tuple[int, ...],
+    chunks_a: tuple[int, ...],
+    chunks_b: tuple[int, ...],
+    big_a: bool,
+    big_b: bool,
+    bytes_per_element: int,
+    max_block_bytes: int,
+) -> RowsPlan:
+    """Plan streaming for a pair where at least one side's chunk exceeds the block budget.
+
+    Both sides stream in lockstep when their chunk shapes match; otherwise the big side streams and
+    the other is read box by box (its chunks decoded once per slab that touches them: amplification).
+    """
+    walk = chunks_a if big_a else chunks_b
+    stream_a = big_a
+    stream_b = big_b and (not big_a or tuple(chunks_a) == tuple(chunks_b))
+    walk = tuple(min(c, n) for c, n in zip(walk, shape))
+    row_elems = math.prod(walk[1:]) if len(walk) > 1 else 1
+    slab_rows = max(1, min(walk[0], max_block_bytes // max(1, row_elems * bytes_per_element)))
+    slab = (slab_rows,) + tuple(walk[1:])
+    grid = BlockGrid(
+        shape,
+        walk,
+        1.0 if stream_a else _amplification(shape, slab, _clip(chunks_a, shape)),
+        1.0 if stream_b else _amplification(shape, slab, _clip(chunks_b, shape)),
+    )
+    return RowsPlan(grid, slab_rows, stream_a, stream_b)

@@ -60,6 +60,9 @@ class LeafStats:
     identical: bool = True
     shortcut_chunks: int = 0
     shortcut_bytes: int = 0
+    #: Some chunks were settled by the equal-bytes shortcut without decoding: their NaN/Inf are
+    #: not counted, so the NaN/Inf counts are reported as unknown (null).
+    nan_unknown: bool = False
 
     def merge(self, o: LeafStats) -> LeafStats:
         """Combine with another accumulator in place (commutative and associative)."""
@@ -77,6 +80,7 @@ class LeafStats:
         self.identical = self.identical and o.identical
         self.shortcut_chunks += o.shortcut_chunks
         self.shortcut_bytes += o.shortcut_bytes
+        self.nan_unknown = self.nan_unknown or o.nan_unknown
         return self
 
     @property
@@ -99,10 +103,10 @@ class LeafStats:
             "max_rel_diff": self.max_rel,
             "max_rel_diff_index": idx(self.max_rel_index),
             "rms_diff": self.rms,
-            "nan_a": self.nan_a,
-            "nan_b": self.nan_b,
-            "inf_a": self.inf_a,
-            "inf_b": self.inf_b,
+            "nan_a": None if self.nan_unknown else self.nan_a,
+            "nan_b": None if self.nan_unknown else self.nan_b,
+            "inf_a": None if self.nan_unknown else self.inf_a,
+            "inf_b": None if self.nan_unknown else self.inf_b,
             "nan_mismatch": self.nan_mismatch,
             "identical": self.identical,
             "shortcut_chunks": self.shortcut_chunks,

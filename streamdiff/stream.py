@@ -1,26 +1,43 @@
 """Read blocks of both sides concurrently, compare each as it arrives, and let it go.
 
-A bounded number of blocks is in flight (read ahead or being compared); each worker thread reads
-its block from both sides at once (tensorstore releases the GIL while it fetches and decodes) and
-reduces it to a `LeafStats`. The main thread merges the results in whatever order they finish:
-merging is order-independent, so the numbers do not depend on scheduling.
+Work is a stream of tasks with a bounded total of bytes in flight:
+
+* a *block* task compares one box of a pair. Its tensorstore reads are issued when the task is
+  submitted, so tensorstore fetches and decodes ahead while worker threads compare earlier blocks.
+  When both sides store the block's chunks with the same format, the stored bytes are compared
+  first (the equal-bytes shortcut) and equal chunks are settled without decoding;
+* a *chunk* task handles one stored chunk larger than the block budget: it compares slabs of rows,
+  stream-decoding the stored bytes (see `chunks.py`) and never holding the whole chunk.
+
+Each task reduces to a `LeafStats`; the main thread merges them in whatever order they finish.
+Merging is order-independent, so the numbers do not depend on scheduling.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
+import math
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tensorstore as ts
 
-from .datatypes import Block, Leaf, Pair
-from .plan import BlockGrid, MemoryPlan, block_grid
+from .chunks import PIECE_BYTES, ItemSizes, RawStore, chunk_format, stream_chunk
+from .datatypes import Leaf, Pair
+from .dtypes import family
+from .plan import BlockGrid, MemoryPlan, RowsPlan, block_grid, rows_plan
 from .stats import LeafStats, Policy, block_stats
 
 ProgressFn = Callable[[int], None]
+log = logging.getLogger("streamdiff")
+
+#: After this many chunks of a leaf in a row whose stored bytes differ (with no sizes to tell in
+#: advance), stop trying the shortcut on that leaf: its values differ everywhere.
+SHORTCUT_GIVE_UP = 4
 
 
 @dataclass
@@ -29,29 +46,277 @@ class PairOutcome:
 
     stats: LeafStats
     grid: BlockGrid | None = None
+    rows: RowsPlan | None = None
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    shortcut: bool = False
+    misses: int = 0  # consecutive shortcut misses (see SHORTCUT_GIVE_UP)
+
+
+@dataclass(frozen=True)
+class _Task:
+    pair_index: int
+    start: tuple[int, ...]
+    stop: tuple[int, ...]
+    nbytes: int  # memory the task holds while in flight
+    progress: int  # decoded bytes of both sides it accounts for
+    chunk: tuple[int, ...] | None = None  # chunk tasks: index in the walked grid
 
 
 class _Side:
     """One side of a pair: an opened tensorstore, or an in-memory value (legacy aggregated leaves)."""
 
-    def __init__(self, leaf: Leaf, context: ts.Context):
+    def __init__(self, leaf: Leaf, context: ts.Context, sizes: ItemSizes):
         self.leaf = leaf
-        self.value = leaf.value if leaf.source is None else None
+        self.context = context
+        self.value = np.asarray(leaf.value) if leaf.source is None else None
         self.future = None
+        self._raw: RawStore | None = None
+        self._sizes = sizes
+        self._lock = threading.Lock()
+        self.format = chunk_format(leaf.source) if leaf.source is not None else None
         if leaf.source is not None:
             self.future = ts.open(leaf.source.spec, context=context, read=True, assume_metadata=True)
 
     def read(self, start: tuple[int, ...], stop: tuple[int, ...]) -> ts.Future | np.ndarray:
         box = tuple(slice(s, e) for s, e in zip(start, stop))
         if self.value is not None:
-            return np.asarray(self.value)[box] if box else np.asarray(self.value)
+            return self.value[box] if box else self.value
         store = self.future.result()
         return store[box].read() if box else store.read()
 
     @property
+    def raw(self) -> RawStore:
+        with self._lock:
+            if self._raw is None:
+                sizes = self._sizes.for_source(self.leaf.source, self.context)
+                self._raw = RawStore(self.leaf.source, self.context, sizes)
+            return self._raw
+
+    @property
     def chunks(self) -> tuple[int, ...] | None:
         return self.leaf.source.read_chunk_shape if self.leaf.source else None
+
+    def chunk_bytes(self) -> int:
+        if self.leaf.source is None:
+            return 0
+        return math.prod(self.chunks) * np.dtype(self.leaf.dtype).itemsize
+
+
+def _result(x: ts.Future | np.ndarray) -> np.ndarray:
+    return x if isinstance(x, np.ndarray) else x.result()
+
+
+class _Engine:
+    def __init__(self, pairs, policies, contexts, mem: MemoryPlan, shortcut: bool, progress: ProgressFn | None):
+        self.pairs = pairs
+        self.policies = policies
+        self.mem = mem
+        self.progress = progress
+        self.sizes = ItemSizes()
+        self.sides: dict[int, tuple[_Side, _Side]] = {}
+        self.outcomes: dict[int, PairOutcome] = {}
+        self.lock = threading.Lock()
+        for i, p in enumerate(pairs):
+            if p.status != "compare" or p.a.kind == "string":
+                continue
+            try:
+                sa, sb = _Side(p.a, contexts[0], self.sizes), _Side(p.b, contexts[1], self.sizes)
+            except Exception as e:  # noqa: BLE001 - reported per leaf
+                self.outcomes[i] = PairOutcome(LeafStats(), error=_one_line(e))
+                continue
+            self.sides[i] = (sa, sb)
+            self.outcomes[i] = self._plan(i, p, sa, sb, shortcut)
+
+    # -------------------------------------------------------------------------------- planning
+
+    def _plan(self, i: int, p: Pair, sa: _Side, sb: _Side, shortcut: bool) -> PairOutcome:
+        bpe = _itemsize(p.a) + _itemsize(p.b)
+        half = self.mem.block_bytes // 2
+        big_a, big_b = sa.chunk_bytes() > half, sb.chunk_bytes() > half
+        out = PairOutcome(LeafStats())
+        out.shortcut = shortcut and self._shortcut_ok(p, sa, sb, i)
+        if p.a.shape and (big_a or big_b):
+            can_a = not big_a or sa.format.streamable
+            can_b = not big_b or sb.format.streamable
+            if can_a and can_b:
+                out.rows = rows_plan(p.a.shape, sa.chunks, sb.chunks, big_a, big_b, bpe, self.mem.block_bytes)
+                out.grid = out.rows.grid
+                return out
+            for side, leaf, s, can in (("A", p.a, sa, can_a), ("B", p.b, sb, can_b)):
+                if not can:
+                    need = s.chunk_bytes() >> 20
+                    out.warnings.append(
+                        f"checkpoint {side}: codec {leaf.source.codec} cannot be streamed; "
+                        f"decoding whole {need} MiB chunks (over the memory budget)"
+                    )
+        out.grid = block_grid(p.a.shape, sa.chunks, sb.chunks, bpe, self.mem.block_bytes)
+        return out
+
+    def _shortcut_ok(self, p: Pair, sa: _Side, sb: _Side, i: int) -> bool:
+        """Equal stored bytes imply equal values only for the same format, chunk for chunk."""
+        fa, fb = sa.format, sb.format
+        if fa is None or fb is None or fa.signature != fb.signature or p.a.dtype != p.b.dtype:
+            return False
+        if fa.chunk_shape != fa.inner_shape or fb.chunk_shape != fb.inner_shape:
+            return False  # multi-chunk shards: decoded per inner chunk instead
+        if family(p.a.dtype) in ("float", "complex") and not self.policies[i].nan_equal:
+            return False  # NaN == NaN bytes would hide --nan-unequal mismatches
+        return True
+
+    def tasks(self) -> Iterator[_Task]:
+        for i in self.sides:
+            o = self.outcomes[i]
+            if o.error:
+                continue
+            bpe = _itemsize(self.pairs[i].a) + _itemsize(self.pairs[i].b)
+            if o.rows is not None:
+                counts = [-(-n // c) for n, c in zip(o.grid.shape, o.grid.block_shape)]
+                slab = o.rows.slab_rows * math.prod(o.grid.block_shape[1:]) * bpe
+                hold = 2 * slab + 2 * min(PIECE_BYTES, self.mem.block_bytes // 4) * (o.rows.stream_a + o.rows.stream_b)
+                for idx in itertools.product(*[range(c) for c in counts]):
+                    start = tuple(k * c for k, c in zip(idx, o.grid.block_shape))
+                    stop = tuple(min(s + c, n) for s, c, n in zip(start, o.grid.block_shape, o.grid.shape))
+                    yield _Task(i, start, stop, hold, math.prod(e - s for s, e in zip(start, stop)) * bpe, idx)
+            else:
+                for start, stop in o.grid.boxes():
+                    n = math.prod(e - s for s, e in zip(start, stop)) * bpe
+                    yield _Task(i, start, stop, n, n)
+
+    # ------------------------------------------------------------------------------- execution
+
+    def submit(self, pool: ThreadPoolExecutor, t: _Task) -> Future:
+        o = self.outcomes[t.pair_index]
+        sa, sb = self.sides[t.pair_index]
+        if t.chunk is not None:
+            return pool.submit(self._chunk_task, t, sa, sb, o)
+        if o.shortcut:
+            keys = self._chunk_keys(sa, t)
+            raw = [(sa.raw, sb.raw, k) for k in keys]
+            return pool.submit(self._block_shortcut, t, sa, sb, o, raw)
+        reads = (sa.read(t.start, t.stop), sb.read(t.start, t.stop))
+        return pool.submit(self._block, t, reads)
+
+    def _block(self, t: _Task, reads) -> LeafStats:
+        a, b = _result(reads[0]), _result(reads[1])
+        return block_stats(a, b, self.policies[t.pair_index], t.start, self.pairs[t.pair_index].a.shape, self.mem.tile)
+
+    def _chunk_keys(self, side: _Side, t: _Task) -> list[str]:
+        c = side.format.chunk_shape
+        ranges = [range(s // k, -(-e // k)) for s, e, k in zip(t.start, t.stop, c)]
+        return [side.format.key(idx) for idx in itertools.product(*ranges)]
+
+    def _block_shortcut(self, t: _Task, sa: _Side, sb: _Side, o: PairOutcome, raw) -> LeafStats:
+        settled = self._try_shortcut(o, raw)
+        if settled is not None:
+            return self._settled(t, settled)
+        return self._block(t, (sa.read(t.start, t.stop), sb.read(t.start, t.stop)))
+
+    def _try_shortcut(self, o: PairOutcome, raw) -> tuple[int, int] | None:
+        """Stored bytes of every chunk equal on both sides: (chunks, bytes of both); else None."""
+        if not o.shortcut:
+            return None
+        sizes = [(ra.size(k), rb.size(k)) for ra, rb, k in raw]
+        if any(x is not None and y is not None and x != y for x, y in sizes):
+            return None  # different lengths: different bytes, nothing to read
+        futs = [(ra.read(k), rb.read(k)) for ra, rb, k in raw]
+        total = 0
+        for fa, fb in futs:
+            va, vb = fa.result(), fb.result()
+            if va.state != "value" or vb.state != "value" or va.value != vb.value:
+                if all(x is None for x, _ in sizes):
+                    with self.lock:
+                        o.misses += 1
+                        if o.misses >= SHORTCUT_GIVE_UP:
+                            o.shortcut = False
+                return None
+            total += 2 * len(va.value)
+        with self.lock:
+            o.misses = 0
+        return len(raw), total
+
+    def _settled(self, t: _Task, settled: tuple[int, int]) -> LeafStats:
+        chunks, stored_bytes = settled
+        n = math.prod(e - s for s, e in zip(t.start, t.stop))
+        a = self.pairs[t.pair_index].a
+        return LeafStats(
+            count=n,
+            n_defined=n,
+            identical=True,
+            shortcut_chunks=chunks,
+            shortcut_bytes=stored_bytes,
+            nan_unknown=family(a.dtype) in ("float", "complex"),
+        )
+
+    def _chunk_task(self, t: _Task, sa: _Side, sb: _Side, o: PairOutcome) -> LeafStats:
+        """One big chunk, slab by slab; the stored bytes compared first when the shortcut applies."""
+        rows = o.rows
+        if o.shortcut and rows.stream_a and rows.stream_b:
+            key = sa.format.key(t.chunk)
+            settled = self._try_shortcut(o, [(sa.raw, sb.raw, key)])
+            if settled is not None:
+                return self._settled(t, settled)
+        policy = self.policies[t.pair_index]
+        shape = self.pairs[t.pair_index].a.shape
+        extent = tuple(e - s for s, e in zip(t.start, t.stop))
+        piece = max(1 << 20, min(PIECE_BYTES, self.mem.block_bytes // 4))
+        ita = stream_chunk(sa.raw, t.chunk, rows.slab_rows, piece) if rows.stream_a else None
+        itb = stream_chunk(sb.raw, t.chunk, rows.slab_rows, piece) if rows.stream_b else None
+        acc = LeafStats()
+        for r0 in range(0, extent[0], rows.slab_rows):
+            r1 = min(r0 + rows.slab_rows, extent[0])
+            start = (t.start[0] + r0,) + t.start[1:]
+            stop = (t.start[0] + r1,) + t.stop[1:]
+            clip = (slice(0, r1 - r0),) + tuple(slice(0, e) for e in extent[1:])
+            a = next(ita)[clip] if ita else None
+            b = next(itb)[clip] if itb else None
+            if a is None:
+                a = _result(sa.read(start, stop))
+            if b is None:
+                b = _result(sb.read(start, stop))
+            acc.merge(block_stats(a, b, policy, start, shape, self.mem.tile))
+            del a, b
+        return acc
+
+    def run(self) -> dict[int, PairOutcome]:
+        pending: dict[Future, _Task] = {}
+        held = 0
+        with ThreadPoolExecutor(max_workers=self.mem.jobs, thread_name_prefix="streamdiff") as pool:
+            for t in self.tasks():
+                if self.outcomes[t.pair_index].error:
+                    self._advance(t)
+                    continue
+                while pending and (len(pending) >= self.mem.in_flight or held + t.nbytes > self.mem.in_flight_bytes):
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        d = pending.pop(fut)
+                        held -= d.nbytes
+                        self._settle(fut, d)
+                try:
+                    fut = self.submit(pool, t)
+                except Exception as e:  # noqa: BLE001 - e.g. the store failed to open
+                    fut = Future()
+                    fut.set_exception(e)
+                pending[fut] = t
+                held += t.nbytes
+            for fut in list(pending):
+                self._settle(fut, pending.pop(fut))
+        return self.outcomes
+
+    def _settle(self, fut: Future, t: _Task) -> None:
+        o = self.outcomes[t.pair_index]
+        try:
+            st = fut.result()
+        except Exception as e:  # noqa: BLE001 - a read or decode failure marks the leaf, not the run
+            if o.error is None:
+                o.error = _one_line(e)
+        else:
+            o.stats.merge(st)
+        self._advance(t)
+
+    def _advance(self, t: _Task) -> None:
+        if self.progress:
+            self.progress(t.progress)
 
 
 def compare_values(
@@ -60,89 +325,10 @@ def compare_values(
     contexts: tuple[ts.Context, ts.Context],
     mem: MemoryPlan,
     progress: ProgressFn | None = None,
+    shortcut: bool = True,
 ) -> dict[int, PairOutcome]:
     """Stream every pair with status 'compare' whose kinds are numeric; returns outcomes by index."""
-    outcomes: dict[int, PairOutcome] = {}
-    sides: dict[int, tuple[_Side, _Side]] = {}
-    for i, p in enumerate(pairs):
-        if p.status != "compare" or p.a.kind == "string":
-            continue
-        try:
-            sides[i] = (_Side(p.a, contexts[0]), _Side(p.b, contexts[1]))
-        except Exception as e:  # noqa: BLE001 - reported per leaf
-            outcomes[i] = PairOutcome(LeafStats(), error=_one_line(e))
-            continue
-        bpe = _itemsize(p.a) + _itemsize(p.b)
-        grid = block_grid(p.a.shape, sides[i][0].chunks, sides[i][1].chunks, bpe, mem.block_bytes)
-        outcomes[i] = PairOutcome(LeafStats(), grid)
-
-    def blocks() -> Iterator[Block]:
-        for i in sides:
-            o = outcomes[i]
-            if o.error:
-                continue
-            p = pairs[i]
-            bpe = _itemsize(p.a) + _itemsize(p.b)
-            for k, (start, stop) in enumerate(o.grid.boxes()):
-                n = 1
-                for s, e in zip(start, stop):
-                    n *= e - s
-                yield Block(i, k, start, stop, n * bpe)
-
-    lock = threading.Lock()
-
-    def start_reads(blk: Block) -> tuple:
-        """Issued from the main thread at submit time, so tensorstore fetches and decodes the
-        blocks ahead while the worker threads compare earlier ones."""
-        sa, sb = sides[blk.pair_index]
-        return sa.read(blk.start, blk.stop), sb.read(blk.start, blk.stop)
-
-    def run(blk: Block, reads: tuple) -> LeafStats:
-        fa, fb = reads
-        a = fa if isinstance(fa, np.ndarray) else fa.result()
-        b = fb if isinstance(fb, np.ndarray) else fb.result()
-        return block_stats(a, b, policies[blk.pair_index], blk.start, pairs[blk.pair_index].a.shape, mem.tile)
-
-    def settle(fut: Future, blk: Block) -> None:
-        o = outcomes[blk.pair_index]
-        try:
-            st = fut.result()
-        except Exception as e:  # noqa: BLE001 - a read or decode failure marks the leaf, not the run
-            with lock:
-                if o.error is None:
-                    o.error = _one_line(e)
-        else:
-            o.stats.merge(st)
-        if progress:
-            progress(blk.nbytes)
-
-    pending: dict[Future, Block] = {}
-    in_flight_bytes = 0
-    with ThreadPoolExecutor(max_workers=mem.jobs, thread_name_prefix="streamdiff") as pool:
-        for blk in blocks():
-            if outcomes[blk.pair_index].error:
-                if progress:
-                    progress(blk.nbytes)
-                continue
-            while pending and (len(pending) >= mem.in_flight or in_flight_bytes + blk.nbytes > mem.in_flight_bytes):
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    b = pending.pop(fut)
-                    in_flight_bytes -= b.nbytes
-                    settle(fut, b)
-            try:
-                reads = start_reads(blk)
-            except Exception as e:  # noqa: BLE001 - e.g. the store failed to open
-                fut: Future = Future()
-                fut.set_exception(e)
-                pending[fut] = blk
-            else:
-                pending[pool.submit(run, blk, reads)] = blk
-            in_flight_bytes += blk.nbytes
-        for fut in list(pending):
-            fut.exception()
-            settle(fut, pending.pop(fut))
-    return outcomes
+    return _Engine(pairs, policies, contexts, mem, shortcut, progress).run()
 
 
 def _itemsize(leaf: Leaf) -> int:

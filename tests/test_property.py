@@ -2,7 +2,8 @@
 
 Each example saves A and B with independently drawn layouts (OCDBT or not, zarr v2 or v3, different
 chunk sizes, so the two chunk grids need not match) and streams them with a tiny block size so that
-blocks split chunks and chunks split blocks.
+blocks split chunks and chunks split blocks: chunks over the block budget are stream-decoded from
+their stored bytes in slabs of rows. The equal-bytes shortcut is on or off at random.
 """
 
 from __future__ import annotations
@@ -113,14 +114,22 @@ def flat(tree, prefix=()):
     nan_equal=st.booleans(),
     block_bytes=st.sampled_from([8, 100, 4096, None]),
     jobs=st.sampled_from([1, 3]),
+    shortcut=st.booleans(),
 )
-def test_saved_trees_diff_equals_numpy(pair, la, lb, atol, rtol, nan_equal, block_bytes, jobs):
+def test_saved_trees_diff_equals_numpy(pair, la, lb, atol, rtol, nan_equal, block_bytes, jobs, shortcut):
     ta, tb = pair
     with tempfile.TemporaryDirectory() as tmp:
         save(f"{tmp}/a", ta, la)
         save(f"{tmp}/b", tb, lb)
         r = streamdiff.diff(
-            f"{tmp}/a", f"{tmp}/b", atol=atol, rtol=rtol, nan_equal=nan_equal, block_bytes=block_bytes, jobs=jobs
+            f"{tmp}/a",
+            f"{tmp}/b",
+            atol=atol,
+            rtol=rtol,
+            nan_equal=nan_equal,
+            block_bytes=block_bytes,
+            jobs=jobs,
+            shortcut=shortcut,
         )
     got = {x.path: x for x in r.leaves}
     expected_paths = {p for p, _ in flat(ta)}

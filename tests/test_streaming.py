@@ -1,0 +1,116 @@
+"""Scale paths: chunks bigger than the block budget stream through a zstd decoder from byte-range
+reads; equal stored bytes settle chunks without decoding; different chunk grids still line up.
+Every number is checked against numpy on the in-memory arrays."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from reference import assert_stats_match, expected_stats
+
+import streamdiff
+
+RNG = np.random.default_rng(7)
+BIG = RNG.standard_normal((300, 70), dtype=np.float32)  # one 82 KB chunk when saved as numpy
+
+
+def save(path, tree, chunk_bytes=None, **kw):
+    import jax
+    import orbax.checkpoint as ocp
+
+    args = jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=chunk_bytes), tree) if chunk_bytes else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ocp.Checkpointer(ocp.PyTreeCheckpointHandler(**kw)).save(path, args=ocp.args.PyTreeSave(tree, save_args=args))
+
+
+def perturbed(x):
+    y = x.copy()
+    y[5, 3] += 0.5
+    y[290, 69] = np.nan
+    y[100:110] *= 1.001
+    return y
+
+
+LAYOUTS = {
+    "zarr2_zstd": {},
+    "zarr3_zstd": {"use_zarr3": True},
+    "zarr2_raw": {"use_compression": False},
+    "zarr3_raw": {"use_zarr3": True, "use_compression": False},
+    "zarr2_zstd_files": {"use_ocdbt": False},
+    "zarr3_zstd_files": {"use_ocdbt": False, "use_zarr3": True},
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("block_bytes", [4096, 64 * 1024])
+def test_big_single_chunk_streams_in_slabs(tmp_path, layout, block_bytes):
+    b = perturbed(BIG)
+    save(tmp_path / "a", {"w": BIG}, **LAYOUTS[layout])
+    save(tmp_path / "b", {"w": b}, **LAYOUTS[layout])
+    r = streamdiff.diff(str(tmp_path / "a"), str(tmp_path / "b"), atol=1e-6, rtol=1e-5, block_bytes=block_bytes)
+    leaf = r.leaves[0]
+    assert leaf.stats.get("streamed"), "the chunk should exceed the block budget and stream"
+    assert_stats_match(leaf.stats, expected_stats(BIG, b, 1e-6, 1e-5))
+
+
+def test_stream_one_side_against_a_different_grid(tmp_path):
+    """A: one big chunk (streamed); B: 16 small chunks (read box by box)."""
+    b = perturbed(BIG)
+    save(tmp_path / "a", {"w": BIG})
+    save(tmp_path / "b", {"w": b}, chunk_bytes=6000)
+    for x, y, arrs in (("a", "b", (BIG, b)), ("b", "a", (b, BIG))):
+        r = streamdiff.diff(str(tmp_path / x), str(tmp_path / y), block_bytes=8192)
+        leaf = r.leaves[0]
+        assert leaf.stats["streamed"]
+        assert_stats_match(leaf.stats, expected_stats(*arrs))
+
+
+def test_truncated_big_chunk_is_an_error_naming_the_leaf(tmp_path):
+    save(tmp_path / "a", {"w": BIG}, use_ocdbt=False)
+    save(tmp_path / "b", {"w": BIG}, use_ocdbt=False)
+    chunk = tmp_path / "b" / "w" / "0.0"
+    chunk.write_bytes(chunk.read_bytes()[:5000])
+    r = streamdiff.diff(str(tmp_path / "a"), str(tmp_path / "b"), block_bytes=4096, shortcut=False)
+    assert r.exit_code == 2 and r.leaves[0].status == "error"
+    assert "truncated" in r.leaves[0].message or "ended early" in r.leaves[0].message
+
+
+@pytest.mark.parametrize("ocdbt", [True, False])
+def test_equal_bytes_shortcut_settles_identical_saves(tmp_path, ocdbt):
+    """Two saves of the same tree: every chunk settled by its stored bytes, none decoded."""
+    tree = {"w": BIG, "v": np.arange(1000, dtype=np.int32), "big": RNG.standard_normal(50_000).astype(np.float32)}
+    save(tmp_path / "a", tree, chunk_bytes=20_000, use_ocdbt=ocdbt)
+    save(tmp_path / "a2", tree, chunk_bytes=20_000, use_ocdbt=ocdbt)
+    r = streamdiff.diff(str(tmp_path / "a"), str(tmp_path / "a2"))
+    j = streamdiff.to_json(r)
+    assert r.exit_code == 0 and j["identical"]
+    assert j["summary"]["shortcut_chunks"] >= 15 and j["summary"]["shortcut_bytes"] > 2 * 200_000
+    w = next(x for x in j["leaves"] if x["path"] == "w")
+    assert w["nan_a"] is None and w["count"] == BIG.size  # NaN/Inf unknown: nothing was decoded
+    off = streamdiff.to_json(streamdiff.diff(str(tmp_path / "a"), str(tmp_path / "a2"), shortcut=False))
+    assert off["summary"]["shortcut_chunks"] == 0
+    assert next(x for x in off["leaves"] if x["path"] == "w")["nan_a"] == 0
+
+
+def test_shortcut_only_settles_chunks_that_are_equal(tmp_path):
+    """Differences in one chunk of many: that chunk is decoded and every number is numpy's."""
+    x = RNG.standard_normal((64, 64)).astype(np.float32)
+    y = x.copy()
+    y[40, 7] = 3.0
+    save(tmp_path / "a", {"x": x}, chunk_bytes=2048)
+    save(tmp_path / "b", {"x": y}, chunk_bytes=2048)
+    r = streamdiff.diff(str(tmp_path / "a"), str(tmp_path / "b"))
+    s = r.leaves[0].stats
+    assert s["shortcut_chunks"] > 0 and s["mismatches"] == 1 and s["max_abs_diff_index"] == [40, 7]
+    assert_stats_match(s, expected_stats(x, y))
+
+
+def test_nan_unequal_disables_the_shortcut_for_floats(tmp_path):
+    x = np.full((10, 10), np.nan, np.float32)
+    save(tmp_path / "a", {"x": x})
+    save(tmp_path / "b", {"x": x})
+    r = streamdiff.diff(str(tmp_path / "a"), str(tmp_path / "b"), nan_equal=False)
+    assert r.exit_code == 1 and r.leaves[0].stats["mismatches"] == 100
