@@ -51,3 +51,8 @@ test: install-test lint
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info
+
+# Benchmarks (bench/run.py): generates MaxText-like pairs with orbax on first use (~14 GB in
+# bench/out), then prints one table and appends it to bench/RESULTS.md. About 10 minutes.
+bench: install-test
+	$(PY) bench/run.py

@@ -213,34 +213,48 @@ class _RangeSource:
         self.stop = stop
         self.piece = piece
         self.eof = False
+        self._data = b""
+        self._off = 0
         self._next = self._fetch()
 
     def _fetch(self):
         if self.eof or (self.stop is not None and self.pos >= self.stop):
             return None
-        end = self.pos + self.piece if self.stop is None else min(self.pos + self.piece, self.stop)
-        fut = self.raw.kv.read(self.key, byte_range=slice(self.pos, end))
-        return fut, self.pos, end
+        start = self.pos
+        end = start + self.piece if self.stop is None else min(start + self.piece, self.stop)
+        self.pos = end
+        return self.raw.kv.read(self.key, byte_range=slice(start, end)), start
 
-    def read(self, n: int = -1) -> bytes:
-        if self._next is None:
-            return b""
-        fut, start, _ = self._next
+    def _take_next(self) -> bytes:
+        fut, start = self._next
         try:
             r = fut.result()
         except Exception as e:
             if self.stop is not None or "OUT_OF_RANGE" not in str(e):
                 raise
             # Unknown size and past the end: what is left is shorter than one piece.
-            data = self.raw.read_range(self.key, start, None)
             self.eof = True
-        else:
-            if r.state != "value":
-                raise ValueError(f"chunk {self.key!r} is missing")
-            data = bytes(r.value)
-        self.pos = start + len(data)
-        self._next = None if self.eof else self._fetch()
-        return data
+            self._next = None
+            return self.raw.read_range(self.key, start, None)
+        if r.state != "value":
+            raise ValueError(f"chunk {self.key!r} is missing")
+        self._next = self._fetch()
+        return bytes(r.value)
+
+    def read(self, n: int = -1) -> bytes:
+        if self._off < len(self._data):
+            out = self._data[self._off :] if n < 0 else self._data[self._off : self._off + n]
+            self._off += len(out)
+            return out
+        if self._next is None:
+            return b""
+        self._data, self._off = self._take_next(), 0
+        return self.read(n)
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
 
 
 def inner_chunk_range(raw: RawStore, shard_key: str, inner_index: tuple[int, ...]) -> tuple[int, int]:
@@ -283,17 +297,17 @@ def stream_chunk(
     source = _RangeSource(raw, key, start, stop, piece)
     reader = zstandard.ZstdDecompressor().stream_reader(source, read_size=piece) if f.compressor == "zstd" else source
     total_rows = shape[0] if shape else 1
-    buf = bytearray()
+    # One buffer, reused: each slab is compared before the next is decoded into it.
+    buf = np.empty((min(rows_per_slab, total_rows),) + tuple(shape[1:]), dtype=f.dtype)
     row = 0
     while row < total_rows:
         n = min(rows_per_slab, total_rows - row)
-        want = n * row_bytes
-        while len(buf) < want:
-            chunk = reader.read(max(want - len(buf), 1 << 16))
-            if not chunk:
+        view = memoryview(buf.reshape(-1).view(np.uint8))[: n * row_bytes]
+        got = 0
+        while got < len(view):
+            k = reader.readinto(view[got:])
+            if not k:
                 raise ValueError(f"chunk {key!r} ended early: truncated data")
-            buf += chunk
-        slab = np.frombuffer(bytes(buf[:want]), dtype=f.dtype).reshape((n,) + tuple(shape[1:]))
-        del buf[:want]
-        yield slab
+            got += k
+        yield buf[:n]
         row += n

@@ -24,7 +24,7 @@ GCS_RETRIES = {"max_retries": 3, "initial_delay": "100ms", "max_delay": "1s"}
 #: Cache for OCDBT manifests and B-tree nodes (named pool, referenced by every ocdbt kvstore spec):
 #: without it each chunk read would fetch and decode the root node again.
 META_CACHE = "cache_pool#meta"
-META_CACHE_BYTES = 64 << 20
+META_CACHE_BYTES = 16 << 20
 
 
 def make_context(remote: bool, cache_bytes: int = 0) -> ts.Context:

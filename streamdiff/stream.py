@@ -191,11 +191,21 @@ class _Engine:
         if t.chunk is not None:
             return pool.submit(self._chunk_task, t, sa, sb, o)
         if o.shortcut:
-            keys = self._chunk_keys(sa, t)
-            raw = [(sa.raw, sb.raw, k) for k in keys]
-            return pool.submit(self._block_shortcut, t, sa, sb, o, raw)
+            raw = self._start_raw_reads(o, sa, sb, self._chunk_keys(sa, t))
+            if raw is not None:
+                return pool.submit(self._block_shortcut, t, sa, sb, o, raw)
         reads = (sa.read(t.start, t.stop), sb.read(t.start, t.stop))
         return pool.submit(self._block, t, reads)
+
+    def _start_raw_reads(self, o: PairOutcome, sa: _Side, sb: _Side, keys: list[str]) -> list | None:
+        """Stored-byte reads of the block's chunks, issued at submit time like decode reads; None
+        when known sizes already differ (different bytes: decode without reading them twice)."""
+        ra, rb = sa.raw, sb.raw
+        for k in keys:
+            x, y = ra.size(k), rb.size(k)
+            if x is not None and y is not None and x != y:
+                return None
+        return [(ra.read(k), rb.read(k), ra.size(k) is not None) for k in keys]
 
     def _block(self, t: _Task, reads) -> LeafStats:
         a, b = _result(reads[0]), _result(reads[1])
@@ -206,26 +216,20 @@ class _Engine:
         ranges = [range(s // k, -(-e // k)) for s, e, k in zip(t.start, t.stop, c)]
         return [side.format.key(idx) for idx in itertools.product(*ranges)]
 
-    def _block_shortcut(self, t: _Task, sa: _Side, sb: _Side, o: PairOutcome, raw) -> LeafStats:
-        settled = self._try_shortcut(o, raw)
+    def _block_shortcut(self, t: _Task, sa: _Side, sb: _Side, o: PairOutcome, raw: list) -> LeafStats:
+        settled = self._compare_raw(o, raw)
         if settled is not None:
             return self._settled(t, settled)
         return self._block(t, (sa.read(t.start, t.stop), sb.read(t.start, t.stop)))
 
-    def _try_shortcut(self, o: PairOutcome, raw) -> tuple[int, int] | None:
-        """Stored bytes of every chunk equal on both sides: (chunks, bytes of both); else None."""
-        if not o.shortcut:
-            return None
-        sizes = [(ra.size(k), rb.size(k)) for ra, rb, k in raw]
-        if any(x is not None and y is not None and x != y for x, y in sizes):
-            return None  # different lengths: different bytes, nothing to read
-        futs = [(ra.read(k), rb.read(k)) for ra, rb, k in raw]
+    def _compare_raw(self, o: PairOutcome, raw: list) -> tuple[int, int] | None:
+        """(chunks, bytes of both sides) when every chunk's stored bytes are equal; else None."""
         total = 0
-        for fa, fb in futs:
+        for fa, fb, sized in raw:
             va, vb = fa.result(), fb.result()
             if va.state != "value" or vb.state != "value" or va.value != vb.value:
-                if all(x is None for x, _ in sizes):
-                    with self.lock:
+                if not sized:
+                    with self.lock:  # no sizes to tell in advance: give up after a few misses
                         o.misses += 1
                         if o.misses >= SHORTCUT_GIVE_UP:
                             o.shortcut = False
@@ -234,6 +238,26 @@ class _Engine:
         with self.lock:
             o.misses = 0
         return len(raw), total
+
+    def _compare_raw_streaming(self, o: PairOutcome, ra: RawStore, rb: RawStore, key: str) -> tuple[int, int] | None:
+        """Big chunks: compare stored bytes piece by piece, never holding a whole chunk."""
+        x, y = ra.size(key), rb.size(key)
+        if x is None or y is None or x != y:
+            return None  # unknown sizes: decoding is the only bounded-memory way to know
+        piece = max(1 << 20, min(PIECE_BYTES, self.mem.block_bytes // 4))
+
+        def fetch(off: int):
+            rng = slice(off, min(off + piece, x))
+            return ra.kv.read(key, byte_range=rng), rb.kv.read(key, byte_range=rng)
+
+        nxt = fetch(0)
+        for off in range(0, x, piece):
+            fa, fb = nxt
+            if off + piece < x:
+                nxt = fetch(off + piece)  # the next pieces are on their way while these compare
+            if fa.result().value != fb.result().value:
+                return None
+        return 1, 2 * x
 
     def _settled(self, t: _Task, settled: tuple[int, int]) -> LeafStats:
         chunks, stored_bytes = settled
@@ -252,8 +276,7 @@ class _Engine:
         """One big chunk, slab by slab; the stored bytes compared first when the shortcut applies."""
         rows = o.rows
         if o.shortcut and rows.stream_a and rows.stream_b:
-            key = sa.format.key(t.chunk)
-            settled = self._try_shortcut(o, [(sa.raw, sb.raw, key)])
+            settled = self._compare_raw_streaming(o, sa.raw, sb.raw, sa.format.key(t.chunk))
             if settled is not None:
                 return self._settled(t, settled)
         policy = self.policies[t.pair_index]

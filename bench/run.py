@@ -1,0 +1,208 @@
+"""`make bench`: one table, from one invocation, of streamdiff against today's alternative and
+against what this machine can do at all.
+
+For every scenario it runs, each as a separate process measured with os.wait4 (peak RSS of that
+process alone) and wall time:
+
+* baseline: orbax restores both checkpoints whole, then np.allclose per leaf (bench/baseline_restore.py);
+* limit: tensorstore decodes every chunk of both and discards it (bench/decode_limit.py), or, for
+  identical pairs, reads every chunk's stored bytes (bench/read_stored.py);
+* streamdiff with a memory budget.
+
+Runs are repeated (--repeat) round-robin so machine noise hits all alike; the table shows medians
+and ratios of medians. Pairs are generated on first use with bench/make_pair.py (real orbax).
+
+    python bench/run.py [--repeat 3] [--layers 8] [--out bench/out] [--results bench/RESULTS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PY = sys.executable
+
+
+@dataclass
+class Measure:
+    label: str
+    cmd: list[str]
+    ok_codes: tuple[int, ...] = (0, 1)
+    walls: list[float] = field(default_factory=list)
+    rss: list[int] = field(default_factory=list)
+
+    def run(self) -> None:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        code = os.waitstatus_to_exitcode(status)
+        err = p.stderr.read().decode(errors="replace")
+        p.stderr.close()
+        if code not in self.ok_codes:
+            raise SystemExit(f"{self.label}: exit {code}\n{' '.join(self.cmd)}\n{err[-2000:]}")
+        self.walls.append(wall)
+        self.rss.append(usage.ru_maxrss * 1024)
+
+    @property
+    def wall(self) -> float:
+        return statistics.median(self.walls)
+
+    @property
+    def peak(self) -> int:
+        return max(self.rss)
+
+
+def streamdiff(a: str, b: str, budget: str, *extra: str) -> list[str]:
+    return [PY, "-m", "streamdiff", a, b, "-q", "--max-memory", budget, "--atol", "1e-6", "--rtol", "1e-5", *extra]
+
+
+def script(name: str, *args: str) -> list[str]:
+    return [PY, os.path.join(HERE, name), *args]
+
+
+def ensure_pair(out: str, layout: str, layers: int) -> str:
+    d = os.path.join(out, f"{layout}_l{layers}")
+    if not all(os.path.exists(os.path.join(d, x, "commit_success.txt")) for x in ("a", "a2", "b")):
+        print(f"generating {d} with orbax ...", flush=True)
+        subprocess.run(script("make_pair.py", d, "--layers", str(layers), "--layout", layout), check=True)
+    return d
+
+
+def gib(path: str) -> float:
+    total = 0
+    for dp, _, fs in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(dp, f)) for f in fs)
+    return total / 2**30
+
+
+def machine() -> str:
+    import numpy
+    import tensorstore
+
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    cpu = "?"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, numpy {numpy.__version__}, tensorstore {tensorstore.__version__}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--layers", type=int, default=8, help="size of the large pairs (~240 MiB per layer)")
+    ap.add_argument("--out", default=os.path.join(HERE, "out"))
+    ap.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"))
+    ap.add_argument("--no-baseline", action="store_true", help="skip the (slow, memory-hungry) whole restore")
+    args = ap.parse_args()
+
+    small = ensure_pair(args.out, "sharded", args.layers // 2)
+    big = ensure_pair(args.out, "sharded", args.layers)
+    npy = ensure_pair(args.out, "numpy", args.layers)
+
+    def P(d, x):
+        return os.path.join(d, x)
+
+    rows: list[tuple[str, Measure | None, Measure, Measure, str]] = []
+    # (scenario, baseline, limit, streamdiff, note)
+    base = lambda d, x: (
+        None if args.no_baseline else Measure("baseline", script("baseline_restore.py", P(d, "a"), P(d, x)))
+    )  # noqa: E731
+    rows.append(
+        (
+            f"(i) values differ, sharded ({gib(P(big, 'a')):.2f} GiB each)",
+            base(big, "b"),
+            Measure("limit", script("decode_limit.py", P(big, "a"), P(big, "b"))),
+            Measure("streamdiff", streamdiff(P(big, "a"), P(big, "b"), "256M")),
+            "--max-memory 256M; limit = decode every chunk, discard",
+        )
+    )
+    rows.append(
+        (
+            "(ii) identical (two saves of one tree), sharded",
+            base(big, "a2"),
+            Measure("limit", script("read_stored.py", P(big, "a"), P(big, "a2"))),
+            Measure("streamdiff", streamdiff(P(big, "a"), P(big, "a2"), "256M")),
+            "--max-memory 256M; limit = read every chunk's stored bytes",
+        )
+    )
+    rows.append(
+        (
+            "(iii) values differ, numpy single chunks up to 128 MiB",
+            base(npy, "b"),
+            Measure("limit", script("decode_limit.py", P(npy, "a"), P(npy, "b"))),
+            Measure("streamdiff", streamdiff(P(npy, "a"), P(npy, "b"), "64M")),
+            "--max-memory 64M: chunks stream through zstd in slabs",
+        )
+    )
+    rows.append(
+        (
+            "(iii') identical, numpy single chunks",
+            None,
+            Measure("limit", script("read_stored.py", P(npy, "a"), P(npy, "a2"))),
+            Measure("streamdiff", streamdiff(P(npy, "a"), P(npy, "a2"), "64M")),
+            "--max-memory 64M; limit = read every chunk's stored bytes",
+        )
+    )
+    half = Measure("streamdiff", streamdiff(P(small, "a"), P(small, "b"), "256M"))
+    half_limit = Measure("limit", script("decode_limit.py", P(small, "a"), P(small, "b")))
+    rows.append(
+        (f"(iv) values differ, sharded, half size ({gib(P(small, 'a')):.2f} GiB each)", None, half_limit, half, "")
+    )
+
+    measures = [m for r in rows for m in r[1:4] if m is not None]
+    for k in range(args.repeat):
+        for m in measures:
+            print(
+                f"[{k + 1}/{args.repeat}] {m.label}: {' '.join(os.path.relpath(c) if os.sep in c else c for c in m.cmd[1:])}",
+                flush=True,
+            )
+            m.run()
+
+    def fmt_mb(n: int) -> str:
+        return f"{n / 2**20:,.0f} MB"
+
+    lines = [
+        "| scenario | baseline wall / RSS | limit wall / RSS | streamdiff wall / RSS | streamdiff vs baseline | vs limit | notes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, b, lim, sd, note in rows:
+        bcol = f"{b.wall:.2f} s / {fmt_mb(b.peak)}" if b else "-"
+        speed = f"{b.wall / sd.wall:.1f}x faster, {b.peak / sd.peak:.0f}x less memory" if b else "-"
+        lines.append(
+            f"| {name} | {bcol} | {lim.wall:.2f} s / {fmt_mb(lim.peak)} | {sd.wall:.2f} s / {fmt_mb(sd.peak)} "
+            f"| {speed} | {sd.wall / lim.wall:.2f}x | {note} |"
+        )
+    big_sd = rows[0][3]
+    growth = big_sd.peak / half.peak - 1
+    summary = (
+        f"Peak RSS at double the size: {fmt_mb(half.peak)} -> {fmt_mb(big_sd.peak)} ({growth:+.0%}) "
+        f"with --max-memory 256M."
+    )
+    table = "\n".join(lines)
+    print()
+    print(table)
+    print(summary)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    with open(args.results, "a") as f:
+        f.write(
+            f"\n## Run of {stamp}\n\nMachine: {machine()}. Medians of {args.repeat} round-robin runs; "
+            f"RSS is the maximum peak RSS of the process (os.wait4).\n\n{table}\n\n{summary}\n"
+        )
+    print(f"appended to {args.results}")
+
+
+if __name__ == "__main__":
+    main()
