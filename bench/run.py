@@ -116,10 +116,13 @@ def main() -> None:
         return os.path.join(d, x)
 
     rows: list[tuple[str, Measure | None, Measure, Measure, str]] = []
+
     # (scenario, baseline, limit, streamdiff, note)
-    base = lambda d, x: (
-        None if args.no_baseline else Measure("baseline", script("baseline_restore.py", P(d, "a"), P(d, x)))
-    )  # noqa: E731
+    def base(d: str, x: str) -> Measure | None:
+        if args.no_baseline:
+            return None
+        return Measure("baseline", script("baseline_restore.py", P(d, "a"), P(d, x)))
+
     rows.append(
         (
             f"(i) values differ, sharded ({gib(P(big, 'a')):.2f} GiB each)",
@@ -165,17 +168,16 @@ def main() -> None:
     measures = [m for r in rows for m in r[1:4] if m is not None]
     for k in range(args.repeat):
         for m in measures:
-            print(
-                f"[{k + 1}/{args.repeat}] {m.label}: {' '.join(os.path.relpath(c) if os.sep in c else c for c in m.cmd[1:])}",
-                flush=True,
-            )
+            shown = " ".join(os.path.relpath(c) if os.sep in c else c for c in m.cmd[1:])
+            print(f"[{k + 1}/{args.repeat}] {m.label}: {shown}", flush=True)
             m.run()
 
     def fmt_mb(n: int) -> str:
         return f"{n / 2**20:,.0f} MB"
 
     lines = [
-        "| scenario | baseline wall / RSS | limit wall / RSS | streamdiff wall / RSS | streamdiff vs baseline | vs limit | notes |",
+        "| scenario | baseline wall / RSS | limit wall / RSS | streamdiff wall / RSS "
+        "| streamdiff vs baseline | vs limit | notes |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, b, lim, sd, note in rows:
