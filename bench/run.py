@@ -84,8 +84,7 @@ def gib(path: str) -> float:
 
 
 def machine() -> str:
-    import numpy
-    import tensorstore
+    from importlib.metadata import version
 
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     cpu = "?"
@@ -95,7 +94,7 @@ def machine() -> str:
         pass
     return (
         f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}, numpy {numpy.__version__}, tensorstore {tensorstore.__version__}"
+        f"Python {platform.python_version()}, numpy {version('numpy')}, tensorstore {version('tensorstore')}"
     )
 
 
@@ -108,7 +107,8 @@ def main() -> None:
     ap.add_argument("--no-baseline", action="store_true", help="skip the (slow, memory-hungry) whole restore")
     args = ap.parse_args()
 
-    small = ensure_pair(args.out, "sharded", args.layers // 2)
+    # ~0.34 GiB of embeddings plus ~0.17 GiB per layer: (L - 2) // 2 layers is half the size of L.
+    small = ensure_pair(args.out, "sharded", max(1, (args.layers - 2) // 2))
     big = ensure_pair(args.out, "sharded", args.layers)
     npy = ensure_pair(args.out, "numpy", args.layers)
 
@@ -190,7 +190,7 @@ def main() -> None:
     big_sd = rows[0][3]
     growth = big_sd.peak / half.peak - 1
     summary = (
-        f"Peak RSS at double the size: {fmt_mb(half.peak)} -> {fmt_mb(big_sd.peak)} ({growth:+.0%}) "
+        f"Peak RSS at {gib(P(big, 'a')) / gib(P(small, 'a')):.2f}x the size: {fmt_mb(half.peak)} -> {fmt_mb(big_sd.peak)} ({growth:+.0%}) "
         f"with --max-memory 256M."
     )
     table = "\n".join(lines)
