@@ -189,8 +189,9 @@ def main() -> None:
         )
     big_sd = rows[0][3]
     growth = big_sd.peak / half.peak - 1
+    ratio = gib(P(big, "a")) / gib(P(small, "a"))
     summary = (
-        f"Peak RSS at {gib(P(big, 'a')) / gib(P(small, 'a')):.2f}x the size: {fmt_mb(half.peak)} -> {fmt_mb(big_sd.peak)} ({growth:+.0%}) "
+        f"Peak RSS at {ratio:.2f}x the size: {fmt_mb(half.peak)} -> {fmt_mb(big_sd.peak)} ({growth:+.0%}) "
         f"with --max-memory 256M."
     )
     table = "\n".join(lines)
