@@ -73,7 +73,10 @@ def build_state(layers: int, seed: int, layout: str, noise: float = 0.0):
             x += rng.standard_normal(shape, dtype=np.float32) * np.float32(noise)
         if layout == "numpy":
             return x
-        spec = P("data", "model") if len(shape) >= 2 and shape[0] % 4 == 0 and shape[-1] % 2 == 0 else P()
+        if len(shape) >= 2 and shape[0] % 4 == 0 and shape[-1] % 2 == 0:
+            spec = P("data", *([None] * (len(shape) - 2)), "model")  # first and last axes, as MaxText
+        else:
+            spec = P()
         return jax.device_put(x, NamedSharding(mesh, spec))
 
     shapes = model_shapes(layers)
