@@ -35,8 +35,11 @@ demo: install
 	@echo "== 3. a checkpoint against itself: identical, exit 0"
 	@$(VENV)/bin/streamdiff $(MAXTEXT)/v024_nnx_scan/checkpoints $(MAXTEXT)/v024_nnx_scan/checkpoints; echo "(exit code $$?)"
 	@echo
-	@echo "== 4. structure only (no array data read): Linen vs native NNX layouts without mapping rules"
-	@$(VENV)/bin/streamdiff $(MAXTEXT)/v024_linen_scan/checkpoints $(MAXTEXT)/pr283f88b_nnx_scan/checkpoints --structure-only; echo "(exit code $$?)"
+	@echo "== 4. Linen vs its conversion to NNX by MaxText's converter: layouts detected, mapped, equal in every leaf"
+	@$(VENV)/bin/streamdiff $(MAXTEXT)/v024_linen_scan/checkpoints $(MAXTEXT)/conv_pr283f88b_linen_scan_to_nnx/items; echo "(exit code $$?)"
+	@echo
+	@echo "== 5. structure only (no array data read): MaxText Linen vs native NNX, unscanned layers"
+	@$(VENV)/bin/streamdiff $(MAXTEXT)/v024_linen_noscan/checkpoints $(MAXTEXT)/pr283f88b_nnx_noscan/checkpoints --structure-only; echo "(exit code $$?)"
 
 lint: install-test
 	$(PY) -m ruff check $(SRC)

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import tensorstore as ts
 
-from streamdiff.cli import limit_malloc_arenas
+from streamdiff import malloc
 from streamdiff.locate import locate
 from streamdiff.tree import build_tree
 
@@ -26,7 +26,7 @@ def chunk_boxes(shape, chunks):
 
 
 def main() -> None:
-    limit_malloc_arenas(1)  # the same allocator setting streamdiff's CLI uses
+    malloc.limit_arenas(1)  # the same allocator setting streamdiff's CLI uses
     ap = argparse.ArgumentParser()
     ap.add_argument("paths", nargs="+")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)

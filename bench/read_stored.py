@@ -11,13 +11,13 @@ from collections import deque
 
 import tensorstore as ts
 
-from streamdiff.cli import limit_malloc_arenas
+from streamdiff import malloc
 from streamdiff.locate import locate
 from streamdiff.tree import build_tree
 
 
 def main() -> None:
-    limit_malloc_arenas(1)  # the same allocator setting streamdiff's CLI uses
+    malloc.limit_arenas(1)  # the same allocator setting streamdiff's CLI uses
     ap = argparse.ArgumentParser()
     ap.add_argument("paths", nargs="+")
     ap.add_argument("--in-flight", type=int, default=8)

@@ -6,13 +6,18 @@ locate -> tree -> (map) -> pair -> plan -> stream/stats -> Report.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Protocol
 
-from .datatypes import KeyPath, Leaf, LeafResult, Pair, Report, Tree
+from .datatypes import KeyPath, Leaf, LeafResult, Pair, Report, Tree, format_path
+from .errors import UsageError
+from .layouts import align, detect, load_preset
 from .locate import Item, choose_items, locate
 from .pair import pair_trees
 from .plan import DEFAULT_MAX_MEMORY, default_jobs, memory_plan
+from .rules import Mapped, apply_rules, dtype_allowed, load_rules_file, tolerance_for
 from .stats import Policy
 from .storage import io_counters
 from .stream import PairOutcome, compare_values
@@ -27,6 +32,18 @@ class Progress(Protocol):
     def advance(self, nbytes: int) -> None: ...
 
 
+@dataclass(frozen=True)
+class Mapping:
+    """How the two sides were brought to one canonical tree (the `map` stage)."""
+
+    a: Mapped
+    b: Mapped
+    layout_a: str | None
+    layout_b: str | None
+    notes_a: tuple[str, ...]
+    notes_b: tuple[str, ...]
+
+
 def diff(
     a: str,
     b: str,
@@ -37,6 +54,10 @@ def diff(
     nan_equal: bool = True,
     step: int | None = None,
     item: str | None = None,
+    rules: Sequence[str] = (),
+    preset: str | None = None,
+    auto: bool = True,
+    layer_axis: int | None = None,
     max_memory: int = DEFAULT_MAX_MEMORY,
     jobs: int | None = None,
     block_bytes: int | None = None,
@@ -47,39 +68,32 @@ def diff(
 
     `a` and `b` are paths, `file://` or `gs://` URLs of an item dir, a step dir or a
     CheckpointManager root. Values are compared as `|a - b| <= atol + rtol * |b|`.
+    Before pairing, each side is mapped to a canonical tree: the preset of its detected layout
+    (unless `auto` is False or `preset` names one for both sides), then the `rules` files in order,
+    then alignment of scanned and unscanned layers (`layer_axis` when shapes cannot tell).
     `max_memory` bounds the process's peak memory; `block_bytes` overrides the block size the
     planner derives from it (tests use it to force many blocks per chunk). With `shortcut`, chunks
     whose stored bytes are equal on both sides are settled without decoding.
     """
     if atol < 0 or rtol < 0:
-        from .errors import UsageError
-
         raise UsageError("--atol and --rtol must be >= 0")
     t0 = time.perf_counter()
     io0 = io_counters()
-    with ThreadPoolExecutor(2) as pool:
-        fa = pool.submit(locate, a, step)
-        fb = pool.submit(locate, b, step)
-        la, lb = fa.result(), fb.result()
-    matched = choose_items(la, lb, item)
-    trees_a, trees_b = _build_trees(matched)
-    leaves_a = _merge_items([(prefix, t) for prefix, t in zip((m[0] for m in matched), trees_a)])
-    leaves_b = _merge_items([(prefix, t) for prefix, t in zip((m[0] for m in matched), trees_b)])
-    pairs = pair_trees(leaves_a, leaves_b)
+    la, lb, matched, trees_a, trees_b = _resolve(a, b, step, item)
+    m = map_trees(trees_a, trees_b, [x[0] for x in matched], rules, preset, auto, layer_axis)
+    pairs = pair_trees(m.a.leaves, m.b.leaves)
 
     outcomes: dict[int, PairOutcome] = {}
     if not structure_only:
-        policies = [_policy(p, atol, rtol, nan_equal) for p in pairs]
+        policies = [_policy(p, atol, rtol, nan_equal, m) for p in pairs]
         mem = memory_plan(max_memory, jobs or default_jobs(), block_bytes)
         if progress:
             progress.start(sum(p.a.nbytes + p.b.nbytes for p in pairs if p.status == "compare"))
         ctx = (matched[0][1].dir.storage.context, matched[0][2].dir.storage.context)
         outcomes = compare_values(pairs, policies, ctx, mem, progress.advance if progress else None, shortcut)
 
-    results = tuple(_result(p, outcomes.get(i), structure_only) for i, p in enumerate(pairs))
+    results = tuple(_result(p, outcomes.get(i), structure_only, m) for i, p in enumerate(pairs))
     io1 = io_counters()
-    notes_a = _notes(la.notes, trees_a)
-    notes_b = _notes(lb.notes, trees_b)
     return Report(
         a=a,
         b=b,
@@ -88,12 +102,100 @@ def diff(
         nan_equal=nan_equal,
         structure_only=structure_only,
         leaves=results,
-        notes_a=notes_a,
-        notes_b=notes_b,
+        notes_a=_notes(la.notes, trees_a) + m.notes_a,
+        notes_b=_notes(lb.notes, trees_b) + m.notes_b,
+        ignored_a=tuple(m.a.ignored),
+        ignored_b=tuple(m.b.ignored),
         bytes_read=io1[0] - io0[0],
         requests=io1[1] - io0[1],
         seconds=time.perf_counter() - t0,
     )
+
+
+def explain(
+    a: str,
+    b: str,
+    *,
+    step: int | None = None,
+    item: str | None = None,
+    rules: Sequence[str] = (),
+    preset: str | None = None,
+    auto: bool = True,
+    layer_axis: int | None = None,
+) -> tuple[Mapping, list[tuple[KeyPath, str | None, str | None]]]:
+    """Metadata only: each canonical path with the stored path(s) and transform behind it per side."""
+    _, _, matched, trees_a, trees_b = _resolve(a, b, step, item)
+    m = map_trees(trees_a, trees_b, [x[0] for x in matched], rules, preset, auto, layer_axis)
+    rows = []
+    for p in pair_trees(m.a.leaves, m.b.leaves):
+        rows.append((p.path, _source(p.a), _source(p.b)))
+    return m, rows
+
+
+def _moved(leaf: Leaf | None) -> str | None:
+    """The stored path (or view) behind a leaf that rules moved; None when it is where it was."""
+    if leaf is None or (leaf.view is None and (leaf.source_path is None or leaf.source_path == leaf.path)):
+        return None
+    return _source(leaf)
+
+
+def _source(leaf: Leaf | None) -> str | None:
+    if leaf is None:
+        return None
+    return leaf.view.describe() if leaf.view is not None else format_path(leaf.source_path or leaf.path)
+
+
+def _resolve(a: str, b: str, step: int | None, item: str | None):
+    with ThreadPoolExecutor(2) as pool:
+        fa = pool.submit(locate, a, step)
+        fb = pool.submit(locate, b, step)
+        la, lb = fa.result(), fb.result()
+    matched = choose_items(la, lb, item)
+    trees_a, trees_b = _build_trees(matched)
+    return la, lb, matched, trees_a, trees_b
+
+
+def map_trees(
+    trees_a: list[Tree],
+    trees_b: list[Tree],
+    prefixes: list[str],
+    rules: Sequence[str],
+    preset: str | None,
+    auto: bool,
+    layer_axis: int | None,
+) -> Mapping:
+    """The `map` stage: presets and rules per side, then alignment of the two sides."""
+    leaves_a = _merge_items(list(zip(prefixes, trees_a)))
+    leaves_b = _merge_items(list(zip(prefixes, trees_b)))
+    user = [load_rules_file(f) for f in rules]
+    detected = [detect(list(x)) if auto else None for x in (leaves_a, leaves_b)]
+    # Presets rename to the canonical form; needed only when the two layouts differ, so a diff of
+    # two checkpoints in one layout keeps their own paths.
+    layouts = [preset, preset] if preset else (detected if detected[0] != detected[1] else [None, None])
+    out = []
+    for leaves, layout in zip((leaves_a, leaves_b), layouts):
+        sets = ([load_preset(layout)] if layout else []) + user
+        # Remember where every leaf came from before rules move it.
+        tagged = {p: replace(lf, source_path=p) for p, lf in leaves.items()}
+        out.append((layout, apply_rules(tagged, sets)))
+    (layout_a, ma), (layout_b, mb) = out
+    al = align(ma, mb, layer_axis) if auto or layer_axis is not None else None
+    notes = []
+    for layout, found, m in ((layout_a, detected[0], ma), (layout_b, detected[1], mb)):
+        n = []
+        if layout:
+            n.append(f"layout {layout} ({'preset' if preset else 'detected'}): mapped to the canonical form")
+        elif found:
+            n.append(f"layout {found} (detected, same on both sides: paths kept as stored)")
+        if rules:
+            n.append("rules: " + ", ".join(rules))
+        if m.ignored:
+            n.append(f"{len(m.ignored)} path(s) ignored by rules")
+        notes.append(n)
+    if al:
+        for note in al.notes:
+            (notes[0] if note.startswith("A:") else notes[1]).append(note[3:])
+    return Mapping(ma, mb, layout_a, layout_b, tuple(notes[0]), tuple(notes[1]))
 
 
 def _notes(located: tuple[str, ...], trees: list[Tree]) -> tuple[str, ...]:
@@ -126,17 +228,18 @@ def _merge_items(trees: list[tuple[str, Tree]]) -> dict[KeyPath, Leaf]:
 
 
 def _with_path(leaf: Leaf, path: KeyPath) -> Leaf:
-    from dataclasses import replace
-
     return replace(leaf, path=path)
 
 
-def _policy(p: Pair, atol: float, rtol: float, nan_equal: bool) -> Policy:
+def _policy(p: Pair, atol: float, rtol: float, nan_equal: bool, m: Mapping) -> Policy:
     exact = p.a is not None and p.b is not None and "scalar" in (p.a.kind, p.b.kind)
+    tol = tolerance_for(p.path, [m.a, m.b])
+    if tol is not None:
+        atol, rtol = tol
     return Policy(atol=atol, rtol=rtol, nan_equal=nan_equal, exact=exact)
 
 
-def _result(p: Pair, outcome: PairOutcome | None, structure_only: bool) -> LeafResult:
+def _result(p: Pair, outcome: PairOutcome | None, structure_only: bool, m: Mapping) -> LeafResult:
     a, b = p.a, p.b
     ref = a or b
     common = dict(
@@ -144,10 +247,13 @@ def _result(p: Pair, outcome: PairOutcome | None, structure_only: bool) -> LeafR
         kind=ref.kind,
         shape=ref.shape,
         dtype=ref.dtype,
+        source_a=_moved(a),
+        source_b=_moved(b),
     )
     if b is not None and a is not None:
         if a.dtype != b.dtype and a.dtype and b.dtype:
             common["dtype_b"] = b.dtype
+            common["dtype_allowed"] = dtype_allowed(p.path, a.dtype, b.dtype, [m.a, m.b])
         if a.kind != b.kind:
             common["kind_b"] = b.kind
     if p.status in ("only_a", "only_b"):
@@ -161,7 +267,7 @@ def _result(p: Pair, outcome: PairOutcome | None, structure_only: bool) -> LeafR
     if p.status == "equal":
         return LeafResult(status="equal", **common)
     # status 'compare'
-    dtype_differs = "dtype_b" in common
+    dtype_differs = "dtype_b" in common and not common["dtype_allowed"]
     if a.kind == "string":
         same = a.value == b.value
         msg = None if same else f"{_short(a.value)} vs {_short(b.value)}"

@@ -239,7 +239,7 @@ class _RangeSource:
         if r.state != "value":
             raise ValueError(f"chunk {self.key!r} is missing")
         self._next = self._fetch()
-        return bytes(r.value)
+        return r.value  # already a bytes object: no second copy
 
     def read(self, n: int = -1) -> bytes:
         if self._off < len(self._data):

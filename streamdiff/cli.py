@@ -6,7 +6,6 @@ Every user-facing failure is one line on stderr and exit code 2 (click's own usa
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 
@@ -14,9 +13,10 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-from . import __version__, report
+from . import __version__, api, malloc, report
 from .api import diff
 from .errors import StreamdiffError
+from .layouts import PRESETS
 from .plan import DEFAULT_MAX_MEMORY, default_jobs
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
@@ -93,6 +93,34 @@ class _Bar:
 )
 @click.option("--item", default=None, metavar="NAME", help="Item to compare when a step holds several PyTree items.")
 @click.option(
+    "--rules",
+    "rules_files",
+    multiple=True,
+    metavar="FILE",
+    help="Mapping rules (TOML) applied to both sides before pairing; repeatable, applied in order.",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(PRESETS),
+    default=None,
+    help="Apply this layout preset to both sides instead of detecting each side's layout.",
+)
+@click.option("--no-auto", is_flag=True, help="No layout detection, no presets, no layer alignment.")
+@click.option(
+    "--layer-axis",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Axis holding the layers when stacking unscanned layers to match a scanned side "
+    "(default: what the shapes show, else 1).",
+)
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="Print each canonical path with its source path(s) and transform on each side, then exit. "
+    "Reads no array data.",
+)
+@click.option(
     "--max-memory",
     default=_human(DEFAULT_MAX_MEMORY),
     show_default=True,
@@ -122,7 +150,25 @@ class _Bar:
 )
 @click.version_option(__version__, prog_name="streamdiff")
 def cli(
-    a, b, atol, rtol, structure_only, nan_unequal, step, item, max_memory, no_shortcut, jobs, json_path, verbose, quiet
+    a,
+    b,
+    atol,
+    rtol,
+    structure_only,
+    nan_unequal,
+    step,
+    item,
+    rules_files,
+    preset,
+    no_auto,
+    layer_axis,
+    explain,
+    max_memory,
+    no_shortcut,
+    jobs,
+    json_path,
+    verbose,
+    quiet,
 ):
     """Compare two Orbax checkpoints A and B leaf by leaf, streaming, with bounded memory.
 
@@ -130,6 +176,11 @@ def cli(
     file:// or gs:// URLs.
     """
     budget = parse_size(max_memory)
+    mapping = dict(rules=rules_files, preset=preset, auto=not no_auto, layer_axis=layer_axis)
+    if explain:
+        m, rows = api.explain(a, b, step=step, item=item, **mapping)
+        report.render_explain(m, rows, _plain_console(False))
+        return 0
     err = Console(stderr=True)
     bar = _Bar(err) if err.is_terminal and not quiet and not structure_only else None
     try:
@@ -143,6 +194,7 @@ def cli(
             step=step,
             item=item,
             max_memory=budget,
+            **mapping,
             jobs=jobs,
             shortcut=not no_shortcut,
             progress=bar,
@@ -159,39 +211,24 @@ def cli(
         except OSError as e:
             raise StreamdiffError(f"cannot write {json_path}: {e.strerror}") from e
     if not quiet:
-        to_err = json_path == "-"  # keep stdout pure JSON
-        out = Console(stderr=to_err)
-        if not out.is_terminal:
-            out = Console(stderr=to_err, width=200, no_color=True)
-        report.render(r, out, verbose=verbose)
+        report.render(r, _plain_console(json_path == "-"), verbose=verbose)  # keep stdout pure JSON
     for x in r.leaves:
         if x.status == "error":
             click.echo(f"streamdiff: error: {report.format_path(x.path)}: {x.message}", err=True)
     return r.exit_code
 
 
-def limit_malloc_arenas(n: int = 1) -> None:
-    """Ask glibc for at most `n` malloc arenas (Linux only; a no-op elsewhere).
-
-    glibc gives threads their own arenas (up to 8 per core). Chunk buffers freed by one of
-    tensorstore's threads then linger in arenas that other threads do not reuse: resident memory
-    far above what is live, and fresh pages, hence page faults, for every chunk. Reading 3.4 GiB
-    of chunks here took 3.2 s with the default and 1.3 s with one arena. The CLI calls this before
-    any thread starts; library users may call it themselves.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-8, n)  # -8 = M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
+def _plain_console(to_stderr: bool) -> Console:
+    """Rich on a terminal; wide, colourless text when piped (no wrapped paths in logs)."""
+    out = Console(stderr=to_stderr)
+    if not out.is_terminal:
+        out = Console(stderr=to_stderr, width=200, no_color=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps every failure to one stderr line and exit code 2."""
-    limit_malloc_arenas(int(os.environ.get("STREAMDIFF_MALLOC_ARENAS", "1")))
+    malloc.limit_arenas(1)
     try:
         code = cli.main(args=argv, prog_name="streamdiff", standalone_mode=False)
     except click.exceptions.Exit as e:

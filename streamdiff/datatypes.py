@@ -58,6 +58,10 @@ class Leaf:
     value: Any = field(default=None, compare=False)  # strings and values inlined in legacy msgpack
     prng_impl: str | None = None  # typed PRNG keys: 'threefry2x32', 'rbg', 'unsafe_rbg'
     error: str | None = None  # metadata says it exists but storage does not have it
+    #: Mapped leaves (rules.View): a lazy transform of stored arrays; None for a stored leaf as is.
+    view: Any = field(default=None, compare=False)
+    #: The leaf's path in its checkpoint before rules renamed it (None: not renamed).
+    source_path: KeyPath | None = None
 
     @property
     def nbytes(self) -> int:
@@ -118,6 +122,9 @@ class LeafResult:
     dtype: str | None = None
     dtype_b: str | None = None
     kind_b: str | None = None
+    dtype_allowed: bool = False  # the dtypes differ in a way a rule allows
+    source_a: str | None = None  # where the leaf comes from, when rules mapped it (path or view)
+    source_b: str | None = None
     stats: dict[str, Any] | None = field(default=None, compare=False)
     message: str | None = None
 
@@ -135,6 +142,8 @@ class Report:
     leaves: tuple[LeafResult, ...]
     notes_a: tuple[str, ...] = ()
     notes_b: tuple[str, ...] = ()
+    ignored_a: tuple[str, ...] = ()  # paths dropped by rules, listed rather than silently gone
+    ignored_b: tuple[str, ...] = ()
     bytes_read: int = 0
     requests: int = 0
     seconds: float = 0.0
@@ -148,7 +157,7 @@ class Report:
 
     @property
     def dtype_mismatches(self) -> int:
-        return sum(1 for r in self.leaves if r.dtype_b is not None)
+        return sum(1 for r in self.leaves if r.dtype_b is not None and not r.dtype_allowed)
 
     @property
     def different(self) -> int:

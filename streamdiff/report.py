@@ -58,6 +58,10 @@ def leaf_json(r: LeafResult) -> dict[str, Any]:
         d.update({k: _num(v) for k, v in r.stats.items()})
     if r.message is not None:
         d["message"] = r.message
+    if r.source_a is not None:
+        d["source_a"] = r.source_a
+    if r.source_b is not None:
+        d["source_b"] = r.source_b
     return d
 
 
@@ -89,6 +93,7 @@ def to_json(r: Report) -> dict[str, Any]:
             "seconds": round(r.seconds, 6),
         },
         "notes": {"a": list(r.notes_a), "b": list(r.notes_b)},
+        "ignored": {"a": list(r.ignored_a), "b": list(r.ignored_b)},
         "leaves": [leaf_json(x) for x in r.leaves],
     }
 
@@ -126,8 +131,18 @@ def render(r: Report, console: Console, verbose: bool = False) -> None:
         for n in notes:
             console.print(Text(f"     {n}", style="dim"))
 
+    for side, ignored in (("A", r.ignored_a), ("B", r.ignored_b)):
+        if ignored:
+            shown = ignored if verbose else ignored[:5]
+            more = "" if len(shown) == len(ignored) else f", ... ({len(ignored)} in all, --verbose)"
+            console.print(Text(f"  ignored by rules in {side}: {', '.join(shown)}{more}", style="dim"))
+
     problems = [x for x in r.leaves if x.status in ("only_a", "only_b", "shape_mismatch", "error")]
-    problems += [x for x in r.leaves if x.status == "different" and (x.kind_b or x.dtype_b or not x.stats)]
+    problems += [
+        x
+        for x in r.leaves
+        if x.status == "different" and (x.kind_b or (x.dtype_b and not x.dtype_allowed) or not x.stats)
+    ]
     if problems:
         console.print(Text("structure and errors:", style="bold"))
         for x in sorted(problems, key=_severity)[: None if verbose else 4 * TABLE_ROWS]:
@@ -197,3 +212,24 @@ def _shape(x: LeafResult) -> str:
     if x.shape is None:
         return ""
     return f" {x.dtype} {list(x.shape)}"
+
+
+def render_explain(m, rows, console: Console) -> None:
+    """`--explain`: canonical path <- source on each side, from metadata only."""
+    for side, layout, notes, mapped in (("A", m.layout_a, m.notes_a, m.a), ("B", m.layout_b, m.notes_b, m.b)):
+        console.print(Text(f"{side}: layout {layout or 'none detected'}", style="bold"))
+        for n in notes:
+            console.print(Text(f"   {n}", style="dim"))
+        for line in mapped.applied:
+            console.print(Text(f"   applied {line}", style="dim"))
+        for p in mapped.ignored:
+            console.print(Text(f"   ignored {p}", style="dim"))
+    table = Table(header_style="bold", pad_edge=False)
+    for col in ("canonical path", "A", "B"):
+        table.add_column(col, overflow="fold")
+    for path, sa, sb in rows:
+        table.add_row(format_path(path), sa or Text("(none)", style="red"), sb or Text("(none)", style="red"))
+    console.print(table)
+    unmatched_a = sum(1 for _, _, sb in rows if sb is None)
+    unmatched_b = sum(1 for _, sa, _ in rows if sa is None)
+    console.print(f"{len(rows)} canonical paths; only in A: {unmatched_a}; only in B: {unmatched_b}")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorstore as ts
 
+from . import malloc
 from .chunks import PIECE_BYTES, ItemSizes, RawStore, chunk_format, stream_chunk
 from .datatypes import Leaf, Pair
 from .dtypes import family
@@ -38,6 +39,8 @@ log = logging.getLogger("streamdiff")
 #: After this many chunks of a leaf in a row whose stored bytes differ (with no sizes to tell in
 #: advance), stop trying the shortcut on that leaf: its values differ everywhere.
 SHORTCUT_GIVE_UP = 4
+#: Return freed heap memory to the OS after this many tasks (see malloc.py).
+TRIM_EVERY = 8
 
 
 @dataclass
@@ -75,7 +78,10 @@ class _Side:
         self._sizes = sizes
         self._lock = threading.Lock()
         self.format = chunk_format(leaf.source) if leaf.source is not None else None
-        if leaf.source is not None:
+        if leaf.view is not None:
+            self.value = None
+            self.future = _Ready(leaf.view.open(context))  # a lazy tensorstore view (rules)
+        elif leaf.source is not None:
             self.future = ts.open(leaf.source.spec, context=context, read=True, assume_metadata=True)
 
     def read(self, start: tuple[int, ...], stop: tuple[int, ...]) -> ts.Future | np.ndarray:
@@ -95,12 +101,24 @@ class _Side:
 
     @property
     def chunks(self) -> tuple[int, ...] | None:
+        if self.leaf.view is not None:
+            return self.leaf.view.chunks
         return self.leaf.source.read_chunk_shape if self.leaf.source else None
 
     def chunk_bytes(self) -> int:
         if self.leaf.source is None:
-            return 0
+            return 0  # in-memory values and views: never stream-decoded from stored bytes
         return math.prod(self.chunks) * np.dtype(self.leaf.dtype).itemsize
+
+
+class _Ready:
+    """An already opened store behind the same `.result()` interface as a tensorstore future."""
+
+    def __init__(self, store: ts.TensorStore):
+        self.store = store
+
+    def result(self) -> ts.TensorStore:
+        return self.store
 
 
 def _result(x: ts.Future | np.ndarray) -> np.ndarray:
@@ -117,6 +135,7 @@ class _Engine:
         self.sides: dict[int, tuple[_Side, _Side]] = {}
         self.outcomes: dict[int, PairOutcome] = {}
         self.lock = threading.Lock()
+        self.settled = 0
         for i, p in enumerate(pairs):
             if p.status != "compare" or p.a.kind == "string":
                 continue
@@ -226,15 +245,16 @@ class _Engine:
         """(chunks, bytes of both sides) when every chunk's stored bytes are equal; else None."""
         total = 0
         for fa, fb, sized in raw:
-            va, vb = fa.result(), fb.result()
-            if va.state != "value" or vb.state != "value" or va.value != vb.value:
+            ra, rb = fa.result(), fb.result()
+            va, vb = ra.value, rb.value  # each .value access copies the bytes: take them once
+            if ra.state != "value" or rb.state != "value" or va != vb:
                 if not sized:
                     with self.lock:  # no sizes to tell in advance: give up after a few misses
                         o.misses += 1
                         if o.misses >= SHORTCUT_GIVE_UP:
                             o.shortcut = False
                 return None
-            total += 2 * len(va.value)
+            total += 2 * len(va)
         with self.lock:
             o.misses = 0
         return len(raw), total
@@ -327,6 +347,9 @@ class _Engine:
         return self.outcomes
 
     def _settle(self, fut: Future, t: _Task) -> None:
+        self.settled += 1
+        if self.settled % TRIM_EVERY == 0:
+            malloc.trim()  # keep RSS at live memory, whatever the checkpoint size
         o = self.outcomes[t.pair_index]
         try:
             st = fut.result()

@@ -104,11 +104,12 @@ def test_structure_only_same_layout():
     assert r.exit_code == 0 and r.equal and all(x.stats is None for x in r.leaves)
 
 
-def test_linen_vs_native_nnx_without_rules_is_a_structure_difference():
-    """Cross-layout pairs need mapping rules; without them every path is one-sided (exit 1)."""
+def test_linen_vs_native_nnx_with_no_auto_is_a_structure_difference():
+    """Without presets (--no-auto) the layouts share no path: every path is one-sided (exit 1)."""
     r = streamdiff.diff(
         str(MAXTEXT / "v024_linen_scan/checkpoints"),
         str(MAXTEXT / "pr283f88b_nnx_scan/checkpoints"),
         structure_only=True,
+        auto=False,
     )
-    assert r.exit_code == 1 and r.count("only_a") and r.count("only_b")
+    assert r.exit_code == 1 and r.count("only_a") == 40 and r.count("only_b") == 69

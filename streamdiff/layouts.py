@@ -1,0 +1,152 @@
+"""Which layout each side is in, which presets map it, and how two mapped sides are aligned.
+
+Presets (TOML in `presets/`) rename every MaxText layout to one canonical form: `model/<module
+path>` for parameters (and NNX rng state), `optimizer/opt_state/<i>/<count|mu|nu>/<module path>`,
+`optimizer/step`, unscanned layers as `layers_<i>`. Detection looks only at paths.
+
+Alignment then handles what depends on both sides at once:
+
+* one side scanned (`.../layers/<leaf>`, layers stacked on one axis) and the other unscanned
+  (`.../layers_<i>/<leaf>`): the unscanned leaves are stacked, lazily, on the axis the scanned
+  side's shape shows (or `layer_axis` when the shapes cannot tell, else axis 1, MaxText's
+  param_scan_axis). Stacking the unscanned side keeps each stored chunk decoded once; unstacking
+  the scanned side would decode each of its chunks once per layer;
+* both scanned with the layer axis in different places (param_scan_axis 1 vs 0): the second
+  side's layer axis is moved to where the first side has it, for leaves under a `layers` key
+  whose shapes differ by exactly that move.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+
+from .datatypes import KeyPath, Leaf, format_path
+from .rules import Mapped, Pattern, RulesError, RuleSet, View, parse_rules, view_of, with_view
+
+PRESETS = ("maxtext-linen", "maxtext-nnx-released", "maxtext-nnx", "maxtext-nnx-converter")
+UNSCANNED = Pattern.compile("{pre:**}/layers_{i:int}/{rest:**}")
+
+
+def load_preset(name: str) -> RuleSet:
+    if name not in PRESETS:
+        raise RulesError(f"unknown preset {name!r} (presets: {', '.join(PRESETS)})")
+    text = resources.files("streamdiff.presets").joinpath(f"{name}.toml").read_text(encoding="utf-8")
+    return parse_rules(text, f"preset {name}")
+
+
+def detect(paths: list[KeyPath]) -> str | None:
+    """The MaxText layout of a tree, from its paths alone; None when it is not one."""
+
+    def has(*prefix: str) -> bool:
+        return any(p[: len(prefix)] == prefix for p in paths)
+
+    if has("params", "params"):
+        return "maxtext-nnx-released" if has("nnx_aux") else "maxtext-linen"
+    if has("model"):
+        if any(p[0] == "model" and p[-1] == "value" for p in paths):
+            return "maxtext-nnx-converter"
+        if has("optimizer") or has("model", "decoder"):
+            return "maxtext-nnx"
+    return None
+
+
+def scanned(leaves: dict[KeyPath, Leaf]) -> bool | None:
+    """True if layers are stacked (a `layers` key holds arrays), False if per layer, None if unknown."""
+    if any(UNSCANNED.match(p) for p in leaves):
+        return False
+    if any("layers" in p for p in leaves):
+        return True
+    return None
+
+
+@dataclass
+class Alignment:
+    notes: list[str]
+
+
+def align(a: Mapped, b: Mapped, layer_axis: int | None) -> Alignment:
+    notes: list[str] = []
+    for side, this, other in (("A", a, b), ("B", b, a)):
+        n = _stack_to_match(this, other, layer_axis)
+        if n:
+            notes.append(f"{side}: stacked {n} per-layer leaves to match the scanned layout of the other side")
+    moved = _move_layer_axis(a, b)
+    if moved:
+        notes.append(f"B: moved the layer axis of {moved} leaves to where A has it")
+    return Alignment(notes)
+
+
+def _stack_to_match(this: Mapped, other: Mapped, layer_axis: int | None) -> int:
+    groups: dict[KeyPath, dict[int, Leaf]] = {}
+    for path, leaf in this.leaves.items():
+        caps = UNSCANNED.match(path)
+        if caps is None:
+            continue
+        target = caps["pre"] + ("layers",) + caps["rest"]
+        if target in other.leaves and target not in this.leaves:
+            groups.setdefault(target, {})[int(caps["i"])] = leaf
+    count = 0
+    for target, members in groups.items():
+        idx = sorted(members)
+        parts = [members[i] for i in idx]
+        shapes = {p.shape for p in parts}
+        if idx != list(range(len(idx))) or len(shapes) != 1 or parts[0].shape is None:
+            continue
+        axis = _stack_axis(parts[0].shape, len(parts), other.leaves[target].shape, layer_axis)
+        if axis is None:
+            continue  # the shapes do not show a stacking (e.g. only layers_0 exists): leave one-sided
+        view = View("stack", children=tuple(view_of(p) for p in parts), axis=axis)
+        for p in parts:
+            del this.leaves[p.path]
+        this.leaves[target] = with_view(parts[0], target, view)
+        this.applied.append(f"align: stack {len(parts)} x {format_path(parts[0].path)} ... on axis {axis}")
+        count += len(parts)
+    return count
+
+
+def _stack_axis(member: tuple[int, ...], n: int, other: tuple[int, ...] | None, layer_axis: int | None) -> int | None:
+    """The axis at which inserting the layer count turns `member` into the other side's shape:
+    `layer_axis` if given, else the only axis that fits, else axis 1 (MaxText's param_scan_axis)
+    when several fit; None when none does."""
+    fits = [k for k in range(len(member) + 1) if member[:k] + (n,) + member[k:] == other] if other else []
+    if layer_axis is not None:
+        return layer_axis if layer_axis <= len(member) else None
+    if len(fits) == 1:
+        return fits[0]
+    if fits:
+        return 1 if 1 in fits else fits[0]
+    return None
+
+
+def _move_layer_axis(a: Mapped, b: Mapped) -> int:
+    count = 0
+    for path, lb in list(b.leaves.items()):
+        la = a.leaves.get(path)
+        if la is None or la.shape is None or lb.shape is None or la.shape == lb.shape or "layers" not in path:
+            continue
+        perm = _single_move(lb.shape, la.shape)
+        if perm is None:
+            continue
+        v = View("transpose", children=(view_of(lb),), axes=tuple(perm))
+        b.leaves[path] = with_view(lb, path, v)
+        b.applied.append(f"align: {format_path(path)} axes {list(perm)}")
+        count += 1
+    return count
+
+
+def _single_move(src: tuple[int, ...], dst: tuple[int, ...]) -> list[int] | None:
+    """The permutation moving one axis of `src` that yields `dst`, if exactly one does."""
+    if len(src) != len(dst) or sorted(src) != sorted(dst):
+        return None
+    found = []
+    n = len(src)
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            axes = list(range(n))
+            axes.insert(j, axes.pop(i))
+            if tuple(src[k] for k in axes) == dst and axes not in found:
+                found.append(axes)
+    return found[0] if len(found) == 1 else None

@@ -1,0 +1,35 @@
+"""glibc allocator settings that keep resident memory close to live memory (Linux; no-op elsewhere).
+
+Measured here (bench/): with glibc's defaults, chunk buffers freed by tensorstore's threads linger
+in per-thread arenas and in holes of the heap, so peak RSS drifts with checkpoint size although
+live memory does not (144 MB vs 180 MB for the same budget at 1x and 2x the size). One arena
+plus an occasional `malloc_trim` keeps it flat without the page-fault cost of mmapping every
+large buffer (a fixed 1 MiB mmap threshold also flattened RSS but doubled the wall time).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+_M_ARENA_MAX = -8
+_libc = None
+if sys.platform.startswith("linux"):
+    try:
+        _libc = ctypes.CDLL("libc.so.6")
+        _libc.malloc_trim  # noqa: B018 - glibc only (musl has no malloc_trim)
+    except (OSError, AttributeError):
+        _libc = None
+
+
+def limit_arenas(n: int = 1) -> None:
+    """At most `n` malloc arenas; call before threads start (the CLI does). Reading 3.4 GiB of
+    chunks took 3.2 s with the default arenas and 1.3 s with one."""
+    if _libc is not None:
+        _libc.mallopt(_M_ARENA_MAX, n)
+
+
+def trim() -> None:
+    """Return free heap pages to the OS (cheap: a few hundred microseconds)."""
+    if _libc is not None:
+        _libc.malloc_trim(0)

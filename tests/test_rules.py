@@ -1,0 +1,260 @@
+"""Mapping rules and the MaxText presets: every cross-layout relation of the shared corpus with no
+options, user rules files (TOML), lazy views checked against numpy, and rules that are wrong."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+
+import numpy as np
+import pytest
+from conftest import MAXTEXT, run_cli
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reference import assert_stats_match, expected_stats
+from test_maxtext import load
+
+import streamdiff
+from streamdiff.rules import Pattern, fill
+
+LINEN = MAXTEXT / "v024_linen_scan/checkpoints"
+LINEN_NOSCAN = MAXTEXT / "v024_linen_noscan/checkpoints"
+CONVERTED = MAXTEXT / "conv_pr283f88b_linen_scan_to_nnx/items"
+NNX_RELEASED = MAXTEXT / "v024_nnx_scan/checkpoints"
+NNX = MAXTEXT / "pr283f88b_nnx_scan/checkpoints"
+NNX_NOSCAN = MAXTEXT / "pr283f88b_nnx_noscan/checkpoints"
+
+
+def statuses(r) -> dict[str, str]:
+    return {x["path"]: x["status"] for x in r.json["leaves"]}
+
+
+def test_linen_equals_its_converted_nnx_copy_in_every_leaf():
+    r = run_cli(LINEN, CONVERTED, "--json", "-", "-q")
+    assert r.code == 0, r.out[:2000]
+    s = statuses(r)
+    assert len(s) == 39 and set(s.values()) == {"equal"}
+    assert "optimizer/step" in s and "optimizer/opt_state/0/mu/decoder/layers/mlp/wi_0/kernel" in s
+    assert r.json["ignored"] == {"a": ["opt_state/1"], "b": ["optimizer/opt_state/1"]}
+    assert r.json["identical"]
+
+
+def test_released_nnx_equals_native_nnx_with_step_int32_vs_uint32():
+    r = run_cli(NNX_RELEASED, NNX, "--json", "-", "-q")
+    assert r.code == 0, [x for x in r.json["leaves"] if x["status"] != "equal"][:3]
+    s = statuses(r)
+    assert len(s) == 69 and set(s.values()) == {"equal"}
+    step = next(x for x in r.json["leaves"] if x["path"] == "optimizer/step")
+    assert (step["dtype"], step["dtype_b"]) == ("int32", "uint32") and r.json["summary"]["dtype_mismatch"] == 0
+    rng = next(x for x in r.json["leaves"] if x["path"] == "model/decoder/layers/mlp/dropout/rngs/aqt/key")
+    assert rng["kind"] == "prng_key" and rng["source_a"] == "nnx_aux/model/decoder/layers/mlp/dropout/rngs/aqt/key"
+
+
+@pytest.mark.parametrize("a,b", [(LINEN, NNX), (LINEN_NOSCAN, NNX_NOSCAN)])
+def test_linen_vs_nnx_same_structure_values_differ_counters_equal(a, b):
+    """Different initialisation: only the counters agree; rng state exists only on the NNX side."""
+    r = run_cli(a, b, "--json", "-", "-q")
+    assert r.code == 1
+    s = statuses(r)
+    assert {p for p, v in s.items() if v == "equal"} == {
+        "optimizer/step",
+        "optimizer/opt_state/0/count",
+        "optimizer/opt_state/2/count",
+    }
+    only_b = {p for p, v in s.items() if v == "only_b"}
+    assert only_b and all("/rngs/" in p for p in only_b)
+    assert not any(v in ("only_a", "shape_mismatch", "error") for v in s.values())
+
+
+def test_scanned_vs_unscanned_stacks_the_unscanned_side_and_equals_numpy():
+    r = run_cli(LINEN, LINEN_NOSCAN, "--json", "-", "-q", "--atol", "1e-6")
+    s = statuses(r)
+    assert len(s) == 40 and not any(v in ("only_a", "only_b", "shape_mismatch") for v in s.values())  # + opt_state/1
+    leaf = next(x for x in r.json["leaves"] if x["path"] == "params/params/decoder/layers/mlp/wi_0/kernel")
+    assert leaf["source_b"].startswith("stack([params/params/decoder/layers_0/mlp/wi_0/kernel")
+    a = load(LINEN / "1/items", leaf["path"])
+    b = np.stack(
+        [load(LINEN_NOSCAN / "1/items", f"params/params/decoder/layers_{i}/mlp/wi_0/kernel") for i in range(3)], 1
+    )
+    assert_stats_match(leaf, expected_stats(a, b, 1e-6, 0.0))
+
+
+def test_layer_axis_moved_is_aligned_by_shape(tmp_path):
+    """A saved with the layer axis at 1, B at 0 (param_scan_axis=0): B is viewed with the axis moved."""
+    x = np.random.default_rng(0).standard_normal((8, 3, 5)).astype(np.float32)
+    save(tmp_path / "a", {"decoder": {"layers": {"kernel": x}}})
+    save(tmp_path / "b", {"decoder": {"layers": {"kernel": np.moveaxis(x, 1, 0)}}})
+    r = run_cli(tmp_path / "a", tmp_path / "b", "--json", "-", "-q")
+    assert r.code == 0 and r.json["leaves"][0]["source_b"].startswith("transpose(")
+    raw = run_cli(tmp_path / "a", tmp_path / "b", "--no-auto", "--json", "-", "-q")
+    assert raw.code == 1 and raw.json["leaves"][0]["status"] == "shape_mismatch"
+
+
+def test_explain_reads_no_data_and_lists_sources(copy_ckpt):
+    ckpt = copy_ckpt(CONVERTED)
+    for d, _, fs in os.walk(ckpt / "ocdbt.process_0"):
+        for f in fs:
+            os.remove(os.path.join(d, f))
+    r = run_cli(LINEN, ckpt, "--explain")
+    assert r.code == 0, r.err
+    assert "model/decoder/layers/mlp/wi_0/kernel/value" in r.out and "ignored optimizer/opt_state/1" in r.out
+    assert "39 canonical paths; only in A: 0; only in B: 0" in r.out
+
+
+# ------------------------------------------------------------------------------ user rules files
+
+
+def save(path, tree):
+    import orbax.checkpoint as ocp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).save(path, args=ocp.args.PyTreeSave(tree))
+
+
+HAIKU_RULES = """
+# Haiku names modules 'mlp/~/linear_0'; Flax names the same layer Dense_0.
+[[rule]]
+op = "rename"
+from = "mlp/~/linear_{i}/{param}"
+to = "mlp/Dense_{i}/{param}"
+
+[[rule]]
+op = "rename"
+from = "mlp/Dense_{i}/w"
+to = "mlp/Dense_{i}/kernel"
+
+[[rule]]
+op = "rename"
+from = "mlp/Dense_{i}/b"
+to = "mlp/Dense_{i}/bias"
+"""
+
+
+def test_haiku_names_vs_flax_names_readme_example(tmp_path):
+    rng = np.random.default_rng(1)
+    w, b = rng.standard_normal((4, 8)).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    save(tmp_path / "haiku", {"mlp/~/linear_0": {"w": w, "b": b}})
+    save(tmp_path / "flax", {"mlp": {"Dense_0": {"kernel": w, "bias": b}}})
+    rules = tmp_path / "haiku.toml"
+    rules.write_text(HAIKU_RULES)
+    assert run_cli(tmp_path / "haiku", tmp_path / "flax", "-q").code == 1
+    r = run_cli(tmp_path / "haiku", tmp_path / "flax", "--rules", rules, "--json", "-", "-q")
+    assert r.code == 0 and sorted(statuses(r)) == ["mlp/Dense_0/bias", "mlp/Dense_0/kernel"]
+
+
+def test_tolerance_allow_dtype_and_ignore_rules(tmp_path):
+    x = np.linspace(0, 1, 100, dtype=np.float32)
+    save(tmp_path / "a", {"opt": {"mu": x}, "w": x, "step": np.int32(3), "junk": x})
+    save(tmp_path / "b", {"opt": {"mu": x + 1e-3}, "w": x, "step": np.uint32(3)})
+    rules = tmp_path / "r.toml"
+    rules.write_text(
+        '[[rule]]\nop = "tolerance"\npath = "opt/**"\natol = 1e-2\n'
+        '[[rule]]\nop = "allow_dtype"\npath = "step"\ndtypes = ["int32", "uint32"]\n'
+        '[[rule]]\nop = "ignore"\npath = "junk"\n'
+    )
+    assert run_cli(tmp_path / "a", tmp_path / "b", "-q").code == 1
+    r = run_cli(tmp_path / "a", tmp_path / "b", "--rules", rules, "--json", "-", "-q")
+    assert r.code == 0, r.json["leaves"]
+    assert r.json["ignored"]["a"] == ["junk"]
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("[[rule]\nop=", "not valid TOML"),
+        ('[[rule]]\nop = "explode"\n', "'op' must be one of"),
+        ('[[rule]]\nop = "rename"\nfrom = "x"\n', "rename needs to"),
+        ('[[rule]]\nop = "rename"\nfrom = "{a}"\nto = "{b}"\n', "does not capture"),
+        ('[[rule]]\nop = "rename"\nfrom = "{a:**}"\nto = "same"\n', "two leaves map to"),
+        ('[[rule]]\nop = "tolerance"\npath = "**"\natol = -1\n', "atol must be a number >= 0"),
+        ('[[rule]]\nop = "transpose"\npath = "**"\naxes = [0, 0]\n', "not a permutation"),
+    ],
+)
+def test_bad_rules_file_is_one_line_exit_2(tmp_path, text, needle):
+    rules = tmp_path / "bad.toml"
+    rules.write_text(text)
+    r = run_cli(LINEN, LINEN, "--rules", rules, "--structure-only")
+    assert r.code == 2 and needle in r.err and len(r.err.strip().splitlines()) == 1, r.err
+
+
+def test_missing_rules_file():
+    r = run_cli(LINEN, LINEN, "--rules", "/no/such.toml")
+    assert r.code == 2 and "cannot read rules file" in r.err
+
+
+def test_wrong_rule_is_caught_as_shape_mismatch(tmp_path):
+    x = np.zeros((4, 6), np.float32)
+    save(tmp_path / "a", {"w": x})
+    save(tmp_path / "b", {"w": x})
+    rules = tmp_path / "r.toml"
+    rules.write_text('[[rule]]\nop = "transpose"\npath = "w"\naxes = [1, 0]\n')
+    r = run_cli(tmp_path / "a", tmp_path / "b", "--rules", rules, "--json", "-", "-q")
+    # Both sides transposed: still equal. Unstacking one side only is a real mismatch:
+    assert r.code == 0
+    rules.write_text('[[rule]]\nop = "unstack"\nfrom = "w"\naxis = 0\nto = "w_{i}"\n')
+    r = run_cli(tmp_path / "a", tmp_path / "b", "--rules", rules, "--json", "-", "-q")
+    assert r.code == 0 and sorted(statuses(r)) == [f"w_{i}" for i in range(4)]
+
+
+def test_pattern_language():
+    p = Pattern.compile("params/{scope:**}/layers_{i:int}/{leaf}")
+    caps = p.match(("params", "a", "b", "layers_12", "kernel"))
+    assert caps == {"scope": ("a", "b"), "i": "12", "leaf": "kernel"}
+    assert p.match(("params", "layers_x", "kernel")) is None
+    assert fill("m/{scope}/L{i}/{leaf}", caps) == ("m", "a", "b", "L12", "kernel")
+    assert Pattern.compile("**").match(()) == {} and Pattern.compile("a/*").match(("a", "b")) == {}
+
+
+# ----------------------------------------------------------------------- property: undo the rules
+
+
+@st.composite
+def disguised(draw):
+    """A tree, and the same tree renamed, transposed and unstacked, with the rules that undo it."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    layers = draw(st.integers(2, 4))
+    d1, d2 = draw(st.integers(2, 5)), draw(st.integers(2, 5))
+    axis = draw(st.integers(0, 2))
+    shape = [d1, d2]
+    shape.insert(axis, layers)
+    stacked = rng.standard_normal(shape).astype(np.float32)
+    emb = rng.standard_normal((d1, d2)).astype(np.float32)
+    a = {"params": {"layers": {"kernel": stacked}, "embed": emb}}
+    b = {"net": {f"block_{i}": {"w": np.take(stacked, i, axis=axis)} for i in range(layers)}, "emb_T": emb.T.copy()}
+    rules = f"""
+[[rule]]
+op = "rename"
+from = "net/block_{{i:int}}/w"
+to = "params/layers_{{i}}/kernel"
+[[rule]]
+op = "stack"
+from = "params/layers_{{i:int}}/kernel"
+to = "params/layers/kernel"
+axis = {axis}
+[[rule]]
+op = "transpose"
+path = "emb_T"
+axes = [1, 0]
+[[rule]]
+op = "rename"
+from = "emb_T"
+to = "params/embed"
+"""
+    return a, b, rules
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=disguised(), block_bytes=st.sampled_from([16, None]))
+def test_rules_undo_random_renames_transposes_and_stacking(case, block_bytes):
+    a, b, rules = case
+    with tempfile.TemporaryDirectory() as tmp:
+        save(f"{tmp}/a", a)
+        save(f"{tmp}/b", b)
+        with open(f"{tmp}/undo.toml", "w") as f:
+            f.write(rules)
+        r = streamdiff.diff(f"{tmp}/a", f"{tmp}/b", rules=[f"{tmp}/undo.toml"], auto=False, block_bytes=block_bytes)
+        assert r.exit_code == 0, [(x.path, x.status, x.message) for x in r.leaves]
+        assert sorted("/".join(x.path) for x in r.leaves) == ["params/embed", "params/layers/kernel"]
+        assert all(x.stats["identical"] for x in r.leaves)
