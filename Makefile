@@ -1,4 +1,4 @@
-# Two commands on a fresh machine (python3 >= 3.10 with venv):
+# Two commands on a fresh machine (python3 >= 3.11 with venv):
 #   make demo   installs streamdiff and diffs real MaxText checkpoints shipped in tests/data
 #   make test   installs streamdiff with its test dependencies and runs lint + the whole suite
 PYTHON ?= python3
