@@ -62,6 +62,7 @@ def diff(
     jobs: int | None = None,
     block_bytes: int | None = None,
     shortcut: bool = True,
+    io_concurrency: int | None = None,
     progress: Progress | None = None,
 ) -> Report:
     """Compare two checkpoints leaf by leaf. Raises `StreamdiffError` for unusable input.
@@ -73,13 +74,14 @@ def diff(
     then alignment of scanned and unscanned layers (`layer_axis` when shapes cannot tell).
     `max_memory` bounds the process's peak memory; `block_bytes` overrides the block size the
     planner derives from it (tests use it to force many blocks per chunk). With `shortcut`, chunks
-    whose stored bytes are equal on both sides are settled without decoding.
+    whose stored bytes are equal on both sides are settled without decoding. `io_concurrency`
+    caps parallel requests to remote storage.
     """
     if atol < 0 or rtol < 0:
         raise UsageError("--atol and --rtol must be >= 0")
     t0 = time.perf_counter()
     io0 = io_counters()
-    la, lb, matched, trees_a, trees_b = _resolve(a, b, step, item)
+    la, lb, matched, trees_a, trees_b = _resolve(a, b, step, item, io_concurrency)
     m = map_trees(trees_a, trees_b, [x[0] for x in matched], rules, preset, auto, layer_axis)
     pairs = pair_trees(m.a.leaves, m.b.leaves)
 
@@ -145,10 +147,10 @@ def _source(leaf: Leaf | None) -> str | None:
     return leaf.view.describe() if leaf.view is not None else format_path(leaf.source_path or leaf.path)
 
 
-def _resolve(a: str, b: str, step: int | None, item: str | None):
+def _resolve(a: str, b: str, step: int | None, item: str | None, io_concurrency: int | None = None):
     with ThreadPoolExecutor(2) as pool:
-        fa = pool.submit(locate, a, step)
-        fb = pool.submit(locate, b, step)
+        fa = pool.submit(locate, a, step, io_concurrency)
+        fb = pool.submit(locate, b, step, io_concurrency)
         la, lb = fa.result(), fb.result()
     matched = choose_items(la, lb, item)
     trees_a, trees_b = _build_trees(matched)

@@ -18,6 +18,7 @@ from .api import diff
 from .errors import StreamdiffError
 from .layouts import PRESETS
 from .plan import DEFAULT_MAX_MEMORY, default_jobs
+from .storage import DEFAULT_IO_CONCURRENCY
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 
@@ -142,6 +143,14 @@ class _Bar:
     help=f"Compare threads (default {default_jobs()} here: CPU count, at least 2).",
 )
 @click.option(
+    "--io-concurrency",
+    type=click.IntRange(1, 4096),
+    default=None,
+    metavar="N",
+    help=f"Parallel requests to remote storage (gs://); default {DEFAULT_IO_CONCURRENCY}.",
+)
+@click.option("--stats", "show_stats", is_flag=True, help="Print storage requests, bytes read and time on stderr.")
+@click.option(
     "--json", "json_path", default=None, metavar="PATH", help="Write the full report as JSON ('-' for stdout)."
 )
 @click.option("--verbose", "-v", is_flag=True, help="List every leaf, not only the differing ones.")
@@ -166,6 +175,8 @@ def cli(
     max_memory,
     no_shortcut,
     jobs,
+    io_concurrency,
+    show_stats,
     json_path,
     verbose,
     quiet,
@@ -197,6 +208,7 @@ def cli(
             **mapping,
             jobs=jobs,
             shortcut=not no_shortcut,
+            io_concurrency=io_concurrency,
             progress=bar,
         )
     finally:
@@ -212,6 +224,10 @@ def cli(
             raise StreamdiffError(f"cannot write {json_path}: {e.strerror}") from e
     if not quiet:
         report.render(r, _plain_console(json_path == "-"), verbose=verbose)  # keep stdout pure JSON
+    if show_stats:
+        mb = r.bytes_read / 1e6
+        rate = f", {mb / r.seconds:.0f} MB/s" if r.seconds > 0 else ""
+        click.echo(f"storage: {r.requests} requests, {mb:.1f} MB read in {r.seconds:.2f} s{rate}", err=True)
     for x in r.leaves:
         if x.status == "error":
             click.echo(f"streamdiff: error: {report.format_path(x.path)}: {x.message}", err=True)

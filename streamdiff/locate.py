@@ -39,9 +39,9 @@ class Located:
     notes: tuple[str, ...]
 
 
-def locate(url: str, step: int | None = None) -> Located:
+def locate(url: str, step: int | None = None, io_concurrency: int | None = None) -> Located:
     """Resolve a user path to its PyTree item(s)."""
-    storage = Storage.open(url)
+    storage = Storage.open(url, io_concurrency)
     root = Dir(storage)
     if storage.is_local:
         import os
@@ -58,7 +58,7 @@ def _resolve(d: Dir, step: int | None) -> Located:
     if not children:
         if d.storage.is_local:
             raise NotACheckpointError(f"{d.display}: empty directory, not a checkpoint")
-        raise NotFoundError(f"{d.display}: no objects under this path")
+        raise NotFoundError(f"{d.display}: no objects under this path (missing bucket or path?)")
     kind = classify(children)
     if kind in ("item", "unfinished_item"):
         if step is not None:

@@ -1,0 +1,146 @@
+"""gs:// through tensorstore's real `gcs` driver, against fake-gcs-server on 127.0.0.1.
+
+Checkpoints are uploaded into the emulator; every verdict must equal the local one. Bad buckets,
+paths and endpoints give one line and exit 2 within seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import MAXTEXT, run_cli
+from gcs_emulator import Emulator, free_port, tensorstore_env, upload
+
+BUCKET = "ckpts"
+
+
+@pytest.fixture(scope="module")
+def gcs(corpus):
+    root, _ = corpus
+    with Emulator() as emu:
+        os.environ.update(tensorstore_env(emu.url))  # before tensorstore's first GCS use
+        emu.create_bucket(BUCKET)
+        for name in (
+            "v024_linen_scan",
+            "v024_linen_scan_seed1",
+            "conv_pr283f88b_linen_scan_to_nnx",
+            "pr283f88b_nnx_scan",
+        ):
+            upload(str(MAXTEXT / name), BUCKET, name)
+        for name in ("manager_unfinished_commit_file", "chunked_zarr3", "chunked_noocdbt"):
+            upload(str(root / name), BUCKET, name)
+        yield emu
+
+
+def gs(path: str) -> str:
+    return f"gs://{BUCKET}/{path}"
+
+
+def errors_only(stderr: str) -> list[str]:
+    """stderr lines minus tensorstore's one-time INFO notice about the emulator's test token."""
+    return [line for line in stderr.strip().splitlines() if not line[:1] == "I" or not line[1:5].isdigit()]
+
+
+@pytest.mark.parametrize(
+    "a,b,code,different",
+    [
+        ("v024_linen_scan/checkpoints", "conv_pr283f88b_linen_scan_to_nnx/items", 0, 0),
+        ("v024_linen_scan/checkpoints", "v024_linen_scan_seed1/checkpoints", 1, 36),
+        ("v024_linen_scan/checkpoints", "pr283f88b_nnx_scan/checkpoints", 1, 36),
+    ],
+)
+def test_same_verdicts_as_local(gcs, a, b, code, different):
+    local = run_cli(MAXTEXT / a, MAXTEXT / b, "--json", "-", "-q")
+    remote = run_cli(gs(a), gs(b), "--json", "-", "-q")
+    mixed = run_cli(gs(a), MAXTEXT / b, "--json", "-", "-q")
+    for r in (local, remote, mixed):
+        assert r.code == code and r.json["summary"]["different"] == different, r.err
+    strip = ("seconds", "bytes_read", "requests")
+    for r in (remote, mixed):
+        assert [{k: v for k, v in x.items() if k not in strip} for x in r.json["leaves"]] == [
+            {k: v for k, v in x.items() if k not in strip} for x in local.json["leaves"]
+        ]
+    assert remote.json["summary"]["requests"] > 0 and remote.json["summary"]["bytes_read"] > 0
+
+
+def test_chunked_layouts_over_gcs(gcs, corpus):
+    root, _ = corpus
+    for name in ("chunked_zarr3", "chunked_noocdbt"):
+        r = run_cli(gs(name), root / name, "--json", "-", "-q", "--max-memory", "64M")
+        assert r.code == 0 and r.json["identical"], r.err
+
+
+def test_streams_big_chunks_over_gcs(gcs, corpus):
+    root, _ = corpus
+    import streamdiff
+
+    r = streamdiff.diff(gs("chunked_zarr3"), str(root / "chunked_zarr3"), block_bytes=4096, shortcut=False)
+    assert r.exit_code == 0 and any(x.stats and x.stats.get("streamed") for x in r.leaves)
+
+
+def test_unfinished_step_on_gcs(gcs):
+    r = run_cli(gs("manager_unfinished_commit_file"), gs("manager_unfinished_commit_file"), "--json", "-", "-q")
+    assert r.code == 0 and "step 0 (latest committed" in " ".join(r.json["notes"]["a"])
+    bad = run_cli(gs("manager_unfinished_commit_file/1"), gs("manager_unfinished_commit_file/0"))
+    assert bad.code == 2 and "unfinished" in bad.err
+
+
+def test_step_without_commit_file_is_unfinished_on_object_storage(gcs, copy_ckpt):
+    """On GCS only commit_success.txt proves a save finished (orbax's commit-file mode)."""
+    local = copy_ckpt(MAXTEXT / "v024_linen_scan_seed1")
+    os.remove(local / "checkpoints/1/commit_success.txt")
+    upload(str(local), BUCKET, "nocommit")
+    assert run_cli(local / "checkpoints/1", MAXTEXT / "v024_linen_scan_seed1/checkpoints/1").code == 0  # local: ok
+    r = run_cli(gs("nocommit/checkpoints/1"), gs("v024_linen_scan_seed1/checkpoints/1"))
+    assert r.code == 2 and "commit_success.txt" in r.err
+
+
+@pytest.mark.parametrize(
+    "path,needle",
+    [
+        ("gs://no-such-bucket/x", "no objects under this path"),
+        (f"gs://{BUCKET}/missing/path", "no objects under this path"),
+        ("gs://B/x", "Invalid GCS bucket name"),
+        ("gs:///x", "without a bucket"),
+    ],
+)
+def test_missing_bucket_or_object_is_one_line_exit_2(gcs, path, needle):
+    t0 = time.monotonic()
+    r = run_cli(path, gs("v024_linen_scan/checkpoints"))
+    assert r.code == 2 and needle in r.err and len(errors_only(r.err)) == 1, r.err
+    assert time.monotonic() - t0 < 10
+
+
+def test_unreachable_endpoint_fails_fast():
+    """A dead endpoint: bounded retries, one line, exit 2, well under 10 s."""
+    env = dict(os.environ, **tensorstore_env(f"http://127.0.0.1:{free_port()}"))
+    t0 = time.monotonic()
+    p = subprocess.run(
+        [sys.executable, "-m", "streamdiff", "gs://somebucket/ckpt", "gs://somebucket/ckpt2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - t0
+    lines = errors_only(p.stderr)
+    assert p.returncode == 2 and len(lines) == 1 and "unreachable" in lines[0], p.stderr
+    assert elapsed < 10, elapsed
+
+
+def test_structure_only_requests_do_not_grow_with_leaves(gcs, tmp_path):
+    """1200 leaves: metadata is inline in the OCDBT B-tree, so the request count stays small."""
+    import orbax.checkpoint as ocp
+
+    tree = {f"layer_{i}": {"w": np.full((2,), i, np.float32)} for i in range(1200)}
+    ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_zarr3=True)).save(tmp_path / "big", args=ocp.args.PyTreeSave(tree))
+    upload(str(tmp_path / "big"), BUCKET, "many_leaves")
+    r = run_cli(gs("many_leaves"), gs("many_leaves"), "--structure-only", "--json", "-", "-q", "--stats")
+    assert r.code == 0 and r.json["summary"]["leaves"] == 1200
+    assert r.json["summary"]["requests"] < 40, r.json["summary"]
+    assert "storage:" in r.err
