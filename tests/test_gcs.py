@@ -17,6 +17,7 @@ from conftest import MAXTEXT, run_cli
 from gcs_emulator import Emulator, free_port, tensorstore_env, upload
 
 BUCKET = "ckpts"
+MAXTEXT_UPLOADS = ("v024_linen_scan", "v024_linen_scan_seed1", "conv_pr283f88b_linen_scan_to_nnx", "pr283f88b_nnx_scan")
 
 
 @pytest.fixture(scope="module")
