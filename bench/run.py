@@ -9,6 +9,7 @@ process alone) and wall time:
   identical pairs, reads every chunk's stored bytes (bench/read_stored.py);
 * streamdiff with a memory budget.
 
+Peak RSS is measured with /usr/bin/time (%M) around each process.
 Runs are repeated (--repeat) round-robin so machine noise hits all alike; the table shows medians
 and ratios of medians. Pairs are generated on first use with bench/make_pair.py (real orbax).
 
@@ -20,14 +21,17 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY = sys.executable
+TIME = shutil.which("time", path="/usr/bin") or shutil.which("gtime")
 
 
 @dataclass
@@ -39,17 +43,19 @@ class Measure:
     rss: list[int] = field(default_factory=list)
 
     def run(self) -> None:
-        t0 = time.perf_counter()
-        p = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(p.pid, 0)
-        wall = time.perf_counter() - t0
-        code = os.waitstatus_to_exitcode(status)
-        err = p.stderr.read().decode(errors="replace")
-        p.stderr.close()
-        if code not in self.ok_codes:
-            raise SystemExit(f"{self.label}: exit {code}\n{' '.join(self.cmd)}\n{err[-2000:]}")
+        """Wall time, and peak RSS from /usr/bin/time: a process's high-water mark survives exec,
+        so a child forked straight from a big parent would report the parent's size."""
+        with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+            cmd = [TIME, "-f", "%M", "-o", rss.name, *self.cmd] if TIME else self.cmd
+            t0 = time.perf_counter()
+            p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            wall = time.perf_counter() - t0
+            err = p.stderr.decode(errors="replace")
+            if p.returncode not in self.ok_codes:
+                raise SystemExit(f"{self.label}: exit {p.returncode}\n{' '.join(self.cmd)}\n{err[-2000:]}")
+            kb = int(rss.read().strip().splitlines()[-1]) if TIME else 0
         self.walls.append(wall)
-        self.rss.append(usage.ru_maxrss * 1024)
+        self.rss.append(kb * 1024)
 
     @property
     def wall(self) -> float:
@@ -202,7 +208,7 @@ def main() -> None:
     with open(args.results, "a") as f:
         f.write(
             f"\n## Run of {stamp}\n\nMachine: {machine()}. Medians of {args.repeat} round-robin runs; "
-            f"RSS is the maximum peak RSS of the process (os.wait4).\n\n{table}\n\n{summary}\n"
+            f"RSS is the maximum peak RSS of the process (/usr/bin/time %M).\n\n{table}\n\n{summary}\n"
         )
     print(f"appended to {args.results}")
 

@@ -14,6 +14,7 @@ Tensorstore decodes everything that fits the budget. Two jobs need the stored by
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import struct
@@ -204,9 +205,9 @@ def _ocdbt_sizes(base: dict[str, Any], context: ts.Context) -> dict[str, int] | 
 
 
 class _RangeSource:
-    """File-like reader over one stored value's byte range, fetching the next piece ahead."""
+    """File-like reader over one stored value's byte range, keeping `depth` piece reads in flight."""
 
-    def __init__(self, raw: RawStore, key: str, start: int, stop: int | None, piece: int):
+    def __init__(self, raw: RawStore, key: str, start: int, stop: int | None, piece: int, depth: int = 2):
         self.raw = raw
         self.key = key
         self.pos = start
@@ -215,7 +216,12 @@ class _RangeSource:
         self.eof = False
         self._data = b""
         self._off = 0
-        self._next = self._fetch()
+        self._ahead: collections.deque = collections.deque()
+        for _ in range(max(1, depth)):
+            f = self._fetch()
+            if f is None:
+                break
+            self._ahead.append(f)
 
     def _fetch(self):
         if self.eof or (self.stop is not None and self.pos >= self.stop):
@@ -226,7 +232,7 @@ class _RangeSource:
         return self.raw.kv.read(self.key, byte_range=slice(start, end)), start
 
     def _take_next(self) -> bytes:
-        fut, start = self._next
+        fut, start = self._ahead.popleft()
         try:
             r = fut.result()
         except Exception as e:
@@ -234,11 +240,13 @@ class _RangeSource:
                 raise
             # Unknown size and past the end: what is left is shorter than one piece.
             self.eof = True
-            self._next = None
+            self._ahead.clear()
             return self.raw.read_range(self.key, start, None)
         if r.state != "value":
             raise ValueError(f"chunk {self.key!r} is missing")
-        self._next = self._fetch()
+        nxt = self._fetch()
+        if nxt is not None:
+            self._ahead.append(nxt)
         return r.value  # already a bytes object: no second copy
 
     def read(self, n: int = -1) -> bytes:
@@ -246,7 +254,7 @@ class _RangeSource:
             out = self._data[self._off :] if n < 0 else self._data[self._off : self._off + n]
             self._off += len(out)
             return out
-        if self._next is None:
+        if not self._ahead:
             return b""
         self._data, self._off = self._take_next(), 0
         return self.read(n)
@@ -274,7 +282,7 @@ def inner_chunk_range(raw: RawStore, shard_key: str, inner_index: tuple[int, ...
 
 
 def stream_chunk(
-    raw: RawStore, grid_index: tuple[int, ...], rows_per_slab: int, piece: int = PIECE_BYTES
+    raw: RawStore, grid_index: tuple[int, ...], rows_per_slab: int, piece: int = PIECE_BYTES, depth: int = 2
 ) -> Iterator[np.ndarray]:
     """Decode one stored (inner) chunk slab by slab along its first axis.
 
@@ -294,7 +302,7 @@ def stream_chunk(
         key = f.key(shard)
         offset, nbytes = inner_chunk_range(raw, key, inner)
         start, stop = offset, offset + nbytes
-    source = _RangeSource(raw, key, start, stop, piece)
+    source = _RangeSource(raw, key, start, stop, piece, depth)
     reader = zstandard.ZstdDecompressor().stream_reader(source, read_size=piece) if f.compressor == "zstd" else source
     total_rows = shape[0] if shape else 1
     # One buffer, reused: each slab is compared before the next is decoded into it.

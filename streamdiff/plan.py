@@ -119,6 +119,10 @@ def block_grid(
         fit = (grow_limit // max(1, others)) // common[d] * common[d]
         bs[d] = max(bs[d], min(shape[d], fit))
         break
+    # One cell of the common grid (a chunk of each side) may take up to twice the block size:
+    # splitting it would decode its chunks twice. The bytes-in-flight cap still bounds the total.
+    if math.prod(common) <= 2 * limit:
+        limit = max(limit, math.prod(common))
     # Shrink from the leading dim until the block fits.
     for d in range(len(bs)):
         if math.prod(bs) <= limit:
