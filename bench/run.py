@@ -127,7 +127,7 @@ def main() -> None:
     def base(d: str, x: str) -> Measure | None:
         if args.no_baseline:
             return None
-        return Measure("baseline", script("baseline_restore.py", P(d, "a"), P(d, x)))
+        return Measure("baseline", script("baseline_restore.py", P(d, "a"), P(d, x)), ok_codes=(0,))
 
     rows.append(
         (

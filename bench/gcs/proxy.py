@@ -95,7 +95,7 @@ async def serve(listen: int, upstream: int, latency_ms: float, bw_mbps: float) -
             return
         try:
             await asyncio.gather(_delayed(cr, uw, latency_ms / 1000), _capped(ur, cw, bucket))
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, asyncio.CancelledError):  # peer gone, or shutting down
             _close(cw)
             _close(uw)
 
