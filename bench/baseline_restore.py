@@ -28,6 +28,11 @@ def restore(path: str):
     return ck.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
 
 
+def _path(p: str) -> str:
+    """orbax wants absolute local paths; URLs (gs://) pass through."""
+    return p if "://" in p else os.path.abspath(p)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("a")
@@ -40,8 +45,8 @@ def main() -> None:
     import jax
     import numpy as np
 
-    ta = restore(os.path.abspath(args.a))
-    tb = restore(os.path.abspath(args.b))
+    ta = restore(_path(args.a))
+    tb = restore(_path(args.b))
     la = jax.tree_util.tree_leaves_with_path(ta)
     lb = dict(jax.tree_util.tree_leaves_with_path(tb))
     differ = sum(

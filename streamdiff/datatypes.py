@@ -1,8 +1,9 @@
 """The data that flows between pipeline stages, in one place.
 
-locate -> tree (`Tree` of `Leaf`) -> pair (`Pair`) -> plan (`Block`) -> stream/stats (`LeafStats`)
--> report (`LeafResult`, `Report`). Everything here is a frozen dataclass except the mergeable
-statistics accumulator, which lives in `stats.py`.
+locate -> tree (`Tree` of `Leaf`) -> map (`Leaf` with a `rules.View`) -> pair (`Pair`) -> plan
+(`plan.BlockGrid`) -> stream/stats (`stats.LeafStats`) -> report (`LeafResult`, `Report`).
+Everything here is a frozen dataclass; the planner's grids, the lazy views and the mergeable
+statistics accumulator live next to the code that makes them.
 """
 
 from __future__ import annotations
@@ -97,17 +98,6 @@ class Pair:
     #: 'kind_mismatch', 'error', or 'equal' (settled without reading data, e.g. two empty nodes).
     status: str
     message: str | None = None
-
-
-@dataclass(frozen=True)
-class Block:
-    """A box of one pair's index space, read from both sides and compared as one unit."""
-
-    pair_index: int
-    index: int  # position of the block within its pair (merge order)
-    start: tuple[int, ...]
-    stop: tuple[int, ...]
-    nbytes: int  # decoded bytes of both sides together
 
 
 @dataclass(frozen=True)

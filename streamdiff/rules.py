@@ -28,7 +28,6 @@ never copies, so streaming and the memory budget work through them.
 
 from __future__ import annotations
 
-import math
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -36,7 +35,7 @@ from typing import Any
 
 import tensorstore as ts
 
-from .datatypes import KeyPath, Leaf, format_path, parse_path
+from .datatypes import KeyPath, Leaf, format_path
 from .errors import StreamdiffError
 
 OPS = ("rename", "ignore", "strip", "transpose", "moveaxis", "unstack", "stack", "tolerance", "allow_dtype")
@@ -458,11 +457,3 @@ def dtype_allowed(path: KeyPath, a: str, b: str, mapped: list[Mapped]) -> bool:
             if pat.match(path) is not None and {a, b} <= allowed:
                 return True
     return False
-
-
-def parse_display_path(text: str) -> KeyPath:
-    return parse_path(text)
-
-
-def prod(shape: tuple[int, ...]) -> int:
-    return math.prod(shape)

@@ -90,12 +90,8 @@ def build_tree(item: Dir) -> Tree:
         fmt = stored[name]
         key = (name + "/" if name else "") + (".zarray" if fmt == 2 else "zarr.json")
         raw_meta = result_bytes(fut, f"{item.display}/{key}")
-        if raw_meta is None:
-            continue
-        try:
-            zmeta[name] = (fmt, json.loads(raw_meta))
-        except ValueError as e:
-            raise CorruptCheckpointError(f"{item.display}/{key}: unreadable JSON ({e})") from e
+        if raw_meta is not None:
+            zmeta[name] = (fmt, _parse_json(raw_meta, item, key))
 
     legacy_strings = _legacy_strings(item, [e for e in entries if _needs_array(e) and e.storage_name not in zmeta])
     leaves: dict[KeyPath, Leaf] = {}
