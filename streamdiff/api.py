@@ -63,6 +63,7 @@ def diff(
     block_bytes: int | None = None,
     shortcut: bool = True,
     io_concurrency: int | None = None,
+    scheduler: str | None = None,
     progress: Progress | None = None,
 ) -> Report:
     """Compare two checkpoints leaf by leaf. Raises `StreamdiffError` for unusable input.
@@ -75,7 +76,8 @@ def diff(
     `max_memory` bounds the process's peak memory; `block_bytes` overrides the block size the
     planner derives from it (tests use it to force many blocks per chunk). With `shortcut`, chunks
     whose stored bytes are equal on both sides are settled without decoding. `io_concurrency`
-    caps parallel requests to remote storage.
+    caps parallel requests to remote storage. `scheduler` ('tcp://host:8786' or 'local:N') runs
+    the value diff on Dask workers.
     """
     if atol < 0 or rtol < 0:
         raise UsageError("--atol and --rtol must be >= 0")
@@ -86,13 +88,15 @@ def diff(
     pairs = pair_trees(m.a.leaves, m.b.leaves)
 
     outcomes: dict[int, PairOutcome] = {}
+    remote_io = (0, 0)
     if not structure_only:
         policies = [_policy(p, atol, rtol, nan_equal, m) for p in pairs]
         mem = memory_plan(max_memory, jobs or default_jobs(), block_bytes)
         if progress:
             progress.start(sum(p.a.nbytes + p.b.nbytes for p in pairs if p.status == "compare"))
         ctx = (matched[0][1].dir.storage.context, matched[0][2].dir.storage.context)
-        outcomes = compare_values(pairs, policies, ctx, mem, progress.advance if progress else None, shortcut)
+        advance = progress.advance if progress else None
+        outcomes, remote_io = compare_values(pairs, policies, ctx, mem, advance, shortcut, scheduler)
 
     results = tuple(_result(p, outcomes.get(i), structure_only, m) for i, p in enumerate(pairs))
     io1 = io_counters()
@@ -108,8 +112,8 @@ def diff(
         notes_b=_notes(lb.notes, trees_b) + m.notes_b,
         ignored_a=tuple(m.a.ignored),
         ignored_b=tuple(m.b.ignored),
-        bytes_read=io1[0] - io0[0],
-        requests=io1[1] - io0[1],
+        bytes_read=io1[0] - io0[0] + remote_io[0],
+        requests=io1[1] - io0[1] + remote_io[1],
         seconds=time.perf_counter() - t0,
     )
 

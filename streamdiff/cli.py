@@ -149,6 +149,13 @@ class _Bar:
     metavar="N",
     help=f"Parallel requests to remote storage (gs://); default {DEFAULT_IO_CONCURRENCY}.",
 )
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Run the value diff on Dask: tcp://host:8786 for an existing cluster, local:N for N local "
+    "worker processes (needs pip install 'streamdiff[dask]'). --max-memory applies per worker.",
+)
 @click.option("--stats", "show_stats", is_flag=True, help="Print storage requests, bytes read and time on stderr.")
 @click.option(
     "--json", "json_path", default=None, metavar="PATH", help="Write the full report as JSON ('-' for stdout)."
@@ -176,6 +183,7 @@ def cli(
     no_shortcut,
     jobs,
     io_concurrency,
+    scheduler,
     show_stats,
     json_path,
     verbose,
@@ -209,6 +217,7 @@ def cli(
             jobs=jobs,
             shortcut=not no_shortcut,
             io_concurrency=io_concurrency,
+            scheduler=scheduler,
             progress=bar,
         )
     finally:

@@ -126,7 +126,22 @@ def _result(x: ts.Future | np.ndarray) -> np.ndarray:
 
 
 class _Engine:
-    def __init__(self, pairs, policies, contexts, mem: MemoryPlan, shortcut: bool, progress: ProgressFn | None):
+    """Plans every pair, then runs its tasks on a thread pool (or, on a Dask worker, a subset).
+
+    `only` restricts opening and planning to some pair indices (a Dask worker's batch); plans
+    are deterministic, so a worker plans a pair exactly as the client did.
+    """
+
+    def __init__(
+        self,
+        pairs,
+        policies,
+        contexts,
+        mem: MemoryPlan,
+        shortcut: bool,
+        progress: ProgressFn | None,
+        only: set[int] | None = None,
+    ):
         self.pairs = pairs
         self.policies = policies
         self.mem = mem
@@ -137,7 +152,7 @@ class _Engine:
         self.lock = threading.Lock()
         self.settled = 0
         for i, p in enumerate(pairs):
-            if p.status != "compare" or p.a.kind == "string":
+            if p.status != "compare" or p.a.kind == "string" or (only is not None and i not in only):
                 continue
             try:
                 sa, sb = _Side(p.a, contexts[0], self.sizes), _Side(p.b, contexts[1], self.sizes)
@@ -327,11 +342,12 @@ class _Engine:
             del a, b
         return acc
 
-    def run(self) -> dict[int, PairOutcome]:
+    def run(self, tasks: list[_Task] | None = None) -> dict[int, PairOutcome]:
+        """Run `tasks` (default: all of them) with bounded bytes in flight; merge into outcomes."""
         pending: dict[Future, _Task] = {}
         held = 0
         with ThreadPoolExecutor(max_workers=self.mem.jobs, thread_name_prefix="streamdiff") as pool:
-            for t in self.tasks():
+            for t in self.tasks() if tasks is None else tasks:
                 if self.outcomes[t.pair_index].error:
                     self._advance(t)
                     continue
@@ -378,9 +394,19 @@ def compare_values(
     mem: MemoryPlan,
     progress: ProgressFn | None = None,
     shortcut: bool = True,
-) -> dict[int, PairOutcome]:
-    """Stream every pair with status 'compare' whose kinds are numeric; returns outcomes by index."""
-    return _Engine(pairs, policies, contexts, mem, shortcut, progress).run()
+    scheduler: str | None = None,
+) -> tuple[dict[int, PairOutcome], tuple[int, int]]:
+    """Stream every pair with status 'compare' whose kinds are numeric.
+
+    Returns the outcomes by pair index, and the (bytes, requests) that other processes read.
+    With `scheduler` ('tcp://host:port' or 'local:N') the tasks run on Dask workers instead of
+    local threads; the statistics, merged the same way, are the same.
+    """
+    if scheduler:
+        from .distributed import compare_on_dask
+
+        return compare_on_dask(pairs, policies, contexts, mem, progress, shortcut, scheduler)
+    return _Engine(pairs, policies, contexts, mem, shortcut, progress).run(), (0, 0)
 
 
 def _prefetch_depth(side: _Side) -> int:

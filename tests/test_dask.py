@@ -1,0 +1,86 @@
+"""One diff on a local Dask cluster gives the same report as on threads (apart from timings and
+storage counters), with rules, stacking views and transposes in play; failures stay per leaf."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import MAXTEXT
+
+import streamdiff
+from streamdiff.distributed import batches
+from streamdiff.stream import _Task
+
+pytest.importorskip("dask.distributed")
+
+VOLATILE = {"seconds", "bytes_read", "requests"}
+
+
+def comparable(report) -> dict:
+    j = streamdiff.to_json(report)
+    j["summary"] = {k: v for k, v in j["summary"].items() if k not in VOLATILE}
+    return j
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+        yield c.scheduler_address
+
+
+CASES = [
+    # Linen scanned vs unscanned: the unscanned side is a stacked view (ts.stack of 3 leaves)
+    (MAXTEXT / "v024_linen_scan/checkpoints", MAXTEXT / "v024_linen_noscan/checkpoints", {}),
+    # Linen vs converter NNX: presets rename on both sides
+    (MAXTEXT / "v024_linen_scan/checkpoints", MAXTEXT / "conv_pr283f88b_linen_scan_to_nnx/items", {}),
+    # small blocks: many tasks per leaf, chunks streamed in slabs, merged out of order
+    (MAXTEXT / "v024_linen_scan/checkpoints/0", MAXTEXT / "v024_linen_scan/checkpoints/1", {"block_bytes": 4096}),
+]
+
+
+@pytest.mark.parametrize("a,b,kw", CASES)
+def test_dask_report_equals_threads(cluster, a, b, kw):
+    threads = streamdiff.diff(str(a), str(b), atol=1e-6, **kw)
+    dask = streamdiff.diff(str(a), str(b), atol=1e-6, scheduler=cluster, **kw)
+    assert comparable(dask) == comparable(threads)
+    assert dask.exit_code == threads.exit_code
+    assert dask.bytes_read > 0  # the workers' reads are counted
+
+
+def test_dask_with_transpose_rule(cluster, tmp_path):
+    rules = tmp_path / "t.toml"
+    rules.write_text('[[rule]]\nop = "transpose"\npath = "**/layers/mlp/*/kernel"\naxes = [1, 0, 2]\n')
+    a = str(MAXTEXT / "v024_linen_scan/checkpoints")
+    b = str(MAXTEXT / "v024_linen_scan_seed1/checkpoints")
+    threads = streamdiff.diff(a, b, rules=[str(rules)], block_bytes=8192)
+    dask = streamdiff.diff(a, b, rules=[str(rules)], block_bytes=8192, scheduler=cluster)
+    assert any(x.source_a and x.source_a.startswith("transpose(") for x in dask.leaves)
+    assert comparable(dask) == comparable(threads)
+
+
+def test_unreadable_block_marks_its_leaf_and_the_rest_completes(cluster, corpus, copy_ckpt):
+    import os
+
+    root, _ = corpus
+    ckpt = copy_ckpt(root / "chunked_noocdbt")
+    os.truncate(ckpt / "np_big/0.0", 100)
+    r = streamdiff.diff(str(ckpt), str(root / "chunked_noocdbt"), scheduler=cluster, shortcut=False)
+    status = {"/".join(x.path): x.status for x in r.leaves}
+    assert r.exit_code == 2 and status["np_big"] == "error" and status["small"] == "equal"
+    assert "reading values failed" in next(x.message for x in r.leaves if x.status == "error")
+
+
+def test_local_scheduler_spec_and_bad_addresses(tmp_path):
+    a = str(MAXTEXT / "v024_linen_scan_seed1/checkpoints")
+    r = streamdiff.diff(a, a, scheduler="local:1")
+    assert r.exit_code == 0 and r.identical
+    with pytest.raises(streamdiff.StreamdiffError, match="needs a number of workers"):
+        streamdiff.diff(a, a, scheduler="local:x")
+
+
+def test_batches_are_sized_and_cover_every_task():
+    tasks = [_Task(0, (i,), (i + 1,), 100, 100) for i in range(25)]
+    out = batches(tasks, target=1000)
+    assert [len(b) for b in out] == [10, 10, 5]
+    assert [t for b in out for t in b] == tasks
