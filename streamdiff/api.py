@@ -156,6 +156,8 @@ def _resolve(a: str, b: str, step: int | None, item: str | None, io_concurrency:
         fa = pool.submit(locate, a, step, io_concurrency)
         fb = pool.submit(locate, b, step, io_concurrency)
         la, lb = fa.result(), fb.result()
+    if step is not None and not (la.is_root or lb.is_root):
+        raise UsageError(f"--step applies to a CheckpointManager root; neither {a} nor {b} is one")
     matched = choose_items(la, lb, item)
     trees_a, trees_b = _build_trees(matched)
     return la, lb, matched, trees_a, trees_b

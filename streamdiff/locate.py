@@ -37,6 +37,7 @@ class Located:
 
     items: tuple[Item, ...]
     notes: tuple[str, ...]
+    is_root: bool = False  # a CheckpointManager root (where --step applies)
 
 
 def locate(url: str, step: int | None = None, io_concurrency: int | None = None) -> Located:
@@ -60,15 +61,13 @@ def _resolve(d: Dir, step: int | None) -> Located:
             raise NotACheckpointError(f"{d.display}: empty directory, not a checkpoint")
         raise NotFoundError(f"{d.display}: no objects under this path (missing bucket or path?)")
     kind = classify(children)
+    # --step applies to roots; a side given as an item or step directory is used as it is (the
+    # caller checks that at least one side was a root).
     if kind in ("item", "unfinished_item"):
-        if step is not None:
-            raise UsageError(f"--step applies to a CheckpointManager root, but {d.display} is an item directory")
         _check_item_finished(d, children)
         _check_step_finished(d, children, required=False)
         return Located((Item(d, ""),), ())
     if kind == "step":
-        if step is not None:
-            raise UsageError(f"--step applies to a CheckpointManager root, but {d.display} is a step directory")
         return Located(_step_items(d, children), ())
     steps = _steps(children)
     if not steps:
@@ -83,7 +82,7 @@ def _resolve(d: Dir, step: int | None) -> Located:
             raise NotFoundError(f"{d.display}: no step {step} (steps: {have})")
         sd = d.child(chosen[0])
         items = _step_items(sd, sd.list_children())
-        return Located(items, (f"step {step}",))
+        return Located(items, (f"step {step}",), is_root=True)
     skipped = []
     for num, name in sorted(steps, reverse=True):
         sd = d.child(name)
@@ -98,7 +97,7 @@ def _resolve(d: Dir, step: int | None) -> Located:
         notes.append(f"step {num} (latest committed of {len(steps)})")
         if skipped:
             notes.append(f"skipped unfinished: {', '.join(skipped)}")
-        return Located(items, tuple(notes))
+        return Located(items, tuple(notes), is_root=True)
     raise UnfinishedCheckpointError(f"{d.display}: no committed step (unfinished: {', '.join(skipped)})")
 
 

@@ -76,7 +76,9 @@ def test_root_picks_latest_committed_step_and_step_option():
     r = run_cli(root, root / "1", "--json", "-", "-q")
     assert r.code == 0 and "step 1 (latest committed" in " ".join(r.json["notes"]["a"])
     r0 = run_cli(root, root / "0", "--step", "0", "--json", "-", "-q")
-    assert r0.code == 2 and "--step applies to a CheckpointManager root" in r0.err
+    assert r0.code == 0, r0.err  # --step applies to the root side; the step dir is used as it is
+    both = run_cli(root / "0", root / "1", "--step", "0")
+    assert both.code == 2 and "--step applies to a CheckpointManager root" in both.err
     r0 = run_cli(root, root, "--step", "0", "--json", "-", "-q")
     assert r0.code == 0 and "step 0" in r0.json["notes"]["a"]
 
