@@ -26,7 +26,7 @@ install: $(VENV)/.runtime
 install-test: $(VENV)/.test
 
 demo: install
-	@echo "== 1. same run, two seeds (MaxText Linen, scanned): 36 of 39 leaves differ, the 3 counters do not"
+	@echo "== 1. same run, two seeds (MaxText Linen, scanned): 36 of the 39 arrays differ (the 3 counters do not); the 40th leaf is an empty optax state"
 	@$(VENV)/bin/streamdiff $(MAXTEXT)/v024_linen_scan/checkpoints $(MAXTEXT)/v024_linen_scan_seed1/checkpoints --atol 1e-6 --rtol 1e-5; echo "(exit code $$?)"
 	@echo
 	@echo "== 2. one optimizer step apart (step 0 vs step 1 of one run)"
@@ -38,7 +38,7 @@ demo: install
 	@echo "== 4. Linen vs its conversion to NNX by MaxText's converter: layouts detected, mapped, equal in every leaf"
 	@$(VENV)/bin/streamdiff $(MAXTEXT)/v024_linen_scan/checkpoints $(MAXTEXT)/conv_pr283f88b_linen_scan_to_nnx/items; echo "(exit code $$?)"
 	@echo
-	@echo "== 5. structure only (no array data read): MaxText Linen vs native NNX, unscanned layers"
+	@echo "== 5. structure only (no array data read): MaxText Linen vs native NNX, unscanned: params and optimizer state pair up; NNX rng state exists only in B"
 	@$(VENV)/bin/streamdiff $(MAXTEXT)/v024_linen_noscan/checkpoints $(MAXTEXT)/pr283f88b_nnx_noscan/checkpoints --structure-only; echo "(exit code $$?)"
 
 lint: install-test
