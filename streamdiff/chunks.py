@@ -113,7 +113,7 @@ def _zarr3_chain(codecs: list[dict]) -> tuple[str | None, str]:
 class RawStore:
     """Stored bytes of one array: an opened kvstore under the array's prefix, plus known sizes."""
 
-    def __init__(self, source: ArraySource, context: ts.Context, sizes: dict[str, int] | None):
+    def __init__(self, source: ArraySource, context: ts.Context, sizes: ArraySizes | None):
         self.source = source
         self.format = chunk_format(source)
         self.kv = ts.KvStore.open(source.spec["kvstore"], context=context).result()
@@ -153,7 +153,7 @@ class ItemSizes:
         self._lock = threading.Lock()
         self._by_base: dict[str, dict[str, int] | None] = {}
 
-    def for_source(self, source: ArraySource, context: ts.Context) -> dict[str, int] | None:
+    def for_source(self, source: ArraySource, context: ts.Context) -> ArraySizes | None:
         kv = source.spec["kvstore"]
         if kv.get("driver") != "ocdbt":
             return None
@@ -162,22 +162,18 @@ class ItemSizes:
             if base_key not in self._by_base:
                 self._by_base[base_key] = _ocdbt_sizes(kv["base"], context)
             sizes = self._by_base[base_key]
-        if sizes is None:
-            return None
-        prefix = kv.get("path", "")
-        return _Prefixed(sizes, prefix)
+        return None if sizes is None else ArraySizes(sizes, kv.get("path", ""))
 
 
-class _Prefixed(dict):
-    """A view of item-wide sizes under one array's prefix (keys relative to the array)."""
+@dataclass(frozen=True)
+class ArraySizes:
+    """The item-wide sizes seen from one array: keys relative to the array's prefix."""
 
-    def __init__(self, sizes: dict[str, int], prefix: str):
-        super().__init__()
-        self.sizes = sizes
-        self.prefix = prefix
+    sizes: dict[str, int]
+    prefix: str
 
-    def get(self, key, default=None):  # noqa: D401 - dict protocol
-        return self.sizes.get(self.prefix + key, default)
+    def get(self, key: str) -> int | None:
+        return self.sizes.get(self.prefix + key)
 
 
 def _ocdbt_sizes(base: dict[str, Any], context: ts.Context) -> dict[str, int] | None:

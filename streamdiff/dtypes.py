@@ -22,10 +22,6 @@ def normalize(name: str) -> str:
         raise CorruptCheckpointError(f"unknown dtype {name!r}") from e
 
 
-def to_numpy(name: str) -> np.dtype:
-    return np.dtype(name)
-
-
 def itemsize(name: str) -> int:
     return np.dtype(name).itemsize
 

@@ -51,15 +51,6 @@ def detect(paths: list[KeyPath]) -> str | None:
     return None
 
 
-def scanned(leaves: dict[KeyPath, Leaf]) -> bool | None:
-    """True if layers are stacked (a `layers` key holds arrays), False if per layer, None if unknown."""
-    if any(UNSCANNED.match(p) for p in leaves):
-        return False
-    if any("layers" in p for p in leaves):
-        return True
-    return None
-
-
 @dataclass
 class Alignment:
     notes: list[str]

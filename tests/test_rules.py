@@ -198,6 +198,14 @@ def test_wrong_rule_is_caught_as_shape_mismatch(tmp_path):
     assert r.code == 0 and sorted(statuses(r)) == [f"w_{i}" for i in range(4)]
 
 
+def test_display_paths_round_trip():
+    from streamdiff.datatypes import format_path, parse_path
+
+    for path in [("mlp/~/linear_0", "w"), ("a~b", ""), ("x",), ()]:
+        assert parse_path(format_path(path)) == path
+    assert format_path(("mlp/~/linear_0", "w")) == "mlp~1~0~1linear_0/w"
+
+
 def test_pattern_language():
     p = Pattern.compile("params/{scope:**}/layers_{i:int}/{leaf}")
     caps = p.match(("params", "a", "b", "layers_12", "kernel"))
