@@ -142,3 +142,22 @@ def test_console_script_and_module_run_a_real_diff():
     for cmd in ([exe], [sys.executable, "-m", "streamdiff"]):
         p = subprocess.run(cmd + [str(LINEN), str(SEED1), "-q"], capture_output=True, text=True, timeout=120)
         assert p.returncode == 1, p.stderr
+
+
+def test_progress_bar_only_on_a_terminal():
+    """Piped stderr gets no progress bar; a terminal gets one, over bytes of both sides."""
+    import io
+
+    from rich.console import Console
+
+    from streamdiff.cli import _Bar
+
+    piped = run_cli(LINEN, SEED1)  # not -q: the report prints, but stderr stays clean
+    assert piped.err == "" and piped.out.startswith("36 of 40")
+    buf = io.StringIO()
+    bar = _Bar(Console(file=buf, force_terminal=True, width=100))
+    bar.start(2_000_000)
+    bar.advance(1_000_000)
+    bar.progress.refresh()
+    bar.stop()
+    assert "comparing" in buf.getvalue() and "MB" in buf.getvalue()
