@@ -7,7 +7,7 @@ path>` for parameters (and NNX rng state), `optimizer/opt_state/<i>/<count|mu|nu
 Alignment then handles what depends on both sides at once:
 
 * one side scanned (`.../layers/<leaf>`, layers stacked on one axis) and the other unscanned
-  (`.../layers_<i>/<leaf>`): the unscanned leaves are stacked, lazily, on the axis the scanned
+  (`.../layers_<i>/<leaf>` or `.../layers/<i>/<leaf>`): the unscanned leaves are stacked, lazily, on the axis the scanned
   side's shape shows (or `layer_axis` when the shapes cannot tell, else axis 1, MaxText's
   param_scan_axis). Stacking the unscanned side keeps each stored chunk decoded once; unstacking
   the scanned side would decode each of its chunks once per layer;
@@ -25,7 +25,11 @@ from .datatypes import KeyPath, Leaf, format_path
 from .rules import Mapped, Pattern, RulesError, RuleSet, View, parse_rules, view_of, with_view
 
 PRESETS = ("maxtext-linen", "maxtext-nnx-released", "maxtext-nnx", "maxtext-nnx-converter")
-UNSCANNED = Pattern.compile("{pre:**}/layers_{i:int}/{rest:**}")
+#: Per-layer paths: Linen names layers `layers_<i>`, unscanned NNX keeps them in a dict `layers/<i>`.
+UNSCANNED = (
+    Pattern.compile("{pre:**}/layers_{i:int}/{rest:**}"),
+    Pattern.compile("{pre:**}/layers/{i:int}/{rest:**}"),
+)
 
 
 def load_preset(name: str) -> RuleSet:
@@ -71,7 +75,7 @@ def align(a: Mapped, b: Mapped, layer_axis: int | None) -> Alignment:
 def _stack_to_match(this: Mapped, other: Mapped, layer_axis: int | None) -> int:
     groups: dict[KeyPath, dict[int, Leaf]] = {}
     for path, leaf in this.leaves.items():
-        caps = UNSCANNED.match(path)
+        caps = next((c for c in (p.match(path) for p in UNSCANNED) if c is not None), None)
         if caps is None:
             continue
         target = caps["pre"] + ("layers",) + caps["rest"]

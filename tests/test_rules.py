@@ -266,3 +266,18 @@ def test_rules_undo_random_renames_transposes_and_stacking(case, block_bytes):
         assert r.exit_code == 0, [(x.path, x.status, x.message) for x in r.leaves]
         assert sorted("/".join(x.path) for x in r.leaves) == ["params/embed", "params/layers/kernel"]
         assert all(x.stats["identical"] for x in r.leaves)
+
+
+@pytest.mark.parametrize(
+    "a,b", [(NNX, NNX_NOSCAN), (LINEN, NNX_NOSCAN), (LINEN_NOSCAN, NNX), (NNX_RELEASED, NNX_NOSCAN)]
+)
+def test_scanned_vs_unscanned_across_layouts_pairs_every_weight(a, b):
+    """Both spellings of per-layer leaves (layers_<i>, layers/<i>) are stacked to meet a scanned
+    side; what stays one-sided is rng state, which the runs really hold differently."""
+    r = run_cli(a, b, "--json", "-", "-q", "--structure-only")
+    s = statuses(r)
+    assert not any(v == "shape_mismatch" for v in s.values()), s
+    one_sided = [p for p, v in s.items() if v in ("only_a", "only_b")]
+    assert all("/rngs/" in p for p in one_sided), one_sided
+    weights = [p for p in s if p.endswith("/kernel") and "/layers/" in p]
+    assert weights and all(s[p] == "equal" for p in weights)  # structure-only: paired and same shape
