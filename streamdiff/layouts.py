@@ -7,10 +7,10 @@ path>` for parameters (and NNX rng state), `optimizer/opt_state/<i>/<count|mu|nu
 Alignment then handles what depends on both sides at once:
 
 * one side scanned (`.../layers/<leaf>`, layers stacked on one axis) and the other unscanned
-  (`.../layers_<i>/<leaf>` or `.../layers/<i>/<leaf>`): the unscanned leaves are stacked, lazily, on the axis the scanned
-  side's shape shows (or `layer_axis` when the shapes cannot tell, else axis 1, MaxText's
-  param_scan_axis). Stacking the unscanned side keeps each stored chunk decoded once; unstacking
-  the scanned side would decode each of its chunks once per layer;
+  (`.../layers_<i>/<leaf>` or `.../layers/<i>/<leaf>`): the unscanned leaves are stacked,
+  lazily, on the axis the scanned side's shape shows (or `layer_axis` when the shapes cannot
+  tell, else axis 1, MaxText's param_scan_axis). Stacking the unscanned side keeps each stored
+  chunk decoded once; unstacking the scanned side would decode each of its chunks once per layer;
 * both scanned with the layer axis in different places (param_scan_axis 1 vs 0): the second
   side's layer axis is moved to where the first side has it, for leaves under a `layers` key
   whose shapes differ by exactly that move.
