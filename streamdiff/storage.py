@@ -66,6 +66,7 @@ class Storage:
             if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
                 raise StreamdiffError(f"file:// URLs need an absolute path: {url}")
             path = os.path.abspath(os.path.expanduser(path))
+            path = "/" + path.lstrip("/")  # POSIX keeps a leading '//', tensorstore refuses it
             if not os.path.exists(path):
                 raise NotFoundError(f"no such file or directory: {url}")
             base = {"driver": "file", "path": path.rstrip("/") + "/"}

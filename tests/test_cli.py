@@ -161,3 +161,10 @@ def test_progress_bar_only_on_a_terminal():
     bar.progress.refresh()
     bar.stop()
     assert "comparing" in buf.getvalue() and "MB" in buf.getvalue()
+
+
+def test_file_urls():
+    assert run_cli(f"file://{LINEN}", LINEN, "-q").code == 0
+    assert run_cli(f"file:///{LINEN}/", f"{LINEN}/", "-q").code == 0  # extra slashes are harmless
+    bad = run_cli("file://relative/path", LINEN)
+    assert bad.code == 2 and "absolute path" in bad.err
