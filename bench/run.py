@@ -121,55 +121,35 @@ def main() -> None:
     def P(d, x):
         return os.path.join(d, x)
 
-    rows: list[tuple[str, Measure | None, Measure, Measure, str]] = []
-
-    # (scenario, baseline, limit, streamdiff, note)
     def base(d: str, x: str) -> Measure | None:
         if args.no_baseline:
             return None
         return Measure("baseline", script("baseline_restore.py", P(d, "a"), P(d, x)), ok_codes=(0,))
 
-    rows.append(
-        (
-            f"(i) values differ, sharded ({gib(P(big, 'a')):.2f} GiB each)",
-            base(big, "b"),
-            Measure("limit", script("decode_limit.py", P(big, "a"), P(big, "b"))),
-            Measure("streamdiff", streamdiff(P(big, "a"), P(big, "b"), "256M")),
-            "--max-memory 256M; limit = decode every chunk, discard",
+    def row(name: str, d: str, x: str, limit: str, budget: str, note: str, baseline: bool = True):
+        """(scenario, baseline, limit, streamdiff, note) for pair d/a vs d/x."""
+        return (
+            name,
+            base(d, x) if baseline else None,
+            Measure("limit", script(limit, P(d, "a"), P(d, x))),
+            Measure("streamdiff", streamdiff(P(d, "a"), P(d, x), budget)),
+            note,
         )
-    )
-    rows.append(
-        (
-            "(ii) identical (two saves of one tree), sharded",
-            base(big, "a2"),
-            Measure("limit", script("read_stored.py", P(big, "a"), P(big, "a2"))),
-            Measure("streamdiff", streamdiff(P(big, "a"), P(big, "a2"), "256M")),
-            "--max-memory 256M; limit = read every chunk's stored bytes",
-        )
-    )
-    rows.append(
-        (
-            "(iii) values differ, numpy single chunks up to 128 MiB",
-            base(npy, "b"),
-            Measure("limit", script("decode_limit.py", P(npy, "a"), P(npy, "b"))),
-            Measure("streamdiff", streamdiff(P(npy, "a"), P(npy, "b"), "64M")),
-            "--max-memory 64M: chunks stream through zstd in slabs",
-        )
-    )
-    rows.append(
-        (
-            "(iii') identical, numpy single chunks",
-            None,
-            Measure("limit", script("read_stored.py", P(npy, "a"), P(npy, "a2"))),
-            Measure("streamdiff", streamdiff(P(npy, "a"), P(npy, "a2"), "64M")),
-            "--max-memory 64M; limit = read every chunk's stored bytes",
-        )
-    )
-    half = Measure("streamdiff", streamdiff(P(small, "a"), P(small, "b"), "256M"))
-    half_limit = Measure("limit", script("decode_limit.py", P(small, "a"), P(small, "b")))
-    rows.append(
-        (f"(iv) values differ, sharded, half size ({gib(P(small, 'a')):.2f} GiB each)", None, half_limit, half, "")
-    )
+
+    decode, stored = "decode every chunk, discard", "read every chunk's stored bytes"
+    rows = [
+        row(f"(i) values differ, sharded ({gib(P(big, 'a')):.2f} GiB each)", big, "b", "decode_limit.py", "256M",
+            f"--max-memory 256M; limit = {decode}"),
+        row("(ii) identical (two saves of one tree), sharded", big, "a2", "read_stored.py", "256M",
+            f"--max-memory 256M; limit = {stored}"),
+        row("(iii) values differ, numpy single chunks up to 128 MiB", npy, "b", "decode_limit.py", "64M",
+            "--max-memory 64M: chunks stream through zstd in slabs"),
+        row("(iii') identical, numpy single chunks", npy, "a2", "read_stored.py", "64M",
+            f"--max-memory 64M; limit = {stored}", baseline=False),
+        row(f"(iv) values differ, sharded, half size ({gib(P(small, 'a')):.2f} GiB each)", small, "b",
+            "decode_limit.py", "256M", "", baseline=False),
+    ]  # fmt: skip
+    half = rows[-1][3]
 
     measures = [m for r in rows for m in r[1:4] if m is not None]
     for k in range(args.repeat):
