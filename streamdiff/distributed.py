@@ -55,8 +55,8 @@ def _client(scheduler: str, mem: MemoryPlan):
         return Client(cluster), cluster
     try:
         return Client(scheduler, timeout="10s"), None
-    except OSError as e:
-        raise UsageError(f"cannot reach Dask scheduler {scheduler}: {e}") from e
+    except Exception as e:  # OSError/TimeoutError when unreachable, ValueError for a bad address
+        raise UsageError(f"cannot reach Dask scheduler {scheduler}: {str(e).splitlines()[0] if str(e) else e}") from e
 
 
 def batches(tasks: list[_Task], target: int = BATCH_BYTES) -> list[list[_Task]]:

@@ -3,6 +3,8 @@ storage counters), with rules, stacking views and transposes in play; failures s
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from conftest import MAXTEXT
 
@@ -77,6 +79,12 @@ def test_local_scheduler_spec_and_bad_addresses(tmp_path):
     assert r.exit_code == 0 and r.identical
     with pytest.raises(streamdiff.StreamdiffError, match="needs a number of workers"):
         streamdiff.diff(a, a, scheduler="local:x")
+    from gcs_emulator import free_port
+
+    t0 = time.monotonic()
+    with pytest.raises(streamdiff.StreamdiffError, match="cannot reach Dask scheduler"):
+        streamdiff.diff(a, a, scheduler=f"tcp://127.0.0.1:{free_port()}")
+    assert time.monotonic() - t0 < 30
 
 
 def test_batches_are_sized_and_cover_every_task():
