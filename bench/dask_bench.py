@@ -15,7 +15,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from run import Measure, ensure_pair, gib, streamdiff  # noqa: E402
+from run import Measure, ensure_pair, gib, publish, streamdiff  # noqa: E402
 
 
 def scheduler_overhead(n: int = 2000) -> float:
@@ -77,16 +77,8 @@ def main() -> None:
         f"{needed * per_task:.0%} of one scheduler core, not the bottleneck. With real storage a VM reads "
         f"~1-2 GB/s, so storage, not the scheduler, sets the time."
     )
-    table = "\n".join(lines)
-    print(table)
-    print(paper)
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    with open(args.results, "a") as f:
-        f.write(
-            f"\n## Dask run of {stamp}\n\nSharded pair, {size:.2f} GiB in all, --max-memory 1G, medians of "
-            f"{args.repeat} round-robin runs.\n\n{table}\n\n{paper}\n"
-        )
-    print(f"appended to {args.results}")
+    intro = f"Sharded pair, {size:.2f} GiB in all, --max-memory 1G, medians of {args.repeat} round-robin runs."
+    publish(args.results, "Dask run", intro, "\n".join(lines), paper)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,18 @@ def ensure_pair(out: str, layout: str, layers: int) -> str:
     return d
 
 
+def publish(results: str, title: str, intro: str, table: str, after: str = "") -> None:
+    """Print a table and append it, dated, to the results file."""
+    print()
+    print(table)
+    if after:
+        print(after)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    with open(results, "a") as f:
+        f.write(f"\n## {title} of {stamp}\n\n{intro}\n\n{table}\n" + (f"\n{after}\n" if after else ""))
+    print(f"appended to {results}")
+
+
 def gib(path: str) -> float:
     total = 0
     for dp, _, fs in os.walk(path):
@@ -180,17 +192,11 @@ def main() -> None:
         f"Peak RSS at {ratio:.2f}x the size: {fmt_mb(half.peak)} -> {fmt_mb(big_sd.peak)} ({growth:+.0%}) "
         f"with --max-memory 256M."
     )
-    table = "\n".join(lines)
-    print()
-    print(table)
-    print(summary)
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    with open(args.results, "a") as f:
-        f.write(
-            f"\n## Run of {stamp}\n\nMachine: {machine()}. Medians of {args.repeat} round-robin runs; "
-            f"RSS is the maximum peak RSS of the process (/usr/bin/time %M).\n\n{table}\n\n{summary}\n"
-        )
-    print(f"appended to {args.results}")
+    intro = (
+        f"Machine: {machine()}. Medians of {args.repeat} round-robin runs; "
+        f"RSS is the maximum peak RSS of the process (/usr/bin/time %M)."
+    )
+    publish(args.results, "Run", intro, "\n".join(lines), summary)
 
 
 if __name__ == "__main__":

@@ -84,8 +84,7 @@ def diff(
     t0 = time.perf_counter()
     io0 = io_counters()
     la, lb, matched, trees_a, trees_b = _resolve(a, b, step, item, io_concurrency)
-    m = map_trees(trees_a, trees_b, [x[0] for x in matched], rules, preset, auto, layer_axis)
-    pairs = pair_trees(m.a.leaves, m.b.leaves)
+    m, pairs = _map_and_pair(trees_a, trees_b, matched, rules, preset, auto, layer_axis)
 
     outcomes: dict[int, PairOutcome] = {}
     remote_io = (0, 0)
@@ -131,11 +130,13 @@ def explain(
 ) -> tuple[Mapping, list[tuple[KeyPath, str | None, str | None]]]:
     """Metadata only: each canonical path with the stored path(s) and transform behind it per side."""
     _, _, matched, trees_a, trees_b = _resolve(a, b, step, item)
+    m, pairs = _map_and_pair(trees_a, trees_b, matched, rules, preset, auto, layer_axis)
+    return m, [(p.path, _source(p.a), _source(p.b)) for p in pairs]
+
+
+def _map_and_pair(trees_a, trees_b, matched, rules, preset, auto, layer_axis) -> tuple[Mapping, list[Pair]]:
     m = map_trees(trees_a, trees_b, [x[0] for x in matched], rules, preset, auto, layer_axis)
-    rows = []
-    for p in pair_trees(m.a.leaves, m.b.leaves):
-        rows.append((p.path, _source(p.a), _source(p.b)))
-    return m, rows
+    return m, pair_trees(m.a.leaves, m.b.leaves)
 
 
 def _moved(leaf: Leaf | None) -> str | None:
@@ -183,11 +184,9 @@ def map_trees(
     out = []
     for leaves, layout in zip((leaves_a, leaves_b), layouts):
         sets = ([load_preset(layout)] if layout else []) + user
-        # Remember where every leaf came from before rules move it.
-        tagged = {p: replace(lf, source_path=p) for p, lf in leaves.items()}
-        out.append((layout, apply_rules(tagged, sets)))
+        out.append((layout, apply_rules(leaves, sets)))
     (layout_a, ma), (layout_b, mb) = out
-    al = align(ma, mb, layer_axis) if auto or layer_axis is not None else None
+    aligned = align(ma, mb, layer_axis) if auto or layer_axis is not None else ([], [])
     notes = []
     for layout, found, m in ((layout_a, detected[0], ma), (layout_b, detected[1], mb)):
         n = []
@@ -200,9 +199,8 @@ def map_trees(
         if m.ignored:
             n.append(f"{len(m.ignored)} path(s) ignored by rules")
         notes.append(n)
-    if al:
-        for note in al.notes:
-            (notes[0] if note.startswith("A:") else notes[1]).append(note[3:])
+    notes[0] += aligned[0]
+    notes[1] += aligned[1]
     return Mapping(ma, mb, layout_a, layout_b, tuple(notes[0]), tuple(notes[1]))
 
 
@@ -224,19 +222,14 @@ def _build_trees(matched: list[tuple[str, Item, Item]]) -> tuple[list[Tree], lis
 
 
 def _merge_items(trees: list[tuple[str, Tree]]) -> dict[KeyPath, Leaf]:
-    """Several items (matched by name on both sides) become one tree under their item names."""
-    if len(trees) == 1 and not trees[0][0]:
-        return trees[0][1].leaves
+    """One tree for a side: several items (matched by name) go under their item names. Every leaf
+    remembers its path as it was, so the report can say where rules moved it from."""
     out: dict[KeyPath, Leaf] = {}
     for prefix, t in trees:
         for path, leaf in t.leaves.items():
-            new = (prefix,) + path
-            out[new] = _with_path(leaf, new)
+            new = (prefix,) + path if prefix else path
+            out[new] = replace(leaf, path=new, source_path=new)
     return out
-
-
-def _with_path(leaf: Leaf, path: KeyPath) -> Leaf:
-    return replace(leaf, path=path)
 
 
 def _policy(p: Pair, atol: float, rtol: float, nan_equal: bool, m: Mapping) -> Policy:

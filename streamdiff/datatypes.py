@@ -45,6 +45,13 @@ class ArraySource:
     read_chunk_shape: tuple[int, ...]  # smallest decodable unit (zarr3: inner chunk shape)
     codec: str  # human description, e.g. 'zstd(level=1)'
 
+    @property
+    def is_local(self) -> bool:
+        """Stored on local disk (under OCDBT, the base store decides)."""
+        kv = self.spec["kvstore"]
+        base = kv.get("base", kv) if kv.get("driver") == "ocdbt" else kv
+        return isinstance(base, dict) and base.get("driver") == "file"
+
 
 @dataclass(frozen=True)
 class Leaf:

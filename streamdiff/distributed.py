@@ -24,7 +24,7 @@ from .errors import UsageError
 from .plan import MemoryPlan
 from .stats import LeafStats
 from .storage import io_counters, make_context
-from .stream import PairOutcome, ProgressFn, _Engine, _one_line, _Task
+from .stream import ProgressFn, _Engine, _one_line, _Task
 
 #: Decoded bytes (both sides) per Dask task: tens to hundreds of MB keeps scheduler overhead
 #: (a few ms per task) far below the time a task spends reading.
@@ -94,7 +94,7 @@ def compare_on_dask(pairs, policies, contexts, mem: MemoryPlan, progress: Progre
             except Exception as e:  # noqa: BLE001 - the batch failed after Dask's retries
                 results = [(t.pair_index, None, _one_line(e)) for t in batch]
             for i, stats, error in results:
-                _merge(engine.outcomes[i], stats, error)
+                engine.outcomes[i].absorb(stats, error)
             if progress:
                 progress(sum(t.progress for t in batch))
         after = client.run(io_counters)
@@ -106,20 +106,8 @@ def compare_on_dask(pairs, policies, contexts, mem: MemoryPlan, progress: Progre
     return engine.outcomes, worker_io
 
 
-def _merge(o: PairOutcome, stats: LeafStats | None, error: str | None) -> None:
-    if error is not None:
-        if o.error is None:
-            o.error = error
-    elif stats is not None:
-        o.stats.merge(stats)
-
-
 def _remote(side) -> bool:
-    if side is None or side.leaf.source is None:
-        return False
-    base = side.leaf.source.spec["kvstore"]
-    base = base.get("base", base)
-    return not (isinstance(base, dict) and base.get("driver") == "file")
+    return side is not None and side.leaf.source is not None and not side.leaf.source.is_local
 
 
 def _run_batch(state, batch: list[_Task]) -> list[tuple[int, LeafStats | None, str | None]]:

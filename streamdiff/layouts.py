@@ -18,7 +18,6 @@ Alignment then handles what depends on both sides at once:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from importlib import resources
 
 from .datatypes import KeyPath, Leaf, format_path
@@ -55,21 +54,17 @@ def detect(paths: list[KeyPath]) -> str | None:
     return None
 
 
-@dataclass
-class Alignment:
-    notes: list[str]
-
-
-def align(a: Mapped, b: Mapped, layer_axis: int | None) -> Alignment:
-    notes: list[str] = []
-    for side, this, other in (("A", a, b), ("B", b, a)):
+def align(a: Mapped, b: Mapped, layer_axis: int | None) -> tuple[list[str], list[str]]:
+    """Align the two mapped sides in place; returns what was done, as notes for A and for B."""
+    notes: tuple[list[str], list[str]] = ([], [])
+    for side_notes, this, other in ((notes[0], a, b), (notes[1], b, a)):
         n = _stack_to_match(this, other, layer_axis)
         if n:
-            notes.append(f"{side}: stacked {n} per-layer leaves to match the scanned layout of the other side")
+            side_notes.append(f"stacked {n} per-layer leaves to match the scanned layout of the other side")
     moved = _move_layer_axis(a, b)
     if moved:
-        notes.append(f"B: moved the layer axis of {moved} leaves to where A has it")
-    return Alignment(notes)
+        notes[1].append(f"moved the layer axis of {moved} leaves to where A has it")
+    return notes
 
 
 def _stack_to_match(this: Mapped, other: Mapped, layer_axis: int | None) -> int:

@@ -16,7 +16,6 @@ Merging is order-independent, so the numbers do not depend on scheduling.
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 import threading
 from collections.abc import Callable, Iterator
@@ -31,10 +30,10 @@ from .chunks import PIECE_BYTES, ItemSizes, RawStore, chunk_format, stream_chunk
 from .datatypes import Leaf, Pair
 from .dtypes import family
 from .plan import BlockGrid, MemoryPlan, RowsPlan, block_grid, rows_plan
+from .rules import view_of
 from .stats import LeafStats, Policy, block_stats
 
 ProgressFn = Callable[[int], None]
-log = logging.getLogger("streamdiff")
 
 #: After this many chunks of a leaf in a row whose stored bytes differ (with no sizes to tell in
 #: advance), stop trying the shortcut on that leaf: its values differ everywhere.
@@ -55,6 +54,14 @@ class PairOutcome:
     shortcut: bool = False
     misses: int = 0  # consecutive shortcut misses (see SHORTCUT_GIVE_UP)
 
+    def absorb(self, stats: LeafStats | None, error: str | None) -> None:
+        """Fold in one task's result (from a thread or a Dask worker); the first error sticks."""
+        if error is not None:
+            if self.error is None:
+                self.error = error
+        elif stats is not None:
+            self.stats.merge(stats)
+
 
 @dataclass(frozen=True)
 class _Task:
@@ -67,27 +74,24 @@ class _Task:
 
 
 class _Side:
-    """One side of a pair: an opened tensorstore, or an in-memory value (legacy aggregated leaves)."""
+    """One side of a pair, as a tensorstore: the stored array, a lazy view (rules), or an
+    in-memory value (legacy aggregated leaves) wrapped by `ts.array`."""
 
     def __init__(self, leaf: Leaf, context: ts.Context, sizes: ItemSizes):
         self.leaf = leaf
         self.context = context
-        self.value = np.asarray(leaf.value) if leaf.source is None else None
-        self.future = None
         self._raw: RawStore | None = None
         self._sizes = sizes
         self._lock = threading.Lock()
-        self.format = chunk_format(leaf.source) if leaf.source is not None else None
-        if leaf.view is not None:
-            self.value = None
-            self.future = _Ready(leaf.view.open(context))  # a lazy tensorstore view (rules)
-        elif leaf.source is not None:
+        stored = leaf.view is None and leaf.source is not None
+        self.format = chunk_format(leaf.source) if stored else None
+        if stored:  # opened asynchronously: every leaf's open is in flight at once
             self.future = ts.open(leaf.source.spec, context=context, read=True, assume_metadata=True)
+        else:
+            self.future = _Ready(view_of(leaf).open(context))
 
-    def read(self, start: tuple[int, ...], stop: tuple[int, ...]) -> ts.Future | np.ndarray:
+    def read(self, start: tuple[int, ...], stop: tuple[int, ...]) -> ts.Future:
         box = tuple(slice(s, e) for s, e in zip(start, stop))
-        if self.value is not None:
-            return self.value[box] if box else self.value
         store = self.future.result()
         return store[box].read() if box else store.read()
 
@@ -119,10 +123,6 @@ class _Ready:
 
     def result(self) -> ts.TensorStore:
         return self.store
-
-
-def _result(x: ts.Future | np.ndarray) -> np.ndarray:
-    return x if isinstance(x, np.ndarray) else x.result()
 
 
 class _Engine:
@@ -244,7 +244,7 @@ class _Engine:
         return [(ra.read(k), rb.read(k), ra.size(k) is not None) for k in keys]
 
     def _block(self, t: _Task, reads) -> LeafStats:
-        a, b = _result(reads[0]), _result(reads[1])
+        a, b = reads[0].result(), reads[1].result()
         return block_stats(a, b, self.policies[t.pair_index], t.start, self.pairs[t.pair_index].a.shape, self.mem.tile)
 
     def _chunk_keys(self, side: _Side, t: _Task) -> list[str]:
@@ -335,9 +335,9 @@ class _Engine:
             a = next(ita)[clip] if ita else None
             b = next(itb)[clip] if itb else None
             if a is None:
-                a = _result(sa.read(start, stop))
+                a = sa.read(start, stop).result()
             if b is None:
-                b = _result(sb.read(start, stop))
+                b = sb.read(start, stop).result()
             acc.merge(block_stats(a, b, policy, start, shape, self.mem.tile))
             del a, b
         return acc
@@ -372,14 +372,10 @@ class _Engine:
         self.settled += 1
         if self.settled % TRIM_EVERY == 0:
             malloc.trim()  # keep RSS at live memory, whatever the checkpoint size
-        o = self.outcomes[t.pair_index]
         try:
-            st = fut.result()
+            self.outcomes[t.pair_index].absorb(fut.result(), None)
         except Exception as e:  # noqa: BLE001 - a read or decode failure marks the leaf, not the run
-            if o.error is None:
-                o.error = _one_line(e)
-        else:
-            o.stats.merge(st)
+            self.outcomes[t.pair_index].absorb(None, _one_line(e))
         self._advance(t)
 
     def _advance(self, t: _Task) -> None:
@@ -412,9 +408,7 @@ def compare_values(
 def _prefetch_depth(side: _Side) -> int:
     """Range reads kept in flight per streamed chunk: remote stores need several round trips'
     worth in flight to fill the link (a bandwidth-delay product of ~10 MB at 200 MB/s, 50 ms)."""
-    src = side.leaf.source
-    base = src.spec["kvstore"].get("base", src.spec["kvstore"]) if src is not None else {}
-    return 2 if isinstance(base, dict) and base.get("driver") == "file" else 4
+    return 2 if side.leaf.source is None or side.leaf.source.is_local else 4
 
 
 def _itemsize(leaf: Leaf) -> int:

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from gcs_emulator import Emulator, free_port, tensorstore_env, upload  # noqa: E402
-from run import Measure, ensure_pair, gib  # noqa: E402
+from run import Measure, ensure_pair, gib, publish  # noqa: E402
 
 PY = sys.executable
 
@@ -160,13 +160,8 @@ def main() -> None:
         )
     else:
         lines.append(f"| whole-restore baseline (orbax, gs://) | - | n/a: {base} | | | | | |")
-    table = "\n".join(lines)
-    print(table)
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     where = args.bucket or f"fake-gcs-server behind bench/gcs/proxy.py (+{args.latency_ms:g} ms, {args.bw_mbps:g} MB/s)"
-    with open(args.results, "a") as f:
-        f.write(f"\n## GCS run of {stamp}\n\nStorage: {where}. One run each.\n\n{table}\n")
-    print(f"appended to {args.results}")
+    publish(args.results, "GCS run", f"Storage: {where}. One run each.", "\n".join(lines))
 
 
 if __name__ == "__main__":
