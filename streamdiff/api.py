@@ -5,17 +5,18 @@ locate -> tree -> (map) -> pair -> plan -> stream/stats -> Report.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from .datatypes import KeyPath, Leaf, LeafResult, Pair, Report, Tree, format_path
-from .errors import UsageError
+from .datatypes import KeyPath, Leaf, LeafResult, Pair, Report, Status, Tree, format_path, json_equal
+from .errors import NotACheckpointError, UsageError
 from .layouts import align, detect, load_preset
 from .locate import Item, choose_items, locate
-from .pair import pair_trees
+from .pair import VALUE_KINDS, pair_trees
 from .plan import DEFAULT_MAX_MEMORY, default_jobs, memory_plan
 from .rules import Mapped, apply_rules, dtype_allowed, load_rules_file, tolerance_for
 from .stats import Policy
@@ -53,6 +54,8 @@ def diff(
     structure_only: bool = False,
     nan_equal: bool = True,
     step: int | None = None,
+    step_a: int | None = None,
+    step_b: int | None = None,
     item: str | None = None,
     rules: Sequence[str] = (),
     preset: str | None = None,
@@ -77,13 +80,13 @@ def diff(
     planner derives from it (tests use it to force many blocks per chunk). With `shortcut`, chunks
     whose stored bytes are equal on both sides are settled without decoding. `io_concurrency`
     caps parallel requests to remote storage. `scheduler` ('tcp://host:8786' or 'local:N') runs
-    the value diff on Dask workers.
+    the value diff on Dask workers. `step` picks the step of every side that is a manager root;
+    `step_a` / `step_b` pick it for one side (and require that side to be a root).
     """
-    if atol < 0 or rtol < 0:
-        raise UsageError("--atol and --rtol must be >= 0")
+    check_tolerance(atol, rtol)
     t0 = time.perf_counter()
     io0 = io_counters()
-    la, lb, matched, trees_a, trees_b = _resolve(a, b, step, item, io_concurrency)
+    la, lb, matched, trees_a, trees_b = _resolve(a, b, _Steps(step, step_a, step_b), item, io_concurrency)
     m, pairs = _map_and_pair(trees_a, trees_b, matched, rules, preset, auto, layer_axis)
 
     outcomes: dict[int, PairOutcome] = {}
@@ -122,6 +125,8 @@ def explain(
     b: str,
     *,
     step: int | None = None,
+    step_a: int | None = None,
+    step_b: int | None = None,
     item: str | None = None,
     rules: Sequence[str] = (),
     preset: str | None = None,
@@ -129,7 +134,7 @@ def explain(
     layer_axis: int | None = None,
 ) -> tuple[Mapping, list[tuple[KeyPath, str | None, str | None]]]:
     """Metadata only: each canonical path with the stored path(s) and transform behind it per side."""
-    _, _, matched, trees_a, trees_b = _resolve(a, b, step, item)
+    _, _, matched, trees_a, trees_b = _resolve(a, b, _Steps(step, step_a, step_b), item)
     m, pairs = _map_and_pair(trees_a, trees_b, matched, rules, preset, auto, layer_axis)
     return m, [(p.path, _source(p.a), _source(p.b)) for p in pairs]
 
@@ -152,15 +157,45 @@ def _source(leaf: Leaf | None) -> str | None:
     return leaf.view.describe() if leaf.view is not None else format_path(leaf.source_path or leaf.path)
 
 
-def _resolve(a: str, b: str, step: int | None, item: str | None, io_concurrency: int | None = None):
+def check_tolerance(atol: float, rtol: float) -> None:
+    """NaN passes `atol < 0` and makes every comparison true: refuse it, and infinities, here."""
+    for name, v in (("atol", atol), ("rtol", rtol)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            raise UsageError(f"--{name} must be a finite number >= 0, got {v!r}")
+
+
+@dataclass(frozen=True)
+class _Steps:
+    """`step` for every side that is a manager root; `a` / `b` for one side only."""
+
+    both: int | None = None
+    a: int | None = None
+    b: int | None = None
+
+    def side(self, which: str) -> int | None:
+        own = self.a if which == "A" else self.b
+        return own if own is not None else self.both
+
+
+def _resolve(a: str, b: str, steps: _Steps, item: str | None, io_concurrency: int | None = None):
     with ThreadPoolExecutor(2) as pool:
-        fa = pool.submit(locate, a, step, io_concurrency)
-        fb = pool.submit(locate, b, step, io_concurrency)
+        fa = pool.submit(locate, a, steps.side("A"), io_concurrency)
+        fb = pool.submit(locate, b, steps.side("B"), io_concurrency)
         la, lb = fa.result(), fb.result()
-    if step is not None and not (la.is_root or lb.is_root):
+    if steps.both is not None and not (la.is_root or lb.is_root):
         raise UsageError(f"--step applies to a CheckpointManager root; neither {a} nor {b} is one")
+    for side, url, own, loc in (("A", a, steps.a, la), ("B", b, steps.b, lb)):
+        if own is not None and not loc.is_root:
+            raise UsageError(f"--step-{side.lower()} applies to a CheckpointManager root; {url} is not one")
     matched = choose_items(la, lb, item)
     trees_a, trees_b = _build_trees(matched)
+    for side, url, trees in (("A", a, trees_a), ("B", b, trees_b)):
+        if not any(leaf.kind != "empty" for t in trees for leaf in t.leaves.values()):
+            where = ", ".join(t.location for t in trees) or url
+            raise NotACheckpointError(f"no arrays or values found in {side} ({where}): nothing to compare")
+    if [i.dir.display for _, i, _ in matched] == [i.dir.display for _, _, i in matched]:
+        same = ", ".join(i.dir.display for _, i, _ in matched)
+        la = replace(la, notes=(f"A and B are the same directory ({same})",) + la.notes)
     return la, lb, matched, trees_a, trees_b
 
 
@@ -258,7 +293,9 @@ def _result(p: Pair, outcome: PairOutcome | None, structure_only: bool, m: Mappi
         if a.kind != b.kind:
             common["kind_b"] = b.kind
     if p.status in ("only_a", "only_b"):
-        return LeafResult(status=p.status, **common)
+        return LeafResult(status=Status(p.status), **common)
+    if p.status == "not_compared":
+        return LeafResult(status=Status.NOT_COMPARED, message=p.message, **common)
     if p.status == "shape_mismatch":
         return LeafResult(status="shape_mismatch", shape_b=b.shape, message=p.message, **common)
     if p.status == "kind_mismatch":
@@ -269,12 +306,15 @@ def _result(p: Pair, outcome: PairOutcome | None, structure_only: bool, m: Mappi
         return LeafResult(status="equal", **common)
     # status 'compare'
     dtype_differs = "dtype_b" in common and not common["dtype_allowed"]
-    if a.kind == "string":
-        same = a.value == b.value
+    if a.kind in VALUE_KINDS:
+        same = json_equal(a.value, b.value)
         msg = None if same else f"{_short(a.value)} vs {_short(b.value)}"
         return LeafResult(status="equal" if same else "different", message=msg, **common)
-    if structure_only or outcome is None:
+    if structure_only:
         return LeafResult(status="different" if dtype_differs else "equal", **common)
+    if outcome is None:
+        # A pair the value stage did not stream: never vouch for values nobody looked at.
+        return LeafResult(status=Status.NOT_COMPARED, message="values were not read", **common)
     if outcome.error:
         return LeafResult(status="error", message=f"reading values failed: {outcome.error}", **common)
     stats = outcome.stats.to_dict(a.shape)

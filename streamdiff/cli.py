@@ -88,10 +88,14 @@ class _Bar:
 @click.option("--nan-unequal", is_flag=True, help="Count NaN vs NaN at the same position as a mismatch.")
 @click.option(
     "--step",
+    "steps",
     type=int,
-    default=None,
-    help="Step to use when a path is a CheckpointManager root (default: the latest committed step).",
+    multiple=True,
+    help="Step to use where a path is a CheckpointManager root (default: the latest committed step). "
+    "Given twice, the first is A's step and the second B's: --step 0 --step 1.",
 )
+@click.option("--step-a", type=int, default=None, metavar="N", help="Step of A (a CheckpointManager root).")
+@click.option("--step-b", type=int, default=None, metavar="N", help="Step of B (a CheckpointManager root).")
 @click.option("--item", default=None, metavar="NAME", help="Item to compare when a step holds several PyTree items.")
 @click.option(
     "--rules",
@@ -172,7 +176,9 @@ def cli(
     rtol,
     structure_only,
     nan_unequal,
-    step,
+    steps,
+    step_a,
+    step_b,
     item,
     rules_files,
     preset,
@@ -195,9 +201,11 @@ def cli(
     file:// or gs:// URLs.
     """
     budget = parse_size(max_memory)
+    step = _steps(steps, step_a, step_b)
+    api.check_tolerance(atol, rtol)
     mapping = dict(rules=rules_files, preset=preset, auto=not no_auto, layer_axis=layer_axis)
     if explain:
-        m, rows = api.explain(a, b, step=step, item=item, **mapping)
+        m, rows = api.explain(a, b, **step, item=item, **mapping)
         report.render_explain(m, rows, _plain_console(False))
         return 0
     err = Console(stderr=True)
@@ -210,7 +218,7 @@ def cli(
             rtol=rtol,
             structure_only=structure_only,
             nan_equal=not nan_unequal,
-            step=step,
+            **step,
             item=item,
             max_memory=budget,
             **mapping,
@@ -240,7 +248,21 @@ def cli(
     for x in r.leaves:
         if x.status == "error":
             click.echo(f"streamdiff: error: {report.format_path(x.path)}: {x.message}", err=True)
+    if r.exit_code == 2 and not r.errors:
+        click.echo(f"streamdiff: error: {report.verdict(r)}", err=True)
     return r.exit_code
+
+
+def _steps(steps: tuple[int, ...], step_a: int | None, step_b: int | None) -> dict[str, int | None]:
+    """`--step N` (every root side), `--step A --step B` (one each), `--step-a` / `--step-b`; a
+    combination that says two things about one side is refused rather than guessed."""
+    if len(steps) > 2:
+        raise click.UsageError("--step is given at most twice (A's step, then B's)")
+    if len(steps) == 2:
+        if step_a is not None or step_b is not None:
+            raise click.UsageError("--step given twice already sets both sides; drop --step-a/--step-b")
+        return {"step_a": steps[0], "step_b": steps[1]}
+    return {"step": steps[0] if steps else None, "step_a": step_a, "step_b": step_b}
 
 
 def _plain_console(to_stderr: bool) -> Console:

@@ -8,14 +8,72 @@ statistics accumulator live next to the code that makes them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 #: A leaf's position in the tree: one string per nesting level (dict key, attribute or index).
 KeyPath = tuple[str, ...]
 
-#: Leaf kinds. `empty` is a None / {} / [] / () node: it exists in the tree but holds no data.
-KINDS = ("array", "scalar", "string", "prng_key", "empty")
+
+class Kind(StrEnum):
+    """What a leaf holds. `empty` is a None / {} / [] / () node: it exists in the tree but holds no
+    data. `json` is one value of a JSON document (an item saved with JsonSave, zarr attributes)."""
+
+    ARRAY = "array"
+    SCALAR = "scalar"
+    STRING = "string"
+    PRNG_KEY = "prng_key"
+    EMPTY = "empty"
+    JSON = "json"
+
+
+class Status(StrEnum):
+    """What the report says of one path. StrEnum: compares equal to the JSON contract's strings.
+
+    `not_compared`: a reader met something it could not interpret (an unknown item type, a file in
+    no format we read); it is listed, and it keeps the verdict from "identical" (see `Verdict`).
+    """
+
+    EQUAL = "equal"
+    DIFFERENT = "different"
+    ONLY_A = "only_a"
+    ONLY_B = "only_b"
+    SHAPE_MISMATCH = "shape_mismatch"
+    ERROR = "error"
+    NOT_COMPARED = "not_compared"
+
+
+class Verdict(StrEnum):
+    """The one answer a report gives; `exit_code` follows from it and from nothing else."""
+
+    IDENTICAL = "identical"  # every value compared, bit for bit equal
+    EQUAL = "equal"  # every value compared, equal within tolerance
+    SAME_STRUCTURE = "same_structure"  # --structure-only: paths, shapes, dtypes match
+    DIFFERENT = "different"
+    INCOMPLETE = "incomplete"  # something stored was not compared: never 0
+    ERROR = "error"
+
+    @property
+    def exit_code(self) -> int:
+        if self in (Verdict.IDENTICAL, Verdict.EQUAL, Verdict.SAME_STRUCTURE):
+            return 0
+        return 1 if self is Verdict.DIFFERENT else 2
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """Exact equality of two JSON values: types too (`true` is not `1`, `1` is not `1.0`), NaN equal to
+    NaN (the same stored value), key order ignored. Python's `==` would call True == 1 == 1.0 equal."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
+    return a == b
 
 
 def format_path(path: KeyPath) -> str:
@@ -58,7 +116,7 @@ class Leaf:
     """One entry of a checkpoint tree, described from metadata only."""
 
     path: KeyPath
-    kind: str  # one of KINDS
+    kind: Kind
     value_type: str  # orbax value_type ('jax.Array', 'np.ndarray', 'scalar', 'string', 'None', ...)
     shape: tuple[int, ...] | None = None
     dtype: str | None = None  # numpy / ml_dtypes name: 'float32', 'bfloat16', 'int4', ...
@@ -66,6 +124,9 @@ class Leaf:
     value: Any = field(default=None, compare=False)  # strings and values inlined in legacy msgpack
     prng_impl: str | None = None  # typed PRNG keys: 'threefry2x32', 'rbg', 'unsafe_rbg'
     error: str | None = None  # metadata says it exists but storage does not have it
+    #: The reader found this stored but cannot compare it (unknown item type, unreadable format):
+    #: reported with status `not_compared`, never silently skipped.
+    not_compared: str | None = None
     #: Mapped leaves (rules.View): a lazy transform of stored arrays; None for a stored leaf as is.
     view: Any = field(default=None, compare=False)
     #: The leaf's path in its checkpoint before rules renamed it (None: not renamed).
@@ -102,7 +163,8 @@ class Pair:
     a: Leaf | None
     b: Leaf | None
     #: 'compare' (values still to be diffed), 'only_a', 'only_b', 'shape_mismatch',
-    #: 'kind_mismatch', 'error', or 'equal' (settled without reading data, e.g. two empty nodes).
+    #: 'kind_mismatch', 'error', 'not_compared', or 'equal' (settled without reading data, e.g. two
+    #: empty nodes).
     status: str
     message: str | None = None
 
@@ -112,13 +174,13 @@ class LeafResult:
     """Everything the report says about one path."""
 
     path: KeyPath
-    status: str  # 'equal' | 'different' | 'only_a' | 'only_b' | 'shape_mismatch' | 'error'
-    kind: str
+    status: Status
+    kind: Kind
     shape: tuple[int, ...] | None = None
     shape_b: tuple[int, ...] | None = None
     dtype: str | None = None
     dtype_b: str | None = None
-    kind_b: str | None = None
+    kind_b: Kind | None = None
     dtype_allowed: bool = False  # the dtypes differ in a way a rule allows
     source_a: str | None = None  # where the leaf comes from, when rules mapped it (path or view)
     source_b: str | None = None
@@ -150,7 +212,11 @@ class Report:
 
     @property
     def errors(self) -> int:
-        return self.count("error")
+        return self.count(Status.ERROR)
+
+    @property
+    def not_compared(self) -> int:
+        return self.count(Status.NOT_COMPARED)
 
     @property
     def dtype_mismatches(self) -> int:
@@ -158,23 +224,43 @@ class Report:
 
     @property
     def different(self) -> int:
-        return sum(1 for r in self.leaves if r.status not in ("equal", "error"))
+        return sum(1 for r in self.leaves if r.status not in (Status.EQUAL, Status.ERROR, Status.NOT_COMPARED))
+
+    @property
+    def compared(self) -> int:
+        """Paths that hold data and were compared on both sides (empty nodes hold none)."""
+        return sum(1 for r in self.leaves if r.status != Status.NOT_COMPARED and r.kind != Kind.EMPTY)
 
     @property
     def equal(self) -> bool:
         """True when every path is on both sides and equal within tolerance."""
-        return all(r.status == "equal" for r in self.leaves)
+        return self.verdict in (Verdict.IDENTICAL, Verdict.EQUAL, Verdict.SAME_STRUCTURE)
 
     @property
     def identical(self) -> bool:
         """True when, in addition, every compared leaf is bit-for-bit identical."""
-        if not self.equal or self.structure_only:
-            return False
-        return all(r.stats is None or r.stats.get("identical", True) for r in self.leaves)
+        return self.verdict is Verdict.IDENTICAL
+
+    @property
+    def verdict(self) -> Verdict:
+        """The one place that decides what exit 0 promises: every value stored under both inputs
+        was compared (rules' exclusions are listed in `ignored_*`) and found equal. Anything not
+        compared, any error, or nothing to compare at all, and the answer is not "equal"."""
+        if self.errors:
+            return Verdict.ERROR
+        if self.not_compared:
+            return Verdict.INCOMPLETE
+        if any(r.status != Status.EQUAL for r in self.leaves):
+            return Verdict.DIFFERENT
+        if self.compared == 0:
+            return Verdict.ERROR  # zero leaves holding data: nothing was compared
+        if self.structure_only:
+            return Verdict.SAME_STRUCTURE
+        if all(r.stats is None or r.stats.get("identical", True) for r in self.leaves):
+            return Verdict.IDENTICAL
+        return Verdict.EQUAL
 
     @property
     def exit_code(self) -> int:
-        """0 equal within tolerance, 1 different, 2 some leaf could not be read."""
-        if self.errors:
-            return 2
-        return 0 if self.equal else 1
+        """0 equal within tolerance (every value compared), 1 different, 2 error or incomplete."""
+        return self.verdict.exit_code

@@ -10,6 +10,8 @@ from .datatypes import KeyPath, Leaf, Pair
 
 #: Kinds that hold numbers and can be compared with each other.
 NUMERIC = {"array", "scalar", "prng_key"}
+#: Kinds held in memory as a value read with the metadata, compared exactly (strings, JSON values).
+VALUE_KINDS = {"string", "json"}
 
 
 def pair_trees(a: dict[KeyPath, Leaf], b: dict[KeyPath, Leaf]) -> list[Pair]:
@@ -24,6 +26,9 @@ def _pair(path: KeyPath, a: Leaf, b: Leaf | None) -> Pair:
     for side, leaf in (("A", a), ("B", b)):
         if leaf.error:
             return Pair(path, a, b, "error", f"checkpoint {side}: {leaf.error}")
+    for side, leaf in (("A", a), ("B", b)):
+        if leaf.not_compared:
+            return Pair(path, a, b, "not_compared", f"checkpoint {side}: {leaf.not_compared}")
     if a.kind == "empty" or b.kind == "empty":
         if a.kind == b.kind:
             # None vs {} is still a structural difference worth reporting.
@@ -31,7 +36,7 @@ def _pair(path: KeyPath, a: Leaf, b: Leaf | None) -> Pair:
                 return Pair(path, a, b, "equal")
             return Pair(path, a, b, "kind_mismatch", f"empty node {a.value_type} vs {b.value_type}")
         return Pair(path, a, b, "kind_mismatch", f"{a.kind} vs {b.kind}")
-    if a.kind == "string" or b.kind == "string":
+    if a.kind in VALUE_KINDS or b.kind in VALUE_KINDS:
         if a.kind != b.kind:
             return Pair(path, a, b, "kind_mismatch", f"{a.kind} vs {b.kind}")
         return Pair(path, a, b, "compare")

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .datatypes import LeafResult, Report, format_path
+from .datatypes import LeafResult, Report, Verdict, format_path
 
 SCHEMA = "streamdiff/1"
 #: Rows of the differing-leaves table shown without --verbose.
@@ -18,16 +18,22 @@ TABLE_ROWS = 40
 
 
 def verdict(r: Report) -> str:
+    """One line that says what `Report.verdict` decided (and so what the exit code means)."""
     n = len(r.leaves)
-    if r.errors:
-        return f"error: {r.errors} of {n} leaves could not be read"
+    v = r.verdict
+    if v is Verdict.ERROR:
+        if r.errors:
+            return f"error: {r.errors} of {n} leaves could not be read"
+        return f"error: nothing to compare ({n} leaves, none holding data on both sides)"
+    if v is Verdict.INCOMPLETE:
+        return f"not compared: {r.not_compared} of {n} leaves could not be interpreted; {r.different} differ"
     if r.structure_only:
-        if r.equal:
+        if v is Verdict.SAME_STRUCTURE:
             return f"same structure: {n} leaves (values not compared)"
         return f"structure differs: {r.different} of {n} leaves"
-    if r.identical:
+    if v is Verdict.IDENTICAL:
         return f"identical: {n} leaves, bit for bit"
-    if r.equal:
+    if v is Verdict.EQUAL:
         return f"equal within tolerance (atol={r.atol:g}, rtol={r.rtol:g}): {n} leaves"
     return f"{r.different} of {n} leaves differ"
 
@@ -86,6 +92,7 @@ def to_json(r: Report) -> dict[str, Any]:
             "shape_mismatch": r.count("shape_mismatch"),
             "dtype_mismatch": r.dtype_mismatches,
             "errors": r.errors,
+            "not_compared": r.not_compared,
             "bytes_read": r.bytes_read,
             "requests": r.requests,
             "shortcut_chunks": shortcut_chunks,
@@ -119,13 +126,15 @@ def _severity(r: LeafResult) -> tuple:
     """Errors and structure first, then the leaves with the most mismatching elements (a counter
     that is off by one matters less than a kernel that differs everywhere), then by max |a-b|."""
     s = r.stats or {}
-    rank = {"error": 0, "shape_mismatch": 1, "only_a": 2, "only_b": 2, "different": 3, "equal": 4}[r.status]
+    rank = {"error": 0, "not_compared": 0, "shape_mismatch": 1, "only_a": 2, "only_b": 2, "different": 3, "equal": 4}[
+        r.status
+    ]
     return (rank, -s.get("mismatches", 0), -(s.get("max_abs_diff") or 0.0))
 
 
 def render(r: Report, console: Console, verbose: bool = False) -> None:
     v = verdict(r)
-    style = "bold red" if r.errors else ("bold green" if r.equal else "bold yellow")
+    style = "bold red" if r.exit_code == 2 else ("bold green" if r.equal else "bold yellow")
     console.print(Text(v, style=style))
     for side, path, notes in (("A", r.a, r.notes_a), ("B", r.b, r.notes_b)):
         console.print(Text(f"  {side}: {path}", style="dim"))
@@ -138,7 +147,7 @@ def render(r: Report, console: Console, verbose: bool = False) -> None:
             more = "" if len(shown) == len(ignored) else f", ... ({len(ignored)} in all, --verbose)"
             console.print(Text(f"  ignored by rules in {side}: {', '.join(shown)}{more}", style="dim"))
 
-    problems = [x for x in r.leaves if x.status in ("only_a", "only_b", "shape_mismatch", "error")]
+    problems = [x for x in r.leaves if x.status in ("only_a", "only_b", "shape_mismatch", "error", "not_compared")]
     problems += [
         x
         for x in r.leaves
@@ -204,6 +213,8 @@ def _problem_line(x: LeafResult) -> str:
         return f"shape:     {p} {list(x.shape)} vs {list(x.shape_b)}"
     if x.status == "error":
         return f"error:     {p}: {x.message}"
+    if x.status == "not_compared":
+        return f"not compared: {p}: {x.message}"
     if x.dtype_b:
         return f"dtype:     {p} {x.dtype} vs {x.dtype_b}"
     return f"differs:   {p}: {x.message}"

@@ -28,6 +28,7 @@ never copies, so streaming and the memory budget work through them.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -294,8 +295,8 @@ def _validate(r: Rule) -> None:
     if r.op == "tolerance":
         for k in ("atol", "rtol"):
             v = r.args.get(k, 0.0)
-            if not isinstance(v, (int, float)) or v < 0:
-                raise RulesError(f"{r.origin}: {k} must be a number >= 0")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                raise RulesError(f"{r.origin}: {k} must be a finite number >= 0, got {v!r}")
 
 
 def load_rules_file(path: str) -> RuleSet:

@@ -152,7 +152,7 @@ class _Engine:
         self.lock = threading.Lock()
         self.settled = 0
         for i, p in enumerate(pairs):
-            if p.status != "compare" or p.a.kind == "string" or (only is not None and i not in only):
+            if p.status != "compare" or p.a.kind in ("string", "json") or (only is not None and i not in only):
                 continue
             try:
                 sa, sb = _Side(p.a, contexts[0], self.sizes), _Side(p.b, contexts[1], self.sizes)

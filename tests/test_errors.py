@@ -46,7 +46,7 @@ def test_directory_that_is_not_a_checkpoint(tmp_path):
     "args,needle",
     [
         (["--max-memory", "lots"], "--max-memory"),
-        (["--atol", "-1"], "must be >= 0"),
+        (["--atol", "-1"], "must be a finite number >= 0"),
         (["--atol", "x"], "--atol"),
         (["--jobs", "0"], "--jobs"),
         (["--bogus"], "No such option"),

@@ -168,7 +168,7 @@ def test_tolerance_allow_dtype_and_ignore_rules(tmp_path):
         ('[[rule]]\nop = "rename"\nfrom = "x"\n', "rename needs to"),
         ('[[rule]]\nop = "rename"\nfrom = "{a}"\nto = "{b}"\n', "does not capture"),
         ('[[rule]]\nop = "rename"\nfrom = "{a:**}"\nto = "same"\n', "two leaves map to"),
-        ('[[rule]]\nop = "tolerance"\npath = "**"\natol = -1\n', "atol must be a number >= 0"),
+        ('[[rule]]\nop = "tolerance"\npath = "**"\natol = -1\n', "atol must be a finite number >= 0"),
         ('[[rule]]\nop = "transpose"\npath = "**"\naxes = [0, 0]\n', "not a permutation"),
     ],
 )

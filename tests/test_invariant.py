@@ -1,0 +1,108 @@
+"""Exit 0 is a promise: the cases that once ended in a false "identical", and the one place
+(`Report.verdict`) that decides what exit 0 means."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import MAXTEXT, run_cli
+
+from streamdiff.datatypes import Kind, LeafResult, Report, Status, Verdict, json_equal
+
+RUN = MAXTEXT / "v024_linen_scan/checkpoints"
+SEED1 = MAXTEXT / "v024_linen_scan_seed1/checkpoints"
+
+
+def _report(*leaves: LeafResult, structure_only: bool = False) -> Report:
+    return Report("a", "b", 0.0, 0.0, True, structure_only, tuple(leaves))
+
+
+def _leaf(status: Status, kind: Kind = Kind.ARRAY, identical: bool = True) -> LeafResult:
+    stats = {"identical": identical, "mismatches": 0} if kind == Kind.ARRAY else None
+    return LeafResult(("x",), status, kind, stats=stats)
+
+
+@pytest.mark.parametrize(
+    "leaves, verdict, code",
+    [
+        ((_leaf(Status.EQUAL),), Verdict.IDENTICAL, 0),
+        ((_leaf(Status.EQUAL, identical=False),), Verdict.EQUAL, 0),
+        ((_leaf(Status.EQUAL), _leaf(Status.NOT_COMPARED)), Verdict.INCOMPLETE, 2),
+        ((_leaf(Status.EQUAL), _leaf(Status.DIFFERENT), _leaf(Status.NOT_COMPARED)), Verdict.INCOMPLETE, 2),
+        ((_leaf(Status.EQUAL), _leaf(Status.ERROR)), Verdict.ERROR, 2),
+        ((_leaf(Status.EQUAL), _leaf(Status.ONLY_B)), Verdict.DIFFERENT, 1),
+        ((), Verdict.ERROR, 2),
+        ((_leaf(Status.EQUAL, Kind.EMPTY), _leaf(Status.EQUAL, Kind.EMPTY)), Verdict.ERROR, 2),
+    ],
+)
+def test_verdict_is_zero_only_when_every_leaf_holding_data_was_compared_equal(leaves, verdict, code):
+    r = _report(*leaves)
+    assert r.verdict is verdict
+    assert r.exit_code == code
+
+
+def test_structure_only_with_only_empty_nodes_is_an_error_not_same_structure():
+    assert _report(_leaf(Status.EQUAL, Kind.EMPTY), structure_only=True).exit_code == 2
+
+
+def test_json_equal_tells_bool_int_and_float_apart_and_ignores_key_order():
+    assert not json_equal(True, 1) and not json_equal(1, 1.0) and not json_equal(0, False)
+    assert json_equal({"a": [1, 2.5, None], "b": "x"}, {"b": "x", "a": [1, 2.5, None]})
+    assert not json_equal({"a": [1, 2]}, {"a": [1, 2, 3]})
+    assert json_equal(float("nan"), float("nan"))
+
+
+@pytest.mark.parametrize("opt", ["--atol", "--rtol"])
+@pytest.mark.parametrize("value", ["nan", "-nan", "inf", "-1"])
+def test_non_finite_or_negative_tolerance_is_refused_with_exit_2(opt, value):
+    r = run_cli(RUN, SEED1, opt, value, "-q")
+    assert r.code == 2 and r.err.startswith("streamdiff: error: ") and len(r.err.splitlines()) == 1, r.err
+    assert "finite number >= 0" in r.err
+
+
+def test_rules_file_with_nan_tolerance_is_refused(tmp_path):
+    rules = tmp_path / "r.toml"
+    rules.write_text('[[rule]]\nop = "tolerance"\npath = "**"\natol = nan\n')
+    r = run_cli(RUN, SEED1, "--rules", rules, "-q")
+    assert r.code == 2 and "finite number >= 0" in r.err
+
+
+def test_step_given_twice_compares_step_0_of_a_with_step_1_of_b():
+    r = run_cli(RUN, RUN, "--step", "0", "--step", "1", "--json", "-", "-q")
+    assert r.code == 1, r.err
+    d = r.json
+    assert "step 0" in d["notes"]["a"] and "step 1" in d["notes"]["b"]
+    assert d["summary"]["different"] == 39
+
+
+def test_step_a_and_step_b_match_step_given_twice():
+    twice = run_cli(RUN, RUN, "--step", "0", "--step", "1", "--json", "-", "-q").json
+    named = run_cli(RUN, RUN, "--step-a", "0", "--step-b", "1", "--json", "-", "-q").json
+    assert [x["max_abs_diff"] for x in twice["leaves"] if "max_abs_diff" in x] == [
+        x["max_abs_diff"] for x in named["leaves"] if "max_abs_diff" in x
+    ]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--step", "0", "--step", "1", "--step", "1"], ["--step", "0", "--step", "1", "--step-a", "0"]],
+)
+def test_ambiguous_step_options_are_refused(args):
+    r = run_cli(RUN, RUN, *args, "-q")
+    assert r.code == 2 and len(r.err.splitlines()) == 1, r.err
+
+
+def test_step_a_on_a_step_directory_is_refused():
+    r = run_cli(RUN / "0", RUN, "--step-a", "0", "-q")
+    assert r.code == 2 and "--step-a applies to a CheckpointManager root" in r.err
+
+
+def test_same_directory_on_both_sides_is_said_first():
+    d = run_cli(RUN, RUN, "--json", "-", "-q").json
+    assert d["notes"]["a"][0].startswith("A and B are the same directory")
+
+
+def test_rules_that_ignore_every_leaf_are_an_error_not_identical(tmp_path):
+    rules = tmp_path / "r.toml"
+    rules.write_text('[[rule]]\nop = "ignore"\npath = "**"\n')
+    r = run_cli(RUN, RUN, "--rules", rules, "-q")
+    assert r.code == 2 and "nothing to compare" in r.err, (r.code, r.err)
