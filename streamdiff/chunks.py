@@ -28,6 +28,7 @@ import tensorstore as ts
 import zstandard
 
 from .datatypes import ArraySource
+from .formats import ocdbt
 
 #: Bytes fetched per range read when streaming a chunk.
 PIECE_BYTES = 8 << 20
@@ -177,24 +178,12 @@ class ArraySizes:
 
 
 def _ocdbt_sizes(base: dict[str, Any], context: ts.Context) -> dict[str, int] | None:
-    """key -> stored value length, from the manifest and the root B-tree node (height 0 only)."""
+    """key -> stored value length, from one walk of the B-tree (every level)."""
     try:
         kv = ts.KvStore.open(base, context=context).result()
-        manifest = ts.ocdbt.dump(kv).result()
-        version = manifest["versions"][-1]
-        if version.get("root_height", 0) != 0 or "root" not in version:
-            return None
-        node = ts.ocdbt.dump(kv, version["root"]["location"]).result()
+        return {e.key: e.size for e in ocdbt.walk(kv)}
     except Exception:  # noqa: BLE001 - sizes are an optimisation; without them we compare bytes
         return None
-    out: dict[str, int] = {}
-    for e in node.get("entries", []):
-        key = e["key"].decode() if isinstance(e["key"], bytes) else e["key"]
-        if "inline_value" in e:
-            out[key] = len(e["inline_value"])
-        elif "indirect_value" in e:
-            out[key] = int(e["indirect_value"].rsplit(":", 1)[1])
-    return out
 
 
 # ----------------------------------------------------------------------------------- streaming

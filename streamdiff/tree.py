@@ -18,6 +18,7 @@ import tensorstore as ts
 from . import dtypes, legacy_msgpack
 from .datatypes import ArraySource, KeyPath, Leaf, Tree
 from .errors import CorruptCheckpointError, StreamdiffError
+from .formats import ocdbt
 from .storage import META_CACHE, Dir, result_bytes, storage_error
 
 EMPTY_TYPES = {"None", "Dict", "List", "Tuple", "NamedTuple"}
@@ -48,9 +49,12 @@ def build_tree(item: Dir) -> Tree:
     am_futures = [am_dir.read_async(n) for n in am_names]
     ocdbt_kv = None
     listing = None
+    inline: dict[str, bytes] = {}  # OCDBT: zarr metadata values found inline in the B-tree
     if ocdbt:
         ocdbt_kv = _open_ocdbt(item)
-        listing = ocdbt_kv.list()
+        inline, keys_walked = _walk_ocdbt(item)
+        if keys_walked is None:
+            listing = ocdbt_kv.list()
 
     raw = {n: result_bytes(f, f"{item.display}/{n}") for n, f in futures.items()}
     notes: list[str] = []
@@ -61,10 +65,13 @@ def build_tree(item: Dir) -> Tree:
 
     # Which arrays exist in storage, and with which zarr version.
     if ocdbt:
-        try:
-            keys = [k.decode() for k in listing.result()]
-        except Exception as e:
-            raise storage_error(e, f"{item.display}/manifest.ocdbt") from e
+        if keys_walked is not None:
+            keys = keys_walked
+        else:
+            try:
+                keys = [k.decode() for k in listing.result()]
+            except Exception as e:
+                raise storage_error(e, f"{item.display}/manifest.ocdbt") from e
         stored = _arrays_from_keys(keys)
     else:
         stored = None  # discovered per name below
@@ -83,15 +90,22 @@ def build_tree(item: Dir) -> Tree:
     if stored is None:
         stored = _probe_per_leaf(item, wanted)
     meta_futures = {
-        name: _meta_reader(item, ocdbt_kv, name, stored[name]) for name in dict.fromkeys(wanted) if name in stored
+        name: _meta_reader(item, ocdbt_kv, name, stored[name], inline)
+        for name in dict.fromkeys(wanted)
+        if name in stored
     }
     zmeta: dict[str, tuple[int, dict]] = {}
+    # Leaves of one model share a handful of distinct metadata documents: parse each once (and
+    # share the parsed object: nothing downstream mutates it).
+    parsed: dict[bytes, Any] = {}
     for name, fut in meta_futures.items():
         fmt = stored[name]
-        key = (name + "/" if name else "") + (".zarray" if fmt == 2 else "zarr.json")
-        raw_meta = result_bytes(fut, f"{item.display}/{key}")
+        key = _meta_key(name, fmt)
+        raw_meta = fut if isinstance(fut, bytes) else result_bytes(fut, f"{item.display}/{key}")
         if raw_meta is not None:
-            zmeta[name] = (fmt, _parse_json(raw_meta, item, key))
+            if raw_meta not in parsed:
+                parsed[raw_meta] = _parse_json(raw_meta, item, key)
+            zmeta[name] = (fmt, parsed[raw_meta])
 
     legacy_strings = _legacy_strings(item, [e for e in entries if _needs_array(e) and e.storage_name not in zmeta])
     leaves: dict[KeyPath, Leaf] = {}
@@ -216,9 +230,27 @@ def _probe_per_leaf(item: Dir, names: list[str]) -> dict[str, int]:
     return out
 
 
-def _meta_reader(item: Dir, kv: ts.KvStore | None, name: str, fmt: int) -> ts.Future:
-    key = (name + "/" if name else "") + (".zarray" if fmt == 2 else "zarr.json")
+def _meta_key(name: str, fmt: int) -> str:
+    return (name + "/" if name else "") + (".zarray" if fmt == 2 else "zarr.json")
+
+
+def _meta_reader(item: Dir, kv: ts.KvStore | None, name: str, fmt: int, inline: dict[str, bytes]) -> ts.Future | bytes:
+    """The metadata bytes when the B-tree walk already has them, else a read in flight."""
+    key = _meta_key(name, fmt)
+    if key in inline:
+        return inline[key]
     return kv.read(key) if kv is not None else item.read_async(key)
+
+
+def _walk_ocdbt(item: Dir) -> tuple[dict[str, bytes], list[str] | None]:
+    """Every key of the item's OCDBT database and its inline zarr metadata, from one B-tree walk;
+    ({}, None) when the walk fails (the caller then lists and reads key by key, as before)."""
+    try:
+        base = ts.KvStore.open(item.kv_spec(), context=item.storage.context).result()
+        entries = ocdbt.walk(base, frozenset(ZARR_META))
+    except Exception:  # noqa: BLE001 - an optimisation: the per-key path reports real errors
+        return {}, None
+    return {e.key: e.inline for e in entries if e.inline is not None}, [e.key for e in entries]
 
 
 def _legacy_strings(item: Dir, entries: list[_Entry]) -> dict[str, str]:
