@@ -36,3 +36,16 @@ def test_walk_of_an_empty_database_is_empty(tmp_path):
     del kv["x"]
     base = ts.KvStore.open(f"file://{tmp_path}/").result()
     assert ocdbt.walk(base) == []
+
+
+def test_walk_refuses_databases_over_the_key_limit(tmp_path, monkeypatch):
+    kv = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{tmp_path}/"}).result()
+    with ts.Transaction() as txn:
+        for i in range(20):
+            kv.with_transaction(txn)[f"k{i}"] = b"v"
+    base = ts.KvStore.open(f"file://{tmp_path}/").result()
+    monkeypatch.setattr(ocdbt, "MAX_WALK_KEYS", 19)
+    with pytest.raises(ocdbt.TooManyKeys):
+        ocdbt.walk(base)
+    monkeypatch.setattr(ocdbt, "MAX_WALK_KEYS", 20)
+    assert len(ocdbt.walk(base)) == 20
