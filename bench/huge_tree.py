@@ -1,0 +1,95 @@
+"""Huge trees: the cost per leaf, on checkpoints with many tiny leaves written by real orbax.
+
+    python bench/huge_tree.py [--leaves 10000 100000] [--out bench/out/huge] [--results bench/RESULTS.md]
+
+A 405B model with AdamW state has thousands of leaves unscanned, mixture-of-experts trees tens of
+thousands. Each checkpoint here is `params`/`mu`/`nu` x unscanned layers x 20 weights of 4x4 float32
+(OCDBT + zarr, `StandardCheckpointer`), so the data is negligible and what is measured is the cost per
+leaf: a structure-only diff and a value self-diff, wall time, CPU time (user+sys, robust to a busy
+machine) and peak RSS from /usr/bin/time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from run import TIME, machine, publish  # noqa: E402
+
+WEIGHTS_PER_LAYER = 20
+PARTS = ("params", "mu", "nu")
+
+
+def write(path: str, leaves: int) -> None:
+    """An orbax checkpoint of about `leaves` leaves (a multiple of 60)."""
+    if os.path.isdir(path):
+        return
+    code = f"""
+import os
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import numpy as np, orbax.checkpoint as ocp
+rng = np.random.default_rng(0)
+layers = max(1, {leaves} // ({len(PARTS)} * {WEIGHTS_PER_LAYER}))
+tree = {{p: {{f"layers_{{i}}": {{f"w{{j}}": {{"kernel": rng.standard_normal((4, 4)).astype(np.float32)}}
+          for j in range({WEIGHTS_PER_LAYER})}} for i in range(layers)}} for p in {PARTS!r}}}
+with ocp.StandardCheckpointer() as c:
+    c.save({os.path.abspath(path)!r}, tree)
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def measure(cmd: list[str], timeout: float) -> tuple[float, float, int, str]:
+    """(wall s, cpu s, peak RSS bytes, exit code or 'timeout') of one process."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as out:
+        t0 = time.perf_counter()
+        # A session of its own, so a timeout stops streamdiff too, not only /usr/bin/time.
+        p = subprocess.Popen([TIME, "-f", "%U %S %M", "-o", out.name, *cmd], start_new_session=True)
+        try:
+            code = str(p.wait(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            code = f"timeout ({timeout:.0f} s)"
+        wall = time.perf_counter() - t0
+        fields = (out.read().strip().splitlines() or ["nan nan 0"])[-1].split()
+    if len(fields) != 3:  # killed: /usr/bin/time wrote a signal line instead
+        fields = ["nan", "nan", "0"]
+    return wall, float(fields[0]) + float(fields[1]), int(fields[2]) * 1024, code
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--leaves", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--out", default=os.path.join(HERE, "out", "huge"))
+    ap.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"))
+    ap.add_argument("--timeout", type=float, default=900, help="seconds before a run is stopped and reported")
+    args = ap.parse_args()
+    sd = [sys.executable, "-m", "streamdiff"]
+    rows = ["| leaves | run | wall | CPU | peak RSS | exit |", "|---|---|---|---|---|---|"]
+    for n in args.leaves:
+        path = os.path.join(args.out, f"c{n}")
+        write(path, n)
+        for label, extra in (("structure-only", ["--structure-only"]), ("value self-diff", [])):  # stdout: -q
+            wall, cpu, rss, code = measure([*sd, path, path, "-q", *extra], args.timeout)
+            if code.startswith("timeout"):  # killed with /usr/bin/time: no CPU or RSS figures
+                rows.append(f"| {n:,} | {label} | > {wall:.0f} s | - | - | {code} |")
+            else:
+                rows.append(f"| {n:,} | {label} | {wall:.1f} s | {cpu:.1f} s | {rss / 1e6:,.0f} MB | {code} |")
+            print(rows[-1], flush=True)
+    intro = (
+        f"{machine()} `python bench/huge_tree.py --leaves {' '.join(map(str, args.leaves))}`: orbax "
+        f"StandardCheckpointer, {len(PARTS)} parts x layers x {WEIGHTS_PER_LAYER} weights of 4x4 float32, "
+        "default --max-memory (2G) and jobs. CPU = user + sys of the process."
+    )
+    publish(args.results, "Huge trees (bench/huge_tree.py)", intro, "\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
