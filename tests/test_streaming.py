@@ -53,14 +53,24 @@ def test_big_single_chunk_streams_in_slabs(tmp_path, layout, block_bytes):
 
 
 def test_stream_one_side_against_a_different_grid(tmp_path):
-    """A: one big chunk (streamed); B: 16 small chunks (read box by box)."""
+    """A: one big chunk (streamed); B: small chunks (read box by box, slab by slab). The numbers are
+    numpy's, and read_amplification is the count of B's chunks each 14-row slab overlaps (a row of
+    both sides is 70 * 8 = 560 bytes; 8192 // 560 = 14), per stored chunk of B."""
     b = perturbed(BIG)
     save(tmp_path / "a", {"w": BIG})
     save(tmp_path / "b", {"w": b}, chunk_bytes=6000)
+    rows, cols = zarray(tmp_path / "b", "w")["chunks"]
+    assert (rows, cols) != list(BIG.shape)
+    slab_rows = 8192 // (70 * 8)
+    decodes = sum(
+        len(range(r0 // rows, (min(r0 + slab_rows, 300) - 1) // rows + 1)) for r0 in range(0, 300, slab_rows)
+    ) * -(-70 // cols)
+    amplification = decodes / (-(-300 // rows) * -(-70 // cols))
     for x, y, arrs in (("a", "b", (BIG, b)), ("b", "a", (b, BIG))):
         r = streamdiff.diff(str(tmp_path / x), str(tmp_path / y), block_bytes=8192)
         leaf = r.leaves[0]
         assert leaf.stats["streamed"]
+        assert leaf.stats["read_amplification"] == pytest.approx(amplification, rel=1e-12)
         assert_stats_match(leaf.stats, expected_stats(*arrs))
 
 
@@ -81,14 +91,23 @@ def test_truncated_big_chunk_is_an_error_naming_the_leaf(tmp_path):
     assert f"error:     w: {message}" in out.getvalue(), out.getvalue()
 
 
-def stored_chunks(item, leaf: str) -> tuple[int, int, int]:
-    """(chunks in the grid, chunk keys stored, their stored bytes) of one zarr v2 leaf, read with
-    tensorstore's kvstore (OCDBT or plain files), not with streamdiff."""
+def _kvstore(item):
     root = {"driver": "file", "path": f"{item}/"}
     if (item / "manifest.ocdbt").exists():
         root = {"driver": "ocdbt", "base": root}
-    kv = ts.KvStore.open(root).result()
-    meta = json.loads(kv.read(f"{leaf}/.zarray").result().value)
+    return ts.KvStore.open(root).result()
+
+
+def zarray(item, leaf: str) -> dict:
+    """A zarr v2 leaf's .zarray, read with tensorstore's kvstore (OCDBT or plain files)."""
+    return json.loads(_kvstore(item).read(f"{leaf}/.zarray").result().value)
+
+
+def stored_chunks(item, leaf: str) -> tuple[int, int, int]:
+    """(chunks in the grid, chunk keys stored, their stored bytes) of one zarr v2 leaf, read with
+    tensorstore's kvstore, not with streamdiff."""
+    kv = _kvstore(item)
+    meta = zarray(item, leaf)
     grid = math.prod(-(-n // c) for n, c in zip(meta["shape"], meta["chunks"]))
     keys = [k.decode() for k in kv.list().result() if k.decode().startswith(f"{leaf}/")]
     chunk_keys = [k for k in keys if not k.rsplit("/", 1)[1].startswith(".z")]
