@@ -72,7 +72,7 @@ def test_json_contract_fields():
     assert compared == 39  # every leaf holding data (opt_state/1 is an empty node)
 
 
-def test_json_to_file_and_terminal_report(tmp_path):
+def test_json_to_file_and_terminal_report_in_one_run(tmp_path):
     out = tmp_path / "r.json"
     r = run_cli(LINEN, SEED1, "--json", out)
     assert r.code == 1
@@ -137,7 +137,7 @@ def test_structure_only_verdict():
     assert r.code == 0 and r.out.startswith("same structure: 40 leaves (values not compared)")
 
 
-def test_equal_within_tolerance(tmp_path):
+def test_within_atol_is_exit_0_equal_within_tolerance_and_exact_is_exit_1(tmp_path):
     a = {"w": np.linspace(0, 1, 1000, dtype=np.float32)}
     b = {"w": a["w"] + np.float32(1e-7)}
     save(tmp_path / "a", a)
@@ -148,7 +148,7 @@ def test_equal_within_tolerance(tmp_path):
     assert loose.code == 0 and loose.out.startswith("equal within tolerance (atol=1e-06, rtol=0)")
 
 
-def test_nonfinite_numbers_are_strings_in_json(tmp_path):
+def test_nonfinite_numbers_are_strings_in_json_and_nan_unequal_counts_nan_pairs(tmp_path):
     a = {"w": np.array([1.0, np.inf, np.nan, 0.0], np.float32)}
     b = {"w": np.array([1.0, 2.0, np.nan, 0.0], np.float32)}
     save(tmp_path / "a", a)
@@ -171,7 +171,7 @@ def test_dtype_difference_is_reported_and_values_compared(tmp_path):
     r = run_cli(tmp_path / "a", tmp_path / "b", "--json", "-", "-q")
     leaf = r.json["leaves"][0]
     assert r.code == 1 and leaf["status"] == "different" and leaf["dtype_b"] == "bfloat16"
-    assert leaf["mismatches"] == 0 and r.json["summary"]["dtype_mismatch"] == 1
+    assert leaf["count"] == 8 and leaf["mismatches"] == 0 and r.json["summary"]["dtype_mismatch"] == 1
 
 
 @pytest.mark.parametrize("size,expected", [("512M", 512 << 20), ("4G", 4 << 30), ("1.5GiB", 3 << 29), ("1000", 1000)])
@@ -188,7 +188,7 @@ def test_help_shows_defaults_and_semantics():
         assert needle in r.out, needle
 
 
-def test_console_script_and_module_run_a_real_diff():
+def test_console_script_and_module_exit_1_on_two_different_runs():
     exe = os.path.join(os.path.dirname(sys.executable), "streamdiff")
     for cmd in ([exe], [sys.executable, "-m", "streamdiff"]):
         p = subprocess.run(cmd + [str(LINEN), str(SEED1), "-q"], capture_output=True, text=True, timeout=120)

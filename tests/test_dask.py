@@ -51,7 +51,7 @@ def test_dask_report_equals_threads(cluster, a, b, kw):
     assert dask.bytes_read > 0  # the workers' reads are counted
 
 
-def test_dask_with_transpose_rule(cluster, tmp_path):
+def test_dask_with_transpose_rule_equals_threads(cluster, tmp_path):
     rules = tmp_path / "t.toml"
     rules.write_text('[[rule]]\nop = "transpose"\npath = "**/layers/mlp/*/kernel"\naxes = [1, 0, 2]\n')
     a = str(MAXTEXT / "v024_linen_scan/checkpoints")

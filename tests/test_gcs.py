@@ -65,7 +65,7 @@ def test_same_verdicts_as_local(gcs, a, b, code, different):
     assert remote.json["summary"]["requests"] > 0 and remote.json["summary"]["bytes_read"] > 0
 
 
-def test_chunked_layouts_over_gcs(gcs, corpus):
+def test_chunked_layouts_over_gcs_identical_to_local(gcs, corpus):
     root, _ = corpus
     for name in ("chunked_zarr3", "chunked_noocdbt"):
         r = run_cli(gs(name), root / name, "--json", "-", "-q", "--max-memory", "64M")

@@ -136,7 +136,7 @@ def test_haiku_names_vs_flax_names_readme_example(tmp_path):
     assert r.code == 0 and sorted(statuses(r)) == ["mlp/Dense_0/bias", "mlp/Dense_0/kernel"]
 
 
-def test_tolerance_allow_dtype_and_ignore_rules(tmp_path):
+def test_tolerance_allow_dtype_and_ignore_rules_turn_exit_1_into_exit_0(tmp_path):
     x = np.linspace(0, 1, 100, dtype=np.float32)
     save(tmp_path / "a", {"opt": {"mu": x}, "w": x, "step": np.int32(3), "junk": x})
     save(tmp_path / "b", {"opt": {"mu": x + 1e-3}, "w": x, "step": np.uint32(3)})

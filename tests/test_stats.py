@@ -116,12 +116,21 @@ def test_large_int64_compare_exactly():
     assert block_stats(a, b, Policy()).mismatches == 1
 
 
-def test_bf16_accumulates_in_float64():
-    a = np.full(1 << 16, 1.0, ml_dtypes.bfloat16)
-    b = np.full(1 << 16, 1.0078125, ml_dtypes.bfloat16)  # next bf16 after 1.0
+def test_bf16_is_upcast_and_accumulates_in_float64():
+    """bf16 differences taken in float64 and squared sums kept in float64: the RMS equals numpy's
+    float64 result to 1e-14, which a float32 (or bf16) computation of the same data misses by far."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal(1 << 16).astype(ml_dtypes.bfloat16)
+    b = (a.astype(np.float64) * (1 + rng.uniform(-0.05, 0.05, 1 << 16))).astype(ml_dtypes.bfloat16)
+    d64 = a.astype(np.float64) - b.astype(np.float64)
+    expected = float(np.sqrt(np.mean(d64**2)))
+    d32 = a.astype(np.float32) - b.astype(np.float32)
+    in_float32 = float(np.sqrt(np.sum(d32 * d32, dtype=np.float32) / np.float32(d32.size)))
+    in_bf16 = float(np.sqrt(np.mean((a - b) ** 2)))
+    assert abs(in_float32 - expected) > 1e-9 * expected and abs(in_bf16 - expected) > 1e-3 * expected
     s = block_stats(a, b, Policy(), tile=1000)
-    assert s.mismatches == 1 << 16
-    assert s.rms == pytest.approx(0.0078125, rel=1e-15)
+    assert s.mismatches == int(np.count_nonzero(d64))
+    assert s.rms == pytest.approx(expected, rel=1e-14)
 
 
 def test_merge_is_order_independent_for_rms():

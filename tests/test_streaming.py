@@ -139,7 +139,8 @@ def test_equal_bytes_shortcut_settles_every_chunk_of_identical_saves(tmp_path, o
 
 
 def test_shortcut_only_settles_chunks_that_are_equal(tmp_path):
-    """Differences in one chunk of many: that chunk is decoded and every number is numpy's."""
+    """Differences in one chunk of many: the block holding it is decoded, the others settled, and
+    every number is numpy's."""
     x = RNG.standard_normal((64, 64)).astype(np.float32)
     y = x.copy()
     y[40, 7] = 3.0
@@ -147,7 +148,12 @@ def test_shortcut_only_settles_chunks_that_are_equal(tmp_path):
     save(tmp_path / "b", {"x": y}, chunk_bytes=2048)
     r = streamdiff.diff(str(tmp_path / "a"), str(tmp_path / "b"))
     s = r.leaves[0].stats
-    assert s["shortcut_chunks"] > 0 and s["mismatches"] == 1 and s["max_abs_diff_index"] == [40, 7]
+    grid, stored, _ = stored_chunks(tmp_path / "a", "x")
+    # The shortcut settles whole blocks: the one block holding [40, 7] is decoded, every chunk of the
+    # other (equal-sized, 64 divides evenly) blocks is settled.
+    assert grid == stored and s["blocks"] > 1 and grid % s["blocks"] == 0
+    assert s["shortcut_chunks"] == grid - grid // s["blocks"]
+    assert s["mismatches"] == 1 and s["max_abs_diff_index"] == [40, 7]
     assert_stats_match(s, expected_stats(x, y))
 
 

@@ -74,7 +74,7 @@ def test_variant_leaves_exact_in_flatten_order(corpus, variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_variant_self_diff(corpus, variant):
+def test_variant_self_diff_is_identical_and_unfinished_saves_exit_2(corpus, variant):
     root, index = corpus
     for rel in index[variant]["items"]:
         r = run_cli(root / rel, root / rel, "--json", "-", "-q")
