@@ -93,6 +93,16 @@ def test_tolerance_is_numpy_isclose_convention():
     assert (fwd, rev) == (0, 2)
 
 
+@pytest.mark.parametrize("with_nan", [False, True])  # a NaN sends the tile down the non-finite path
+def test_difference_exactly_at_atol_plus_rtol_b_is_within(with_nan):
+    """|a-b| == atol + rtol*|b| is not a mismatch (README: differs when |a-b| > atol + rtol*|b|):
+    0.5 == 0.25 + 0.25*1 and 0.75 == 0.25 + 0.25*2 are within; 1.0 > 0.75 is not. Exact binary fractions."""
+    a = np.array([1.5, 2.75, 3.0] + [np.nan] * with_nan)
+    b = np.array([1.0, 2.0, 2.0] + [np.nan] * with_nan)
+    assert block_stats(a, b, Policy(atol=0.25, rtol=0.25)).mismatches == 1
+    assert expected_stats(a, b, 0.25, 0.25)["mismatches"] == 1
+
+
 def test_nan_policy():
     a = np.array([np.nan, 1.0, np.nan], np.float32)
     b = np.array([np.nan, np.nan, 2.0], np.float32)
