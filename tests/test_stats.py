@@ -40,8 +40,10 @@ def array_pairs(draw):
     if kind == "float":
         dt = draw(st.sampled_from(FLOAT_DTYPES))
         base = draw(hnp.arrays(np.float64, shape, elements=st.sampled_from(SPECIAL) | st.floats(-1e3, 1e3)))
-        noise = draw(hnp.arrays(np.float64, shape, elements=st.sampled_from([0.0, 0.0, 1e-6, -1e-3, 1.0, np.nan])))
-        with np.errstate(over="ignore"):  # 1e30 overflows to inf in small floats: fine, inf is a case too
+        noise_values = st.sampled_from([0.0, 0.0, 1e-6, -1e-3, 1.0, np.nan, np.inf])
+        noise = draw(hnp.arrays(np.float64, shape, elements=noise_values))
+        # 1e30 overflows to inf in small floats and -inf + inf is NaN: fine, both are cases too
+        with np.errstate(over="ignore", invalid="ignore"):
             a = base.astype(dt)
             b = (base + noise).astype(dt)
     elif kind == "mixed":  # dtype differs between sides: compared after promotion
@@ -117,6 +119,16 @@ def test_infinities_equal_only_themselves():
     s = block_stats(a, b, Policy(atol=1e300, rtol=1.0))
     assert s.mismatches == 2
     assert s.max_abs == np.inf and s.max_abs_index == 1
+
+
+def test_infinite_b_against_another_value_is_an_infinite_relative_difference():
+    """d / |b| with d and |b| both infinite (README leaves it open): inf, at the first such position."""
+    a = np.array([2.0, 1.0, -np.inf, 3.0])
+    b = np.array([2.0, np.inf, np.inf, 3.0])
+    s = block_stats(a, b, Policy(), (0,), a.shape).to_dict(a.shape)
+    assert (s["max_rel_diff"], s["max_rel_diff_index"]) == (np.inf, [1])
+    assert (s["max_abs_diff"], s["max_abs_diff_index"], s["mismatches"]) == (np.inf, [1], 2)
+    assert_stats_match(s, expected_stats(a, b))
 
 
 def test_large_int64_compare_exactly():
