@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+from helpers import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["Emulator", "free_port", "tensorstore_env", "upload"]
 
 
 def binary() -> str:

@@ -16,9 +16,10 @@ from __future__ import annotations
 import collections
 import json
 import os
-import socket
 import subprocess
 import sys
+
+from helpers import free_port
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -417,15 +418,9 @@ def _orbax_v1(p, add):
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _multiprocess(out, add):
     """Two real JAX processes (jax.distributed on CPU): per-process OCDBT stores merged at the root."""
-    port = str(_free_port())
+    port = str(free_port())
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     procs = [
         subprocess.Popen(

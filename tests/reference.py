@@ -1,7 +1,9 @@
-"""The statistics streamdiff reports, computed by numpy on whole in-memory arrays.
+"""The oracle: the statistics streamdiff reports, written from the definitions in README.md
+("Semantics": tolerance, NaN and infinity, statistics per leaf), on whole in-memory arrays.
 
-Independent of streamdiff's block/tile code: no blocks, no merging, no index arithmetic beyond
-numpy's own argmax / unravel_index. Tests compare every reported number against these.
+Written without looking at streamdiff's statistics code, so the two can disagree. No blocks, no
+merging, no sentinel values: every rule is a boolean mask over the flattened arrays, and positions
+come from numpy's own argmax (first occurrence, C order) and unravel_index.
 """
 
 from __future__ import annotations
@@ -9,55 +11,81 @@ from __future__ import annotations
 import numpy as np
 
 
-def _is_exact(dt: np.dtype) -> bool:
-    return dt.name == "bool" or dt.name.startswith(("int", "uint"))
+def _exact_dtype(dt: np.dtype) -> bool:
+    """Integers and bools compare exactly (README: "Exact comparison ... applies to integers, bools")."""
+    return dt.kind in "biu" or dt.name.startswith(("int", "uint"))  # ml_dtypes int4/uint4 have kind 'V'
+
+
+def _largest(values: np.ndarray, where: np.ndarray, shape: tuple[int, ...]) -> tuple[float, list[int] | None]:
+    """Largest of `values` over the positions in `where`, and the first (C order) position holding it;
+    (0.0, None) when there is no such position or the largest value is 0 (README: index `null`)."""
+    positions = np.flatnonzero(where)
+    if positions.size == 0:
+        return 0.0, None
+    candidates = values[positions]
+    k = int(np.argmax(candidates))
+    if candidates[k] == 0:
+        return 0.0, None
+    return float(candidates[k]), [int(i) for i in np.unravel_index(int(positions[k]), shape)]
 
 
 def expected_stats(a, b, atol=0.0, rtol=0.0, nan_equal=True, exact=False) -> dict:
-    a = np.asarray(a)
-    b = np.asarray(b)
-    cdt = np.complex128 if "complex" in (a.dtype.name[:7], b.dtype.name[:7]) else np.float64
-    xa = a.astype(cdt).reshape(-1)
-    xb = b.astype(cdt).reshape(-1)
-    nan_a, nan_b = np.isnan(xa), np.isnan(xb)
-    exact = exact or (_is_exact(a.dtype) and _is_exact(b.dtype))
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        if exact:
-            eq = (a == b).reshape(-1) if a.dtype == b.dtype else xa == xb
-            close = eq | (nan_a & nan_b) if nan_equal else eq
-        else:
-            close = np.isclose(xa, xb, rtol=rtol, atol=atol, equal_nan=nan_equal)
-        defined = ~(nan_a | nan_b)
-        d = np.where(xa == xb, 0.0, np.abs(xa - xb))
-        dz = np.where(defined, d, -1.0)
-        absb = np.abs(xb)
-        rel = np.where(dz > 0, dz / absb, np.where(defined, 0.0, -1.0))
-        rel[np.isnan(rel)] = np.inf
+    """README's statistics of A against B (B is the reference side of the tolerance test).
+
+    `exact=True` asks for the exact rule (`a != b`) whatever the dtype, as for saved scalars.
+    """
+    a, b = np.asarray(a), np.asarray(b)
     shape = a.shape
+    wide = np.complex128 if np.iscomplexobj(a) or np.iscomplexobj(b) else np.float64
+    x = a.astype(wide).reshape(-1)  # README: floats upcast to float64, complex to complex128
+    y = b.astype(wide).reshape(-1)
+    nan_x, nan_y = np.isnan(x), np.isnan(y)
+    both_nan = nan_x & nan_y
+    defined = ~(nan_x | nan_y)  # README: d is undefined where either side is NaN
 
-    def where_max(v):
-        if v.size == 0 or v.max() <= 0:
-            return 0.0, None
-        i = int(np.argmax(v))
-        return float(v[i]), [int(k) for k in np.unravel_index(i, shape)]
+    exact = exact or (_exact_dtype(a.dtype) and _exact_dtype(b.dtype))
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        # Equality in the stored dtypes for integers (float64 cannot tell 2**53 from 2**53 + 1).
+        same = (a == b).reshape(-1) if exact and a.dtype == b.dtype else x == y
+        diff = np.abs(x - y)
+        if exact:
+            close = same.copy()
+        else:
+            finite = np.isfinite(x) & np.isfinite(y)
+            within = ~(diff > atol + rtol * np.abs(y))  # README: differs when |a-b| > atol + rtol*|b|
+            close = np.where(finite, within, same)  # README: +inf equals only +inf; NaN equals nothing...
+        if nan_equal:
+            close |= both_nan  # ...except, by default, NaN at the same position on both sides
 
-    max_abs, max_abs_idx = where_max(dz)
-    max_rel, max_rel_idx = where_max(rel)
-    n_def = int(defined.sum())
-    rms = float(np.sqrt(np.sum(d[defined] ** 2) / n_def)) if n_def else 0.0
+        d = np.where(same, 0.0, diff)  # README: d = |a-b| taken as 0 where a == b
+        abs_y = np.abs(y)
+        # README: d / |b|, 0 where d is 0, inf where b == 0 != a. Not defined by the README: d and
+        # |b| both infinite (b = +-inf, a != b); inf/inf is taken as inf here (see the lead's report).
+        rel = np.zeros_like(d)
+        nonzero = defined & (d > 0)
+        rel[nonzero] = np.where(abs_y[nonzero] == 0, np.inf, d[nonzero] / abs_y[nonzero])
+        rel[nonzero & np.isinf(d) & np.isinf(abs_y)] = np.inf
+
+    max_abs, max_abs_index = _largest(d, defined, shape)
+    max_rel, max_rel_index = _largest(rel, defined, shape)
+    n_defined = int(defined.sum())
+    # README: sqrt(mean(d^2)) over the defined positions; with none defined (all NaN) the README is
+    # silent, and 0.0 is taken (nothing differs by a measurable amount).
+    with np.errstate(over="ignore"):
+        rms = float(np.sqrt(np.mean(d[defined] ** 2))) if n_defined else 0.0
     return {
         "count": int(a.size),
-        "mismatches": int((~close).sum()),
+        "mismatches": int(np.count_nonzero(~close)),
         "max_abs_diff": max_abs,
-        "max_abs_diff_index": max_abs_idx,
+        "max_abs_diff_index": max_abs_index,
         "max_rel_diff": max_rel,
-        "max_rel_diff_index": max_rel_idx,
+        "max_rel_diff_index": max_rel_index,
         "rms_diff": rms,
-        "nan_a": int(nan_a.sum()),
-        "nan_b": int(nan_b.sum()),
-        "inf_a": int(np.isinf(xa).sum()),
-        "inf_b": int(np.isinf(xb).sum()),
-        "nan_mismatch": int((nan_a != nan_b).sum()),
+        "nan_a": int(nan_x.sum()),
+        "nan_b": int(nan_y.sum()),
+        "inf_a": int(np.isinf(x).sum()),
+        "inf_b": int(np.isinf(y).sum()),
+        "nan_mismatch": int(np.count_nonzero(nan_x != nan_y)),
         "identical": a.dtype == b.dtype and a.tobytes() == b.tobytes(),
     }
 

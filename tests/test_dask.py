@@ -4,13 +4,14 @@ storage counters), with rules, stacking views and transposes in play; failures s
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import pytest
 from conftest import MAXTEXT
+from helpers import free_port
 
 import streamdiff
 from streamdiff.distributed import batches
-from streamdiff.stream import _Task
 
 pytest.importorskip("dask.distributed")
 
@@ -50,7 +51,7 @@ def test_dask_report_equals_threads(cluster, a, b, kw):
     assert dask.bytes_read > 0  # the workers' reads are counted
 
 
-def test_dask_with_transpose_rule(cluster, tmp_path):
+def test_dask_with_transpose_rule_equals_threads(cluster, tmp_path):
     rules = tmp_path / "t.toml"
     rules.write_text('[[rule]]\nop = "transpose"\npath = "**/layers/mlp/*/kernel"\naxes = [1, 0, 2]\n')
     a = str(MAXTEXT / "v024_linen_scan/checkpoints")
@@ -79,16 +80,23 @@ def test_local_scheduler_spec_and_bad_addresses(tmp_path):
     assert r.exit_code == 0 and r.identical
     with pytest.raises(streamdiff.StreamdiffError, match="needs a number of workers"):
         streamdiff.diff(a, a, scheduler="local:x")
-    from gcs_emulator import free_port
-
     t0 = time.monotonic()
     with pytest.raises(streamdiff.StreamdiffError, match="cannot reach Dask scheduler"):
         streamdiff.diff(a, a, scheduler=f"tcp://127.0.0.1:{free_port()}")
     assert time.monotonic() - t0 < 30
 
 
-def test_batches_are_sized_and_cover_every_task():
-    tasks = [_Task(0, (i,), (i + 1,), 100, 100) for i in range(25)]
+class Task(NamedTuple):
+    """What `batches` reads of a task: the decoded bytes it accounts for."""
+
+    name: int
+    progress: int
+
+
+def test_batches_group_consecutive_tasks_until_target_bytes_and_keep_order():
+    tasks = [Task(i, 100) for i in range(25)]
     out = batches(tasks, target=1000)
     assert [len(b) for b in out] == [10, 10, 5]
     assert [t for b in out for t in b] == tasks
+    uneven = batches([Task(0, 900), Task(1, 200), Task(2, 5000), Task(3, 1)], target=1000)
+    assert [[t.name for t in b] for b in uneven] == [[0, 1], [2], [3]]

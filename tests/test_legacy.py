@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from conftest import DATA, run_cli
+from reference import assert_stats_match, expected_stats
+from test_maxtext import load
 
+import streamdiff
 from streamdiff.locate import locate
 from streamdiff.tree import build_tree
 
@@ -40,9 +44,19 @@ def test_legacy_leaves_and_self_diff(variant):
     ],
 )
 def test_same_tree_saved_differently_is_identical(a, b):
+    """Verdict "identical": all 10 leaves of the saved tree paired, every one equal, every data leaf bit for bit."""
     r = run_cli(LEGACY / a, LEGACY / b, "--json", "-", "-q")
     assert r.code == 0, (r.err, [x for x in r.json["leaves"] if x["status"] != "equal"])
-    assert r.json["summary"]["leaves"] == 10
+    assert r.json["identical"] and r.json["verdict"] == "identical: 10 leaves, bit for bit"
+    expected = {"/".join(e["path"]): e for e in EXPECTED[a]["items"][a]}
+    got = {x["path"]: x for x in r.json["leaves"]}
+    assert sorted(got) == sorted(expected) and len(got) == 10
+    assert {x["status"] for x in got.values()} == {"equal"}
+    for path, x in got.items():
+        assert x["kind"] == expected[path]["kind"], path
+        if x["kind"] in ("array", "scalar"):
+            assert x["identical"] is True and x["mismatches"] == 0, path
+            assert x["count"] == math.prod(expected[path].get("shape", [])), path
 
 
 def test_legacy_manager_root_without_commit_files():
@@ -52,8 +66,18 @@ def test_legacy_manager_root_without_commit_files():
 
 
 def test_multi_chunk_shards_stream_per_inner_chunk():
-    r = run_cli(LEGACY / "legacy_0.5.10_zarr3_subchunks", LEGACY / "legacy_0.5.10_zarr3_subchunks", "--json", "-")
-    assert r.code == 0
-    tree = build_tree(locate(str(LEGACY / "legacy_0.5.10_zarr3_subchunks")).items[0].dir)
-    a = tree.leaves[("a",)].source
-    assert a.chunk_shape == (128, 256) and a.read_chunk_shape == (32, 64)
+    """Leaf `a`: zarr3 shards of (128, 256) holding 4x4 inner chunks of (32, 64). With a block budget
+    smaller than one inner chunk, the leaf is stream-decoded one inner chunk per block: 8 x 4 = 32
+    blocks (a shard-sized walk would be 2), and the numbers are numpy's on the array tensorstore reads."""
+    item = LEGACY / "legacy_0.5.10_zarr3_subchunks"
+    source = build_tree(locate(str(item)).items[0].dir).leaves[("a",)].source
+    assert source.chunk_shape == (128, 256) and source.read_chunk_shape == (32, 64)
+    inner_chunk_bytes = 32 * 64 * 4 * 2  # float32, both sides
+    r = streamdiff.diff(str(item), str(item), block_bytes=inner_chunk_bytes // 4, shortcut=False)
+    stats = next(x for x in r.leaves if x.path == ("a",)).stats
+    assert r.exit_code == 0 and stats["streamed"] is True
+    assert stats["blocks"] == (256 // 32) * (256 // 64)
+    a = load(item, "a")
+    assert_stats_match(stats, expected_stats(a, a))
+    roomy = streamdiff.diff(str(item), str(item), shortcut=False)  # default budget: no streaming
+    assert "streamed" not in next(x for x in roomy.leaves if x.path == ("a",)).stats

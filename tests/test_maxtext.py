@@ -97,7 +97,7 @@ def test_step0_vs_step1_every_leaf_differs_and_numbers_equal_numpy():
         assert_stats_match(x, expected_stats(a, b, 1e-6, 1e-5), x["path"])
 
 
-def test_structure_only_same_layout():
+def test_structure_only_same_layout_is_exit_0_without_statistics():
     r = streamdiff.diff(
         str(MAXTEXT / "v024_linen_scan/checkpoints"),
         str(MAXTEXT / "v024_linen_scan_seed1/checkpoints"),

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import tempfile
-import warnings
 
 import numpy as np
 import pytest
 from conftest import MAXTEXT, run_cli
+from helpers import save
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import assert_stats_match, expected_stats
@@ -105,14 +105,6 @@ def test_explain_reads_no_data_and_lists_sources(copy_ckpt):
 # ------------------------------------------------------------------------------ user rules files
 
 
-def save(path, tree):
-    import orbax.checkpoint as ocp
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).save(path, args=ocp.args.PyTreeSave(tree))
-
-
 HAIKU_RULES = """
 # Haiku names modules 'mlp/~/linear_0'; Flax names the same layer Dense_0.
 [[rule]]
@@ -144,7 +136,7 @@ def test_haiku_names_vs_flax_names_readme_example(tmp_path):
     assert r.code == 0 and sorted(statuses(r)) == ["mlp/Dense_0/bias", "mlp/Dense_0/kernel"]
 
 
-def test_tolerance_allow_dtype_and_ignore_rules(tmp_path):
+def test_tolerance_allow_dtype_and_ignore_rules_turn_exit_1_into_exit_0(tmp_path):
     x = np.linspace(0, 1, 100, dtype=np.float32)
     save(tmp_path / "a", {"opt": {"mu": x}, "w": x, "step": np.int32(3), "junk": x})
     save(tmp_path / "b", {"opt": {"mu": x + 1e-3}, "w": x, "step": np.uint32(3)})
@@ -184,18 +176,37 @@ def test_missing_rules_file():
     assert r.code == 2 and "cannot read rules file" in r.err
 
 
-def test_wrong_rule_is_caught_as_shape_mismatch(tmp_path):
-    x = np.zeros((4, 6), np.float32)
+def test_rules_apply_to_both_sides_alike_so_equal_trees_stay_equal(tmp_path):
+    """One rules file maps both sides: transposing or unstacking a leaf both sides hold keeps them equal."""
+    x = np.arange(24, dtype=np.float32).reshape(4, 6)
     save(tmp_path / "a", {"w": x})
     save(tmp_path / "b", {"w": x})
     rules = tmp_path / "r.toml"
     rules.write_text('[[rule]]\nop = "transpose"\npath = "w"\naxes = [1, 0]\n')
     r = run_cli(tmp_path / "a", tmp_path / "b", "--rules", rules, "--json", "-", "-q")
-    # Both sides transposed: still equal. Unstacking one side only is a real mismatch:
-    assert r.code == 0
+    assert r.code == 0 and statuses(r) == {"w": "equal"}
+    assert r.json["leaves"][0]["shape"] == [6, 4] and r.json["leaves"][0]["source_a"].startswith("transpose(")
     rules.write_text('[[rule]]\nop = "unstack"\nfrom = "w"\naxis = 0\nto = "w_{i}"\n')
     r = run_cli(tmp_path / "a", tmp_path / "b", "--rules", rules, "--json", "-", "-q")
-    assert r.code == 0 and sorted(statuses(r)) == [f"w_{i}" for i in range(4)]
+    assert r.code == 0 and statuses(r) == {f"w_{i}": "equal" for i in range(4)}
+
+
+def test_wrong_rule_is_caught_as_shape_mismatch(tmp_path):
+    """B stores the kernel transposed under another name. A rename without the transpose pairs
+    (4, 6) with (6, 4): a shape mismatch, exit 1. The right rules (transpose, then rename) make it equal."""
+    x = np.arange(24, dtype=np.float32).reshape(4, 6)
+    save(tmp_path / "a", {"w": x})
+    save(tmp_path / "b", {"w_t": x.T.copy()})
+    rules = tmp_path / "r.toml"
+    rename = '[[rule]]\nop = "rename"\nfrom = "w_t"\nto = "w"\n'
+    rules.write_text(rename)
+    r = run_cli(tmp_path / "a", tmp_path / "b", "--rules", rules, "--json", "-", "-q")
+    assert r.code == 1 and statuses(r) == {"w": "shape_mismatch"}
+    leaf = r.json["leaves"][0]
+    assert (leaf["shape"], leaf["shape_b"]) == ([4, 6], [6, 4]) and r.json["summary"]["shape_mismatch"] == 1
+    rules.write_text('[[rule]]\nop = "transpose"\npath = "w_t"\naxes = [1, 0]\n' + rename)
+    r = run_cli(tmp_path / "a", tmp_path / "b", "--rules", rules, "--json", "-", "-q")
+    assert r.code == 0 and statuses(r) == {"w": "equal"}
 
 
 def test_display_paths_round_trip():

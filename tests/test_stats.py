@@ -40,8 +40,10 @@ def array_pairs(draw):
     if kind == "float":
         dt = draw(st.sampled_from(FLOAT_DTYPES))
         base = draw(hnp.arrays(np.float64, shape, elements=st.sampled_from(SPECIAL) | st.floats(-1e3, 1e3)))
-        noise = draw(hnp.arrays(np.float64, shape, elements=st.sampled_from([0.0, 0.0, 1e-6, -1e-3, 1.0, np.nan])))
-        with np.errstate(over="ignore"):  # 1e30 overflows to inf in small floats: fine, inf is a case too
+        noise_values = st.sampled_from([0.0, 0.0, 1e-6, -1e-3, 1.0, np.nan, np.inf])
+        noise = draw(hnp.arrays(np.float64, shape, elements=noise_values))
+        # 1e30 overflows to inf in small floats and -inf + inf is NaN: fine, both are cases too
+        with np.errstate(over="ignore", invalid="ignore"):
             a = base.astype(dt)
             b = (base + noise).astype(dt)
     elif kind == "mixed":  # dtype differs between sides: compared after promotion
@@ -93,6 +95,16 @@ def test_tolerance_is_numpy_isclose_convention():
     assert (fwd, rev) == (0, 2)
 
 
+@pytest.mark.parametrize("with_nan", [False, True])  # a NaN sends the tile down the non-finite path
+def test_difference_exactly_at_atol_plus_rtol_b_is_within(with_nan):
+    """|a-b| == atol + rtol*|b| is not a mismatch (README: differs when |a-b| > atol + rtol*|b|):
+    0.5 == 0.25 + 0.25*1 and 0.75 == 0.25 + 0.25*2 are within; 1.0 > 0.75 is not. Exact binary fractions."""
+    a = np.array([1.5, 2.75, 3.0] + [np.nan] * with_nan)
+    b = np.array([1.0, 2.0, 2.0] + [np.nan] * with_nan)
+    assert block_stats(a, b, Policy(atol=0.25, rtol=0.25)).mismatches == 1
+    assert expected_stats(a, b, 0.25, 0.25)["mismatches"] == 1
+
+
 def test_nan_policy():
     a = np.array([np.nan, 1.0, np.nan], np.float32)
     b = np.array([np.nan, np.nan, 2.0], np.float32)
@@ -109,6 +121,16 @@ def test_infinities_equal_only_themselves():
     assert s.max_abs == np.inf and s.max_abs_index == 1
 
 
+def test_infinite_b_against_another_value_is_an_infinite_relative_difference():
+    """d / |b| with d and |b| both infinite (README leaves it open): inf, at the first such position."""
+    a = np.array([2.0, 1.0, -np.inf, 3.0])
+    b = np.array([2.0, np.inf, np.inf, 3.0])
+    s = block_stats(a, b, Policy(), (0,), a.shape).to_dict(a.shape)
+    assert (s["max_rel_diff"], s["max_rel_diff_index"]) == (np.inf, [1])
+    assert (s["max_abs_diff"], s["max_abs_diff_index"], s["mismatches"]) == (np.inf, [1], 2)
+    assert_stats_match(s, expected_stats(a, b))
+
+
 def test_large_int64_compare_exactly():
     """float64 cannot tell 2**53 from 2**53+1; integer comparison must."""
     a = np.array([2**53], np.int64)
@@ -116,12 +138,21 @@ def test_large_int64_compare_exactly():
     assert block_stats(a, b, Policy()).mismatches == 1
 
 
-def test_bf16_accumulates_in_float64():
-    a = np.full(1 << 16, 1.0, ml_dtypes.bfloat16)
-    b = np.full(1 << 16, 1.0078125, ml_dtypes.bfloat16)  # next bf16 after 1.0
+def test_bf16_is_upcast_and_accumulates_in_float64():
+    """bf16 differences taken in float64 and squared sums kept in float64: the RMS equals numpy's
+    float64 result to 1e-14, which a float32 (or bf16) computation of the same data misses by far."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal(1 << 16).astype(ml_dtypes.bfloat16)
+    b = (a.astype(np.float64) * (1 + rng.uniform(-0.05, 0.05, 1 << 16))).astype(ml_dtypes.bfloat16)
+    d64 = a.astype(np.float64) - b.astype(np.float64)
+    expected = float(np.sqrt(np.mean(d64**2)))
+    d32 = a.astype(np.float32) - b.astype(np.float32)
+    in_float32 = float(np.sqrt(np.sum(d32 * d32, dtype=np.float32) / np.float32(d32.size)))
+    in_bf16 = float(np.sqrt(np.mean((a - b) ** 2)))
+    assert abs(in_float32 - expected) > 1e-9 * expected and abs(in_bf16 - expected) > 1e-3 * expected
     s = block_stats(a, b, Policy(), tile=1000)
-    assert s.mismatches == 1 << 16
-    assert s.rms == pytest.approx(0.0078125, rel=1e-15)
+    assert s.mismatches == int(np.count_nonzero(d64))
+    assert s.rms == pytest.approx(expected, rel=1e-14)
 
 
 def test_merge_is_order_independent_for_rms():

@@ -16,23 +16,53 @@ from streamdiff.locate import locate
 from streamdiff.tree import build_tree
 
 
-def test_corpus_has_every_variant(corpus):
-    assert sorted(corpus[1]) == sorted(VARIANTS)
+def _latest_items(variant: str, items: list[str]) -> set[str]:
+    """The item folders a user pointing at the variant's folder should get: the root itself, or every
+    item of the highest step the writer saved (step number = the digits of the step folder's name)."""
+
+    def parent(rel: str) -> str:
+        return variant if rel == variant else os.path.dirname(rel)
+
+    def step(folder: str) -> int:
+        digits = "".join(c for c in os.path.basename(folder) if c.isdigit())
+        return int(digits) if folder != variant and digits else -1
+
+    latest = max({parent(rel) for rel in items}, key=step)
+    return {rel for rel in items if parent(rel) == latest}
 
 
-def _kinds_match(expected: str, got: str) -> bool:
-    return expected == got
+FLAX_TRAINING_ROOT = pytest.mark.xfail(
+    strict=True,
+    reason="flax.training.checkpoints root: the step folder checkpoint_3 is itself the item; locate refuses "
+    "the root ('step directory without any PyTree item') although the step folder itself reads fine",
+)
+
+
+@pytest.mark.parametrize(
+    "variant", [pytest.param(v, marks=FLAX_TRAINING_ROOT) if v == "flax_training_checkpoints" else v for v in VARIANTS]
+)
+def test_variant_folder_resolves_to_the_items_the_writer_saved(corpus, variant):
+    """Given the variant's top folder, as a user would pass it, streamdiff finds exactly the item
+    folders orbax wrote there (the latest step's); a folder holding only unfinished or non-Orbax
+    saves is refused with exit 2."""
+    root, index = corpus
+    items = list(index[variant]["items"])
+    if not items:
+        r = run_cli(root / variant, root / variant)
+        assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+        return
+    located = locate(str(root / variant))
+    got = {os.path.relpath(item.dir.display, root) for item in located.items}
+    assert got == _latest_items(variant, items)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_variant_leaves_exact(corpus, variant):
+def test_variant_leaves_exact_in_flatten_order(corpus, variant):
     root, index = corpus
     for rel, expected in index[variant]["items"].items():
         tree = build_tree(locate(str(root / rel)).items[0].dir)
         got = {leaf.path: leaf for leaf in tree.leaves.values()}
-        assert list(got) == [tuple(e["path"]) for e in expected] or sorted(got) == sorted(
-            tuple(e["path"]) for e in expected
-        ), rel
+        assert list(got) == [tuple(e["path"]) for e in expected], rel  # the writer's flatten order
         for e in expected:
             leaf = got[tuple(e["path"])]
             assert leaf.error is None, (rel, e["path"], leaf.error)
@@ -44,7 +74,7 @@ def test_variant_leaves_exact(corpus, variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_variant_self_diff(corpus, variant):
+def test_variant_self_diff_is_identical_and_unfinished_saves_exit_2(corpus, variant):
     root, index = corpus
     for rel in index[variant]["items"]:
         r = run_cli(root / rel, root / rel, "--json", "-", "-q")
