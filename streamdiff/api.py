@@ -18,11 +18,12 @@ from .layouts import align, detect, load_preset
 from .locate import Item, choose_items, locate
 from .pair import VALUE_KINDS, pair_trees
 from .plan import DEFAULT_MAX_MEMORY, default_jobs, memory_plan
-from .rules import Mapped, apply_rules, dtype_allowed, load_rules_file, tolerance_for
+from .rules import Mapped, Pattern, apply_rules, dtype_allowed, load_rules_file, tolerance_for
 from .stats import Policy
 from .storage import io_counters
 from .stream import PairOutcome, compare_values
 from .tree import build_tree
+from .units import parse_size
 
 
 class Progress(Protocol):
@@ -61,13 +62,16 @@ def diff(
     preset: str | None = None,
     auto: bool = True,
     layer_axis: int | None = None,
-    max_memory: int = DEFAULT_MAX_MEMORY,
+    max_memory: int | str = DEFAULT_MAX_MEMORY,
     jobs: int | None = None,
     block_bytes: int | None = None,
     shortcut: bool = True,
     io_concurrency: int | None = None,
     scheduler: str | None = None,
     progress: Progress | None = None,
+    only: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    per_layer: bool = False,
 ) -> Report:
     """Compare two checkpoints leaf by leaf. Raises `StreamdiffError` for unusable input.
 
@@ -82,17 +86,26 @@ def diff(
     caps parallel requests to remote storage. `scheduler` ('tcp://host:8786' or 'local:N') runs
     the value diff on Dask workers. `step` picks the step of every side that is a manager root;
     `step_a` / `step_b` pick it for one side (and require that side to be a root).
+    `max_memory` takes what `--max-memory` takes ('4G', '512M') or bytes.
+    `only` / `exclude` are rules' path patterns ('params/**', '**/kernel') matched against the
+    canonical paths: leaves outside the selection are not read and are listed in `Report.excluded`.
+    `per_layer` adds statistics per index of the layer axis of scanned leaves (`stats['layers']`).
     """
     check_tolerance(atol, rtol)
+    max_memory = parse_size(max_memory, "max_memory")
+    selection = Selection.compile(only, exclude)
     t0 = time.perf_counter()
     io0 = io_counters()
     la, lb, matched, trees_a, trees_b = _resolve(a, b, _Steps(step, step_a, step_b), item, io_concurrency)
     m, pairs = _map_and_pair(trees_a, trees_b, matched, rules, preset, auto, layer_axis)
+    pairs, excluded = selection.split(pairs)
 
     outcomes: dict[int, PairOutcome] = {}
+    policies: list[Policy | None] = [None] * len(pairs)
     remote_io = (0, 0)
     if not structure_only:
-        policies = [_policy(p, atol, rtol, nan_equal, m) for p in pairs]
+        axis = layer_axis if per_layer else None
+        policies = [_policy(p, atol, rtol, nan_equal, m, per_layer, axis) for p in pairs]
         mem = memory_plan(max_memory, jobs or default_jobs(), block_bytes)
         if progress:
             progress.start(sum(p.a.nbytes + p.b.nbytes for p in pairs if p.status == "compare"))
@@ -100,7 +113,7 @@ def diff(
         advance = progress.advance if progress else None
         outcomes, remote_io = compare_values(pairs, policies, ctx, mem, advance, shortcut, scheduler)
 
-    results = tuple(_result(p, outcomes.get(i), structure_only, m) for i, p in enumerate(pairs))
+    results = tuple(_result(p, outcomes.get(i), structure_only, m, policies[i]) for i, p in enumerate(pairs))
     io1 = io_counters()
     return Report(
         a=a,
@@ -114,6 +127,7 @@ def diff(
         notes_b=_notes(lb.notes, trees_b) + m.notes_b,
         ignored_a=tuple(m.a.ignored),
         ignored_b=tuple(m.b.ignored),
+        excluded=tuple(format_path(p.path) for p in excluded),
         bytes_read=io1[0] - io0[0] + remote_io[0],
         requests=io1[1] - io0[1] + remote_io[1],
         seconds=time.perf_counter() - t0,
@@ -267,15 +281,65 @@ def _merge_items(trees: list[tuple[str, Tree]]) -> dict[KeyPath, Leaf]:
     return out
 
 
-def _policy(p: Pair, atol: float, rtol: float, nan_equal: bool, m: Mapping) -> Policy:
+def _policy(
+    p: Pair, atol: float, rtol: float, nan_equal: bool, m: Mapping, per_layer: bool = False, axis: int | None = None
+) -> Policy:
     exact = p.a is not None and p.b is not None and "scalar" in (p.a.kind, p.b.kind)
     tol = tolerance_for(p.path, [m.a, m.b])
     if tol is not None:
         atol, rtol = tol
-    return Policy(atol=atol, rtol=rtol, nan_equal=nan_equal, exact=exact)
+    layer = layer_axis_of(p, axis) if per_layer else None
+    return Policy(atol=atol, rtol=rtol, nan_equal=nan_equal, exact=exact, layer_axis=layer)
 
 
-def _result(p: Pair, outcome: PairOutcome | None, structure_only: bool, m: Mapping) -> LeafResult:
+def layer_axis_of(p: Pair, axis: int | None) -> int | None:
+    """The stacked layer axis of a scanned leaf (a leaf under a `layers` key, as MaxText and
+    Flax's nn.scan name them), or None. `axis` (--layer-axis) when given; else the axis the
+    alignment stacked per-layer leaves on; else 1 (MaxText's param_scan_axis) for arrays of rank
+    2 and more, 0 for vectors."""
+    if p.status != "compare" or p.a is None or not p.a.shape or p.a.kind not in ("array", "prng_key"):
+        return None
+    if "layers" not in p.path:
+        return None
+    rank = len(p.a.shape)
+    if axis is not None:
+        return axis if axis < rank else None
+    for leaf in (p.a, p.b):
+        v = leaf.view
+        if v is not None and v.op == "stack":
+            return v.axis
+    return 1 if rank >= 2 else 0
+
+
+@dataclass(frozen=True)
+class Selection:
+    """`--only` / `--exclude`: which canonical paths are compared. Patterns are the rules' language."""
+
+    only: tuple[Pattern, ...] = ()
+    exclude: tuple[Pattern, ...] = ()
+
+    @staticmethod
+    def compile(only: Sequence[str], exclude: Sequence[str]) -> Selection:
+        if isinstance(only, str) or isinstance(exclude, str):
+            raise UsageError("only / exclude take a list of patterns, not a string")
+        return Selection(tuple(Pattern.compile(x) for x in only), tuple(Pattern.compile(x) for x in exclude))
+
+    def wants(self, path: KeyPath) -> bool:
+        if self.only and not any(p.match(path) is not None for p in self.only):
+            return False
+        return not any(p.match(path) is not None for p in self.exclude)
+
+    def split(self, pairs: list[Pair]) -> tuple[list[Pair], list[Pair]]:
+        """(selected, excluded), both in tree order."""
+        if not self.only and not self.exclude:
+            return pairs, []
+        keep = [p for p in pairs if self.wants(p.path)]
+        return keep, [p for p in pairs if not self.wants(p.path)]
+
+
+def _result(
+    p: Pair, outcome: PairOutcome | None, structure_only: bool, m: Mapping, policy: Policy | None = None
+) -> LeafResult:
     a, b = p.a, p.b
     ref = a or b
     common = dict(
@@ -318,6 +382,8 @@ def _result(p: Pair, outcome: PairOutcome | None, structure_only: bool, m: Mappi
     if outcome.error:
         return LeafResult(status="error", message=f"reading values failed: {outcome.error}", **common)
     stats = outcome.stats.to_dict(a.shape)
+    if policy is not None and stats.get("max_abs_diff_values") is not None:
+        stats["max_abs_diff_allowed"] = _allowed(policy, stats["max_abs_diff_values"][1])
     if outcome.rows is not None:
         stats["streamed"] = True
     if outcome.grid is not None:
@@ -328,6 +394,15 @@ def _result(p: Pair, outcome: PairOutcome | None, structure_only: bool, m: Mappi
     differs = stats["mismatches"] > 0 or dtype_differs
     msg = "; ".join(outcome.warnings) or None
     return LeafResult(status="different" if differs else "equal", stats=stats, message=msg, **common)
+
+
+def _allowed(policy: Policy, b: object) -> float:
+    """What the tolerance allowed at one position: atol + rtol * |b| (0 for exact comparisons)."""
+    if policy.exact or isinstance(b, (bool, int)):
+        return 0.0
+    if isinstance(b, str):  # complex, written as text
+        b = complex(b)
+    return policy.atol + policy.rtol * abs(b)
 
 
 def _short(v: object, n: int = 40) -> str:

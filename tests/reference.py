@@ -42,6 +42,14 @@ def expected_stats(a, b, atol=0.0, rtol=0.0, nan_equal=True, exact=False) -> dic
         return float(v[i]), [int(k) for k in np.unravel_index(i, shape)]
 
     max_abs, max_abs_idx = where_max(dz)
+    values = None
+    if max_abs_idx is not None:
+        k = tuple(max_abs_idx)
+        if exact and _is_exact(a.dtype) and _is_exact(b.dtype):
+            values = [a[k].item(), b[k].item()]
+        else:
+            values = [v.astype(cdt).item() for v in (a[k], b[k])]
+            values = [str(v) if isinstance(v, complex) else v for v in values]
     max_rel, max_rel_idx = where_max(rel)
     n_def = int(defined.sum())
     rms = float(np.sqrt(np.sum(d[defined] ** 2) / n_def)) if n_def else 0.0
@@ -50,6 +58,7 @@ def expected_stats(a, b, atol=0.0, rtol=0.0, nan_equal=True, exact=False) -> dic
         "mismatches": int((~close).sum()),
         "max_abs_diff": max_abs,
         "max_abs_diff_index": max_abs_idx,
+        "max_abs_diff_values": values,
         "max_rel_diff": max_rel,
         "max_rel_diff_index": max_rel_idx,
         "rms_diff": rms,
@@ -73,6 +82,8 @@ def assert_stats_match(got: dict, exp: dict, where: str = "") -> None:
             continue  # settled by equal stored bytes: NaN/Inf not counted, reported as unknown
         if isinstance(g, str):  # JSON spells inf/nan as strings
             g = float(g)
+        if k == "max_abs_diff_values" and g is not None:
+            g = [float(x) if x in ("inf", "-inf") else x for x in g]
         if k == "rms_diff":
             assert np.isclose(g, v, rtol=1e-12, atol=0) or (np.isinf(g) and np.isinf(v)), (where, k, g, v)
         else:
