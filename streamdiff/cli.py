@@ -56,7 +56,7 @@ class _Command(click.Command):
             return super().parse_args(ctx, args)
         except click.NoSuchOption as e:
             near = _nearest_option(self, ctx, e.option_name)
-            msg = f"no such option: {e.option_name}" + (f" (did you mean {near}?)" if near else "")
+            msg = f"No such option: {e.option_name}" + (f" (did you mean {near}?)" if near else "")
             raise _UsageError(msg, ctx) from None
         except click.UsageError as e:
             if isinstance(e, _UsageError):

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from .datatypes import KeyPath, LeafResult, Report, Verdict, format_path
@@ -293,6 +292,16 @@ def leaf_table(rows: list[LeafResult], width: int) -> list[Text]:
     return out
 
 
+def distinct(a: float, b: float) -> tuple[str, str]:
+    """Two floats with the fewest significant digits (at least 3) that tell them apart, so that
+    0.99999 vs 1.0 does not print as 1 vs 1."""
+    for digits in range(3, 18):
+        sa, sb = f"{a:.{digits}g}", f"{b:.{digits}g}"
+        if sa != sb or a == b:
+            return sa, sb
+    return repr(a), repr(b)
+
+
 def worst_values_line(x: LeafResult, width: int) -> str | None:
     """`path: a=0.0123 b=0.0138 at [56,0,21], allowed 1.1e-07` (numpy's and torch's way of
     showing the worst element), None when the leaf has no nonzero difference."""
@@ -300,7 +309,7 @@ def worst_values_line(x: LeafResult, width: int) -> str | None:
     values = s.get("max_abs_diff_values")
     if values is None:
         return None
-    a, b = (_fmt(v) if isinstance(v, float) else str(v) for v in values)
+    a, b = distinct(*values) if all(isinstance(v, float) for v in values) else (str(v) for v in values)
     tail = f": a={a} b={b} at {_at(s.get('max_abs_diff_index'))}"
     if s.get("max_abs_diff_allowed") is not None:
         tail += f", allowed {_fmt(s['max_abs_diff_allowed'])}"
@@ -308,27 +317,35 @@ def worst_values_line(x: LeafResult, width: int) -> str | None:
 
 
 def group_paths(paths: list[KeyPath]) -> list[tuple[str, list[KeyPath]]]:
-    """One-sided paths as a few groups: (common prefix, members). Index keys are generalised to
-    '*', so `layers/0/rngs/...` and `layers/1/rngs/...` fall in one group; a group whose prefix is
-    shallower than two keys is split on its next key."""
-    gen = [tuple("*" if k.isdigit() else k for k in p) for p in paths]
+    """One-sided paths as a few groups, each (pattern, members). The pattern is in the rules'
+    language and matches every member, so it can be pasted into --only / --exclude: the common
+    first keys, then '**', then the common last keys with '*' where they vary
+    (`model/decoder/**/rngs/*/*`). Groups are split by first key when they share none."""
+    if not paths:
+        return []
+    if len({p[0] for p in paths if p}) > 1 and _common_prefix(paths) == ():
+        by_first: dict[str, list[KeyPath]] = {}
+        for p in paths:
+            by_first.setdefault(p[0] if p else "", []).append(p)
+        return [(_pattern(members), members) for members in by_first.values()]
+    return [(_pattern(paths), paths)]
 
-    def split(members: list[int], depth: int) -> list[tuple[tuple[str, ...], list[int]]]:
-        prefix = _common_prefix([gen[i][:-1] for i in members])
-        if len(prefix) >= 2 or len(members) <= 3:
-            return [(prefix, members)]
-        by_next: dict[str, list[int]] = {}
-        for i in members:
-            key = gen[i][len(prefix)] if len(gen[i]) > len(prefix) + 1 else ""
-            by_next.setdefault(key, []).append(i)
-        if len(by_next) == 1 or "" in by_next:
-            return [(prefix, members)]
-        out = []
-        for sub in by_next.values():
-            out.extend(split(sub, depth + 1))
-        return out
 
-    return [("/".join(prefix), [paths[i] for i in m]) for prefix, m in split(list(range(len(paths))), 0)]
+def _pattern(paths: list[KeyPath]) -> str:
+    if len(paths) == 1:
+        return format_path(paths[0])
+    prefix = list(_common_prefix(paths))
+    rest = [p[len(prefix) :] for p in paths]
+    if len({len(r) for r in rest}) == 1:  # same depth: '*' where the keys vary
+        return "/".join(prefix + [r0 if len({r[i] for r in rest}) == 1 else "*" for i, r0 in enumerate(rest[0])])
+    suffix: list[str] = []
+    keep = 0  # the suffix reaches back to the last key (from the end) every path shares
+    for i in range(1, min(len(r) for r in rest) + 1):
+        keys = {r[-i] for r in rest}
+        suffix.insert(0, rest[0][-i] if len(keys) == 1 else "*")
+        if len(keys) == 1:
+            keep = i
+    return "/".join(prefix + ["**"] + suffix[len(suffix) - keep :])
 
 
 def _common_prefix(keys: list[tuple[str, ...]]) -> tuple[str, ...]:
@@ -427,13 +444,13 @@ def _render_problems(r: Report, out: _Out, verbose: bool) -> None:
             for x in leaves:
                 out(f"  {_problem_line(x)}")
             continue
-        for prefix, members in group_paths([x.path for x in leaves]):
+        by_path = {x.path: x for x in leaves}
+        for pattern, members in group_paths([x.path for x in leaves]):
             if len(members) <= 3:
                 for p in members:
-                    out(f"  {_problem_line(next(x for x in leaves if x.path == p))}")
+                    out(f"  {_problem_line(by_path[p])}")
             else:
-                where = prefix or "the root"
-                out(f"  only in {side}: {len(members)} paths under {where} (--verbose lists them)")
+                out(f"  only in {side}: {len(members)} paths matching {pattern} (--verbose lists them)")
 
 
 def _render_values(r: Report, out: _Out, width: int, verbose: bool) -> None:
@@ -571,12 +588,14 @@ def render_explain(m, rows, console: Console) -> None:
             console.print(Text(f"   applied {line}", style="dim"))
         for p in mapped.ignored:
             console.print(Text(f"   ignored {p}", style="dim"))
-    table = Table(header_style="bold", pad_edge=False)
-    for col in ("canonical path", "A", "B"):
-        table.add_column(col, overflow="fold")
+    # One block per canonical path, sources indented below it: whole paths at any width (a
+    # three-column table folds every long path into several lines).
+    console.print(Text("canonical path", style="bold"))
     for path, sa, sb in rows:
-        table.add_row(format_path(path), sa or Text("(none)", style="red"), sb or Text("(none)", style="red"))
-    console.print(table)
+        console.print(Text(format_path(path)), soft_wrap=True)
+        for side, src in (("A", sa), ("B", sb)):
+            text = Text(f"    {side}: ") + (Text(src) if src else Text("(none)", style="red"))
+            console.print(text, soft_wrap=True)
     unmatched_a = sum(1 for _, _, sb in rows if sb is None)
     unmatched_b = sum(1 for _, sa, _ in rows if sa is None)
     console.print(f"{len(rows)} canonical paths; only in A: {unmatched_a}; only in B: {unmatched_b}")

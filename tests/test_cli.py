@@ -54,7 +54,7 @@ def test_json_to_file_and_terminal_report(tmp_path):
     assert r.code == 1
     assert json.loads(out.read_text())["summary"]["different"] == 36
     first = r.out.splitlines()[0]
-    assert first == "36 of 40 leaves differ"
+    assert first == "36 of 40 leaves differ (atol=0, rtol=0)"  # the tolerance in force, in every verdict
     assert "params/params/token_embedder/embedding" in r.out  # worst leaf is in the table
 
 
