@@ -188,7 +188,8 @@ def render(lst: Listing, console: Console) -> None:
         console.print(f"  step {lst.step}; other steps: {_ranges(others) or 'none'}", overflow="fold")
     console.print(f"  layout: {lst.layout or 'none detected'}", overflow="fold")
     for n in lst.notes:
-        console.print(Text(f"  {n}", style="dim"), overflow="fold")
+        if lst.step is None or not n.startswith(f"step {lst.step}"):  # said on the line above
+            console.print(Text(f"  {n}", style="dim"), overflow="fold")
     for it in lst.items:
         total = sum(r.stored_bytes or 0 for r in it.rows)
         arrays = sum(1 for r in it.rows if r.kind in ("array", "prng_key"))

@@ -192,7 +192,7 @@ def shorten(path: str, width: int) -> str:
 
     turn = 0
     while lo < hi:
-        take_tail = turn % 3 != 2
+        take_tail = turn % 3 != 1
         if take_tail and size(head, [keys[hi - 1]] + tail) <= width:
             tail.insert(0, keys[hi - 1])
             hi -= 1
@@ -267,13 +267,16 @@ def leaf_table(rows: list[LeafResult], width: int) -> list[Text]:
     full = width >= FULL_WIDTH
     paths = [format_path(x.path) for x in rows]
     path_w = max(len("leaf"), *(len(p) for p in paths))
+    # Below the full width, half the line stays for the path: a path cut to its last keys no
+    # longer tells params from opt_state/0/mu, which matters more than a fifth column.
+    path_min = PATH_MIN if full else max(PATH_MIN, width // 2)
     chosen: list[tuple[_Col, list[str], int]] = []
     used = 0
     for col in _COLUMNS:
         cells = [col.cell(x, full) for x in rows]
         w = max(len(col.title), *(len(c) for c in cells))
-        if used + 2 + w + min(path_w, PATH_MIN) > width:
-            break
+        if used + 2 + w + min(path_w, path_min) > width and chosen[1:]:
+            break  # the first two columns (mismatches, max |a-b|) stay at any width
         chosen.append((col, cells, w))
         used += 2 + w
     chosen.sort(key=lambda c: _DISPLAY.index(c[0].title))
