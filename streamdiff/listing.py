@@ -20,7 +20,7 @@ from .datatypes import Leaf, format_path
 from .errors import NotFoundError
 from .layouts import detect
 from .locate import STEP_NAME, TMP_MARK, Item, classify, locate
-from .report import PATH_MIN, shorten
+from .report import FULL_WIDTH, PATH_MIN, _Out, shorten
 from .storage import Dir, Storage
 from .tree import build_tree
 from .units import human
@@ -182,22 +182,23 @@ def dumps(lst: Listing) -> str:
 def render(lst: Listing, console: Console) -> None:
     """One line per leaf, fitted to the console width (the path is shortened in the middle)."""
     width = console.width
-    console.print(Text(lst.url, style="bold"), overflow="fold")
+    out = _Out(console)
+    out(Text(lst.url, style="bold"))
     if lst.step is not None:
         others = [s for s in lst.steps if s != lst.step]
-        console.print(f"  step {lst.step}; other steps: {_ranges(others) or 'none'}", overflow="fold")
-    console.print(f"  layout: {lst.layout or 'none detected'}", overflow="fold")
+        out(f"  step {lst.step}; other steps: {_ranges(others) or 'none'}")
+    out(f"  layout: {lst.layout or 'none detected'}")
     for n in lst.notes:
         if lst.step is None or not n.startswith(f"step {lst.step}"):  # said on the line above
-            console.print(Text(f"  {n}", style="dim"), overflow="fold")
+            out(f"  {n}", "dim")
     for it in lst.items:
         total = sum(r.stored_bytes or 0 for r in it.rows)
         arrays = sum(1 for r in it.rows if r.kind in ("array", "prng_key"))
         head = f"{it.name + ': ' if it.name else ''}{it.storage_layout}, {len(it.rows)} leaves ({arrays} arrays)"
-        console.print(Text(f"{head}, {human(total)}B stored", style="bold"), overflow="fold")
-        console.print(Text(f"  {it.location}", style="dim"), overflow="fold")
+        out(f"{head}, {human(total)}B stored", "bold")
+        out(f"  {it.location}", "dim")
         for n in it.notes:
-            console.print(Text(f"  {n}", style="dim"), overflow="fold")
+            out(f"  {n}", "dim")
         cols = {
             "kind": [r.kind for r in it.rows],
             "dtype": [r.dtype or "-" for r in it.rows],
@@ -207,9 +208,10 @@ def render(lst: Listing, console: Console) -> None:
         }
         path_full = max([len("path")] + [len(r.path) for r in it.rows])
         shown, used = [], 0
+        path_min = PATH_MIN if width >= FULL_WIDTH else max(PATH_MIN, width // 2)
         for name in _IMPORTANCE:
             w = max([len(name)] + [len(c) for c in cols[name]])
-            if used + w + 2 + min(path_full, PATH_MIN) > width:
+            if used + w + 2 + min(path_full, path_min) > width and shown:
                 break
             shown.append((name, w))
             used += w + 2

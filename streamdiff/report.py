@@ -370,8 +370,22 @@ class _Out:
         self.lines = 0
 
     def __call__(self, text: str | Text, style: str | None = None) -> None:
+        """Print one logical line; a line wider than the console continues indented, cut at a
+        space in its second half, else at the width (rich would cut at the last space, leaving a
+        lone 'ocdbt + zarr3:' above a path)."""
         t = text if isinstance(text, Text) else Text(text, style=style)
-        self.console.print(t, overflow="fold")
+        width = self.console.width
+        indent = min(len(t.plain) - len(t.plain.lstrip(" ")) + 2, width // 2)
+        first = True
+        while first or len(t):
+            take = width if first else width - indent
+            if len(t) > take:  # prose breaks at a space in the second half; a long path anywhere
+                space = t.plain.rfind(" ", take // 2, take)
+                take = space + 1 if space > 0 else take
+            part = t[:take] if first else Text(" " * indent) + t[:take]
+            self.console.print(part, no_wrap=True, overflow="crop", highlight=False)
+            t = t[take:]
+            first = False
         self.lines += 1
 
 
