@@ -284,6 +284,8 @@ def cli(
 
     A and B may be item directories, step directories or CheckpointManager roots, as local paths,
     file:// or gs:// URLs.
+
+    streamdiff ls CKPT lists one checkpoint from its metadata (see streamdiff ls --help).
     """
     budget = parse_size(max_memory, "--max-memory")
     step = _steps(steps, step_a, step_b)
