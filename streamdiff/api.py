@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -104,8 +105,8 @@ def diff(
     policies: list[Policy | None] = [None] * len(pairs)
     remote_io = (0, 0)
     if not structure_only:
-        axis = layer_axis if per_layer else None
-        policies = [_policy(p, atol, rtol, nan_equal, m, per_layer, axis) for p in pairs]
+        layers = LayerAxes.of(pairs, layer_axis) if per_layer else None
+        policies = [_policy(p, atol, rtol, nan_equal, m, layers) for p in pairs]
         mem = memory_plan(max_memory, jobs or default_jobs(), block_bytes)
         if progress:
             progress.start(sum(p.a.nbytes + p.b.nbytes for p in pairs if p.status == "compare"))
@@ -281,34 +282,57 @@ def _merge_items(trees: list[tuple[str, Tree]]) -> dict[KeyPath, Leaf]:
     return out
 
 
-def _policy(
-    p: Pair, atol: float, rtol: float, nan_equal: bool, m: Mapping, per_layer: bool = False, axis: int | None = None
-) -> Policy:
+def _policy(p: Pair, atol: float, rtol: float, nan_equal: bool, m: Mapping, layers: LayerAxes | None = None) -> Policy:
     exact = p.a is not None and p.b is not None and "scalar" in (p.a.kind, p.b.kind)
     tol = tolerance_for(p.path, [m.a, m.b])
     if tol is not None:
         atol, rtol = tol
-    layer = layer_axis_of(p, axis) if per_layer else None
+    layer = layers.axis(p) if layers is not None else None
     return Policy(atol=atol, rtol=rtol, nan_equal=nan_equal, exact=exact, layer_axis=layer)
 
 
-def layer_axis_of(p: Pair, axis: int | None) -> int | None:
-    """The stacked layer axis of a scanned leaf (a leaf under a `layers` key, as MaxText and
-    Flax's nn.scan name them), or None. `axis` (--layer-axis) when given; else the axis the
-    alignment stacked per-layer leaves on; else 1 (MaxText's param_scan_axis) for arrays of rank
-    2 and more, 0 for vectors."""
-    if p.status != "compare" or p.a is None or not p.a.shape or p.a.kind not in ("array", "prng_key"):
-        return None
-    if "layers" not in p.path:
-        return None
-    rank = len(p.a.shape)
-    if axis is not None:
-        return axis if axis < rank else None
-    for leaf in (p.a, p.b):
-        v = leaf.view
-        if v is not None and v.op == "stack":
-            return v.axis
-    return 1 if rank >= 2 else 0
+@dataclass(frozen=True)
+class LayerAxes:
+    """Where the stacked layer axis of each scanned leaf is, for `per_layer`.
+
+    A scanned leaf is an array under a `layers` key (MaxText's and nn.scan's name for the stack).
+    Its layer axis is `forced` (--layer-axis) when given; else the axis on which alignment stacked
+    unscanned layers; else the axis holding the layer count: the count is the size most scanned
+    leaves have on axis 1 (MaxText's param_scan_axis), and a leaf whose axis 1 is not that size
+    (a vector, a PRNG key stacked on axis 0) uses its first axis of that size."""
+
+    forced: int | None
+    count: int | None
+
+    @staticmethod
+    def of(pairs: list[Pair], forced: int | None) -> LayerAxes:
+        sizes = Counter(p.a.shape[1] for p in pairs if _scanned(p) and len(p.a.shape) >= 2 and p.a.kind == "array")
+        return LayerAxes(forced, sizes.most_common(1)[0][0] if sizes else None)
+
+    def axis(self, p: Pair) -> int | None:
+        if not _scanned(p):
+            return None
+        shape = p.a.shape
+        if self.forced is not None:
+            return self.forced if self.forced < len(shape) else None
+        for leaf in (p.a, p.b):
+            if leaf.view is not None and leaf.view.op == "stack":
+                return leaf.view.axis
+        if self.count is None:
+            return 1 if len(shape) >= 2 else 0
+        if len(shape) >= 2 and shape[1] == self.count and p.a.kind == "array":
+            return 1
+        return next((k for k, n in enumerate(shape) if n == self.count), None)
+
+
+def _scanned(p: Pair) -> bool:
+    return (
+        p.status == "compare"
+        and p.a is not None
+        and bool(p.a.shape)
+        and p.a.kind in ("array", "prng_key")
+        and "layers" in p.path
+    )
 
 
 @dataclass(frozen=True)

@@ -238,3 +238,15 @@ def test_render_is_usable_directly_with_any_console():
     text = console.export_text()
     assert "step" in text and all(len(line) <= 40 for line in text.splitlines())
     assert format_path(r.leaves[0].path) == "step"
+
+
+def test_per_layer_finds_the_three_layers_of_every_scanned_leaf_including_prng_keys_on_axis_0():
+    """Native NNX: weights scanned on axis 1, rng keys [3, 4] and counts [3] stacked on axis 0
+    (tests/data/maxtext/README.md): 3 layers each, never the 4 words of a key."""
+    nnx = MAXTEXT / "pr283f88b_nnx_scan/checkpoints"
+    d = run_cli(nnx, nnx, "--per-layer", "--json", "-", "-q").json
+    scanned = [x for x in d["leaves"] if "/layers/" in x["path"]]
+    keys = [x for x in scanned if x["kind"] == "prng_key"]
+    assert keys and all(x["shape"][-1] == 4 for x in keys)
+    assert all([layer["layer"] for layer in x["layers"]] == [0, 1, 2] for x in scanned)
+    assert all(layer["count"] * 3 == x["count"] for x in scanned for layer in x["layers"])
