@@ -153,3 +153,43 @@ def test_values_at_max_abs_diff_are_in_the_json():
 def test_terminal_numbers_never_split_across_lines_at_60_columns(steps_report):
     text = "\n".join(recorded(steps_report, 60))
     assert not re.search(r"[0-9.e+-]\n[0-9]", text)
+
+
+def test_piped_stdout_takes_the_width_of_the_terminal_the_process_still_has():
+    """`streamdiff A B | less` in a 70-column terminal: stdout is a pipe, stderr the terminal."""
+    import fcntl
+    import os
+    import struct
+    import subprocess
+    import sys
+    import termios
+    import threading
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 70, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+
+    def drain():  # the progress bar writes to the terminal: keep its buffer from filling up
+        try:
+            while os.read(master, 4096):
+                pass
+        except OSError:
+            pass
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        p = subprocess.run(
+            [sys.executable, "-m", "streamdiff", str(RUN / "0"), str(RUN / "1")],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            timeout=120,
+            text=True,
+        )
+    finally:
+        os.close(slave)
+        os.close(master)
+    lines = p.stdout.splitlines()
+    assert p.returncode == 1 and lines[0].startswith("39 of 40 leaves differ")
+    assert max(len(line) for line in lines) <= 70 < max(len(line) for line in lines) + 10
