@@ -490,7 +490,8 @@ def _render_values(r: Report, out: _Out, width: int, verbose: bool) -> None:
 
 
 def _render_stat(r: Report, out: _Out, width: int, depth: int) -> None:
-    """`--stat`: one line per subtree, worst first, with a bar of mismatching elements."""
+    """`--stat`: one line per subtree, worst first, with a bar of mismatching elements (of
+    differing leaves when no values were compared)."""
     groups = subtrees(r, depth)
     if not groups:
         return
@@ -507,12 +508,15 @@ def _render_stat(r: Report, out: _Out, width: int, depth: int) -> None:
     fixed = sum(w + 2 for w in ws) + 2  # + " |" before the bar
     path_w = min(max(len("subtree"), *(len(g.path) for g in groups)), max(12, width - fixed - 10))
     bar_w = max(1, min(40, width - fixed - path_w - 1))
-    top = max(g.mismatches for g in groups) or 1
+    # The bar measures mismatching elements; with none (structure only), differing leaves.
+    elements = any(g.mismatches for g in groups)
+    size = [g.mismatches if elements else g.different for g in groups]
+    top = max(size) or 1
     out(f"per subtree (depth {depth}):", "bold")
     head = "subtree".ljust(path_w) + "".join("  " + t.rjust(w) for t, w in zip(titles, ws))
     out(Text(head, style="bold"))
-    for g, c in zip(groups, cells):
-        n = 0 if g.mismatches == 0 else max(1, round(bar_w * g.mismatches / top))
+    for g, c, m in zip(groups, cells, size):
+        n = 0 if m == 0 else max(1, round(bar_w * m / top))
         line = shorten(g.path or "(root)", path_w).ljust(path_w)
         line += "".join("  " + t.rjust(w) for t, w in zip(c, ws))
         text = Text(line + " |" + "+" * n if n else line + " |")
