@@ -250,3 +250,17 @@ def test_per_layer_finds_the_three_layers_of_every_scanned_leaf_including_prng_k
     assert keys and all(x["shape"][-1] == 4 for x in keys)
     assert all([layer["layer"] for layer in x["layers"]] == [0, 1, 2] for x in scanned)
     assert all(layer["count"] * 3 == x["count"] for x in scanned for layer in x["layers"])
+
+
+def test_only_matches_canonical_paths_after_mapping_not_stored_ones():
+    """Linen (params/params/...) vs converted NNX (model/.../value): the presets map both to model/...;
+    the selection sees those canonical paths."""
+    linen = MAXTEXT / "v024_linen_scan/checkpoints"
+    nnx = MAXTEXT / "conv_pr283f88b_linen_scan_to_nnx/items"
+    r = run_cli(linen, nnx, "--only", "model/decoder/layers/**", "--json", "-", "-q")
+    paths = [x["path"] for x in r.json["leaves"]]
+    assert r.code == 0 and len(paths) == 9 and all(p.startswith("model/decoder/layers/") for p in paths)
+    assert all(x["source_a"].startswith("params/params/decoder/layers/") for x in r.json["leaves"])
+    assert r.json["summary"]["excluded"] == len(r.json["excluded"]) > 0
+    stored = run_cli(linen, nnx, "--only", "params/**", "-q")
+    assert stored.code == 2 and "nothing to compare" in stored.err
