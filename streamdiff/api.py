@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -18,11 +19,12 @@ from .layouts import align, detect, load_preset
 from .locate import Item, choose_items, locate
 from .pair import VALUE_KINDS, pair_trees
 from .plan import DEFAULT_MAX_MEMORY, default_jobs, memory_plan
-from .rules import Mapped, apply_rules, dtype_allowed, load_rules_file, tolerance_for
+from .rules import Mapped, Pattern, apply_rules, dtype_allowed, load_rules_file, tolerance_for
 from .stats import Policy
 from .storage import io_counters
 from .stream import PairOutcome, compare_values
 from .tree import build_tree
+from .units import parse_size
 
 
 class Progress(Protocol):
@@ -61,13 +63,16 @@ def diff(
     preset: str | None = None,
     auto: bool = True,
     layer_axis: int | None = None,
-    max_memory: int = DEFAULT_MAX_MEMORY,
+    max_memory: int | str = DEFAULT_MAX_MEMORY,
     jobs: int | None = None,
     block_bytes: int | None = None,
     shortcut: bool = True,
     io_concurrency: int | None = None,
     scheduler: str | None = None,
     progress: Progress | None = None,
+    only: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    per_layer: bool = False,
 ) -> Report:
     """Compare two checkpoints leaf by leaf. Raises `StreamdiffError` for unusable input.
 
@@ -82,17 +87,26 @@ def diff(
     caps parallel requests to remote storage. `scheduler` ('tcp://host:8786' or 'local:N') runs
     the value diff on Dask workers. `step` picks the step of every side that is a manager root;
     `step_a` / `step_b` pick it for one side (and require that side to be a root).
+    `max_memory` takes what `--max-memory` takes ('4G', '512M') or bytes.
+    `only` / `exclude` are rules' path patterns ('params/**', '**/kernel') matched against the
+    canonical paths: leaves outside the selection are not read and are listed in `Report.excluded`.
+    `per_layer` adds statistics per index of the layer axis of scanned leaves (`stats['layers']`).
     """
     check_tolerance(atol, rtol)
+    max_memory = parse_size(max_memory, "max_memory")
+    selection = Selection.compile(only, exclude)
     t0 = time.perf_counter()
     io0 = io_counters()
     la, lb, matched, trees_a, trees_b = _resolve(a, b, _Steps(step, step_a, step_b), item, io_concurrency)
     m, pairs = _map_and_pair(trees_a, trees_b, matched, rules, preset, auto, layer_axis)
+    pairs, excluded = selection.split(pairs)
 
     outcomes: dict[int, PairOutcome] = {}
+    policies: list[Policy | None] = [None] * len(pairs)
     remote_io = (0, 0)
     if not structure_only:
-        policies = [_policy(p, atol, rtol, nan_equal, m) for p in pairs]
+        layers = LayerAxes.of(pairs, layer_axis) if per_layer else None
+        policies = [_policy(p, atol, rtol, nan_equal, m, layers) for p in pairs]
         mem = memory_plan(max_memory, jobs or default_jobs(), block_bytes)
         if progress:
             progress.start(sum(p.a.nbytes + p.b.nbytes for p in pairs if p.status == "compare"))
@@ -100,7 +114,7 @@ def diff(
         advance = progress.advance if progress else None
         outcomes, remote_io = compare_values(pairs, policies, ctx, mem, advance, shortcut, scheduler)
 
-    results = tuple(_result(p, outcomes.get(i), structure_only, m) for i, p in enumerate(pairs))
+    results = tuple(_result(p, outcomes.get(i), structure_only, m, policies[i]) for i, p in enumerate(pairs))
     io1 = io_counters()
     return Report(
         a=a,
@@ -114,6 +128,7 @@ def diff(
         notes_b=_notes(lb.notes, trees_b) + m.notes_b,
         ignored_a=tuple(m.a.ignored),
         ignored_b=tuple(m.b.ignored),
+        excluded=tuple(format_path(p.path) for p in excluded),
         bytes_read=io1[0] - io0[0] + remote_io[0],
         requests=io1[1] - io0[1] + remote_io[1],
         seconds=time.perf_counter() - t0,
@@ -267,15 +282,88 @@ def _merge_items(trees: list[tuple[str, Tree]]) -> dict[KeyPath, Leaf]:
     return out
 
 
-def _policy(p: Pair, atol: float, rtol: float, nan_equal: bool, m: Mapping) -> Policy:
+def _policy(p: Pair, atol: float, rtol: float, nan_equal: bool, m: Mapping, layers: LayerAxes | None = None) -> Policy:
     exact = p.a is not None and p.b is not None and "scalar" in (p.a.kind, p.b.kind)
     tol = tolerance_for(p.path, [m.a, m.b])
     if tol is not None:
         atol, rtol = tol
-    return Policy(atol=atol, rtol=rtol, nan_equal=nan_equal, exact=exact)
+    layer = layers.axis(p) if layers is not None else None
+    return Policy(atol=atol, rtol=rtol, nan_equal=nan_equal, exact=exact, layer_axis=layer)
 
 
-def _result(p: Pair, outcome: PairOutcome | None, structure_only: bool, m: Mapping) -> LeafResult:
+@dataclass(frozen=True)
+class LayerAxes:
+    """Where the stacked layer axis of each scanned leaf is, for `per_layer`.
+
+    A scanned leaf is an array under a `layers` key (MaxText's and nn.scan's name for the stack).
+    Its layer axis is `forced` (--layer-axis) when given; else the axis on which alignment stacked
+    unscanned layers; else the axis holding the layer count: the count is the size most scanned
+    leaves have on axis 1 (MaxText's param_scan_axis), and a leaf whose axis 1 is not that size
+    (a vector, a PRNG key stacked on axis 0) uses its first axis of that size."""
+
+    forced: int | None
+    count: int | None
+
+    @staticmethod
+    def of(pairs: list[Pair], forced: int | None) -> LayerAxes:
+        sizes = Counter(p.a.shape[1] for p in pairs if _scanned(p) and len(p.a.shape) >= 2 and p.a.kind == "array")
+        return LayerAxes(forced, sizes.most_common(1)[0][0] if sizes else None)
+
+    def axis(self, p: Pair) -> int | None:
+        if not _scanned(p):
+            return None
+        shape = p.a.shape
+        if self.forced is not None:
+            return self.forced if self.forced < len(shape) else None
+        for leaf in (p.a, p.b):
+            if leaf.view is not None and leaf.view.op == "stack":
+                return leaf.view.axis
+        if self.count is None:
+            return 1 if len(shape) >= 2 else 0
+        if len(shape) >= 2 and shape[1] == self.count and p.a.kind == "array":
+            return 1
+        return next((k for k, n in enumerate(shape) if n == self.count), None)
+
+
+def _scanned(p: Pair) -> bool:
+    return (
+        p.status == "compare"
+        and p.a is not None
+        and bool(p.a.shape)
+        and p.a.kind in ("array", "prng_key")
+        and "layers" in p.path
+    )
+
+
+@dataclass(frozen=True)
+class Selection:
+    """`--only` / `--exclude`: which canonical paths are compared. Patterns are the rules' language."""
+
+    only: tuple[Pattern, ...] = ()
+    exclude: tuple[Pattern, ...] = ()
+
+    @staticmethod
+    def compile(only: Sequence[str], exclude: Sequence[str]) -> Selection:
+        if isinstance(only, str) or isinstance(exclude, str):
+            raise UsageError("only / exclude take a list of patterns, not a string")
+        return Selection(tuple(Pattern.compile(x) for x in only), tuple(Pattern.compile(x) for x in exclude))
+
+    def wants(self, path: KeyPath) -> bool:
+        if self.only and not any(p.match(path) is not None for p in self.only):
+            return False
+        return not any(p.match(path) is not None for p in self.exclude)
+
+    def split(self, pairs: list[Pair]) -> tuple[list[Pair], list[Pair]]:
+        """(selected, excluded), both in tree order."""
+        if not self.only and not self.exclude:
+            return pairs, []
+        keep = [p for p in pairs if self.wants(p.path)]
+        return keep, [p for p in pairs if not self.wants(p.path)]
+
+
+def _result(
+    p: Pair, outcome: PairOutcome | None, structure_only: bool, m: Mapping, policy: Policy | None = None
+) -> LeafResult:
     a, b = p.a, p.b
     ref = a or b
     common = dict(
@@ -318,6 +406,8 @@ def _result(p: Pair, outcome: PairOutcome | None, structure_only: bool, m: Mappi
     if outcome.error:
         return LeafResult(status="error", message=f"reading values failed: {outcome.error}", **common)
     stats = outcome.stats.to_dict(a.shape)
+    if policy is not None and stats.get("max_abs_diff_values") is not None:
+        stats["max_abs_diff_allowed"] = _allowed(policy, stats["max_abs_diff_values"][1])
     if outcome.rows is not None:
         stats["streamed"] = True
     if outcome.grid is not None:
@@ -328,6 +418,15 @@ def _result(p: Pair, outcome: PairOutcome | None, structure_only: bool, m: Mappi
     differs = stats["mismatches"] > 0 or dtype_differs
     msg = "; ".join(outcome.warnings) or None
     return LeafResult(status="different" if differs else "equal", stats=stats, message=msg, **common)
+
+
+def _allowed(policy: Policy, b: object) -> float:
+    """What the tolerance allowed at one position: atol + rtol * |b| (0 for exact comparisons)."""
+    if policy.exact or isinstance(b, (bool, int)):
+        return 0.0
+    if isinstance(b, str):  # complex, written as text
+        b = complex(b)
+    return policy.atol + policy.rtol * abs(b)
 
 
 def _short(v: object, n: int = 40) -> str:

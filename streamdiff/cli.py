@@ -6,7 +6,8 @@ Every user-facing failure is one line on stderr and exit code 2 (click's own usa
 
 from __future__ import annotations
 
-import re
+import difflib
+import os
 import sys
 
 import click
@@ -19,25 +20,67 @@ from .errors import StreamdiffError
 from .layouts import PRESETS
 from .plan import DEFAULT_MAX_MEMORY, default_jobs
 from .storage import DEFAULT_IO_CONCURRENCY
+from .units import human, parse_size
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+__all__ = ["cli", "main", "parse_size", "run"]
 
-
-def parse_size(text: str) -> int:
-    """'512M', '4G', '1.5GiB', '1000000' -> bytes (binary units)."""
-    m = _SIZE.match(text)
-    if not m:
-        raise click.BadParameter(f"{text!r} is not a size (examples: 512M, 4G, 1.5GiB)", param_hint="'--max-memory'")
-    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
-    return int(float(m.group(1)) * scale)
+#: Subtree depth of a bare `--stat`.
+STAT_DEPTH = 2
 
 
-def _human(n: int) -> str:
-    for unit in ("", "K", "M", "G", "T"):
-        if n < 1024 or unit == "T":
-            return f"{n:g}{unit}" if unit == "" else f"{n:.4g}{unit}"
-        n /= 1024
-    return str(n)
+class _UsageError(click.UsageError):
+    """A usage error that carries, on the same one line, the usage and where help is: the project's
+    errors are one line, and click's and git's usage errors name both."""
+
+    def __init__(self, message: str, ctx: click.Context | None):
+        super().__init__(message, ctx)
+
+    def format_message(self) -> str:
+        usage = self.ctx.get_usage().replace("Usage: ", "").strip() if self.ctx else "streamdiff [OPTIONS] A B"
+        prog = self.ctx.command_path if self.ctx else "streamdiff"
+        return f"{self.message} (usage: {usage}; see '{prog} --help')"
+
+
+def _nearest_option(command: click.Command, ctx: click.Context, name: str) -> str | None:
+    """The real option closest to a mistyped one ('--tol' -> '--atol')."""
+    names = [o for p in command.get_params(ctx) for o in p.opts + p.secondary_opts if o.startswith("--")]
+    close = difflib.get_close_matches(name.split("=")[0], names, n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
+class _Command(click.Command):
+    """click.Command whose usage errors name the usage, the help option and the nearest option."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as e:
+            near = _nearest_option(self, ctx, e.option_name)
+            msg = f"No such option: {e.option_name}" + (f" (did you mean {near}?)" if near else "")
+            raise _UsageError(msg, ctx) from None
+        except click.UsageError as e:
+            if isinstance(e, _UsageError):
+                raise
+            raise _UsageError(e.format_message(), ctx) from None
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:  # raised by the command itself: option combinations
+            if isinstance(e, _UsageError):
+                raise
+            raise _UsageError(e.format_message(), ctx) from None
+
+
+class _DiffCommand(_Command):
+    """`streamdiff A B` stays the command; `streamdiff ls CKPT` lists one checkpoint. A first
+    argument `ls` selects the listing (a checkpoint directory named ls is spelled ./ls)."""
+
+    def main(self, args=None, prog_name=None, **kwargs):
+        args = list(sys.argv[1:] if args is None else args)
+        if args and args[0] == "ls":
+            return ls_command.main(args[1:], prog_name=f"{prog_name or 'streamdiff'} ls", **kwargs)
+        return super().main(args, prog_name=prog_name, **kwargs)
 
 
 class _Bar:
@@ -68,6 +111,7 @@ class _Bar:
 
 
 @click.command(
+    cls=_DiffCommand,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="Exit codes: 0 equal within tolerance, 1 different (values, structure, shape or dtype), 2 error.",
 )
@@ -127,7 +171,7 @@ class _Bar:
 )
 @click.option(
     "--max-memory",
-    default=_human(DEFAULT_MAX_MEMORY),
+    default=human(DEFAULT_MAX_MEMORY),
     show_default=True,
     metavar="SIZE",
     help="Peak memory budget for the whole process (e.g. 512M, 4G); blocks are sized to fit.",
@@ -164,7 +208,44 @@ class _Bar:
 @click.option(
     "--json", "json_path", default=None, metavar="PATH", help="Write the full report as JSON ('-' for stdout)."
 )
-@click.option("--verbose", "-v", is_flag=True, help="List every leaf, not only the differing ones.")
+@click.option(
+    "--only",
+    "only",
+    multiple=True,
+    metavar="PATTERN",
+    help="Compare only the leaves whose canonical path matches (rules' patterns: 'params/**', '**/kernel'); "
+    "repeatable. Nothing else is read; the others are counted as excluded.",
+)
+@click.option(
+    "--exclude",
+    "exclude",
+    multiple=True,
+    metavar="PATTERN",
+    help="Leave out the leaves whose canonical path matches; repeatable. Listed with --verbose, never read.",
+)
+@click.option(
+    "--stat",
+    "stat_depth",
+    type=click.IntRange(1, 64),
+    is_flag=False,
+    flag_value=STAT_DEPTH,
+    default=None,
+    metavar="[=DEPTH]",
+    help=f"Summary per subtree (the first DEPTH keys, default {STAT_DEPTH}), worst first, like git diff --stat; "
+    "also 'subtrees' in the JSON. Write --stat=3, or put --stat after A and B.",
+)
+@click.option(
+    "--per-layer",
+    is_flag=True,
+    help="Statistics per layer of scanned leaves (under a 'layers' key; layer axis from the layout, "
+    "--layer-axis, else 1): a sparkline of max |a-b| per layer, and 'layers' in the JSON.",
+)
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="List every leaf, not only the differing ones (and every one-sided or excluded path).",
+)
 @click.option(
     "--quiet", "-q", is_flag=True, help="No progress bar and no terminal report (exit code only, plus --json)."
 )
@@ -192,6 +273,10 @@ def cli(
     scheduler,
     show_stats,
     json_path,
+    only,
+    exclude,
+    stat_depth,
+    per_layer,
     verbose,
     quiet,
 ):
@@ -199,8 +284,10 @@ def cli(
 
     A and B may be item directories, step directories or CheckpointManager roots, as local paths,
     file:// or gs:// URLs.
+
+    streamdiff ls CKPT lists one checkpoint from its metadata (see streamdiff ls --help).
     """
-    budget = parse_size(max_memory)
+    budget = parse_size(max_memory, "--max-memory")
     step = _steps(steps, step_a, step_b)
     api.check_tolerance(atol, rtol)
     mapping = dict(rules=rules_files, preset=preset, auto=not no_auto, layer_axis=layer_axis)
@@ -227,20 +314,24 @@ def cli(
             io_concurrency=io_concurrency,
             scheduler=scheduler,
             progress=bar,
+            only=only,
+            exclude=exclude,
+            per_layer=per_layer,
         )
     finally:
         if bar:
             bar.stop()
     if json_path == "-":
-        sys.stdout.write(report.dumps(r) + "\n")
+        sys.stdout.write(report.dumps(r, stat_depth) + "\n")
     elif json_path:
         try:
             with open(json_path, "w") as f:
-                f.write(report.dumps(r) + "\n")
+                f.write(report.dumps(r, stat_depth) + "\n")
         except OSError as e:
             raise StreamdiffError(f"cannot write {json_path}: {e.strerror}") from e
     if not quiet:
-        report.render(r, _plain_console(json_path == "-"), verbose=verbose)  # keep stdout pure JSON
+        console = _plain_console(json_path == "-")  # keep stdout pure JSON
+        report.render(r, console, verbose=verbose, stat_depth=stat_depth, per_layer=per_layer)
     if show_stats:
         mb = r.bytes_read / 1e6
         rate = f", {mb / r.seconds:.0f} MB/s" if r.seconds > 0 else ""
@@ -266,11 +357,26 @@ def _steps(steps: tuple[int, ...], step_a: int | None, step_b: int | None) -> di
 
 
 def _plain_console(to_stderr: bool) -> Console:
-    """Rich on a terminal; wide, colourless text when piped (no wrapped paths in logs)."""
+    """Rich on a terminal; colourless text when piped, as wide as `pipe_width` says."""
     out = Console(stderr=to_stderr)
     if not out.is_terminal:
-        out = Console(stderr=to_stderr, width=200, no_color=True)
+        out = Console(stderr=to_stderr, width=pipe_width(), no_color=True)
     return out
+
+
+def pipe_width() -> int:
+    """Width of piped output: COLUMNS when set, else the width of a terminal the process still
+    has (stderr or stdin, e.g. `streamdiff A B | less`), else report.PIPE_WIDTH."""
+    cols = os.environ.get("COLUMNS", "")
+    if cols.isdigit() and int(cols) > 0:
+        return int(cols)
+    for fd in (2, 0):
+        try:
+            if os.isatty(fd):
+                return os.get_terminal_size(fd).columns
+        except OSError:
+            continue
+    return report.PIPE_WIDTH
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,3 +402,30 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     sys.exit(main())
+
+
+@click.command(cls=_Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("ckpt")
+@click.option("--step", type=int, default=None, metavar="N", help="Step of a CheckpointManager root (default: latest).")
+@click.option("--item", default=None, metavar="NAME", help="Only this PyTree item of a step.")
+@click.option("--json", "json_path", default=None, metavar="PATH", help="Write the listing as JSON ('-' for stdout).")
+@click.option(
+    "--io-concurrency", type=click.IntRange(1, 4096), default=None, metavar="N", help="Parallel requests (gs://)."
+)
+def ls_command(ckpt, step, item, json_path, io_concurrency):
+    """List one checkpoint from its metadata only: path, kind, dtype, shape, chunk shape, stored bytes,
+    the layout detected, the step picked and the others available. Reads no array data."""
+    from . import listing
+
+    lst = listing.list_checkpoint(ckpt, step=step, item=item, io_concurrency=io_concurrency)
+    if json_path == "-":
+        sys.stdout.write(listing.dumps(lst) + "\n")
+        return 0
+    if json_path:
+        try:
+            with open(json_path, "w") as f:
+                f.write(listing.dumps(lst) + "\n")
+        except OSError as e:
+            raise StreamdiffError(f"cannot write {json_path}: {e.strerror}") from e
+    listing.render(lst, _plain_console(False))
+    return 0

@@ -187,6 +187,12 @@ class LeafResult:
     stats: dict[str, Any] | None = field(default=None, compare=False)
     message: str | None = None
 
+    @property
+    def name(self) -> str:
+        """The display path, as the JSON and the terminal spell it ('params/decoder/kernel');
+        `path` keeps the tuple of keys (keys may contain '/')."""
+        return format_path(self.path)
+
 
 @dataclass(frozen=True)
 class Report:
@@ -203,6 +209,8 @@ class Report:
     notes_b: tuple[str, ...] = ()
     ignored_a: tuple[str, ...] = ()  # paths dropped by rules, listed rather than silently gone
     ignored_b: tuple[str, ...] = ()
+    #: Canonical paths left out by the user's `only` / `exclude` patterns: listed, never read.
+    excluded: tuple[str, ...] = ()
     bytes_read: int = 0
     requests: int = 0
     seconds: float = 0.0
@@ -264,3 +272,32 @@ class Report:
     def exit_code(self) -> int:
         """0 equal within tolerance (every value compared), 1 different, 2 error or incomplete."""
         return self.verdict.exit_code
+
+    @property
+    def verdict_text(self) -> str:
+        """The verdict as one line of text (the JSON's `verdict`, the report's first line)."""
+        from .report import verdict
+
+        return verdict(self)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The counts of the JSON's `summary`, by name."""
+        stats = [r.stats or {} for r in self.leaves]
+        return {
+            "leaves": len(self.leaves),
+            "equal": self.count(Status.EQUAL),
+            "different": self.count(Status.DIFFERENT),
+            "only_a": self.count(Status.ONLY_A),
+            "only_b": self.count(Status.ONLY_B),
+            "shape_mismatch": self.count(Status.SHAPE_MISMATCH),
+            "dtype_mismatch": self.dtype_mismatches,
+            "errors": self.errors,
+            "not_compared": self.not_compared,
+            "bytes_read": self.bytes_read,
+            "requests": self.requests,
+            "shortcut_chunks": sum(s.get("shortcut_chunks", 0) for s in stats),
+            "shortcut_bytes": sum(s.get("shortcut_bytes", 0) for s in stats),
+            "seconds": round(self.seconds, 6),
+            "excluded": len(self.excluded),
+        }

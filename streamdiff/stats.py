@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,8 @@ class Policy:
     rtol: float = 0.0
     nan_equal: bool = True
     exact: bool = False  # compare exactly (ints, bools, PRNG keys, scalars)
+    #: Axis of stacked layers: also keep statistics per index along it (`LeafStats.layers`).
+    layer_axis: int | None = None
 
 
 @dataclass
@@ -48,6 +50,8 @@ class LeafStats:
     mismatches: int = 0
     max_abs: float = 0.0
     max_abs_index: int = -1  # flat C-order index into the whole array; -1 while max is 0
+    #: The two values (as compared: float64, complex128, or the integer) at `max_abs_index`.
+    max_abs_values: tuple[Any, Any] | None = None
     max_rel: float = 0.0
     max_rel_index: int = -1
     sq_sums: list[float] = field(default_factory=list)
@@ -63,12 +67,17 @@ class LeafStats:
     #: Some chunks were settled by the equal-bytes shortcut without decoding: their NaN/Inf are
     #: not counted, so the NaN/Inf counts are reported as unknown (null).
     nan_unknown: bool = False
+    #: Per index along `Policy.layer_axis`: the statistics of that layer's slice (same semantics).
+    layers: dict[int, LeafStats] | None = None
 
     def merge(self, o: LeafStats) -> LeafStats:
         """Combine with another accumulator in place (commutative and associative)."""
         self.count += o.count
         self.mismatches += o.mismatches
-        self.max_abs, self.max_abs_index = _better(self.max_abs, self.max_abs_index, o.max_abs, o.max_abs_index)
+        best = _better(self.max_abs, self.max_abs_index, o.max_abs, o.max_abs_index)
+        if best != (self.max_abs, self.max_abs_index):
+            self.max_abs_values = o.max_abs_values
+        self.max_abs, self.max_abs_index = best
         self.max_rel, self.max_rel_index = _better(self.max_rel, self.max_rel_index, o.max_rel, o.max_rel_index)
         self.sq_sums.extend(o.sq_sums)
         self.n_defined += o.n_defined
@@ -81,6 +90,14 @@ class LeafStats:
         self.shortcut_chunks += o.shortcut_chunks
         self.shortcut_bytes += o.shortcut_bytes
         self.nan_unknown = self.nan_unknown or o.nan_unknown
+        if o.layers is not None:
+            if self.layers is None:
+                self.layers = {}
+            for k, v in o.layers.items():
+                if k in self.layers:
+                    self.layers[k].merge(v)
+                else:
+                    self.layers[k] = LeafStats().merge(v)
         return self
 
     @property
@@ -95,11 +112,12 @@ class LeafStats:
                 return None
             return [int(i) for i in np.unravel_index(flat, shape)] if shape else []
 
-        return {
+        out = {
             "count": self.count,
             "mismatches": self.mismatches,
             "max_abs_diff": self.max_abs,
             "max_abs_diff_index": idx(self.max_abs_index),
+            "max_abs_diff_values": None if self.max_abs_values is None else list(self.max_abs_values),
             "max_rel_diff": self.max_rel,
             "max_rel_diff_index": idx(self.max_rel_index),
             "rms_diff": self.rms,
@@ -112,6 +130,18 @@ class LeafStats:
             "shortcut_chunks": self.shortcut_chunks,
             "shortcut_bytes": self.shortcut_bytes,
         }
+        if self.layers is not None:
+            out["layers"] = [
+                {
+                    "layer": k,
+                    "count": v.count,
+                    "mismatches": v.mismatches,
+                    "max_abs_diff": v.max_abs,
+                    "rms_diff": v.rms,
+                }
+                for k, v in sorted(self.layers.items())
+            ]
+        return out
 
 
 def _better(v1: float, i1: int, v2: float, i2: int) -> tuple[float, int]:
@@ -132,6 +162,33 @@ def block_stats(
     """Statistics of one block; `start` places it in the whole array for the reported indices."""
     if a.shape != b.shape:
         raise ValueError(f"block shapes differ: {a.shape} vs {b.shape}")
+    out = _block_stats(a, b, policy, start, full_shape, tile)
+    axis = policy.layer_axis
+    if axis is not None and 0 <= axis < a.ndim:
+        # Per layer: each layer's slice of this block, compared the same way. The block is in
+        # memory already, so this costs compute only, never a second read.
+        inner = replace(policy, layer_axis=None)
+        first = start[axis] if start else 0
+        out.layers = {
+            first + k: _block_stats(np.take(a, k, axis), np.take(b, k, axis), inner, (), None, tile)
+            for k in range(a.shape[axis])
+        }
+    return out
+
+
+def layers_settled(n_layers: int, first: int, per_layer: int) -> dict[int, LeafStats]:
+    """Layer statistics of a block settled by equal stored bytes: no differences in any layer."""
+    return {first + k: LeafStats(count=per_layer, n_defined=per_layer) for k in range(n_layers)}
+
+
+def _block_stats(
+    a: np.ndarray,
+    b: np.ndarray,
+    policy: Policy,
+    start: tuple[int, ...],
+    full_shape: tuple[int, ...] | None,
+    tile: int,
+) -> LeafStats:
     full_shape = tuple(a.shape) if full_shape is None else tuple(full_shape)
     start = tuple(start) if start else (0,) * a.ndim
     fa = np.ascontiguousarray(a).reshape(-1)
@@ -230,9 +287,7 @@ def _tile_fast(
         i = int(np.argmax(d))
         if d[i] == 0:
             return True
-        out.max_abs, out.max_abs_index = _better(
-            out.max_abs, out.max_abs_index, float(d[i]), _global(offset + i, block_shape, start, full_shape)
-        )
+        _record_max(out, float(d[i]), _global(offset + i, block_shape, start, full_shape), float(xa[i]), float(xb[i]))
         np.abs(xb, out=t)  # t held a's upcast, no longer needed
         np.divide(d, t, out=r)  # 0/0 -> nan where a == b == 0
         j = int(np.argmax(r))  # argmax stops at the first nan: one pass when there is none
@@ -322,8 +377,12 @@ def _tile_stats(
         dz = np.where(defined, d, -1.0)  # -1 never wins a max; d >= 0 elsewhere
         i = int(np.argmax(dz))
         if dz[i] > 0:
-            out.max_abs, out.max_abs_index = _better(
-                out.max_abs, out.max_abs_index, float(dz[i]), _global(offset + i, block_shape, start, full_shape)
+            _record_max(
+                out,
+                float(dz[i]),
+                _global(offset + i, block_shape, start, full_shape),
+                _value(ta, xa, i, exact),
+                _value(tb, xb, i, exact),
             )
         out.sq_sums.append(float(np.sum(np.square(d[defined]))))
         rel = np.where(dz > 0, dz / absb, np.where(defined, 0.0, -1.0))
@@ -333,6 +392,24 @@ def _tile_stats(
             out.max_rel, out.max_rel_index = _better(
                 out.max_rel, out.max_rel_index, float(rel[j]), _global(offset + j, block_shape, start, full_shape)
             )
+
+
+def _record_max(out: LeafStats, d: float, index: int, va: Any, vb: Any) -> None:
+    best = _better(out.max_abs, out.max_abs_index, d, index)
+    if best != (out.max_abs, out.max_abs_index):
+        out.max_abs, out.max_abs_index = best
+        out.max_abs_values = (va, vb)
+
+
+def _value(t: np.ndarray, x: np.ndarray, i: int, exact: bool) -> Any:
+    """A compared value as JSON can hold it: the integer itself for exact kinds (float64 would
+    round int64 above 2**53), a float, or 'a+bj' text for complex."""
+    if exact and is_exact(t.dtype.name):
+        return bool(t[i]) if t.dtype == np.bool_ else int(t[i])
+    v = x[i]
+    if np.iscomplexobj(v):
+        return str(complex(v))
+    return float(v)
 
 
 def _global(local_flat: int, block_shape: tuple[int, ...], start: tuple[int, ...], full_shape: tuple[int, ...]) -> int:

@@ -31,7 +31,7 @@ from .datatypes import Leaf, Pair
 from .dtypes import family
 from .plan import BlockGrid, MemoryPlan, RowsPlan, block_grid, rows_plan
 from .rules import view_of
-from .stats import LeafStats, Policy, block_stats
+from .stats import LeafStats, Policy, block_stats, layers_settled
 
 ProgressFn = Callable[[int], None]
 
@@ -304,7 +304,7 @@ class _Engine:
         chunks, stored_bytes = settled
         n = math.prod(e - s for s, e in zip(t.start, t.stop))
         a = self.pairs[t.pair_index].a
-        return LeafStats(
+        out = LeafStats(
             count=n,
             n_defined=n,
             identical=True,
@@ -312,6 +312,11 @@ class _Engine:
             shortcut_bytes=stored_bytes,
             nan_unknown=family(a.dtype) in ("float", "complex"),
         )
+        axis = self.policies[t.pair_index].layer_axis
+        if axis is not None and 0 <= axis < len(t.start):
+            extent = t.stop[axis] - t.start[axis]
+            out.layers = layers_settled(extent, t.start[axis], n // extent if extent else 0)
+        return out
 
     def _chunk_task(self, t: _Task, sa: _Side, sb: _Side, o: PairOutcome) -> LeafStats:
         """One big chunk, slab by slab; the stored bytes compared first when the shortcut applies."""

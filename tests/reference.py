@@ -73,11 +73,21 @@ def expected_stats(a, b, atol=0.0, rtol=0.0, nan_equal=True, exact=False) -> dic
     # silent, and 0.0 is taken (nothing differs by a measurable amount).
     with np.errstate(over="ignore"):
         rms = float(np.sqrt(np.mean(d[defined] ** 2))) if n_defined else 0.0
+    # The two stored values where |a-b| is largest, as the JSON shows them (ints stay ints).
+    values = None
+    if max_abs_index is not None:
+        k = tuple(max_abs_index)
+        if exact and _exact_dtype(a.dtype) and _exact_dtype(b.dtype):
+            values = [a[k].item(), b[k].item()]
+        else:
+            values = [v.astype(wide).item() for v in (a[k], b[k])]
+            values = [str(v) if isinstance(v, complex) else v for v in values]
     return {
         "count": int(a.size),
         "mismatches": int(np.count_nonzero(~close)),
         "max_abs_diff": max_abs,
         "max_abs_diff_index": max_abs_index,
+        "max_abs_diff_values": values,
         "max_rel_diff": max_rel,
         "max_rel_diff_index": max_rel_index,
         "rms_diff": rms,
@@ -101,6 +111,8 @@ def assert_stats_match(got: dict, exp: dict, where: str = "") -> None:
             continue  # settled by equal stored bytes: NaN/Inf not counted, reported as unknown
         if isinstance(g, str):  # JSON spells inf/nan as strings
             g = float(g)
+        if k == "max_abs_diff_values" and g is not None:
+            g = [float(x) if x in ("inf", "-inf") else x for x in g]
         if k == "rms_diff":
             assert np.isclose(g, v, rtol=1e-12, atol=0) or (np.isinf(g) and np.isinf(v)), (where, k, g, v)
         else:

@@ -78,7 +78,7 @@ def test_json_to_file_and_terminal_report_in_one_run(tmp_path):
     assert r.code == 1
     assert json.loads(out.read_text())["summary"]["different"] == 36
     first = r.out.splitlines()[0]
-    assert first == "36 of 40 leaves differ"
+    assert first == "36 of 40 leaves differ (atol=0, rtol=0)"  # the tolerance in force, in every verdict
     assert "params/params/token_embedder/embedding" in r.out
 
 
@@ -98,7 +98,7 @@ def test_table_is_truncated_to_the_worst_leaves_most_mismatches_first(tmp_path):
     save(tmp_path / "a", a)
     save(tmp_path / "b", b)
     r = run_cli(tmp_path / "a", tmp_path / "b")
-    assert r.code == 1 and r.out.splitlines()[0] == f"{n} of {n} leaves differ"
+    assert r.code == 1 and r.out.splitlines()[0] == f"{n} of {n} leaves differ (atol=0, rtol=0)"
     assert table_leaves(r.out) == [f"w_{i:02d}" for i in range(n - 1, 4, -1)]
     assert "... 5 more differing leaves (--verbose or --json)" in r.out
     verbose = run_cli(tmp_path / "a", tmp_path / "b", "-v")

@@ -39,6 +39,12 @@ CASES = [
     (MAXTEXT / "v024_linen_scan/checkpoints", MAXTEXT / "conv_pr283f88b_linen_scan_to_nnx/items", {}),
     # small blocks: many tasks per leaf, chunks streamed in slabs, merged out of order
     (MAXTEXT / "v024_linen_scan/checkpoints/0", MAXTEXT / "v024_linen_scan/checkpoints/1", {"block_bytes": 4096}),
+    # per-layer statistics and values at max |a-b| merged from many blocks, one stacked side
+    (
+        MAXTEXT / "v024_linen_scan/checkpoints",
+        MAXTEXT / "v024_linen_noscan/checkpoints",
+        {"block_bytes": 4096, "per_layer": True},
+    ),
 ]
 
 

@@ -143,3 +143,16 @@ def test_structure_only_requests_do_not_grow_with_leaves(gcs, tmp_path):
         assert "storage:" in r.err
         requests[n] = r.json["summary"]["requests"]
     assert requests[1200] <= requests[30] + 2 and requests[1200] < 40, requests
+
+
+def test_ls_on_gcs_lists_what_it_lists_locally(gcs):
+    local = run_cli("ls", MAXTEXT / "v024_linen_scan/checkpoints", "--json", "-")
+    remote = run_cli("ls", gs("v024_linen_scan/checkpoints"), "--json", "-")
+    assert remote.code == 0 and errors_only(remote.err) == [], remote.err
+    lo, re_ = local.json, remote.json
+    assert (
+        (re_["step"], re_["steps"], re_["layout"])
+        == (lo["step"], lo["steps"], lo["layout"])
+        == (1, [0, 1], "maxtext-linen")
+    )
+    assert re_["items"][0]["leaves"] == lo["items"][0]["leaves"]  # stored bytes too, from the same B-tree

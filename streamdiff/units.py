@@ -1,0 +1,30 @@
+"""Sizes as people type them ('512M', '4G'), shared by the CLI and the Python API."""
+
+from __future__ import annotations
+
+import re
+
+from .errors import UsageError
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+_SCALE = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str | int, name: str = "--max-memory") -> int:
+    """'512M', '4G', '1.5GiB', '1000000' (or an int) -> bytes, in binary units; `name` says which
+    option or argument was wrong when the text is not a size."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    m = _SIZE.match(text) if isinstance(text, str) else None
+    if not m:
+        raise UsageError(f"{name}: {text!r} is not a size (examples: 512M, 4G, 1.5GiB)")
+    return int(float(m.group(1)) * _SCALE[m.group(2).lower()])
+
+
+def human(n: float) -> str:
+    """Bytes as a short binary-unit string: 2G, 512M, 1.5K, 100."""
+    for unit in ("", "K", "M", "G", "T"):
+        if n < 1024 or unit == "T":
+            return f"{n:g}{unit}" if unit == "" else f"{n:.4g}{unit}"
+        n /= 1024
+    return str(n)
