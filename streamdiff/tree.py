@@ -1,7 +1,8 @@
 """Build a checkpoint item's tree from metadata alone (orbax-format.md §12.B). No chunk data is read.
 
 Structure comes from `_METADATA.tree_metadata[*].key_metadata` (never from splitting names on '.'),
-else from the legacy msgpack `checkpoint` file, else (ambiguous) from the stored array names.
+else from the msgpack `checkpoint` file (legacy orbax, or T5X whose leaves are tensorstore specs, see
+formats/msgpack.py), else (ambiguous) from the stored array names.
 Shapes and dtypes come from each array's zarr metadata, which for OCDBT is inline in the B-tree, so
 one listing plus one concurrent batch of small reads describes every array.
 """
@@ -12,12 +13,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import tensorstore as ts
 
-from . import dtypes, legacy_msgpack
-from .datatypes import ArraySource, KeyPath, Leaf, Tree
-from .errors import CorruptCheckpointError, StreamdiffError
+from . import dtypes
+from .formats import json_item
+from .formats import msgpack as msgpack_format
+from .locate import Item, ItemKind
+from .datatypes import ArraySource, KeyPath, Kind, Leaf, Tree
+from .errors import CorruptCheckpointError, NotACheckpointError, StreamdiffError
 from .storage import META_CACHE, Dir, result_bytes, storage_error
 
 EMPTY_TYPES = {"None", "Dict", "List", "Tuple", "NamedTuple"}
@@ -34,6 +37,25 @@ class _Entry:
     skip_deserialize: bool = False
     inline: Any = None  # value from the legacy msgpack file
     has_inline: bool = False
+    spec: msgpack_format.TsSpec | None = None  # T5X: the array is where this tensorstore spec says
+
+
+def read_item(item: Item) -> Tree:
+    """The tree of any item `locate` found: dispatch on its kind to the reader of its format."""
+    if item.kind is ItemKind.JSON:
+        return json_item.json_tree(item.dir.read(item.file), item.display)
+    if item.kind is ItemKind.MSGPACK_FILE:
+        raw = item.dir.read(item.file)
+        if raw is None:
+            raise CorruptCheckpointError(f"{item.display}: vanished while reading")
+        try:
+            return msgpack_format.file_tree(raw, item.display)
+        except Exception as e:  # noqa: BLE001 - any decoding failure is one line for the user
+            raise CorruptCheckpointError(f"{item.display}: unreadable flax msgpack file ({e})") from e
+    if item.kind is ItemKind.NOT_READ:
+        leaf = Leaf((), Kind.ARRAY, "unknown", not_compared=item.why)
+        return Tree(location=item.display, leaves={(): leaf}, layout="not read")
+    return build_tree(item.dir)
 
 
 def build_tree(item: Dir) -> Tree:
@@ -92,6 +114,14 @@ def build_tree(item: Dir) -> Tree:
         raw_meta = result_bytes(fut, f"{item.display}/{key}")
         if raw_meta is not None:
             zmeta[name] = (fmt, _parse_json(raw_meta, item, key))
+    # T5X: the spec carries the metadata; a `.zarray` beside the chunks, when there is one, wins.
+    specs = [e.spec for e in entries if e.spec is not None and e.spec.unsupported() is None]
+    for spec in specs:
+        if spec.path not in zmeta:
+            try:
+                zmeta[spec.path] = (2, spec.zarr_metadata())
+            except (KeyError, TypeError, ValueError) as exc:
+                notes.append(f"unreadable tensorstore spec for {spec.path!r}: {exc}")
 
     legacy_strings = _legacy_strings(item, [e for e in entries if _needs_array(e) and e.storage_name not in zmeta])
     leaves: dict[KeyPath, Leaf] = {}
@@ -99,7 +129,9 @@ def build_tree(item: Dir) -> Tree:
         leaves[e.keys] = _make_leaf(e, item, ocdbt, zmeta, strings, legacy_strings, prng)
     fmts = sorted({f for f, _ in zmeta.values()})
     layout = ("ocdbt" if ocdbt else "per-leaf dirs") + (" + " + "/".join(f"zarr{f}" for f in fmts) if fmts else "")
-    if msgpack_entries is not None:
+    if specs:
+        layout = "T5X: msgpack checkpoint of tensorstore specs + zarr2 folders"
+    elif msgpack_entries is not None:
         layout += " + legacy msgpack"
     return Tree(location=item.display, leaves=leaves, layout=layout, notes=tuple(notes))
 
@@ -121,11 +153,13 @@ def _parse_json(raw: bytes | None, item: Dir, name: str) -> Any:
         raise CorruptCheckpointError(f"{item.display}/{name}: unreadable JSON ({e})") from e
 
 
-def _parse_msgpack(raw: bytes | None, item: Dir) -> list[legacy_msgpack.MsgpackEntry] | None:
+def _parse_msgpack(raw: bytes | None, item: Dir) -> list[msgpack_format.MsgpackEntry] | None:
     if raw is None:
         return None
+    if raw.startswith(b"model_checkpoint_path"):
+        raise NotACheckpointError(f"{item.display}: a TensorFlow checkpoint, not supported")
     try:
-        return legacy_msgpack.entries(raw)
+        return msgpack_format.entries(raw)
     except Exception as e:
         raise CorruptCheckpointError(f"{item.display}/checkpoint: unreadable msgpack ({e})") from e
 
@@ -179,9 +213,12 @@ def _entries_from_metadata(metadata: Any, item: Dir, packed: list | None) -> lis
     return [e for e in raw if e.keys not in prefixes]
 
 
-def _entries_from_msgpack(packed: list[legacy_msgpack.MsgpackEntry]) -> list[_Entry]:
+def _entries_from_msgpack(packed: list[msgpack_format.MsgpackEntry]) -> list[_Entry]:
     out = []
     for m in packed:
+        if m.spec is not None:
+            out.append(_Entry(m.keys, "tensorstore_spec", m.spec.path, spec=m.spec))
+            continue
         if m.placeholder is not None:
             out.append(_Entry(m.keys, "unknown", m.placeholder))
             continue
@@ -245,7 +282,9 @@ def _make_leaf(
     if e.value_type in EMPTY_TYPES:
         return Leaf(e.keys, "empty", e.value_type)
     if e.has_inline:
-        return _inline_leaf(e)
+        return msgpack_format.inline_leaf(e.keys, e.inline, e.value_type)
+    if e.spec is not None and e.spec.unsupported():
+        return Leaf(e.keys, "array", e.value_type, not_compared=e.spec.unsupported())
     if e.value_type == "string" or e.storage_name in legacy_strings:
         name = e.storage_name
         if name in strings:
@@ -275,17 +314,6 @@ def _make_leaf(
     else:
         kind = "array"
     return Leaf(e.keys, kind, e.value_type, shape=shape, dtype=dtype, source=source, prng_impl=impl)
-
-
-def _inline_leaf(e: _Entry) -> Leaf:
-    v = e.inline
-    if isinstance(v, str):
-        return Leaf(e.keys, "string", "string", value=v)
-    arr = np.asarray(v)
-    if arr.dtype.kind in "OUS":
-        return Leaf(e.keys, "array", e.value_type, error=f"unsupported inline value of type {type(v).__name__}")
-    kind = "array" if isinstance(v, np.ndarray) and arr.ndim else "scalar"
-    return Leaf(e.keys, kind, e.value_type, shape=arr.shape, dtype=arr.dtype.name, value=arr)
 
 
 def _array_source(item: Dir, ocdbt: bool, name: str, fmt: int, md: dict) -> tuple[ArraySource, tuple, str]:
