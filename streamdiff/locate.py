@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .errors import NotACheckpointError, NotFoundError, StreamdiffError, UnfinishedCheckpointError, UsageError
+from .errors import NotACheckpointError, NotFoundError, UnfinishedCheckpointError, UsageError
 from .formats import msgpack as msgpack_format
 from .storage import Dir, Storage
 
@@ -254,6 +254,8 @@ def _refuse_foreign(d: Dir, children: dict[str, str]) -> None:
         raise NotACheckpointError(f"{d.display}: a TensorFlow checkpoint (.index + .data-*-of-*), not supported")
     if "checkpoint" not in files and any(n.endswith(".safetensors") for n in files):
         raise NotACheckpointError(f"{d.display}: safetensors files, not supported")
+    if "checkpoint" not in files and any(n.endswith((".pt", ".pth", ".bin")) for n in files):
+        raise NotACheckpointError(f"{d.display}: PyTorch checkpoint files (.pt/.pth/.bin), not supported")
 
 
 def choose_items(a: Located, b: Located, item: str | None) -> list[tuple[str, Item, Item]]:
@@ -275,8 +277,6 @@ def choose_items(a: Located, b: Located, item: str | None) -> list[tuple[str, It
         pb = {i.name: i for i in b.items}
         return [(i.name, i, pb[i.name]) for i in sorted(a.items, key=lambda i: i.name)]
     raise UsageError(f"several PyTree items (A: {', '.join(na)}; B: {', '.join(nb)}): choose one with --item NAME")
-
-
 
 
 def _file_item(parent: Dir, name: str, url: str) -> Item:

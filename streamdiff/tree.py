@@ -16,11 +16,11 @@ from typing import Any
 import tensorstore as ts
 
 from . import dtypes
+from .datatypes import ArraySource, KeyPath, Kind, Leaf, Tree
+from .errors import CorruptCheckpointError, NotACheckpointError, StreamdiffError
 from .formats import json_item
 from .formats import msgpack as msgpack_format
 from .locate import Item, ItemKind
-from .datatypes import ArraySource, KeyPath, Kind, Leaf, Tree
-from .errors import CorruptCheckpointError, NotACheckpointError, StreamdiffError
 from .storage import META_CACHE, Dir, result_bytes, storage_error
 
 EMPTY_TYPES = {"None", "Dict", "List", "Tuple", "NamedTuple"}

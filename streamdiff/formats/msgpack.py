@@ -169,7 +169,8 @@ def file_tree(raw: bytes, location: str) -> Tree:
     leaves: dict[KeyPath, Leaf] = {}
     for e in entries(raw):
         if e.spec is not None:
-            leaves[e.keys] = Leaf(e.keys, Kind.ARRAY, "tensorstore_spec", not_compared="tensorstore spec in a flax file")
+            why = "a tensorstore spec in a flax file (T5X arrays are read from a checkpoint directory)"
+            leaves[e.keys] = Leaf(e.keys, Kind.ARRAY, "tensorstore_spec", not_compared=why)
         elif e.placeholder is not None:
             leaves[e.keys] = Leaf(e.keys, Kind.ARRAY, "placeholder", error=f"refers to stored array {e.placeholder!r}")
         else:
