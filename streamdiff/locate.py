@@ -161,7 +161,12 @@ def _step(root: Dir, name: str, children: dict[str, str]) -> tuple[tuple[Item, .
     if children.get(name) == "file":
         return (_file_item(root, name, root.display + "/" + name),), ()
     sd = root.child(name)
-    return _step_items(sd, sd.list_children())
+    children = sd.list_children()
+    if classify(children) == "item":  # a step that is itself an item (T5X, flax.training.checkpoints)
+        _check_item_finished(sd, children)
+        _check_step_finished(sd, children, required=False)
+        return (Item(sd, ""),), ()
+    return _step_items(sd, children)
 
 
 def _check_item_finished(d: Dir, children: dict[str, str]) -> None:
