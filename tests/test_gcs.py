@@ -101,6 +101,33 @@ def test_step_without_commit_file_is_unfinished_on_object_storage(gcs, copy_ckpt
     assert r.code == 2 and "commit_success.txt" in r.err
 
 
+def test_t5x_gfile_specs_read_from_the_checkpoints_own_bucket(gcs, copy_ckpt):
+    """T5X's `gfile` kvstore means: this path, relative to the checkpoint, on its own storage."""
+    from writers_msgpack import open_t5x_array, t5x_specs
+
+    a = copy_ckpt(MAXTEXT.parent / "t5x/tiny_t5_checkpoint_1", "t5x_a")
+    b = copy_ckpt(MAXTEXT.parent / "t5x/tiny_t5_checkpoint_1", "t5x_b")
+    for d in (a, b):
+        os.chmod(d, 0o755)
+        for f in d.rglob("*"):
+            os.chmod(f, 0o755 if f.is_dir() else 0o644)
+    spec = t5x_specs(b)["optimizer"]["state"]["param_states"]["kernel"]
+    t = open_t5x_array(b, spec)
+    t.write(t.read().result() + 1.0).result()
+    upload(str(a), BUCKET, "t5x_a")
+    upload(str(b), BUCKET, "t5x_b")
+    assert run_cli(gs("t5x_a"), a, "-q").code == 0
+    local = run_cli(a, b, "--json", "-", "-q")
+    remote = run_cli(gs("t5x_a"), gs("t5x_b"), "--json", "-", "-q")
+    assert local.code == remote.code == 1, remote.err
+    strip = ("seconds", "bytes_read", "requests")
+    assert [{k: v for k, v in x.items() if k not in strip} for x in remote.json["leaves"]] == [
+        {k: v for k, v in x.items() if k not in strip} for x in local.json["leaves"]
+    ]
+    kernel = {x["path"]: x for x in remote.json["leaves"]}["optimizer/state/param_states/kernel"]
+    assert kernel["mismatches"] == 50 and kernel["max_abs_diff"] == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize(
     "path,needle",
     [
