@@ -73,13 +73,25 @@ def locate(url: str, step: int | None = None, io_concurrency: int | None = None)
     if storage.is_local and os.path.isfile(storage.local_root):
         parent, name = os.path.split(storage.local_root)
         return Located((_file_item(Dir(Storage.open(parent, io_concurrency)), name, url),), ())
-    return _resolve(Dir(storage), step)
+    root = Dir(storage)
+    children = root.list_children()
+    if not children and not storage.is_local:
+        # Nothing under `url/`: maybe `url` is an object itself (a flax msgpack file in a bucket).
+        head, _, name = storage.url.rstrip("/").rpartition("/")
+        if name and head.partition("://")[2]:
+            parent = Dir(Storage.open(head, io_concurrency))
+            try:
+                found = parent.read_async(name).result().state == "value"
+            except Exception:  # noqa: BLE001 - a missing bucket: said below as "no objects under this path"
+                found = False
+            if found:
+                return Located((_file_item(parent, name, url),), ())
+    return _resolve(root, step, children)
 
 
-def _resolve(d: Dir, step: int | None) -> Located:
+def _resolve(d: Dir, step: int | None, children: dict[str, str]) -> Located:
     if TMP_MARK in d.display.rsplit("/", 1)[-1]:
         raise UnfinishedCheckpointError(f"{d.display}: unfinished save (name contains '{TMP_MARK}')")
-    children = d.list_children()
     if not children:
         if d.storage.is_local:
             raise NotACheckpointError(f"{d.display}: empty directory, not a checkpoint")
@@ -217,7 +229,8 @@ def _step_items(d: Dir, children: dict[str, str]) -> tuple[tuple[Item, ...], tup
         elif k == "item":
             _check_item_finished(sub, sub_children)
             items.append(Item(sub, name))
-        elif k == "json_item":
+        elif k == "json_item" or set(sub_children) - {"commit_success.txt"} == {name}:
+            # JSON items; older managers kept metrics as `metrics/metrics` (JsonCheckpointHandler).
             items.append(_json_item(sub, name, sub_children))
         elif not sub_children:
             empty.append(name)
@@ -302,7 +315,11 @@ def _head(parent: Dir, name: str, n: int = 64) -> bytes:
     if parent.storage.is_local:
         with open(os.path.join(parent.storage.local_root, parent.relpath, name), "rb") as f:
             return f.read(n)
-    return (parent.read(name) or b"")[:n]
+    try:  # a range read: a multi-GB PyTorch file is refused after 64 bytes
+        r = parent.storage.kv.read(parent.relpath + name, byte_range=slice(0, n)).result()
+        return bytes(r.value) if r.state == "value" else b""
+    except Exception:  # noqa: BLE001 - e.g. a file shorter than the range
+        return (parent.read(name) or b"")[:n]
 
 
 def _foreign_file(head: bytes, name: str, path: str | None) -> str | None:

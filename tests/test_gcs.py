@@ -128,6 +128,21 @@ def test_t5x_gfile_specs_read_from_the_checkpoints_own_bucket(gcs, copy_ckpt):
     assert kernel["mismatches"] == 50 and kernel["max_abs_diff"] == pytest.approx(1.0)
 
 
+def test_flax_msgpack_file_in_a_bucket_is_read_and_a_torch_file_refused(gcs, tmp_path):
+    from writers_msgpack import write_flax_msgpack
+
+    f = write_flax_msgpack(tmp_path / "flax", {"params/w": np.arange(4, dtype=np.float32)})
+    g = write_flax_msgpack(tmp_path / "flax2", {"params/w": np.arange(4, dtype=np.float32) + 1})
+    upload(str(f.parent), BUCKET, "flaxfile")
+    upload(str(g.parent), BUCKET, "flaxfile2")
+    upload(str(MAXTEXT.parent / "foreign/torch"), BUCKET, "torch")
+    assert run_cli(gs("flaxfile/state.msgpack"), f, "-q").code == 0
+    r = run_cli(gs("flaxfile/state.msgpack"), gs("flaxfile2/state.msgpack"), "--json", "-", "-q")
+    assert r.code == 1 and r.json["leaves"][0]["path"] == "params/w" and r.json["leaves"][0]["mismatches"] == 4
+    bad = run_cli(gs("torch/model.pt"), f)
+    assert bad.code == 2 and "a PyTorch checkpoint (torch.save zip), not supported" in bad.err, bad.err
+
+
 @pytest.mark.parametrize(
     "path,needle",
     [
