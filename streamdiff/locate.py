@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from .errors import NotACheckpointError, NotFoundError, UnfinishedCheckpointError, UsageError
+from .formats import foreign
 from .formats import msgpack as msgpack_format
 from .storage import Dir, Storage
 
@@ -31,7 +32,6 @@ NON_DATA = {"_CHECKPOINT_METADATA", "commit_success.txt", "orbax.checkpoint", "d
 #: File names a JSON item keeps its document in (orbax JsonCheckpointHandler / v1 JsonHandler).
 JSON_FILES = ("metadata", "data.json")
 PYTREE_FILES = {"_METADATA", "manifest.ocdbt", "checkpoint"}
-TF_DATA = re.compile(r"\.data-\d{5}-of-\d{5}$")
 
 
 class ItemKind(StrEnum):
@@ -219,7 +219,7 @@ def _step_items(d: Dir, children: dict[str, str]) -> tuple[tuple[Item, ...], tup
         if name in NON_DATA or name.startswith("ocdbt.process_"):
             continue
         if kind == "file":
-            items.append(Item(d, name, ItemKind.NOT_READ, file=name, why=f"a file ({_what_file(name)})"))
+            items.append(Item(d, name, ItemKind.NOT_READ, file=name, why=foreign.describe_file(name)))
             continue
         sub = d.child(name)
         sub_children = sub.list_children()
@@ -235,7 +235,7 @@ def _step_items(d: Dir, children: dict[str, str]) -> tuple[tuple[Item, ...], tup
         elif not sub_children:
             empty.append(name)
         else:
-            items.append(Item(sub, name, ItemKind.NOT_READ, why=_what_dir(sub_children)))
+            items.append(Item(sub, name, ItemKind.NOT_READ, why=foreign.describe_dir(sub_children)))
     if unfinished:
         raise UnfinishedCheckpointError(f"{d.display}: unfinished save (item(s) {', '.join(unfinished)} incomplete)")
     if not items:
@@ -250,30 +250,10 @@ def _json_item(d: Dir, name: str, children: dict[str, str]) -> Item:
     return Item(d, name, ItemKind.JSON, file=file)
 
 
-def _what_dir(children: dict[str, str]) -> str:
-    files = [n for n, k in children.items() if k == "file"]
-    if any(n.endswith(".index") for n in files) and any(TF_DATA.search(n) for n in files):
-        return "a TensorFlow checkpoint (e.g. a tf.data iterator), not supported"
-    return "a directory in no format streamdiff reads (" + ", ".join(sorted(children)[:5]) + ")"
-
-
-def _what_file(name: str) -> str:
-    if name.endswith(".index") or TF_DATA.search(name):
-        return "part of a TensorFlow checkpoint, not supported"
-    return "in no format streamdiff reads"
-
-
 def _refuse_foreign(d: Dir, children: dict[str, str]) -> None:
-    """A directory of a format we do not read, told by its file names: refused by name."""
-    files = [n for n, k in children.items() if k == "file"]
-    if "_METADATA" in files or "manifest.ocdbt" in files:
-        return
-    if any(n.endswith(".index") for n in files) and any(TF_DATA.search(n) for n in files):
-        raise NotACheckpointError(f"{d.display}: a TensorFlow checkpoint (.index + .data-*-of-*), not supported")
-    if "checkpoint" not in files and any(n.endswith(".safetensors") for n in files):
-        raise NotACheckpointError(f"{d.display}: safetensors files, not supported")
-    if "checkpoint" not in files and any(n.endswith((".pt", ".pth", ".bin")) for n in files):
-        raise NotACheckpointError(f"{d.display}: PyTorch checkpoint files (.pt/.pth/.bin), not supported")
+    what = foreign.dir_refusal([n for n, k in children.items() if k == "file"])
+    if what:
+        raise NotACheckpointError(f"{d.display}: {what}, not supported")
 
 
 def choose_items(a: Located, b: Located, item: str | None) -> list[tuple[str, Item, Item]]:
@@ -299,11 +279,9 @@ def choose_items(a: Located, b: Located, item: str | None) -> list[tuple[str, It
 
 def _file_item(parent: Dir, name: str, url: str) -> Item:
     """A file: a flax msgpack file is an item; other formats are refused by name."""
-    if TF_DATA.search(name) or name.endswith(".index"):
-        raise NotACheckpointError(f"{url}: part of a TensorFlow checkpoint, not supported")
-    head = _head(parent, name)
+    head = b"" if foreign.is_tf_file(name) else _head(parent, name)
     local = os.path.join(parent.storage.local_root, parent.relpath, name) if parent.storage.is_local else None
-    what = _foreign_file(head, name, local)
+    what = foreign.file_refusal(head, name, local)
     if what:
         raise NotACheckpointError(f"{url}: {what}, not supported")
     if msgpack_format.is_msgpack_map(head):
@@ -320,27 +298,3 @@ def _head(parent: Dir, name: str, n: int = 64) -> bytes:
         return bytes(r.value) if r.state == "value" else b""
     except Exception:  # noqa: BLE001 - e.g. a file shorter than the range
         return (parent.read(name) or b"")[:n]
-
-
-def _foreign_file(head: bytes, name: str, path: str | None) -> str | None:
-    """Name the formats people point a checkpoint diff at that we do not read, from the first bytes."""
-    if head.startswith(b"model_checkpoint_path"):
-        return "a TensorFlow checkpoint state file"
-    if len(head) > 9 and head[8:10] in (b'{"', b"{}") and int.from_bytes(head[:8], "little") > 1:
-        return "a safetensors file"
-    if head.startswith(b"PK\x03\x04"):
-        torch = name.endswith((".pt", ".pth", ".bin")) or (path is not None and _zip_has(path, "/data.pkl"))
-        return "a PyTorch checkpoint (torch.save zip)" if torch else "a zip archive"
-    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return "a PyTorch checkpoint (legacy pickle)" if name.endswith((".pt", ".pth", ".bin")) else "a Python pickle"
-    return None
-
-
-def _zip_has(path: str, suffix: str) -> bool:
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(n.endswith(suffix) for n in z.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False

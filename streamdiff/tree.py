@@ -18,7 +18,7 @@ import tensorstore as ts
 from . import dtypes
 from .datatypes import ArraySource, KeyPath, Kind, Leaf, Tree
 from .errors import CorruptCheckpointError, NotACheckpointError, StreamdiffError
-from .formats import json_item
+from .formats import foreign, json_item
 from .formats import msgpack as msgpack_format
 from .locate import Item, ItemKind
 from .storage import META_CACHE, Dir, result_bytes, storage_error
@@ -114,19 +114,12 @@ def build_tree(item: Dir) -> Tree:
         raw_meta = result_bytes(fut, f"{item.display}/{key}")
         if raw_meta is not None:
             zmeta[name] = (fmt, _parse_json(raw_meta, item, key))
-    # T5X: the spec carries the metadata; a `.zarray` beside the chunks, when there is one, wins.
-    specs = [e.spec for e in entries if e.spec is not None and e.spec.unsupported() is None]
-    for spec in specs:
-        if spec.path not in zmeta:
-            try:
-                zmeta[spec.path] = (2, spec.zarr_metadata())
-            except (KeyError, TypeError, ValueError) as exc:
-                notes.append(f"unreadable tensorstore spec for {spec.path!r}: {exc}")
-
+    specs, leaves_extra = _t5x_arrays(entries, zmeta, children)
     legacy_strings = _legacy_strings(item, [e for e in entries if _needs_array(e) and e.storage_name not in zmeta])
     leaves: dict[KeyPath, Leaf] = {}
     for e in entries:
         leaves[e.keys] = _make_leaf(e, item, ocdbt, zmeta, strings, legacy_strings, prng)
+    leaves.update(leaves_extra)
     fmts = sorted({f for f, _ in zmeta.values()})
     layout = ("ocdbt" if ocdbt else "per-leaf dirs") + (" + " + "/".join(f"zarr{f}" for f in fmts) if fmts else "")
     if specs:
@@ -134,6 +127,28 @@ def build_tree(item: Dir) -> Tree:
     elif msgpack_entries is not None:
         layout += " + legacy msgpack"
     return Tree(location=item.display, leaves=leaves, layout=layout, notes=tuple(notes))
+
+
+def _t5x_arrays(
+    entries: list[_Entry], zmeta: dict[str, tuple[int, dict]], children: dict[str, str]
+) -> tuple[list[msgpack_format.TsSpec], dict[KeyPath, Leaf]]:
+    """T5X: each readable spec's zarr metadata into `zmeta` (a `.zarray` beside the chunks, when
+    there is one, wins: the spec carries the same metadata); returns the specs and the leaves for what
+    else the checkpoint directory holds (T5X writes tf.data iterator state there), never skipped."""
+    specs = [e for e in entries if e.spec is not None and e.spec.unsupported() is None]
+    extra: dict[KeyPath, Leaf] = {}
+    for e in specs:
+        if e.spec.path not in zmeta:
+            try:
+                zmeta[e.spec.path] = (2, e.spec.zarr_metadata())
+            except (KeyError, TypeError, ValueError) as exc:
+                extra[e.keys] = Leaf(e.keys, "array", e.value_type, error=f"unreadable tensorstore spec: {exc!r}")
+    if specs:
+        used = {e.spec.path.split("/")[0] for e in specs}
+        for name in sorted(n for n in children if n != "checkpoint" and n not in used):
+            why = foreign.describe_file(name) if children[name] == "file" else "a directory no tensorstore spec names"
+            extra[(name,)] = Leaf((name,), "array", "unknown", not_compared=why)
+    return [e.spec for e in specs], extra
 
 
 def _open_ocdbt(item: Dir) -> ts.KvStore:
@@ -157,7 +172,7 @@ def _parse_msgpack(raw: bytes | None, item: Dir) -> list[msgpack_format.MsgpackE
     if raw is None:
         return None
     if raw.startswith(b"model_checkpoint_path"):
-        raise NotACheckpointError(f"{item.display}: a TensorFlow checkpoint, not supported")
+        raise NotACheckpointError(f"{item.display}: a TensorFlow checkpoint (.index + .data-*-of-*), not supported")
     try:
         return msgpack_format.entries(raw)
     except Exception as e:

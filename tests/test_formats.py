@@ -124,6 +124,23 @@ def test_t5x_spec_on_an_unknown_kvstore_is_not_compared(tmp_path):
     assert leaf["status"] == "not_compared" and "kvstore 'memory'" in leaf["message"]
 
 
+def test_t5x_tf_data_state_beside_the_arrays_is_not_compared_unless_a_rule_ignores_it(tmp_path):
+    sides = [_copy(T5X, tmp_path / n) for n in ("a", "b")]
+    for d in sides:  # T5X writes the tf.data iterator as train_ds-<shard>-of-<n> into the checkpoint dir
+        for f in ("ckpt-1.index", "ckpt-1.data-00000-of-00001"):
+            shutil.copy(FOREIGN / "tf_checkpoint" / f, d / f"train_ds-000-of-001{f[6:]}")
+    r = run_cli(*sides, "--json", "-", "-q")
+    assert r.code == 2
+    got = _leaves(r)
+    assert got["train_ds-000-of-001.index"]["status"] == "not_compared"
+    assert "TensorFlow" in got["train_ds-000-of-001.index"]["message"]
+    assert got[KERNEL]["status"] == "equal"
+    rules = tmp_path / "ignore.toml"
+    rules.write_text('[[rule]]\nop = "ignore"\npath = "train_ds-*"\n')
+    r = run_cli(*sides, "--rules", rules, "--json", "-", "-q")
+    assert r.code == 0 and len(r.json["ignored"]["a"]) == 2, r.out
+
+
 def _t5x_orbax_era(root: Path, kernel: np.ndarray, dataset_files: bool) -> Path:
     """T5X's OrbaxCheckpointManagerInterface layout: `checkpoint_<step>/state` (PyTreeCheckpointHandler,
     OCDBT) of `train_state.state_dict()` naming, and a `dataset` item (tf.data state, or nothing)."""
