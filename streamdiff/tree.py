@@ -10,6 +10,7 @@ one listing plus one concurrent batch of small reads describes every array.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +46,7 @@ def read_item(item: Item) -> Tree:
     if item.kind is ItemKind.JSON:
         return json_item.json_tree(item.dir.read(item.file), item.display)
     if item.kind is ItemKind.MSGPACK_FILE:
-        raw = item.dir.read(item.file)
+        raw = _read_whole(item.dir, item.file)
         if raw is None:
             raise CorruptCheckpointError(f"{item.display}: vanished while reading")
         try:
@@ -56,6 +57,20 @@ def read_item(item: Item) -> Tree:
         leaf = Leaf((), Kind.ARRAY, "unknown", not_compared=item.why)
         return Tree(location=item.display, leaves={(): leaf}, layout="not read")
     return build_tree(item.dir)
+
+
+def _read_whole(d: Dir, name: str) -> bytes | None:
+    """A whole file in one buffer: on local disk a plain read (tensorstore's read result and its
+    `.value` would hold the file two or three times over at the peak)."""
+    if d.storage.is_local:
+        try:
+            with open(os.path.join(d.storage.local_root, d.relpath, name), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StreamdiffError(f"{d.display}/{name}: {e.strerror}") from e
+    return d.read(name)
 
 
 def build_tree(item: Dir) -> Tree:

@@ -13,8 +13,9 @@ What a leaf can be:
   folder at that path relative to the checkpoint directory. The spec carries the metadata, so the
   folder needs no `.zarray` (T5X's own test checkpoints have none).
 
-A flax msgpack file is read whole into memory (bounded by the file's size): arrays are zero-copy
-views of the file's bytes, except flax's chunked arrays over 1 GiB, which are concatenated.
+A flax msgpack file is read whole into memory and each array copied out of it once (tensorstore
+can only reference aligned memory; msgpack offsets are arbitrary), after which the file's buffer is
+freed: a side holds about its file size, and up to twice that while it is decoded.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 import numpy as np
 
 from .. import dtypes  # noqa: F401  (ml_dtypes names for np.dtype)
@@ -81,27 +81,94 @@ class MsgpackEntry:
     spec: TsSpec | None = None  # T5X: the array is stored where this tensorstore spec says
 
 
-def _ndarray(data: bytes) -> np.ndarray:
-    shape, name, buf = msgpack.unpackb(data, raw=True)
-    name = name.decode() if isinstance(name, bytes) else name
-    return np.frombuffer(buf, dtype=np.dtype(name)).reshape(shape)
+class _Reader:
+    """msgpack over a memoryview of the whole file: payloads are sliced, not copied (msgpack-python
+    copies every ext payload, then its inner buffer, before the array is made)."""
 
+    _FIXED = {0xC0: None, 0xC2: False, 0xC3: True}
 
-def _ext(code: int, data: bytes) -> Any:
-    if code == 1:
-        return _ndarray(data)
-    if code == 2:
-        re, im = msgpack.unpackb(data)
-        return complex(re, im)
-    if code == 3:
-        return _ndarray(data)[()]
-    if code == 4:
-        return tuple(msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_ext))
-    raise ValueError(f"unknown msgpack ext type {code}")
+    def __init__(self, buf: memoryview, views: bool = False):
+        self.buf = buf
+        self.pos = 0
+        self.views = views  # bin as memoryview (inside an ndarray ext) or as bytes
+
+    def _take(self, n: int) -> memoryview:
+        start, self.pos = self.pos, self.pos + n
+        if self.pos > len(self.buf):
+            raise ValueError("truncated msgpack data")
+        return self.buf[start : self.pos]
+
+    def _uint(self, n: int) -> int:
+        return int.from_bytes(self._take(n), "big")
+
+    def value(self) -> Any:
+        b = self._take(1)[0]
+        if b <= 0x7F or b >= 0xE0:
+            return b if b <= 0x7F else b - 0x100
+        if b <= 0x8F:
+            return self._map(b & 0x0F)
+        if b <= 0x9F:
+            return [self.value() for _ in range(b & 0x0F)]
+        if b <= 0xBF:
+            return str(self._take(b & 0x1F), "utf-8")
+        if b in self._FIXED:
+            return self._FIXED[b]
+        if 0xC4 <= b <= 0xC6:  # bin 8/16/32
+            view = self._take(self._uint(1 << (b - 0xC4)))
+            return view if self.views else bytes(view)
+        if 0xC7 <= b <= 0xC9:  # ext 8/16/32
+            n = self._uint(1 << (b - 0xC7))
+            return self._ext(self._take(1).cast("b")[0], self._take(n))
+        if b == 0xCA:
+            return float(np.frombuffer(self._take(4), ">f4")[0])
+        if b == 0xCB:
+            return float(np.frombuffer(self._take(8), ">f8")[0])
+        if 0xCC <= b <= 0xCF:
+            return self._uint(1 << (b - 0xCC))
+        if 0xD0 <= b <= 0xD3:
+            return int.from_bytes(self._take(1 << (b - 0xD0)), "big", signed=True)
+        if 0xD4 <= b <= 0xD8:  # fixext 1/2/4/8/16
+            code = self._take(1).cast("b")[0]
+            return self._ext(code, self._take(1 << (b - 0xD4)))
+        if 0xD9 <= b <= 0xDB:
+            return str(self._take(self._uint(1 << (b - 0xD9))), "utf-8")
+        if b in (0xDC, 0xDD):
+            return [self.value() for _ in range(self._uint(2 if b == 0xDC else 4))]
+        if b in (0xDE, 0xDF):
+            return self._map(self._uint(2 if b == 0xDE else 4))
+        raise ValueError(f"invalid msgpack byte 0x{b:02x} at offset {self.pos - 1}")
+
+    def _map(self, n: int) -> dict:
+        out = {}
+        for _ in range(n):
+            k = self.value()
+            out[k] = self.value()
+        return out
+
+    @staticmethod
+    def _ext(code: int, data: memoryview) -> Any:
+        if code in (1, 3):  # ndarray / numpy scalar: msgpack((shape, dtype name, C-order bytes))
+            shape, name, buf = _Reader(data, views=True).value()
+            name = bytes(name).decode() if not isinstance(name, str) else name
+            # A copy: tensorstore can only reference aligned memory (msgpack offsets are arbitrary),
+            # and once every array is its own copy the file's buffer is freed.
+            arr = np.frombuffer(buf, dtype=np.dtype(name)).reshape(shape).copy()
+            return arr if code == 1 else arr[()]
+        if code == 2:
+            re, im = _Reader(data).value()
+            return complex(re, im)
+        if code == 4:  # orbax: tuple
+            return tuple(_Reader(data).value())
+        raise ValueError(f"unknown msgpack ext type {code}")
 
 
 def decode(raw: bytes) -> Any:
-    return msgpack.unpackb(raw, raw=False, strict_map_key=False, ext_hook=_ext, max_bin_len=len(raw))
+    """The decoded file; arrays are copies, so `raw` can be freed."""
+    r = _Reader(memoryview(raw))
+    out = r.value()
+    if r.pos != len(raw):
+        raise ValueError(f"{len(raw) - r.pos} bytes after the msgpack object")
+    return out
 
 
 def ts_spec(node: Any) -> TsSpec | None:
