@@ -253,6 +253,19 @@ def test_unknown_children_of_a_step_are_not_compared_never_skipped(tmp_path):
     assert r.json["verdict"] != "identical"
 
 
+def test_older_managers_metrics_item_is_compared_as_json(tmp_path):
+    """Older CheckpointManagers saved metrics as a JSON item `metrics/metrics` inside the step."""
+    arrays = {"w": np.ones(3, np.float32)}
+    sides = [write_orbax_jsonsave(tmp_path / n, arrays) for n in ("a", "b")]
+    for s, loss in zip(sides, (1.5, 1.25)):
+        (s / "metrics").mkdir()
+        (s / "metrics" / "metrics").write_text(f'{{"loss": {loss}}}')
+    r = run_cli(*sides, "--json", "-", "-q")
+    assert r.code == 1
+    leaf = _leaves(r)["metrics/loss"]
+    assert leaf["kind"] == "json" and leaf["status"] == "different" and leaf["message"] == "1.5 vs 1.25"
+
+
 # ------------------------------------------------------------------------------ flax msgpack files
 
 
