@@ -23,7 +23,7 @@ from .rules import Mapped, Pattern, apply_rules, dtype_allowed, load_rules_file,
 from .stats import Policy
 from .storage import io_counters
 from .stream import PairOutcome, compare_values
-from .tree import build_tree
+from .tree import read_item
 from .units import parse_size
 
 
@@ -208,8 +208,8 @@ def _resolve(a: str, b: str, steps: _Steps, item: str | None, io_concurrency: in
         if not any(leaf.kind != "empty" for t in trees for leaf in t.leaves.values()):
             where = ", ".join(t.location for t in trees) or url
             raise NotACheckpointError(f"no arrays or values found in {side} ({where}): nothing to compare")
-    if [i.dir.display for _, i, _ in matched] == [i.dir.display for _, _, i in matched]:
-        same = ", ".join(i.dir.display for _, i, _ in matched)
+    if [i.display for _, i, _ in matched] == [i.display for _, _, i in matched]:
+        same = ", ".join(i.display for _, i, _ in matched)
         la = replace(la, notes=(f"A and B are the same directory ({same})",) + la.notes)
     return la, lb, matched, trees_a, trees_b
 
@@ -266,8 +266,8 @@ def _notes(located: tuple[str, ...], trees: list[Tree]) -> tuple[str, ...]:
 def _build_trees(matched: list[tuple[str, Item, Item]]) -> tuple[list[Tree], list[Tree]]:
     """Both sides' metadata at once: on remote storage this halves the wall time."""
     with ThreadPoolExecutor(max(2, 2 * len(matched))) as pool:
-        fa = [pool.submit(build_tree, m[1].dir) for m in matched]
-        fb = [pool.submit(build_tree, m[2].dir) for m in matched]
+        fa = [pool.submit(read_item, m[1]) for m in matched]
+        fb = [pool.submit(read_item, m[2]) for m in matched]
         return [f.result() for f in fa], [f.result() for f in fb]
 
 
@@ -277,7 +277,8 @@ def _merge_items(trees: list[tuple[str, Tree]]) -> dict[KeyPath, Leaf]:
     out: dict[KeyPath, Leaf] = {}
     for prefix, t in trees:
         for path, leaf in t.leaves.items():
-            new = (prefix,) + path if prefix else path
+            # A JSON item holding one value, or an item not read, is one leaf at the item's root.
+            new = ((prefix,) + path if prefix else path) or (t.location.rsplit("/", 1)[-1],)
             out[new] = replace(leaf, path=new, source_path=new)
     return out
 

@@ -23,7 +23,16 @@ from importlib import resources
 from .datatypes import KeyPath, Leaf, format_path
 from .rules import Mapped, Pattern, RulesError, RuleSet, View, parse_rules, view_of, with_view
 
-PRESETS = ("maxtext-linen", "maxtext-nnx-released", "maxtext-nnx", "maxtext-nnx-converter")
+PRESETS = (
+    "maxtext-linen",
+    "maxtext-nnx-released",
+    "maxtext-nnx",
+    "maxtext-nnx-converter",
+    "flax-nnx-state",
+    "flax-linen",
+)
+#: Flax Linen variable collections that hold per-module state (`flax-linen` strips params/ and batch_stats/).
+LINEN_COLLECTIONS = {"params", "batch_stats"}
 #: Per-layer paths: Linen names layers `layers_<i>`, unscanned NNX keeps them in a dict `layers/<i>`.
 UNSCANNED = (
     Pattern.compile("{pre:**}/layers_{i:int}/{rest:**}"),
@@ -39,7 +48,12 @@ def load_preset(name: str) -> RuleSet:
 
 
 def detect(paths: list[KeyPath]) -> str | None:
-    """The MaxText layout of a tree, from its paths alone; None when it is not one."""
+    """The MaxText or generic Flax layout of a tree, from its paths alone; None when it is none.
+
+    Generic Flax, after MaxText: `flax-nnx-state` when every leaf is an NNX Variable's `value`
+    (`nnx.state(model)` saved directly), `flax-linen` when every leaf sits under a Linen
+    collection (`params`, `batch_stats`). A plain module tree (`nnx.to_pure_dict`) is no layout:
+    the other side's preset maps it to that form."""
 
     def has(*prefix: str) -> bool:
         return any(p[: len(prefix)] == prefix for p in paths)
@@ -51,6 +65,10 @@ def detect(paths: list[KeyPath]) -> str | None:
             return "maxtext-nnx-converter"
         if has("optimizer") or has("model", "decoder"):
             return "maxtext-nnx"
+    if paths and all(len(p) > 1 and p[-1] == "value" for p in paths):
+        return "flax-nnx-state"
+    if has("params") and all(p and p[0] in LINEN_COLLECTIONS and len(p) > 1 for p in paths):
+        return "flax-linen"
     return None
 
 

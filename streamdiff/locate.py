@@ -1,34 +1,61 @@
 """Turn what the user typed into the PyTree item directories to read.
 
-Accepts an item directory, a step directory, or a CheckpointManager root (orbax-format.md §2, §12.A).
-Unfinished saves are refused: a `.orbax-checkpoint-tmp` anywhere in the name, a step whose
-`_CHECKPOINT_METADATA` has no commit timestamp, a remote step without `commit_success.txt`, or an
-item with per-process OCDBT data but no root manifest.
+Accepts an item directory, a step directory, or a CheckpointManager root (orbax-format.md §2, §12.A),
+and flax msgpack files (alone, or as `checkpoint_<step>` files of a `flax.training.checkpoints` folder).
+A step's children are PyTree items, JSON items (`JsonSave`, orbax v1 `data.json`), known files that
+hold no data, or something else, which becomes an item that is reported as not compared: nothing a
+step holds is skipped in silence. Unfinished saves are refused: a `.orbax-checkpoint-tmp` anywhere in
+the name, a step whose `_CHECKPOINT_METADATA` has no commit timestamp, a remote step without
+`commit_success.txt`, or an item with per-process OCDBT data but no root manifest. Formats we do not
+read (TensorFlow checkpoints, safetensors, PyTorch) are refused by name.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 
-import msgpack
-
-from .errors import NotACheckpointError, NotFoundError, StreamdiffError, UnfinishedCheckpointError, UsageError
+from .errors import NotACheckpointError, NotFoundError, UnfinishedCheckpointError, UsageError
+from .formats import foreign
+from .formats import msgpack as msgpack_format
 from .storage import Dir, Storage
 
 TMP_MARK = ".orbax-checkpoint-tmp"
 STEP_NAME = re.compile(r"^(?:.*_)?(\d+)$")
-#: Children of a step directory that are never PyTree items.
-NOT_ITEMS = {"metrics", "descriptor", "metadata"}
+#: flax.training.checkpoints files (`checkpoint_<step>`, flax_use_orbax_checkpointing=False).
+FLAX_STEP_FILE = re.compile(r"^checkpoint_(\d+)$")
+#: Children of a step directory that hold no data: manager bookkeeping and orbax's handler descriptor.
+NON_DATA = {"_CHECKPOINT_METADATA", "commit_success.txt", "orbax.checkpoint", "descriptor"}
+#: File names a JSON item keeps its document in (orbax JsonCheckpointHandler / v1 JsonHandler).
+JSON_FILES = ("metadata", "data.json")
+PYTREE_FILES = {"_METADATA", "manifest.ocdbt", "checkpoint"}
+
+
+class ItemKind(StrEnum):
+    """How an item is read: tree.read_item dispatches on it."""
+
+    PYTREE = "pytree"  # an Orbax PyTree item directory (or legacy / T5X msgpack `checkpoint` dir)
+    JSON = "json"  # a JSON document: each value a leaf of kind json
+    MSGPACK_FILE = "msgpack_file"  # a flax msgpack file
+    NOT_READ = "not_read"  # stored under a step, in no format we read: one not_compared leaf
 
 
 @dataclass(frozen=True)
 class Item:
-    """One PyTree item directory chosen for diffing."""
+    """One item chosen for diffing."""
 
     dir: Dir
     name: str  # item name within its step ('' when the user named the item dir itself)
+    kind: ItemKind = ItemKind.PYTREE
+    file: str | None = None  # JSON / msgpack items: the file within `dir`
+    why: str | None = None  # NOT_READ: what it is and why it is not compared
+
+    @property
+    def display(self) -> str:
+        return f"{self.dir.display}/{self.file}" if self.file else self.dir.display
 
 
 @dataclass(frozen=True)
@@ -43,19 +70,28 @@ class Located:
 def locate(url: str, step: int | None = None, io_concurrency: int | None = None) -> Located:
     """Resolve a user path to its PyTree item(s)."""
     storage = Storage.open(url, io_concurrency)
+    if storage.is_local and os.path.isfile(storage.local_root):
+        parent, name = os.path.split(storage.local_root)
+        return Located((_file_item(Dir(Storage.open(parent, io_concurrency)), name, url),), ())
     root = Dir(storage)
-    if storage.is_local:
-        import os
+    children = root.list_children()
+    if not children and not storage.is_local:
+        # Nothing under `url/`: maybe `url` is an object itself (a flax msgpack file in a bucket).
+        head, _, name = storage.url.rstrip("/").rpartition("/")
+        if name and head.partition("://")[2]:
+            parent = Dir(Storage.open(head, io_concurrency))
+            try:
+                found = parent.read_async(name).result().state == "value"
+            except Exception:  # noqa: BLE001 - a missing bucket: said below as "no objects under this path"
+                found = False
+            if found:
+                return Located((_file_item(parent, name, url),), ())
+    return _resolve(root, step, children)
 
-        if os.path.isfile(storage.local_root):
-            raise _file_error(storage.local_root, url)
-    return _resolve(root, step)
 
-
-def _resolve(d: Dir, step: int | None) -> Located:
+def _resolve(d: Dir, step: int | None, children: dict[str, str]) -> Located:
     if TMP_MARK in d.display.rsplit("/", 1)[-1]:
         raise UnfinishedCheckpointError(f"{d.display}: unfinished save (name contains '{TMP_MARK}')")
-    children = d.list_children()
     if not children:
         if d.storage.is_local:
             raise NotACheckpointError(f"{d.display}: empty directory, not a checkpoint")
@@ -64,13 +100,21 @@ def _resolve(d: Dir, step: int | None) -> Located:
     # --step applies to roots; a side given as an item or step directory is used as it is (the
     # caller checks that at least one side was a root).
     if kind in ("item", "unfinished_item"):
+        _refuse_foreign(d, children)
         _check_item_finished(d, children)
         _check_step_finished(d, children, required=False)
         return Located((Item(d, ""),), ())
+    if kind == "json_item":
+        return Located((_json_item(d, "", children),), ())
     if kind == "step":
-        return Located(_step_items(d, children), ())
+        return Located(*_step_items(d, children))
     steps = _steps(children)
     if not steps:
+        _refuse_foreign(d, children)
+        if any(classify(d.child(n).list_children()) != "other" for n, k in children.items() if k == "dir"):
+            # A step of an older CheckpointManager: items inside, no _CHECKPOINT_METADATA (§2).
+            items, notes = _step_items(d, children)
+            return Located(items, ("step directory without _CHECKPOINT_METADATA (older CheckpointManager)",) + notes)
         raise NotACheckpointError(
             f"{d.display}: not an Orbax checkpoint (no _METADATA, no manifest.ocdbt, no step directories)"
         )
@@ -80,21 +124,20 @@ def _resolve(d: Dir, step: int | None) -> Located:
         if not chosen:
             have = ", ".join(str(n) for n, _ in sorted(set(steps))[:20])
             raise NotFoundError(f"{d.display}: no step {step} (steps: {have})")
-        sd = d.child(chosen[0])
-        items = _step_items(sd, sd.list_children())
-        return Located(items, (f"step {step}",), is_root=True)
+        items, step_notes = _step(d, chosen[0], children)
+        return Located(items, (f"step {step}",) + step_notes, is_root=True)
     skipped = []
     for num, name in sorted(steps, reverse=True):
-        sd = d.child(name)
         if TMP_MARK in name:
             skipped.append(name)
             continue
         try:
-            items = _step_items(sd, sd.list_children())
+            items, step_notes = _step(d, name, children)
         except UnfinishedCheckpointError:
             skipped.append(name)
             continue
         notes.append(f"step {num} (latest committed of {len(steps)})")
+        notes.extend(step_notes)
         if skipped:
             notes.append(f"skipped unfinished: {', '.join(skipped)}")
         return Located(items, tuple(notes), is_root=True)
@@ -102,36 +145,47 @@ def _resolve(d: Dir, step: int | None) -> Located:
 
 
 def classify(children: dict[str, str]) -> str:
-    """'item', 'unfinished_item', 'step' or 'other' from a directory's children (§12.A)."""
+    """'item', 'unfinished_item', 'json_item', 'step' or 'other' from a directory's children (§12.A)."""
     files = {n for n, k in children.items() if k == "file"}
-    if files & {"_METADATA", "manifest.ocdbt", "checkpoint"}:
+    if files & PYTREE_FILES:
         return "item"
     if any(n.startswith("ocdbt.process_") for n in children):
         return "unfinished_item"
+    # A JSON item has its own commit_success.txt, so it is told apart before the step markers.
+    if files & set(JSON_FILES) and not files & {"_CHECKPOINT_METADATA", "orbax.checkpoint"}:
+        return "json_item"
     if files & {"_CHECKPOINT_METADATA", "commit_success.txt", "orbax.checkpoint"}:
         return "step"
     return "other"
 
 
 def _steps(children: dict[str, str]) -> list[tuple[int, str]]:
+    """Step directories, and flax `checkpoint_<step>` msgpack files."""
     out = []
     for name, kind in children.items():
-        if kind != "dir":
-            continue
-        m = STEP_NAME.match(name.split(TMP_MARK)[0])
+        m = STEP_NAME.match(name.split(TMP_MARK)[0]) if kind == "dir" else FLAX_STEP_FILE.match(name)
         if m:
             out.append((int(m.group(1)), name))
     return out
 
 
+def _step(root: Dir, name: str, children: dict[str, str]) -> tuple[tuple[Item, ...], tuple[str, ...]]:
+    if children.get(name) == "file":
+        return (_file_item(root, name, root.display + "/" + name),), ()
+    sd = root.child(name)
+    children = sd.list_children()
+    if classify(children) == "item":  # a step that is itself an item (T5X, flax.training.checkpoints)
+        _check_item_finished(sd, children)
+        _check_step_finished(sd, children, required=False)
+        return (Item(sd, ""),), ()
+    return _step_items(sd, children)
+
+
 def _check_item_finished(d: Dir, children: dict[str, str]) -> None:
+    """Per-process OCDBT stores are merged into the root manifest as the save's last act (§7)."""
     files = {n for n, k in children.items() if k == "file"}
-    if not files & {"_METADATA", "manifest.ocdbt", "checkpoint"} and any(
-        n.startswith("ocdbt.process_") for n in children
-    ):
-        raise UnfinishedCheckpointError(
-            f"{d.display}: unfinished save (per-process OCDBT data but no manifest.ocdbt or _METADATA)"
-        )
+    if "manifest.ocdbt" not in files and any(n.startswith("ocdbt.process_") for n in children):
+        raise UnfinishedCheckpointError(f"{d.display}: unfinished save (per-process OCDBT data but no manifest.ocdbt)")
 
 
 def _check_step_finished(d: Dir, children: dict[str, str], required: bool) -> None:
@@ -152,14 +206,20 @@ def _check_step_finished(d: Dir, children: dict[str, str], required: bool) -> No
         raise UnfinishedCheckpointError(f"{d.display}: unfinished save (no commit_success.txt on object storage)")
 
 
-def _step_items(d: Dir, children: dict[str, str]) -> tuple[Item, ...]:
+def _step_items(d: Dir, children: dict[str, str]) -> tuple[tuple[Item, ...], tuple[str, ...]]:
+    """Every child of a step becomes an item, unless it is bookkeeping (`NON_DATA`) or an empty
+    directory; what is in no format we read becomes a NOT_READ item, reported as not compared."""
     if TMP_MARK in d.name:
         raise UnfinishedCheckpointError(f"{d.display}: unfinished save (name contains '{TMP_MARK}')")
     _check_step_finished(d, children, required=True)
     items = []
     unfinished = []
+    empty = []
     for name, kind in sorted(children.items()):
-        if kind != "dir" or name in NOT_ITEMS or name.startswith("ocdbt.process_"):
+        if name in NON_DATA or name.startswith("ocdbt.process_"):
+            continue
+        if kind == "file":
+            items.append(Item(d, name, ItemKind.NOT_READ, file=name, why=foreign.describe_file(name)))
             continue
         sub = d.child(name)
         sub_children = sub.list_children()
@@ -167,12 +227,33 @@ def _step_items(d: Dir, children: dict[str, str]) -> tuple[Item, ...]:
         if TMP_MARK in name or k == "unfinished_item":
             unfinished.append(name)
         elif k == "item":
+            _check_item_finished(sub, sub_children)
             items.append(Item(sub, name))
+        elif k == "json_item" or set(sub_children) - {"commit_success.txt"} == {name}:
+            # JSON items; older managers kept metrics as `metrics/metrics` (JsonCheckpointHandler).
+            items.append(_json_item(sub, name, sub_children))
+        elif not sub_children:
+            empty.append(name)
+        else:
+            items.append(Item(sub, name, ItemKind.NOT_READ, why=foreign.describe_dir(sub_children)))
     if unfinished:
         raise UnfinishedCheckpointError(f"{d.display}: unfinished save (item(s) {', '.join(unfinished)} incomplete)")
     if not items:
-        raise NotACheckpointError(f"{d.display}: step directory without any PyTree item")
-    return tuple(items)
+        raise NotACheckpointError(f"{d.display}: step directory without any item holding data")
+    notes = (f"empty item directories (nothing stored): {', '.join(empty)}",) if empty else ()
+    return tuple(items), notes
+
+
+def _json_item(d: Dir, name: str, children: dict[str, str]) -> Item:
+    own = d.name if children.get(d.name) == "file" else None  # e.g. the manager's metrics/metrics
+    file = next(f for f in (*JSON_FILES, own) if f and children.get(f) == "file")
+    return Item(d, name, ItemKind.JSON, file=file)
+
+
+def _refuse_foreign(d: Dir, children: dict[str, str]) -> None:
+    what = foreign.dir_refusal([n for n, k in children.items() if k == "file"])
+    if what:
+        raise NotACheckpointError(f"{d.display}: {what}, not supported")
 
 
 def choose_items(a: Located, b: Located, item: str | None) -> list[tuple[str, Item, Item]]:
@@ -196,16 +277,24 @@ def choose_items(a: Located, b: Located, item: str | None) -> list[tuple[str, It
     raise UsageError(f"several PyTree items (A: {', '.join(na)}; B: {', '.join(nb)}): choose one with --item NAME")
 
 
-def _file_error(path: str, url: str) -> StreamdiffError:
-    """A plain file: maybe a flax msgpack checkpoint, which we name; otherwise not a checkpoint."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(1 << 20)
-        obj = msgpack.unpackb(head, raw=False, strict_map_key=False, ext_hook=lambda c, d: None)
-        if isinstance(obj, dict):
-            return NotACheckpointError(
-                f"{url}: a flax msgpack checkpoint file (flax_use_orbax_checkpointing=False), not an Orbax directory"
-            )
-    except Exception:  # noqa: BLE001 - anything unparsable is simply "not a checkpoint"
-        pass
-    return NotACheckpointError(f"{url}: a file, not an Orbax checkpoint directory")
+def _file_item(parent: Dir, name: str, url: str) -> Item:
+    """A file: a flax msgpack file is an item; other formats are refused by name."""
+    head = b"" if foreign.is_tf_file(name) else _head(parent, name)
+    local = os.path.join(parent.storage.local_root, parent.relpath, name) if parent.storage.is_local else None
+    what = foreign.file_refusal(head, name, local)
+    if what:
+        raise NotACheckpointError(f"{url}: {what}, not supported")
+    if msgpack_format.is_msgpack_map(head):
+        return Item(parent, "", ItemKind.MSGPACK_FILE, file=name)
+    raise NotACheckpointError(f"{url}: a file, not an Orbax checkpoint directory nor a flax msgpack file")
+
+
+def _head(parent: Dir, name: str, n: int = 64) -> bytes:
+    if parent.storage.is_local:
+        with open(os.path.join(parent.storage.local_root, parent.relpath, name), "rb") as f:
+            return f.read(n)
+    try:  # a range read: a multi-GB PyTorch file is refused after 64 bytes
+        r = parent.storage.kv.read(parent.relpath + name, byte_range=slice(0, n)).result()
+        return bytes(r.value) if r.state == "value" else b""
+    except Exception:  # noqa: BLE001 - e.g. a file shorter than the range
+        return (parent.read(name) or b"")[:n]

@@ -1,7 +1,8 @@
 """Build a checkpoint item's tree from metadata alone (orbax-format.md §12.B). No chunk data is read.
 
 Structure comes from `_METADATA.tree_metadata[*].key_metadata` (never from splitting names on '.'),
-else from the legacy msgpack `checkpoint` file, else (ambiguous) from the stored array names.
+else from the msgpack `checkpoint` file (legacy orbax, or T5X whose leaves are tensorstore specs, see
+formats/msgpack.py), else (ambiguous) from the stored array names.
 Shapes and dtypes come from each array's zarr metadata, which for OCDBT is inline in the B-tree, so
 one listing plus one concurrent batch of small reads describes every array.
 """
@@ -9,16 +10,18 @@ one listing plus one concurrent batch of small reads describes every array.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import tensorstore as ts
 
-from . import dtypes, legacy_msgpack
-from .datatypes import ArraySource, KeyPath, Leaf, Tree
-from .errors import CorruptCheckpointError, StreamdiffError
-from .formats import ocdbt
+from . import dtypes
+from .datatypes import ArraySource, KeyPath, Kind, Leaf, Tree
+from .errors import CorruptCheckpointError, NotACheckpointError, StreamdiffError
+from .formats import foreign, json_item, ocdbt
+from .formats import msgpack as msgpack_format
+from .locate import Item, ItemKind
 from .storage import META_CACHE, Dir, result_bytes, storage_error
 
 EMPTY_TYPES = {"None", "Dict", "List", "Tuple", "NamedTuple"}
@@ -35,6 +38,39 @@ class _Entry:
     skip_deserialize: bool = False
     inline: Any = None  # value from the legacy msgpack file
     has_inline: bool = False
+    spec: msgpack_format.TsSpec | None = None  # T5X: the array is where this tensorstore spec says
+
+
+def read_item(item: Item) -> Tree:
+    """The tree of any item `locate` found: dispatch on its kind to the reader of its format."""
+    if item.kind is ItemKind.JSON:
+        return json_item.json_tree(item.dir.read(item.file), item.display)
+    if item.kind is ItemKind.MSGPACK_FILE:
+        raw = _read_whole(item.dir, item.file)
+        if raw is None:
+            raise CorruptCheckpointError(f"{item.display}: vanished while reading")
+        try:
+            return msgpack_format.file_tree(raw, item.display)
+        except Exception as e:  # noqa: BLE001 - any decoding failure is one line for the user
+            raise CorruptCheckpointError(f"{item.display}: unreadable flax msgpack file ({e})") from e
+    if item.kind is ItemKind.NOT_READ:
+        leaf = Leaf((), Kind.ARRAY, "unknown", not_compared=item.why)
+        return Tree(location=item.display, leaves={(): leaf}, layout="not read")
+    return build_tree(item.dir)
+
+
+def _read_whole(d: Dir, name: str) -> bytes | None:
+    """A whole file in one buffer: on local disk a plain read (tensorstore's read result and its
+    `.value` would hold the file two or three times over at the peak)."""
+    if d.storage.is_local:
+        try:
+            with open(os.path.join(d.storage.local_root, d.relpath, name), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StreamdiffError(f"{d.display}/{name}: {e.strerror}") from e
+    return d.read(name)
 
 
 def build_tree(item: Dir) -> Tree:
@@ -106,16 +142,41 @@ def build_tree(item: Dir) -> Tree:
             if raw_meta not in parsed:
                 parsed[raw_meta] = _parse_json(raw_meta, item, key)
             zmeta[name] = (fmt, parsed[raw_meta])
-
+    specs, leaves_extra = _t5x_arrays(entries, zmeta, children)
     legacy_strings = _legacy_strings(item, [e for e in entries if _needs_array(e) and e.storage_name not in zmeta])
     leaves: dict[KeyPath, Leaf] = {}
     for e in entries:
         leaves[e.keys] = _make_leaf(e, item, ocdbt, zmeta, strings, legacy_strings, prng)
+    leaves.update(leaves_extra)
     fmts = sorted({f for f, _ in zmeta.values()})
     layout = ("ocdbt" if ocdbt else "per-leaf dirs") + (" + " + "/".join(f"zarr{f}" for f in fmts) if fmts else "")
-    if msgpack_entries is not None:
+    if specs:
+        layout = "T5X: msgpack checkpoint of tensorstore specs + zarr2 folders"
+    elif msgpack_entries is not None:
         layout += " + legacy msgpack"
     return Tree(location=item.display, leaves=leaves, layout=layout, notes=tuple(notes))
+
+
+def _t5x_arrays(
+    entries: list[_Entry], zmeta: dict[str, tuple[int, dict]], children: dict[str, str]
+) -> tuple[list[msgpack_format.TsSpec], dict[KeyPath, Leaf]]:
+    """T5X: each readable spec's zarr metadata into `zmeta` (a `.zarray` beside the chunks, when
+    there is one, wins: the spec carries the same metadata); returns the specs and the leaves for what
+    else the checkpoint directory holds (T5X writes tf.data iterator state there), never skipped."""
+    specs = [e for e in entries if e.spec is not None and e.spec.unsupported() is None]
+    extra: dict[KeyPath, Leaf] = {}
+    for e in specs:
+        if e.spec.path not in zmeta:
+            try:
+                zmeta[e.spec.path] = (2, e.spec.zarr_metadata())
+            except (KeyError, TypeError, ValueError) as exc:
+                extra[e.keys] = Leaf(e.keys, "array", e.value_type, error=f"unreadable tensorstore spec: {exc!r}")
+    if specs:
+        used = {e.spec.path.split("/")[0] for e in specs}
+        for name in sorted(n for n in children if n != "checkpoint" and n not in used):
+            why = foreign.describe_file(name) if children[name] == "file" else "a directory no tensorstore spec names"
+            extra[(name,)] = Leaf((name,), "array", "unknown", not_compared=why)
+    return [e.spec for e in specs], extra
 
 
 def _open_ocdbt(item: Dir) -> ts.KvStore:
@@ -135,11 +196,13 @@ def _parse_json(raw: bytes | None, item: Dir, name: str) -> Any:
         raise CorruptCheckpointError(f"{item.display}/{name}: unreadable JSON ({e})") from e
 
 
-def _parse_msgpack(raw: bytes | None, item: Dir) -> list[legacy_msgpack.MsgpackEntry] | None:
+def _parse_msgpack(raw: bytes | None, item: Dir) -> list[msgpack_format.MsgpackEntry] | None:
     if raw is None:
         return None
+    if raw.startswith(b"model_checkpoint_path"):
+        raise NotACheckpointError(f"{item.display}: a TensorFlow checkpoint (.index + .data-*-of-*), not supported")
     try:
-        return legacy_msgpack.entries(raw)
+        return msgpack_format.entries(raw)
     except Exception as e:
         raise CorruptCheckpointError(f"{item.display}/checkpoint: unreadable msgpack ({e})") from e
 
@@ -193,9 +256,12 @@ def _entries_from_metadata(metadata: Any, item: Dir, packed: list | None) -> lis
     return [e for e in raw if e.keys not in prefixes]
 
 
-def _entries_from_msgpack(packed: list[legacy_msgpack.MsgpackEntry]) -> list[_Entry]:
+def _entries_from_msgpack(packed: list[msgpack_format.MsgpackEntry]) -> list[_Entry]:
     out = []
     for m in packed:
+        if m.spec is not None:
+            out.append(_Entry(m.keys, "tensorstore_spec", m.spec.path, spec=m.spec))
+            continue
         if m.placeholder is not None:
             out.append(_Entry(m.keys, "unknown", m.placeholder))
             continue
@@ -213,6 +279,8 @@ def _entries_from_msgpack(packed: list[legacy_msgpack.MsgpackEntry]) -> list[_En
 
 
 def _needs_array(e: _Entry) -> bool:
+    if e.spec is not None and e.spec.unsupported():
+        return False  # reported as not compared; its path may not even be a key
     return e.value_type not in EMPTY_TYPES and e.value_type != "string" and not e.has_inline
 
 
@@ -277,7 +345,9 @@ def _make_leaf(
     if e.value_type in EMPTY_TYPES:
         return Leaf(e.keys, "empty", e.value_type)
     if e.has_inline:
-        return _inline_leaf(e)
+        return msgpack_format.inline_leaf(e.keys, e.inline, e.value_type)
+    if e.spec is not None and e.spec.unsupported():
+        return Leaf(e.keys, "array", e.value_type, not_compared=e.spec.unsupported())
     if e.value_type == "string" or e.storage_name in legacy_strings:
         name = e.storage_name
         if name in strings:
@@ -307,17 +377,6 @@ def _make_leaf(
     else:
         kind = "array"
     return Leaf(e.keys, kind, e.value_type, shape=shape, dtype=dtype, source=source, prng_impl=impl)
-
-
-def _inline_leaf(e: _Entry) -> Leaf:
-    v = e.inline
-    if isinstance(v, str):
-        return Leaf(e.keys, "string", "string", value=v)
-    arr = np.asarray(v)
-    if arr.dtype.kind in "OUS":
-        return Leaf(e.keys, "array", e.value_type, error=f"unsupported inline value of type {type(v).__name__}")
-    kind = "array" if isinstance(v, np.ndarray) and arr.ndim else "scalar"
-    return Leaf(e.keys, kind, e.value_type, shape=arr.shape, dtype=arr.dtype.name, value=arr)
 
 
 def _array_source(item: Dir, ocdbt: bool, name: str, fmt: int, md: dict) -> tuple[ArraySource, tuple, str]:

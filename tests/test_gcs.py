@@ -97,6 +97,48 @@ def test_step_without_commit_file_is_unfinished_on_object_storage(gcs, copy_ckpt
     assert r.code == 2 and "commit_success.txt" in r.err
 
 
+def test_t5x_gfile_specs_read_from_the_checkpoints_own_bucket(gcs, copy_ckpt):
+    """T5X's `gfile` kvstore means: this path, relative to the checkpoint, on its own storage."""
+    from writers_msgpack import open_t5x_array, t5x_specs
+
+    a = copy_ckpt(MAXTEXT.parent / "t5x/tiny_t5_checkpoint_1", "t5x_a")
+    b = copy_ckpt(MAXTEXT.parent / "t5x/tiny_t5_checkpoint_1", "t5x_b")
+    for d in (a, b):
+        os.chmod(d, 0o755)
+        for f in d.rglob("*"):
+            os.chmod(f, 0o755 if f.is_dir() else 0o644)
+    spec = t5x_specs(b)["optimizer"]["state"]["param_states"]["kernel"]
+    t = open_t5x_array(b, spec)
+    t.write(t.read().result() + 1.0).result()
+    upload(str(a), BUCKET, "t5x_a")
+    upload(str(b), BUCKET, "t5x_b")
+    assert run_cli(gs("t5x_a"), a, "-q").code == 0
+    local = run_cli(a, b, "--json", "-", "-q")
+    remote = run_cli(gs("t5x_a"), gs("t5x_b"), "--json", "-", "-q")
+    assert local.code == remote.code == 1, remote.err
+    strip = ("seconds", "bytes_read", "requests")
+    assert [{k: v for k, v in x.items() if k not in strip} for x in remote.json["leaves"]] == [
+        {k: v for k, v in x.items() if k not in strip} for x in local.json["leaves"]
+    ]
+    kernel = {x["path"]: x for x in remote.json["leaves"]}["optimizer/state/param_states/kernel"]
+    assert kernel["mismatches"] == 50 and kernel["max_abs_diff"] == pytest.approx(1.0)
+
+
+def test_flax_msgpack_file_in_a_bucket_is_read_and_a_torch_file_refused(gcs, tmp_path):
+    from writers_msgpack import write_flax_msgpack
+
+    f = write_flax_msgpack(tmp_path / "flax", {"params/w": np.arange(4, dtype=np.float32)})
+    g = write_flax_msgpack(tmp_path / "flax2", {"params/w": np.arange(4, dtype=np.float32) + 1})
+    upload(str(f.parent), BUCKET, "flaxfile")
+    upload(str(g.parent), BUCKET, "flaxfile2")
+    upload(str(MAXTEXT.parent / "foreign/torch"), BUCKET, "torch")
+    assert run_cli(gs("flaxfile/state.msgpack"), f, "-q").code == 0
+    r = run_cli(gs("flaxfile/state.msgpack"), gs("flaxfile2/state.msgpack"), "--json", "-", "-q")
+    assert r.code == 1 and r.json["leaves"][0]["path"] == "params/w" and r.json["leaves"][0]["mismatches"] == 4
+    bad = run_cli(gs("torch/model.pt"), f)
+    assert bad.code == 2 and "a PyTorch checkpoint (torch.save zip), not supported" in bad.err, bad.err
+
+
 @pytest.mark.parametrize(
     "path,needle",
     [
