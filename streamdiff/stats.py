@@ -106,6 +106,15 @@ class LeafStats:
             return 0.0
         return math.sqrt(math.fsum(self.sq_sums) / self.n_defined)
 
+    @property
+    def rms_reported(self) -> float | None:
+        """`rms`, or None when it cannot be known: chunks settled by equal bytes were not decoded,
+        so their NaN positions (which do not count towards the mean) are unknown; that matters only
+        when some difference is nonzero (else the rms is 0 whatever the count)."""
+        if self.nan_unknown and math.fsum(self.sq_sums) > 0:
+            return None
+        return self.rms
+
     def to_dict(self, shape: tuple[int, ...]) -> dict[str, Any]:
         def idx(flat: int) -> list[int] | None:
             if flat < 0:
@@ -120,7 +129,7 @@ class LeafStats:
             "max_abs_diff_values": None if self.max_abs_values is None else list(self.max_abs_values),
             "max_rel_diff": self.max_rel,
             "max_rel_diff_index": idx(self.max_rel_index),
-            "rms_diff": self.rms,
+            "rms_diff": self.rms_reported,
             "nan_a": None if self.nan_unknown else self.nan_a,
             "nan_b": None if self.nan_unknown else self.nan_b,
             "inf_a": None if self.nan_unknown else self.inf_a,
@@ -137,7 +146,7 @@ class LeafStats:
                     "count": v.count,
                     "mismatches": v.mismatches,
                     "max_abs_diff": v.max_abs,
-                    "rms_diff": v.rms,
+                    "rms_diff": v.rms_reported,
                 }
                 for k, v in sorted(self.layers.items())
             ]
