@@ -14,6 +14,7 @@ from typing import Protocol
 
 from .datatypes import KeyPath, Leaf, LeafResult, Pair, Report, Status, Tree, format_path, json_equal
 from .errors import NotACheckpointError, UsageError
+from .formats import zarr
 from .layouts import align, detect, load_preset
 from .locate import Item, choose_items, locate
 from .pair import VALUE_KINDS, pair_trees
@@ -251,9 +252,14 @@ def _notes(located: tuple[str, ...], trees: list[Tree]) -> tuple[str, ...]:
 def _build_trees(matched: list[tuple[str, Item, Item]]) -> tuple[list[Tree], list[Tree]]:
     """Both sides' metadata at once: on remote storage this halves the wall time."""
     with ThreadPoolExecutor(max(2, 2 * len(matched))) as pool:
-        fa = [pool.submit(build_tree, m[1].dir) for m in matched]
-        fb = [pool.submit(build_tree, m[2].dir) for m in matched]
+        fa = [pool.submit(_read_item, m[1]) for m in matched]
+        fb = [pool.submit(_read_item, m[2]) for m in matched]
         return [f.result() for f in fa], [f.result() for f in fb]
+
+
+def _read_item(item: Item) -> Tree:
+    """The reader of the item's format: Orbax (tree.py) or a plain zarr / n5 hierarchy."""
+    return zarr.build_tree(item.dir) if item.format == "zarr" else build_tree(item.dir)
 
 
 def _merge_items(trees: list[tuple[str, Tree]]) -> dict[KeyPath, Leaf]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import msgpack
 
 from .errors import NotACheckpointError, NotFoundError, StreamdiffError, UnfinishedCheckpointError, UsageError
+from .formats import zarr
 from .storage import Dir, Storage
 
 TMP_MARK = ".orbax-checkpoint-tmp"
@@ -29,6 +30,7 @@ class Item:
 
     dir: Dir
     name: str  # item name within its step ('' when the user named the item dir itself)
+    format: str = "orbax"  # 'orbax', or 'zarr' for a plain zarr / n5 hierarchy (formats/zarr.py)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,9 @@ def _resolve(d: Dir, step: int | None) -> Located:
         return Located((Item(d, ""),), ())
     if kind == "step":
         return Located(_step_items(d, children), ())
+    # Zarr before any step guess: a group's children named `layer_0` or `0` are not steps.
+    if zarr.is_node(children) or _zarr_children(d, children):
+        return Located((Item(d, "", "zarr"),), ())
     steps = _steps(children)
     if not steps:
         raise NotACheckpointError(
@@ -111,6 +116,21 @@ def classify(children: dict[str, str]) -> str:
     if files & {"_CHECKPOINT_METADATA", "commit_success.txt", "orbax.checkpoint"}:
         return "step"
     return "other"
+
+
+def _zarr_children(d: Dir, children: dict[str, str]) -> bool:
+    """A folder of zarr / n5 arrays or groups without metadata of its own (jax array_serialization
+    writes one zarr folder per array). Local: one scandir per child; remote: one listing."""
+    subdirs = [n for n, k in children.items() if k == "dir"]
+    if not subdirs:
+        return False
+    if d.storage.is_local:
+        return any(zarr.is_node(d.child(n).list_children()) for n in subdirs)
+    for key in d.list_recursive():
+        head, sep, last = key.partition("/")
+        if sep and last in zarr.MARKERS:
+            return True
+    return False
 
 
 def _steps(children: dict[str, str]) -> list[tuple[int, str]]:

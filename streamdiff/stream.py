@@ -104,6 +104,15 @@ class _Side:
             return self._raw
 
     @property
+    def fill(self) -> np.ndarray | None:
+        """What a chunk that is not stored holds: the fill value where the store's writer skips
+        fill-valued chunks (plain zarr / n5), None where a missing chunk is lost data (Orbax)."""
+        if not self.leaf.source.spec.get("fill_missing_data_reads", True):
+            return None
+        value = self.future.result().fill_value
+        return np.zeros((), self.leaf.dtype) if value is None else np.asarray(value)
+
+    @property
     def chunks(self) -> tuple[int, ...] | None:
         if self.leaf.view is not None:
             return self.leaf.view.chunks
@@ -191,7 +200,7 @@ class _Engine:
     def _shortcut_ok(self, p: Pair, sa: _Side, sb: _Side, i: int) -> bool:
         """Equal stored bytes imply equal values only for the same format, chunk for chunk."""
         fa, fb = sa.format, sb.format
-        if fa is None or fb is None or fa.signature != fb.signature or p.a.dtype != p.b.dtype:
+        if fa is None or fb is None or not fa.signature or fa.signature != fb.signature or p.a.dtype != p.b.dtype:
             return False
         if fa.chunk_shape != fa.inner_shape or fb.chunk_shape != fb.inner_shape:
             return False  # multi-chunk shards: decoded per inner chunk instead
@@ -324,8 +333,11 @@ class _Engine:
         shape = self.pairs[t.pair_index].a.shape
         extent = tuple(e - s for s, e in zip(t.start, t.stop))
         piece = self._piece()
-        ita = stream_chunk(sa.raw, t.chunk, rows.slab_rows, piece, _prefetch_depth(sa)) if rows.stream_a else None
-        itb = stream_chunk(sb.raw, t.chunk, rows.slab_rows, piece, _prefetch_depth(sb)) if rows.stream_b else None
+        ita = itb = None
+        if rows.stream_a:
+            ita = stream_chunk(sa.raw, t.chunk, rows.slab_rows, piece, _prefetch_depth(sa), sa.fill)
+        if rows.stream_b:
+            itb = stream_chunk(sb.raw, t.chunk, rows.slab_rows, piece, _prefetch_depth(sb), sb.fill)
         acc = LeafStats()
         for r0 in range(0, extent[0], rows.slab_rows):
             r1 = min(r0 + rows.slab_rows, extent[0])

@@ -18,10 +18,13 @@ import tensorstore as ts
 from . import dtypes, legacy_msgpack
 from .datatypes import ArraySource, KeyPath, Leaf, Tree
 from .errors import CorruptCheckpointError, StreamdiffError
+from .formats import zarr
 from .storage import META_CACHE, Dir, result_bytes, storage_error
 
 EMPTY_TYPES = {"None", "Dict", "List", "Tuple", "NamedTuple"}
 ZARR_META = {".zarray": 2, "zarr.json": 3}
+#: Metadata files Orbax never writes: their presence means a plain zarr / n5 store.
+PLAIN_ONLY = {".zgroup", ".zattrs", "attributes.json"}
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ def build_tree(item: Dir) -> Tree:
     else:
         if stored is None:
             stored = _arrays_from_keys(item.list_recursive())
+        elif _plain_store(keys, stored):
+            return zarr.build_tree(item, ocdbt_kv)
         entries = [_Entry(tuple(name.split(".")) if name else (), "unknown", name) for name in sorted(stored)]
         notes.append("no _METADATA: tree rebuilt by splitting array names on '.' (ambiguous for keys with dots)")
 
@@ -102,6 +107,12 @@ def build_tree(item: Dir) -> Tree:
     if msgpack_entries is not None:
         layout += " + legacy msgpack"
     return Tree(location=item.display, leaves=leaves, layout=layout, notes=tuple(notes))
+
+
+def _plain_store(keys: list[str], stored: dict[str, int]) -> bool:
+    """An OCDBT database without Orbax's metadata that tensorstore or zarr-python wrote directly:
+    n5 or group metadata, or arrays at '/'-separated paths (Orbax names its arrays with '.')."""
+    return not stored or any("/" in name for name in stored) or any(k.rpartition("/")[2] in PLAIN_ONLY for k in keys)
 
 
 def _open_ocdbt(item: Dir) -> ts.KvStore:

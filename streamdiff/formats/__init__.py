@@ -1,0 +1,1 @@
+"""Readers for stores that are not Orbax checkpoints, one module per on-disk format."""
