@@ -118,17 +118,38 @@ def classify(children: dict[str, str]) -> str:
     return "other"
 
 
-def _zarr_children(d: Dir, children: dict[str, str]) -> bool:
-    """A folder of zarr / n5 arrays or groups without metadata of its own (jax array_serialization
-    writes one zarr folder per array). Local: one scandir per child; remote: one listing."""
-    subdirs = [n for n, k in children.items() if k == "dir"]
-    if not subdirs:
-        return False
-    if d.storage.is_local:
-        return any(zarr.is_node(d.child(n).list_children()) for n in subdirs)
-    for key in d.list_recursive():
-        head, sep, last = key.partition("/")
-        if sep and last in zarr.MARKERS:
+#: Folder levels searched for zarr arrays under a folder without metadata (tensorstore and jax
+#: array_serialization write arrays at nested paths without group metadata).
+ZARR_SEARCH_DEPTH = 4
+#: Files that make a folder Orbax's (an item or a step): zarr arrays below it are Orbax's own.
+ORBAX_FILES = frozenset({"_METADATA", "manifest.ocdbt", "checkpoint", "_CHECKPOINT_METADATA", "commit_success.txt"})
+
+
+def _zarr_children(d: Dir, children: dict[str, str], depth: int = ZARR_SEARCH_DEPTH) -> bool:
+    """A folder of zarr / n5 arrays or groups without metadata of its own, at any of the next
+    `depth` levels, not inside an Orbax item or step. Local: one scandir per folder visited;
+    remote: one listing."""
+    if not d.storage.is_local:
+        return _zarr_keys_below(d.list_recursive(), depth)
+    for name, kind in children.items():
+        if kind != "dir":
+            continue
+        sub = d.child(name)
+        grand = sub.list_children()
+        if zarr.is_node(grand):
+            return True
+        if depth > 1 and not ORBAX_FILES & set(grand) and _zarr_children(sub, grand, depth - 1):
+            return True
+    return False
+
+
+def _zarr_keys_below(keys: list[str], depth: int) -> bool:
+    orbax_dirs = {k.rpartition("/")[0] for k in keys if k.rpartition("/")[2] in ORBAX_FILES}
+    for k in keys:
+        parts = k.split("/")
+        if parts[-1] not in zarr.MARKERS or not 2 <= len(parts) <= depth + 1:
+            continue
+        if not any("/".join(parts[:i]) in orbax_dirs for i in range(1, len(parts))):
             return True
     return False
 
