@@ -113,6 +113,27 @@ class ZarrArray:
             return "a" + self.typed.dimension_separator + "b"
         return self.typed.chunk_key_encoding.encode_chunk_key((0, 1)).replace("0", "a").replace("1", "b")
 
+    def is_chunk_key(self, key: str, separator: str | None = None) -> bool:
+        """Whether `key` (relative to the array) names a cell of the storage grid. A stored key
+        that is not one would be ignored by every reader, its data silently unread."""
+        ndim = len(self.shape)
+        if self.typed is None:  # n5: 'i/j/k', axis order as tensorstore writes it
+            parts = key.split("/")
+            return all(p.isdigit() for p in parts) and len(parts) == max(ndim, 1)
+        if isinstance(self.typed, ArrayV2Metadata):
+            sep, prefix, scalar = separator or self.typed.dimension_separator, "", "0"
+        else:
+            enc = self.typed.chunk_key_encoding
+            sep = enc.separator
+            prefix, scalar = ("c" + sep, "c") if type(enc).__name__ == "DefaultChunkKeyEncoding" else ("", "0")
+        if ndim == 0:
+            return key == scalar
+        if not key.startswith(prefix):
+            return False
+        parts = key[len(prefix) :].split(sep)
+        counts = [-(-s // c) if c else 0 for s, c in zip(self.shape, self.chunk_grid)]
+        return len(parts) == ndim and all(p.isdigit() and int(p) < n for p, n in zip(parts, counts))
+
     @property
     def numeric(self) -> bool:
         return np.dtype(self.dtype).kind in NUMERIC_KINDS or self.dtype in _ML_DTYPES
@@ -227,14 +248,40 @@ def build_tree(item: Dir, ocdbt_kv: ts.KvStore | None = None) -> Tree:
                 docs[node][name] = json.loads(bytes(r.value)) if r.state == "value" else None
             except ValueError as e:
                 errors[node] = f"{name}: unreadable JSON ({e})"
+    stored, stray = _assign_keys(keys, docs)
     leaves: dict[KeyPath, Leaf] = {}
     formats: set[str] = set()
     for node in sorted(docs):
-        _node_leaves(store, node, docs[node], errors.get(node), leaves, formats)
+        _node_leaves(store, node, docs[node], errors.get(node), stored.get(node, []), leaves, formats)
     _empty_groups(docs, leaves)
     where = "ocdbt + " if ocdbt_kv is not None else ""
     layout = where + ("/".join(sorted(formats)) or "zarr") + " hierarchy"
-    return Tree(location=item.display, leaves=leaves, layout=layout)
+    notes = []
+    if stray:
+        shown = ", ".join(stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
+        notes.append(f"{len(stray)} file(s) outside any zarr array, not compared: {shown}")
+    if any(leaf.source and "legacy nested" in leaf.source.codec for leaf in leaves.values()):
+        notes.append("legacy nested chunk keys ('0/0' without dimension_separator): read with separator '/'")
+    return Tree(location=item.display, leaves=leaves, layout=layout, notes=tuple(notes))
+
+
+def _assign_keys(keys: list[str], docs: dict[str, Any]) -> tuple[dict[str, list[str]], list[str]]:
+    """Each stored key that is not node metadata, to the deepest node holding it (relative to it);
+    keys under no node and not consolidated metadata are strays."""
+    out: dict[str, list[str]] = {}
+    stray = []
+    for k in keys:
+        parts = k.split("/")
+        if parts[-1] in NODE_FILES and "/".join(parts[:-1]) in docs:
+            continue
+        for i in range(len(parts) - 1, -1, -1):
+            node = "/".join(parts[:i])
+            if node in docs:
+                out.setdefault(node, []).append("/".join(parts[i:]))
+                break
+        else:
+            stray.append(k)
+    return out, [k for k in stray if k.rpartition("/")[2] != ".zmetadata"]
 
 
 def _keys(node: str) -> KeyPath:
@@ -242,7 +289,7 @@ def _keys(node: str) -> KeyPath:
 
 
 def _node_leaves(
-    store: _Store, node: str, files: dict[str, Any], error: str | None, out: dict, formats: set[str]
+    store: _Store, node: str, files: dict[str, Any], error: str | None, keys: list[str], out: dict, formats: set[str]
 ) -> None:
     path = _keys(node)
     if error is not None:
@@ -276,13 +323,18 @@ def _node_leaves(
             formats.add("n5")
         attrs = {**attrs, **{k: v for k, v in doc.items() if k not in N5_ARRAY_KEYS}}
     if array_file is not None:
-        out[path] = _array_leaf(store, node, array_file, files[array_file])
+        out[path] = _array_leaf(store, node, array_file, files[array_file], keys)
+    elif keys and array_file is None:
+        shown = ", ".join(sorted(k for k in keys if "/" not in k)[:3])
+        if shown:  # files in a group folder (sub-folders are nodes of their own or strays)
+            p = path + (".unknown",)
+            out[p] = Leaf(p, Kind.JSON, "file", not_compared=f"files in a group that zarr does not define: {shown}")
     for k, v in attrs.items() if isinstance(attrs, dict) else ():
         p = path + (ATTRS, str(k))
         out[p] = Leaf(p, Kind.JSON, "json", value=v)
 
 
-def _array_leaf(store: _Store, node: str, name: str, doc: Any) -> Leaf:
+def _array_leaf(store: _Store, node: str, name: str, doc: Any, keys: list[str]) -> Leaf:
     path = _keys(node)
     try:
         arr = parse_array(node, name, doc)
@@ -291,6 +343,27 @@ def _array_leaf(store: _Store, node: str, name: str, doc: Any) -> Leaf:
         return Leaf(path, Kind.ARRAY, "zarr.Array", not_compared=f"zarr metadata not understood: {e}")
     if not arr.numeric:
         return Leaf(path, Kind.ARRAY, "zarr.Array", shape, arr.dtype, not_compared=f"dtype {arr.dtype} is not numeric")
+    legacy = False
+    odd = [k for k in keys if not arr.is_chunk_key(k)]
+    if (
+        odd
+        and arr.driver == "zarr"
+        and "dimension_separator" not in doc
+        and all(arr.is_chunk_key(k, "/") for k in keys)
+    ):
+        # zarr-python 2's NestedDirectoryStore wrote '0/0' keys before .zarray could say so.
+        arr = parse_array(node, name, dict(doc, dimension_separator="/"))
+        odd, legacy = [], True
+    if odd:
+        return Leaf(
+            path,
+            Kind.ARRAY,
+            "zarr.Array",
+            shape,
+            arr.dtype,
+            not_compared=f"stored keys that are not chunks of this array ({', '.join(sorted(odd)[:3])}): "
+            "their data would be read as fill value",
+        )
     spec = {
         "driver": arr.driver,
         "kvstore": store.array_kvstore(node),
@@ -300,7 +373,8 @@ def _array_leaf(store: _Store, node: str, name: str, doc: Any) -> Leaf:
         "recheck_cached_data": False,
         "recheck_cached_metadata": False,
     }
-    source = ArraySource(spec, node, arr.zarr_format, chunks, arr.read_chunk, arr.codec)
+    codec = arr.codec + (" (legacy nested keys)" if legacy else "")
+    source = ArraySource(spec, node, arr.zarr_format, chunks, arr.read_chunk, codec)
     return Leaf(path, Kind.ARRAY, "zarr.Array", shape=shape, dtype=arr.dtype, source=source)
 
 
