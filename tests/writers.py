@@ -89,6 +89,7 @@ def _tensorstore(path: Path, arrays: dict, driver: str) -> Path:
             md = {"dimensions": list(a.shape), "blockSize": list(chunks_of(a.shape)), "compression": {"type": "gzip"}}
         else:
             md = {"shape": list(a.shape), "chunks": list(chunks_of(a.shape)), "compressor": {"id": "zstd", "level": 1}}
+            md.update(dtype=a.dtype.str, fill_value=0)
         # tensorstore does not store chunks equal to the fill value (store_data_equal_to_fill_value=False).
         t = ts.open({"driver": driver, "kvstore": kv, "metadata": md}, dtype=a.dtype.name, create=True).result()
         t.write(a).result()

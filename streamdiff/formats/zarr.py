@@ -142,6 +142,8 @@ class ZarrArray:
     def tensorstore_metadata(self) -> dict[str, Any]:
         if self.typed is None:
             return {k: self.doc[k] for k in N5_ARRAY_KEYS if k in self.doc}
+        if self.driver == "zarr" and len(self.shape) <= 1 and self.doc.get("order") == "F":
+            return dict(self.doc, order="C")  # the same bytes; tensorstore normalises it and refuses 'F'
         return self.doc
 
 
@@ -272,7 +274,7 @@ def _assign_keys(keys: list[str], docs: dict[str, Any]) -> tuple[dict[str, list[
     stray = []
     for k in keys:
         parts = k.split("/")
-        if parts[-1] in NODE_FILES and "/".join(parts[:-1]) in docs:
+        if parts[-1] in MARKERS and "/".join(parts[:-1]) in docs:
             continue
         for i in range(len(parts) - 1, -1, -1):
             node = "/".join(parts[:i])
