@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorstore as ts
-from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
 
 from .. import dtypes
 from ..datatypes import ArraySource, KeyPath, Kind, Leaf, Tree
 from ..errors import StreamdiffError
 from ..storage import META_CACHE, Dir, storage_error
+
+if TYPE_CHECKING:  # zarr-python is imported when a zarr store is read: it costs a second at startup
+    from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
 
 #: File names that make a folder a zarr / n5 node.
 NODE_FILES = (".zarray", ".zgroup", ".zattrs", "zarr.json", "attributes.json")
@@ -78,14 +80,14 @@ class ZarrArray:
         """The storage grid: one key per cell (zarr3 sharded: the shard shape)."""
         if self.typed is None:
             return tuple(int(s) for s in self.doc["blockSize"])
-        if isinstance(self.typed, ArrayV2Metadata):
+        if self.driver == "zarr":
             return tuple(int(c) for c in self.typed.chunks)
         return tuple(int(c) for c in self.typed.chunk_grid.chunk_shape)
 
     @property
     def read_chunk(self) -> tuple[int, ...]:
         """The smallest decodable unit: the inner chunk of a sharded zarr3 array."""
-        if isinstance(self.typed, ArrayV3Metadata):
+        if self.driver == "zarr3":
             for c in self.typed.codecs:
                 if hasattr(c, "chunk_shape") and type(c).__name__ == "ShardingCodec":
                     return tuple(int(x) for x in c.chunk_shape)
@@ -97,7 +99,7 @@ class ZarrArray:
         if self.typed is None:
             comp = self.doc.get("compression") or {}
             return str(comp.get("type", "raw"))
-        if isinstance(self.typed, ArrayV2Metadata):
+        if self.driver == "zarr":
             parts = [_v2_codec(f) for f in self.doc.get("filters") or []]
             comp = self.doc.get("compressor")
             parts.append("raw" if comp is None else _v2_codec(comp))
@@ -109,7 +111,7 @@ class ZarrArray:
         """How chunk keys are spelled: 'a.b' (v2 '.'), 'a/b', 'c/a/b' (v3 default), n5 'a/b'."""
         if self.typed is None:
             return "a/b"
-        if isinstance(self.typed, ArrayV2Metadata):
+        if self.driver == "zarr":
             return "a" + self.typed.dimension_separator + "b"
         return self.typed.chunk_key_encoding.encode_chunk_key((0, 1)).replace("0", "a").replace("1", "b")
 
@@ -120,7 +122,7 @@ class ZarrArray:
         if self.typed is None:  # n5: 'i/j/k', axis order as tensorstore writes it
             parts = key.split("/")
             return all(p.isdigit() for p in parts) and len(parts) == max(ndim, 1)
-        if isinstance(self.typed, ArrayV2Metadata):
+        if self.driver == "zarr":
             sep, prefix, scalar = separator or self.typed.dimension_separator, "", "0"
         else:
             enc = self.typed.chunk_key_encoding
@@ -187,6 +189,8 @@ def parse_array(path: str, name: str, doc: dict[str, Any]) -> ZarrArray:
     if not isinstance(raw_dtype, str):
         raise ValueError(f"dtype {raw_dtype!r} is not supported (structured or extension dtype)")
     dtype = dtypes.normalize(raw_dtype)
+    from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
+
     parse = ArrayV2Metadata.from_dict if v2 else ArrayV3Metadata.from_dict
     try:
         typed = parse(dict(doc))
