@@ -51,7 +51,10 @@ def locate(url: str, step: int | None = None, io_concurrency: int | None = None)
 
         if os.path.isfile(storage.local_root):
             raise _file_error(storage.local_root, url)
-    return _resolve(root, step)
+    try:
+        return _resolve(root, step)
+    finally:
+        storage.forget_listings()  # held only while locating: a listing can be large
 
 
 def _resolve(d: Dir, step: int | None) -> Located:
