@@ -286,3 +286,26 @@ def test_jax_array_serialization_folder_of_arrays(tmp_path):
     r = diff(a, a)
     assert r.code == 0 and {x["path"] for x in r.json["leaves"]} == {"params.w", "step"}, r.err
     check_value_change(a, b, "params.w", lambda p: zarr.open_array(str(p / "params.w"), mode="r")[...])
+
+
+# ------------------------------------------------------------------------------- edges
+
+
+def test_unreadable_zarr_json_is_an_error_leaf_exit_2(tmp_path):
+    a = write_zarr_group(tmp_path / "a.zarr", 3, {})
+    b = tmp_path / "b.zarr"
+    shutil.copytree(a, b)
+    (b / "model/layer_0/kernel/zarr.json").write_text("{not json")
+    r = diff(a, b)
+    assert r.code == 2 and leaf(r, "model/layer_0/kernel")["status"] == "error"
+    assert "unreadable JSON" in leaf(r, "model/layer_0/kernel")["message"]
+
+
+def test_orbax_checkpoint_and_zarr_store_of_the_same_arrays_are_identical(tmp_path):
+    from writers import orbax, zarr_v2
+
+    arrays = {"model/layer_0/kernel": KERNEL, "model/layer_0/bias": BIAS}
+    (tmp_path / "o").mkdir()
+    (tmp_path / "z").mkdir()
+    r = diff(orbax(tmp_path / "o", arrays), zarr_v2(tmp_path / "z", arrays))
+    assert r.code == 0 and r.json["identical"], r.err
