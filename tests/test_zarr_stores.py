@@ -309,3 +309,23 @@ def test_orbax_checkpoint_and_zarr_store_of_the_same_arrays_are_identical(tmp_pa
     (tmp_path / "z").mkdir()
     r = diff(orbax(tmp_path / "o", arrays), zarr_v2(tmp_path / "z", arrays))
     assert r.code == 0 and r.json["identical"], r.err
+
+
+def test_chunks_stored_on_neither_side_are_settled_only_when_fill_values_agree(tmp_path):
+    """Two sparse stores: chunks missing on both sides are equal without reading when the fill
+    values are equal, and hold different values (exit 1, numpy's numbers) when they are not."""
+
+    def write(path: Path, fill: float) -> Path:
+        root = zarr.open_group(str(path), mode="w", zarr_format=2)
+        a = root.create_array("w", shape=(8, 8), chunks=(2, 2), dtype="f4", fill_value=fill)
+        a[:2, :2] = 5.0  # one chunk stored of 16
+        return path
+
+    a, same, other = write(tmp_path / "a", 0.0), write(tmp_path / "same", 0.0), write(tmp_path / "other", 1.0)
+    assert len([f for f in (a / "w").iterdir() if not f.name.startswith(".")]) == 1
+    r = streamdiff.diff(str(a), str(same))
+    assert r.exit_code == 0 and r.leaves[0].stats["shortcut_chunks"] == 16
+    r = diff(a, other)
+    assert r.code == 1 and not_equal(r) == ["w"]
+    x, y = (zarr.open_array(str(p / "w"), mode="r")[...] for p in (a, other))
+    assert_stats_match(leaf(r, "w"), expected_stats(x, y))
