@@ -329,3 +329,32 @@ def test_chunks_stored_on_neither_side_are_settled_only_when_fill_values_agree(t
     assert r.code == 1 and not_equal(r) == ["w"]
     x, y = (zarr.open_array(str(p / "w"), mode="r")[...] for p in (a, other))
     assert_stats_match(leaf(r, "w"), expected_stats(x, y))
+
+
+@pytest.mark.parametrize("driver", ["zarr", "zarr3"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float8_e4m3fn", "int4"])
+def test_ml_dtypes_zarr_python_cannot_parse_are_read(tmp_path, driver, dtype):
+    """tensorstore writes ml_dtypes zarr-python has no name for; the metadata is still validated."""
+    values = (np.arange(12).reshape(3, 4) % 7 - 3).astype(dtype)
+
+    def write(path: Path, v: np.ndarray) -> Path:
+        chunks = {"chunks": [2, 2]} if driver == "zarr" else {"chunk_grid": _grid([2, 2])}
+        md = {"shape": [3, 4], **chunks}
+        spec = {"driver": driver, "kvstore": {"driver": "file", "path": str(path) + "/"}, "metadata": md}
+        ts.open(spec, dtype=dtype, create=True).result().write(v).result()
+        return path
+
+    changed = values.copy()
+    changed[2, 3] = -2
+    a, b = write(tmp_path / "a", values), write(tmp_path / "b", changed)
+    r = diff(a, a)
+    assert r.code == 0 and leaf(r, "")["dtype"] == dtype, r.err
+
+    def read(p: Path) -> np.ndarray:
+        return ts.open({"driver": driver, "kvstore": {"driver": "file", "path": f"{p}/"}}).result().read().result()
+
+    check_value_change(a, b, "", read)
+
+
+def _grid(chunk_shape: list[int]) -> dict:
+    return {"name": "regular", "configuration": {"chunk_shape": chunk_shape}}

@@ -200,7 +200,7 @@ def parse_array(path: str, name: str, doc: dict[str, Any]) -> ZarrArray:
         # zarr-python has no ml_dtypes: validate the rest with an unsigned int of the same width.
         width = np.dtype(dtype).itemsize
         standin = dict(doc, fill_value=0)
-        standin[field] = f"<u{width}" if v2 else f"uint{8 * width}"
+        standin[field] = np.dtype(f"<u{width}").str if v2 else f"uint{8 * width}"
         typed = parse(standin)
     return ZarrArray(path, "zarr" if v2 else "zarr3", doc, dtype, typed)
 
