@@ -7,6 +7,7 @@ value and are no longer stored) must never exit 0; it must exit 1 with that leaf
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -63,3 +64,44 @@ def test_never_exit_0_when_a_stored_value_differs(writer, case):
         r = streamdiff.diff(str(a), str(b), block_bytes=16)
     assert r.exit_code == 1
     assert [x.path for x in r.leaves if x.status != "equal"] == [tuple(leaf_name(writer, target).split("/"))]
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=False, width=32) | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(before=JSON_VALUES, after=JSON_VALUES, on_array=st.booleans())
+def test_never_exit_0_when_an_attribute_differs(zarr_format, before, after, on_array):
+    """1 and 1.0 and true are different JSON; so are [] and {} and null."""
+    import zarr
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for name, value in (("a", before), ("b", after)):
+            root = zarr.open_group(f"{tmp}/{name}", mode="w", zarr_format=zarr_format)
+            arr = root.create_array("w", shape=(2,), dtype="f4")
+            arr[...] = 1.0
+            (arr if on_array else root).attrs["k"] = value
+            paths.append(f"{tmp}/{name}")
+        # What zarr-python reads back is what was stored (JSON turns tuples into lists, and so on).
+        stored = [zarr.open_group(p, mode="r") for p in paths]
+        values = [(g["w"] if on_array else g).attrs["k"] for g in stored]
+        code = streamdiff.diff(*paths).exit_code
+    same = json.dumps(_zero(values[0]), sort_keys=True) == json.dumps(_zero(values[1]), sort_keys=True)
+    assert code == (0 if same else 1)
+
+
+def _zero(v):
+    """-0.0 and 0.0 are one number (the one JSON difference that is not a value difference)."""
+    if isinstance(v, float) and v == 0:
+        return 0.0
+    if isinstance(v, list):
+        return [_zero(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _zero(x) for k, x in v.items()}
+    return v
