@@ -134,14 +134,34 @@ def test_stored_key_outside_the_chunk_grid_is_not_compared_never_read_as_fill(tm
     assert "0.7" in leaf(r, "")["message"]
 
 
-def test_string_array_is_not_compared_rather_than_skipped(tmp_path):
-    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w", zarr_format=2)
+def write_strings(path: Path, names: list[str], zarr_format: int = 2) -> Path:
+    root = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        root.create_array("names", shape=(2,), dtype=str)[...] = ["a", "b"]
+        root.create_array("names", shape=(len(names),), chunks=(2,), dtype=str)[...] = names
     root.create_array("x", shape=(2,), dtype="f4")[...] = [1, 2]
-    r = diff(tmp_path / "s.zarr", tmp_path / "s.zarr")
+    return path
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_string_arrays_are_compared_as_json_values(tmp_path, zarr_format):
+    a = write_strings(tmp_path / "a", ["ab", "c", "d"], zarr_format)
+    b = write_strings(tmp_path / "b", ["ab", "c", "e"], zarr_format)
+    r = diff(a, a)
+    assert r.code == 0 and leaf(r, "names")["kind"] == "json", r.err
+    r = diff(a, b)
+    assert r.code == 1 and not_equal(r) == ["names"]
+    assert zarr.open_array(str(b / "names"), mode="r")[2] == "e"  # the writer stored the change
+
+
+def test_string_array_over_the_size_limit_is_not_compared_rather_than_skipped(tmp_path, monkeypatch):
+    from streamdiff.formats import zarr as reader
+
+    monkeypatch.setattr(reader, "SMALL_VALUES_MAX_ELEMENTS", 2)
+    a = write_strings(tmp_path / "a", ["ab", "c", "d"])
+    r = diff(a, a)
     assert r.code == 2 and leaf(r, "names")["status"] == "not_compared"
+    assert "over 2 elements" in leaf(r, "names")["message"]
 
 
 def test_zarr_groups_named_like_steps_are_not_steps(tmp_path):
@@ -162,10 +182,14 @@ def test_zarr_groups_named_like_steps_are_not_steps(tmp_path):
 def test_xarray_dataset_coordinates_are_arrays_and_attributes_json(tmp_path, zarr_format):
     import xarray as xr
 
-    def write(path, lat0=10.0, title="run"):
+    def write(path, lat0=10.0, title="run", station="s5"):
         ds = xr.Dataset(
             {"temp": (("lat", "lon"), KERNEL.astype(np.float64))},
-            coords={"lat": np.array([lat0, 20.0, 30.0, 40.0]), "lon": np.arange(6, dtype=np.int64)},
+            coords={
+                "lat": np.array([lat0, 20.0, 30.0, 40.0]),
+                "lon": np.arange(6, dtype=np.int64),
+                "station": ("lon", [f"s{i}" for i in range(5)] + [station]),  # strings: a json leaf
+            },
             attrs={"title": title},
         )
         with warnings.catch_warnings():
@@ -177,11 +201,14 @@ def test_xarray_dataset_coordinates_are_arrays_and_attributes_json(tmp_path, zar
     r = diff(a, a)
     assert r.code == 0, r.err
     paths = {x["path"] for x in r.json["leaves"]}
-    assert {"temp", "lat", "lon", ".attrs/title"} <= paths
+    assert {"temp", "lat", "lon", "station", ".attrs/title"} <= paths
+    assert leaf(r, "station")["kind"] == "json"
     b = write(tmp_path / "b.zarr", lat0=11.5)
     check_value_change(a, b, "lat", lambda p: xr.open_zarr(str(p))["lat"].values)
     r = diff(a, write(tmp_path / "c.zarr", title="other"))
     assert r.code == 1 and not_equal(r) == [".attrs/title"]
+    r = diff(a, write(tmp_path / "d.zarr", station="x"))
+    assert r.code == 1 and not_equal(r) == ["station"]
 
 
 # ----------------------------------------------------------------------- fill-value chunks

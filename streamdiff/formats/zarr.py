@@ -22,14 +22,14 @@ stand-in dtype of the same width.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorstore as ts
 
 from .. import dtypes
-from ..datatypes import ArraySource, KeyPath, Kind, Leaf, Tree
+from ..datatypes import ArraySource, KeyPath, Kind, Leaf, Tree, format_path
 from ..errors import StreamdiffError
 from ..storage import META_CACHE, Dir, storage_error
 
@@ -45,6 +45,10 @@ N5_ARRAY_KEYS = ("dimensions", "blockSize", "dataType", "compression")
 #: numpy kinds tensorstore's zarr drivers read as numbers (ml_dtypes are kind 'V' and named below).
 NUMERIC_KINDS = "biufc"
 ATTRS = ".attrs"
+NOT_NUMERIC = "dtype not read by tensorstore:"
+#: Arrays of strings, objects or datetimes (xarray coordinates) are read whole with zarr-python and
+#: compared as JSON values, up to this many elements; bigger ones are not compared (exit 2).
+SMALL_VALUES_MAX_ELEMENTS = 100_000
 
 
 def is_node(children: dict[str, str]) -> bool:
@@ -138,7 +142,11 @@ class ZarrArray:
 
     @property
     def numeric(self) -> bool:
-        return np.dtype(self.dtype).kind in NUMERIC_KINDS or self.dtype in _ML_DTYPES
+        try:
+            kind = np.dtype(self.dtype).kind
+        except TypeError:
+            return False
+        return kind in NUMERIC_KINDS or self.dtype in _ML_DTYPES
 
     @property
     def tensorstore_metadata(self) -> dict[str, Any]:
@@ -186,9 +194,15 @@ def parse_array(path: str, name: str, doc: dict[str, Any]) -> ZarrArray:
     v2 = name == ".zarray"
     field = "dtype" if v2 else "data_type"
     raw_dtype = doc[field]
-    if not isinstance(raw_dtype, str):
-        raise ValueError(f"dtype {raw_dtype!r} is not supported (structured or extension dtype)")
-    dtype = dtypes.normalize(raw_dtype)
+    if isinstance(raw_dtype, dict):  # a zarr v3 extension dtype: {"name": "fixed_length_utf32", ...}
+        dtype = str(raw_dtype.get("name"))
+    elif not isinstance(raw_dtype, str):
+        dtype = "structured"  # zarr v2 record dtype: [["a", "<i4"], ...]
+    else:
+        try:
+            dtype = dtypes.normalize(raw_dtype)
+        except StreamdiffError:
+            dtype = raw_dtype  # a zarr v3 name numpy lacks ('string', 'bytes'): not numeric
     from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
 
     parse = ArrayV2Metadata.from_dict if v2 else ArrayV3Metadata.from_dict
@@ -259,6 +273,8 @@ def build_tree(item: Dir, ocdbt_kv: ts.KvStore | None = None) -> Tree:
     formats: set[str] = set()
     for node in sorted(docs):
         _node_leaves(store, node, docs[node], errors.get(node), stored.get(node, []), leaves, formats)
+    small = [leaf for leaf in leaves.values() if leaf.not_compared and leaf.not_compared.startswith(NOT_NUMERIC)]
+    leaves.update(_read_small_values(store, item, small, docs, stored))
     _empty_groups(docs, leaves)
     where = "ocdbt + " if ocdbt_kv is not None else ""
     layout = where + ("/".join(sorted(formats)) or "zarr") + " hierarchy"
@@ -348,7 +364,7 @@ def _array_leaf(store: _Store, node: str, name: str, doc: Any, keys: list[str]) 
     except (KeyError, TypeError, ValueError, StreamdiffError) as e:
         return Leaf(path, Kind.ARRAY, "zarr.Array", not_compared=f"zarr metadata not understood: {e}")
     if not arr.numeric:
-        return Leaf(path, Kind.ARRAY, "zarr.Array", shape, arr.dtype, not_compared=f"dtype {arr.dtype} is not numeric")
+        return Leaf(path, Kind.ARRAY, "zarr.Array", shape, arr.dtype, not_compared=f"{NOT_NUMERIC} {arr.dtype}")
     legacy = False
     odd = [k for k in keys if not arr.is_chunk_key(k)]
     if (
@@ -382,6 +398,50 @@ def _array_leaf(store: _Store, node: str, name: str, doc: Any, keys: list[str]) 
     codec = arr.codec + (" (legacy nested keys)" if legacy else "")
     source = ArraySource(spec, node, arr.zarr_format, chunks, arr.read_chunk, codec)
     return Leaf(path, Kind.ARRAY, "zarr.Array", shape=shape, dtype=arr.dtype, source=source)
+
+
+def _read_small_values(
+    store: _Store, item: Dir, leaves: list[Leaf], docs: dict[str, dict], stored: dict[str, list[str]]
+) -> dict[KeyPath, Leaf]:
+    """Non-numeric arrays, decoded by zarr-python from their stored bytes (read here through
+    tensorstore, every key of every such array in flight at once), as `json` leaves of nested lists."""
+    wanted = {}
+    for leaf in leaves:
+        node = "/".join(leaf.path)
+        if leaf.shape is not None and int(np.prod(leaf.shape)) <= SMALL_VALUES_MAX_ELEMENTS:
+            names = [n for n in docs[node] if n in NODE_FILES] + stored.get(node, [])
+            sub = node + "/" if node else ""
+            wanted[leaf.path] = {n: store.kv.read(store.prefix + sub + n) for n in names}
+    out = {}
+    for leaf in leaves:
+        if leaf.path not in wanted:
+            out[leaf.path] = replace(
+                leaf, not_compared=f"{leaf.not_compared}, over {SMALL_VALUES_MAX_ELEMENTS} elements: not read"
+            )
+            continue
+        raw = {}
+        for name, fut in wanted[leaf.path].items():
+            try:
+                r = fut.result()
+            except Exception as e:
+                raise storage_error(e, f"{item.display}/{format_path(leaf.path)}/{name}") from e
+            if r.state == "value":
+                raw[name] = bytes(r.value)
+        try:
+            value = _decode_with_zarr_python(raw)
+        except Exception as e:  # noqa: BLE001 - whatever zarr-python cannot decode stays not compared
+            out[leaf.path] = replace(leaf, not_compared=f"{leaf.not_compared}; zarr-python cannot read it: {e}")
+            continue
+        out[leaf.path] = Leaf(leaf.path, Kind.JSON, "zarr.Array", leaf.shape, leaf.dtype, value=value)
+    return out
+
+
+def _decode_with_zarr_python(raw: dict[str, bytes]) -> Any:
+    import zarr
+    from zarr.core.buffer import cpu
+
+    mem = zarr.storage.MemoryStore({k: cpu.Buffer.from_bytes(v) for k, v in raw.items()})
+    return zarr.open_array(store=mem, mode="r")[...].tolist()
 
 
 def _empty_groups(docs: dict[str, dict], leaves: dict[KeyPath, Leaf]) -> None:
