@@ -63,8 +63,16 @@ class ChunkFormat:
         return self.compressor is not None
 
 
+class MissingChunk(ValueError):
+    """A chunk (or a shard's inner chunk) that is not stored."""
+
+
 def chunk_format(source: ArraySource) -> ChunkFormat:
     md = source.spec["metadata"]
+    if source.spec.get("driver") == "n5":
+        # n5 chunks carry a header of their own: neither streamed nor compared as bytes (signature '').
+        shape = source.chunk_shape
+        return ChunkFormat(0, np.dtype(md["dataType"]), shape, shape, None, None, False, "/", "", "")
     if source.zarr_format == 2:
         dtype = np.dtype(md["dtype"])
         comp = md.get("compressor")
@@ -228,7 +236,7 @@ class _RangeSource:
             self._ahead.clear()
             return self.raw.read_range(self.key, start, None)
         if r.state != "value":
-            raise ValueError(f"chunk {self.key!r} is missing")
+            raise MissingChunk(f"chunk {self.key!r} is missing")
         nxt = self._fetch()
         if nxt is not None:
             self._ahead.append(nxt)
@@ -258,26 +266,64 @@ def inner_chunk_range(raw: RawStore, shard_key: str, inner_index: tuple[int, ...
     rng = slice(-index_bytes, None) if f.shard_index_at_end else slice(0, index_bytes)
     r = raw.kv.read(shard_key, byte_range=rng).result()
     if r.state != "value":
-        raise ValueError(f"shard {shard_key!r} is missing")
+        raise MissingChunk(f"shard {shard_key!r} is missing")
     flat = int(np.ravel_multi_index(inner_index, f.inner_per_shard)) if inner_index else 0
     offset, nbytes = struct.unpack_from("<QQ", bytes(r.value), 16 * flat)
     if offset == 2**64 - 1:
-        raise ValueError(f"inner chunk {inner_index} of shard {shard_key!r} is missing")
+        raise MissingChunk(f"inner chunk {inner_index} of shard {shard_key!r} is missing")
     return offset, nbytes
 
 
 def stream_chunk(
-    raw: RawStore, grid_index: tuple[int, ...], rows_per_slab: int, piece: int = PIECE_BYTES, depth: int = 2
+    raw: RawStore,
+    grid_index: tuple[int, ...],
+    rows_per_slab: int,
+    piece: int = PIECE_BYTES,
+    depth: int = 2,
+    fill: Any = None,
 ) -> Iterator[np.ndarray]:
     """Decode one stored (inner) chunk slab by slab along its first axis.
 
     `grid_index` indexes the read-chunk grid. Each slab is `rows_per_slab` full-width chunk rows
     (the last may be shorter), as stored: edge chunks keep their padding, which the caller clips.
+    A chunk that is not stored raises `MissingChunk`, unless `fill` is given (stores whose writers
+    skip fill-valued chunks): then its slabs hold `fill`.
     """
     f = raw.format
     shape = f.inner_shape
     row_elems = int(np.prod(shape[1:])) if len(shape) > 1 else 1
     row_bytes = row_elems * f.dtype.itemsize
+    total_rows = shape[0] if shape else 1
+    # One buffer, reused: each slab is compared before the next is decoded into it.
+    buf = np.empty((min(rows_per_slab, total_rows),) + tuple(shape[1:]), dtype=f.dtype)
+    try:
+        key, reader = _chunk_reader(raw, grid_index, piece, depth)
+        # The first read tells whether the chunk is stored at all.
+        head = reader.readinto(memoryview(buf.reshape(-1).view(np.uint8))[: min(row_bytes, buf.nbytes) or 1])
+    except MissingChunk:
+        if fill is None:
+            raise
+        buf[...] = fill
+        for row in range(0, total_rows, rows_per_slab):
+            yield buf[: min(rows_per_slab, total_rows - row)]
+        return
+    row = 0
+    while row < total_rows:
+        n = min(rows_per_slab, total_rows - row)
+        view = memoryview(buf.reshape(-1).view(np.uint8))[: n * row_bytes]
+        got = head if row == 0 else 0
+        while got < len(view):
+            k = reader.readinto(view[got:])
+            if not k:
+                raise ValueError(f"chunk {key!r} ended early: truncated data")
+            got += k
+        yield buf[:n]
+        row += n
+
+
+def _chunk_reader(raw: RawStore, grid_index: tuple[int, ...], piece: int, depth: int):
+    """(key, file-like reader of the decoded bytes) of one (inner) chunk."""
+    f = raw.format
     if f.shard_index_at_end is None:
         key, start, stop = f.key(grid_index), 0, None
     else:
@@ -289,18 +335,4 @@ def stream_chunk(
         start, stop = offset, offset + nbytes
     source = _RangeSource(raw, key, start, stop, piece, depth)
     reader = zstandard.ZstdDecompressor().stream_reader(source, read_size=piece) if f.compressor == "zstd" else source
-    total_rows = shape[0] if shape else 1
-    # One buffer, reused: each slab is compared before the next is decoded into it.
-    buf = np.empty((min(rows_per_slab, total_rows),) + tuple(shape[1:]), dtype=f.dtype)
-    row = 0
-    while row < total_rows:
-        n = min(rows_per_slab, total_rows - row)
-        view = memoryview(buf.reshape(-1).view(np.uint8))[: n * row_bytes]
-        got = 0
-        while got < len(view):
-            k = reader.readinto(view[got:])
-            if not k:
-                raise ValueError(f"chunk {key!r} ended early: truncated data")
-            got += k
-        yield buf[:n]
-        row += n
+    return key, reader

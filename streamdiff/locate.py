@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from .errors import NotACheckpointError, NotFoundError, UnfinishedCheckpointError, UsageError
-from .formats import foreign
+from .formats import foreign, zarr
 from .formats import msgpack as msgpack_format
 from .storage import Dir, Storage
 
@@ -41,6 +41,7 @@ class ItemKind(StrEnum):
     JSON = "json"  # a JSON document: each value a leaf of kind json
     MSGPACK_FILE = "msgpack_file"  # a flax msgpack file
     NOT_READ = "not_read"  # stored under a step, in no format we read: one not_compared leaf
+    ZARR = "zarr"  # a plain zarr / n5 hierarchy (formats/zarr.py)
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,10 @@ def locate(url: str, step: int | None = None, io_concurrency: int | None = None)
                 found = False
             if found:
                 return Located((_file_item(parent, name, url),), ())
-    return _resolve(root, step, children)
+    try:
+        return _resolve(root, step, children)
+    finally:
+        storage.forget_listings()  # held only while locating: a listing can be large
 
 
 def _resolve(d: Dir, step: int | None, children: dict[str, str]) -> Located:
@@ -108,6 +112,9 @@ def _resolve(d: Dir, step: int | None, children: dict[str, str]) -> Located:
         return Located((_json_item(d, "", children),), ())
     if kind == "step":
         return Located(*_step_items(d, children))
+    # Zarr before any step guess: a group's children named `layer_0` or `0` are not steps.
+    if zarr.is_node(children) or _zarr_children(d, children):
+        return Located((Item(d, "", ItemKind.ZARR),), ())
     steps = _steps(children)
     if not steps:
         _refuse_foreign(d, children)
@@ -157,6 +164,42 @@ def classify(children: dict[str, str]) -> str:
     if files & {"_CHECKPOINT_METADATA", "commit_success.txt", "orbax.checkpoint"}:
         return "step"
     return "other"
+
+
+#: Folder levels searched for zarr arrays under a folder without metadata (tensorstore and jax
+#: array_serialization write arrays at nested paths without group metadata).
+ZARR_SEARCH_DEPTH = 4
+#: Files that make a folder Orbax's (an item or a step): zarr arrays below it are Orbax's own.
+ORBAX_FILES = frozenset({"_METADATA", "manifest.ocdbt", "checkpoint", "_CHECKPOINT_METADATA", "commit_success.txt"})
+
+
+def _zarr_children(d: Dir, children: dict[str, str], depth: int = ZARR_SEARCH_DEPTH) -> bool:
+    """A folder of zarr / n5 arrays or groups without metadata of its own, at any of the next
+    `depth` levels, not inside an Orbax item or step. Local: one scandir per folder visited;
+    remote: one listing."""
+    if not d.storage.is_local:
+        return _zarr_keys_below(d.list_recursive(), depth)
+    for name, kind in children.items():
+        if kind != "dir":
+            continue
+        sub = d.child(name)
+        grand = sub.list_children()
+        if zarr.is_node(grand):
+            return True
+        if depth > 1 and not ORBAX_FILES & set(grand) and _zarr_children(sub, grand, depth - 1):
+            return True
+    return False
+
+
+def _zarr_keys_below(keys: list[str], depth: int) -> bool:
+    orbax_dirs = {k.rpartition("/")[0] for k in keys if k.rpartition("/")[2] in ORBAX_FILES}
+    for k in keys:
+        parts = k.split("/")
+        if parts[-1] not in zarr.MARKERS or not 2 <= len(parts) <= depth + 1:
+            continue
+        if not any("/".join(parts[:i]) in orbax_dirs for i in range(1, len(parts))):
+            return True
+    return False
 
 
 def _steps(children: dict[str, str]) -> list[tuple[int, str]]:

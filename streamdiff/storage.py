@@ -56,6 +56,9 @@ class Storage:
     local_root: str | None  # absolute local path, or None for remote stores
     _kv: list = field(default_factory=list, hash=False, compare=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, hash=False, compare=False, repr=False)
+    #: Remote listings by prefix: locating a root lists it for its children and again to look for
+    #: zarr arrays below it; one request series serves both.
+    _listings: dict = field(default_factory=dict, hash=False, compare=False, repr=False)
 
     @staticmethod
     def open(url: str, io_concurrency: int | None = None) -> Storage:
@@ -83,6 +86,10 @@ class Storage:
     @property
     def is_local(self) -> bool:
         return self.local_root is not None
+
+    def forget_listings(self) -> None:
+        with self._lock:
+            self._listings.clear()
 
     @property
     def kv(self) -> ts.KvStore:
@@ -152,7 +159,7 @@ class Dir:
     def list_recursive(self) -> list[str]:
         """Every key below this directory, relative to it."""
         prefix = self.relpath.encode()
-        keys = _list(self.storage.kv, prefix, self.display)
+        keys = _listing(self)
         return [k[len(prefix) :].decode() for k in keys]
 
 
@@ -164,10 +171,23 @@ def _list(kv: ts.KvStore, prefix: bytes, what: str) -> list[bytes]:
         raise storage_error(e, what) from e
 
 
+def _listing(d: Dir) -> list[bytes]:
+    """Every key under `d`, listed once per Storage (a remote listing is many round trips)."""
+    if d.storage.is_local:
+        return _list(d.storage.kv, d.relpath.encode(), d.display)
+    with d.storage._lock:
+        cached = d.storage._listings.get(d.relpath)
+    if cached is None:
+        cached = _list(d.storage.kv, d.relpath.encode(), d.display)
+        with d.storage._lock:
+            d.storage._listings[d.relpath] = cached
+    return cached
+
+
 def _remote_children(d: Dir):
     prefix = d.relpath.encode()
     seen: dict[str, str] = {}
-    for key in _list(d.storage.kv, prefix, d.display):
+    for key in _listing(d):
         rest = key[len(prefix) :].decode()
         head, sep, _ = rest.partition("/")
         if head:

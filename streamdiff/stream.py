@@ -16,6 +16,7 @@ Merging is order-independent, so the numbers do not depend on scheduling.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import threading
 from collections.abc import Callable, Iterator
@@ -53,6 +54,8 @@ class PairOutcome:
     warnings: list[str] = field(default_factory=list)
     shortcut: bool = False
     misses: int = 0  # consecutive shortcut misses (see SHORTCUT_GIVE_UP)
+    #: A chunk stored on neither side holds the same fill value on both (plain zarr stores).
+    both_missing_equal: bool = False
 
     def absorb(self, stats: LeafStats | None, error: str | None) -> None:
         """Fold in one task's result (from a thread or a Dask worker); the first error sticks."""
@@ -102,6 +105,15 @@ class _Side:
                 sizes = self._sizes.for_source(self.leaf.source, self.context)
                 self._raw = RawStore(self.leaf.source, self.context, sizes)
             return self._raw
+
+    @property
+    def fill(self) -> np.ndarray | None:
+        """What a chunk that is not stored holds: the fill value where the store's writer skips
+        fill-valued chunks (plain zarr / n5), None where a missing chunk is lost data (Orbax)."""
+        if not self.leaf.source.spec.get("fill_missing_data_reads", True):
+            return None
+        value = self.future.result().fill_value
+        return np.zeros((), self.leaf.dtype) if value is None else np.asarray(value)
 
     @property
     def chunks(self) -> tuple[int, ...] | None:
@@ -171,6 +183,7 @@ class _Engine:
         big_a, big_b = sa.chunk_bytes() > limit, sb.chunk_bytes() > limit
         out = PairOutcome(LeafStats())
         out.shortcut = shortcut and self._shortcut_ok(p, sa, sb, i)
+        out.both_missing_equal = out.shortcut and _same_fill(p.a, p.b)
         if p.a.shape and (big_a or big_b):
             can_a = not big_a or sa.format.streamable
             can_b = not big_b or sb.format.streamable
@@ -191,7 +204,7 @@ class _Engine:
     def _shortcut_ok(self, p: Pair, sa: _Side, sb: _Side, i: int) -> bool:
         """Equal stored bytes imply equal values only for the same format, chunk for chunk."""
         fa, fb = sa.format, sb.format
-        if fa is None or fb is None or fa.signature != fb.signature or p.a.dtype != p.b.dtype:
+        if fa is None or fb is None or not fa.signature or fa.signature != fb.signature or p.a.dtype != p.b.dtype:
             return False
         if fa.chunk_shape != fa.inner_shape or fb.chunk_shape != fb.inner_shape:
             return False  # multi-chunk shards: decoded per inner chunk instead
@@ -263,6 +276,8 @@ class _Engine:
         total = 0
         for fa, fb, sized in raw:
             ra, rb = fa.result(), fb.result()
+            if ra.state != "value" and rb.state != "value" and o.both_missing_equal:
+                continue  # fill value on both sides
             va, vb = ra.value, rb.value  # each .value access copies the bytes: take them once
             if ra.state != "value" or rb.state != "value" or va != vb:
                 if not sized:
@@ -329,8 +344,11 @@ class _Engine:
         shape = self.pairs[t.pair_index].a.shape
         extent = tuple(e - s for s, e in zip(t.start, t.stop))
         piece = self._piece()
-        ita = stream_chunk(sa.raw, t.chunk, rows.slab_rows, piece, _prefetch_depth(sa)) if rows.stream_a else None
-        itb = stream_chunk(sb.raw, t.chunk, rows.slab_rows, piece, _prefetch_depth(sb)) if rows.stream_b else None
+        ita = itb = None
+        if rows.stream_a:
+            ita = stream_chunk(sa.raw, t.chunk, rows.slab_rows, piece, _prefetch_depth(sa), sa.fill)
+        if rows.stream_b:
+            itb = stream_chunk(sb.raw, t.chunk, rows.slab_rows, piece, _prefetch_depth(sb), sb.fill)
         acc = LeafStats()
         for r0 in range(0, extent[0], rows.slab_rows):
             r1 = min(r0 + rows.slab_rows, extent[0])
@@ -408,6 +426,16 @@ def compare_values(
 
         return compare_on_dask(pairs, policies, contexts, mem, progress, shortcut, scheduler)
     return _Engine(pairs, policies, contexts, mem, shortcut, progress).run(), (0, 0)
+
+
+def _same_fill(a: Leaf, b: Leaf) -> bool:
+    """Both stores read a chunk they do not hold as their fill value, and it is the same value
+    (same dtype: the caller checked). Orbax sources refuse missing chunks: never equal."""
+    sa, sb = a.source.spec, b.source.spec
+    if not (sa.get("fill_missing_data_reads", True) and sb.get("fill_missing_data_reads", True)):
+        return False
+    fa, fb = sa["metadata"].get("fill_value"), sb["metadata"].get("fill_value")
+    return fa is not None and json.dumps(fa) == json.dumps(fb)
 
 
 def _prefetch_depth(side: _Side) -> int:

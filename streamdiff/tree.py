@@ -19,13 +19,15 @@ import tensorstore as ts
 from . import dtypes
 from .datatypes import ArraySource, KeyPath, Kind, Leaf, Tree
 from .errors import CorruptCheckpointError, NotACheckpointError, StreamdiffError
-from .formats import foreign, json_item, ocdbt
+from .formats import foreign, json_item, ocdbt, zarr
 from .formats import msgpack as msgpack_format
 from .locate import Item, ItemKind
 from .storage import META_CACHE, Dir, result_bytes, storage_error
 
 EMPTY_TYPES = {"None", "Dict", "List", "Tuple", "NamedTuple"}
 ZARR_META = {".zarray": 2, "zarr.json": 3}
+#: Metadata files Orbax never writes: their presence means a plain zarr / n5 store.
+PLAIN_ONLY = {".zgroup", ".zattrs", "attributes.json"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ def read_item(item: Item) -> Tree:
     if item.kind is ItemKind.NOT_READ:
         leaf = Leaf((), Kind.ARRAY, "unknown", not_compared=item.why)
         return Tree(location=item.display, leaves={(): leaf}, layout="not read")
+    if item.kind is ItemKind.ZARR:
+        return zarr.build_tree(item.dir)
     return build_tree(item.dir)
 
 
@@ -119,6 +123,8 @@ def build_tree(item: Dir) -> Tree:
     else:
         if stored is None:
             stored = _arrays_from_keys(item.list_recursive())
+        elif _plain_store(keys, stored):
+            return zarr.build_tree(item, ocdbt_kv)
         entries = [_Entry(tuple(name.split(".")) if name else (), "unknown", name) for name in sorted(stored)]
         notes.append("no _METADATA: tree rebuilt by splitting array names on '.' (ambiguous for keys with dots)")
 
@@ -177,6 +183,12 @@ def _t5x_arrays(
             why = foreign.describe_file(name) if children[name] == "file" else "a directory no tensorstore spec names"
             extra[(name,)] = Leaf((name,), "array", "unknown", not_compared=why)
     return [e.spec for e in specs], extra
+
+
+def _plain_store(keys: list[str], stored: dict[str, int]) -> bool:
+    """An OCDBT database without Orbax's metadata that tensorstore or zarr-python wrote directly:
+    n5 or group metadata, or arrays at '/'-separated paths (Orbax names its arrays with '.')."""
+    return not stored or any("/" in name for name in stored) or any(k.rpartition("/")[2] in PLAIN_ONLY for k in keys)
 
 
 def _open_ocdbt(item: Dir) -> ts.KvStore:

@@ -198,3 +198,34 @@ def test_ls_on_gcs_lists_what_it_lists_locally(gcs):
         == (1, [0, 1], "maxtext-linen")
     )
     assert re_["items"][0]["leaves"] == lo["items"][0]["leaves"]  # stored bytes too, from the same B-tree
+
+
+def test_zarr_group_on_gcs_same_verdict_as_local(gcs, tmp_path):
+    """A zarr-python v3 group (nested groups, a fill-value chunk not stored) and an n5 array: found
+    by one listing of the bucket prefix, chunks read through tensorstore's gcs driver."""
+    import tensorstore as ts
+    import zarr
+
+    for name, value in (("a", 1.0), ("b", 1.5)):
+        root = zarr.open_group(str(tmp_path / name), mode="w", zarr_format=3)
+        root.attrs["run"] = "x"
+        layer = root.create_group("model").create_group("layer_0")
+        w = layer.create_array("w", shape=(4, 4), chunks=(2, 2), dtype="f4")
+        w[2:, 2:] = value  # three chunks hold the fill value 0 and are not stored
+        n5 = {"driver": "n5", "kvstore": {"driver": "file", "path": str(tmp_path / name / "n5w") + "/"}}
+        n5["metadata"] = {"dimensions": [3], "blockSize": [2], "dataType": "float32", "compression": {"type": "raw"}}
+        ts.open(n5, create=True).result().write(np.full((3,), value, np.float32)).result()
+        upload(str(tmp_path / name), BUCKET, f"zarr_{name}")
+    same = run_cli(gs("zarr_a"), tmp_path / "a", "--json", "-", "-q")
+    assert same.code == 0 and same.json["identical"], same.err
+    local = run_cli(tmp_path / "a", tmp_path / "b", "--json", "-", "-q")
+    remote = run_cli(gs("zarr_a"), gs("zarr_b"), "--json", "-", "-q")
+    for r in (local, remote):
+        assert r.code == 1 and [x["path"] for x in r.json["leaves"] if x["status"] != "equal"] == [
+            "model/layer_0/w",
+            "n5w",
+        ], r.err
+    strip = ("seconds", "bytes_read", "requests")
+    assert [{k: v for k, v in x.items() if k not in strip} for x in remote.json["leaves"]] == [
+        {k: v for k, v in x.items() if k not in strip} for x in local.json["leaves"]
+    ]

@@ -1,1 +1,1 @@
-"""One reader module per on-disk format that is not an Orbax PyTree item read from metadata."""
+"""Readers of on-disk formats, one module per format (OCDBT B-tree, zarr/n5, msgpack, JSON, refused)."""

@@ -1,0 +1,453 @@
+"""Plain Zarr v2/v3 and n5 hierarchies (zarr-python, xarray, tensorstore, jax array_serialization).
+
+A store is read from one listing plus one concurrent batch of small metadata reads: every key that
+names a node's metadata (`.zarray`, `.zgroup`, `.zattrs`, `zarr.json`, n5 `attributes.json`)
+defines a node at its folder's path. The listing is the truth: consolidated metadata (`.zmetadata`,
+v3 `consolidated_metadata`) is a cache that a later write may have left stale, so it is not trusted
+for what exists. Each node becomes leaves:
+
+* an array: one leaf at its group path split on '/' (`model/layer_0/kernel`), opened with
+  tensorstore (`zarr`, `zarr3` or `n5` driver). A chunk that is not stored is the fill value:
+  zarr-python and tensorstore skip chunks equal to it (unlike Orbax, where a missing chunk is lost);
+* its attributes (`.zattrs`, `attributes`, n5 user attributes): one `json` leaf per top-level key
+  at `<node>/.attrs/<key>`, compared exactly; v3 `dimension_names` at `<node>/.dimension_names`;
+* a group holding nothing at all: an `empty` leaf, so a group present on one side only shows up.
+
+zarr-python parses and validates the metadata into typed objects (`ArrayV2Metadata`,
+`ArrayV3Metadata`); dtype names come from `dtypes.normalize` alone, which also knows the ml_dtypes
+(bfloat16, int4, float8_*) zarr-python does not: for those the structure is validated with a
+stand-in dtype of the same width.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import tensorstore as ts
+
+from .. import dtypes
+from ..datatypes import ArraySource, KeyPath, Kind, Leaf, Tree, format_path
+from ..errors import StreamdiffError
+from ..storage import META_CACHE, Dir, storage_error
+
+if TYPE_CHECKING:  # zarr-python is imported when a zarr store is read: it costs a second at startup
+    from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
+
+#: File names that make a folder a zarr / n5 node.
+NODE_FILES = (".zarray", ".zgroup", ".zattrs", "zarr.json", "attributes.json")
+#: Files whose presence in a folder means "a zarr or n5 store starts here".
+MARKERS = frozenset(NODE_FILES + (".zmetadata",))
+#: n5 array metadata keys (tensorstore's n5 driver); the other keys of attributes.json are user attributes.
+N5_ARRAY_KEYS = ("dimensions", "blockSize", "dataType", "compression")
+#: numpy kinds tensorstore's zarr drivers read as numbers (ml_dtypes are kind 'V' and named below).
+NUMERIC_KINDS = "biufc"
+ATTRS = ".attrs"
+NOT_NUMERIC = "dtype not read by tensorstore:"
+#: Arrays of strings, objects or datetimes (xarray coordinates) are read whole with zarr-python and
+#: compared as JSON values, up to this many elements; bigger ones are not compared (exit 2).
+SMALL_VALUES_MAX_ELEMENTS = 100_000
+
+
+def is_node(children: dict[str, str]) -> bool:
+    """A folder holding zarr / n5 node metadata (or consolidated metadata)."""
+    return any(children.get(n) == "file" for n in MARKERS)
+
+
+# ------------------------------------------------------------------------------- typed metadata
+
+
+@dataclass(frozen=True)
+class ZarrArray:
+    """One array's metadata, parsed once. `doc` is the stored JSON (tensorstore's `metadata`)."""
+
+    path: str  # '/'-separated node path, '' at the root
+    driver: str  # tensorstore driver: 'zarr', 'zarr3' or 'n5'
+    doc: dict[str, Any]
+    dtype: str  # numpy / ml_dtypes name, from dtypes.normalize
+    typed: ArrayV2Metadata | ArrayV3Metadata | None  # None for n5
+
+    @property
+    def zarr_format(self) -> int:
+        return {"zarr": 2, "zarr3": 3}.get(self.driver, 0)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self.typed is None:
+            return tuple(int(s) for s in self.doc["dimensions"])
+        return tuple(int(s) for s in self.typed.shape)
+
+    @property
+    def chunk_grid(self) -> tuple[int, ...]:
+        """The storage grid: one key per cell (zarr3 sharded: the shard shape)."""
+        if self.typed is None:
+            return tuple(int(s) for s in self.doc["blockSize"])
+        if self.driver == "zarr":
+            return tuple(int(c) for c in self.typed.chunks)
+        return tuple(int(c) for c in self.typed.chunk_grid.chunk_shape)
+
+    @property
+    def read_chunk(self) -> tuple[int, ...]:
+        """The smallest decodable unit: the inner chunk of a sharded zarr3 array."""
+        if self.driver == "zarr3":
+            for c in self.typed.codecs:
+                if hasattr(c, "chunk_shape") and type(c).__name__ == "ShardingCodec":
+                    return tuple(int(x) for x in c.chunk_shape)
+        return self.chunk_grid
+
+    @property
+    def codec(self) -> str:
+        """Human description of the codec chain, e.g. 'blosc(lz4)', 'shard[zstd(level=0)]'."""
+        if self.typed is None:
+            comp = self.doc.get("compression") or {}
+            return str(comp.get("type", "raw"))
+        if self.driver == "zarr":
+            parts = [_v2_codec(f) for f in self.doc.get("filters") or []]
+            comp = self.doc.get("compressor")
+            parts.append("raw" if comp is None else _v2_codec(comp))
+            return "+".join(parts)
+        return _v3_codecs(self.doc.get("codecs", []))
+
+    @property
+    def key_encoding(self) -> str:
+        """How chunk keys are spelled: 'a.b' (v2 '.'), 'a/b', 'c/a/b' (v3 default), n5 'a/b'."""
+        if self.typed is None:
+            return "a/b"
+        if self.driver == "zarr":
+            return "a" + self.typed.dimension_separator + "b"
+        return self.typed.chunk_key_encoding.encode_chunk_key((0, 1)).replace("0", "a").replace("1", "b")
+
+    def is_chunk_key(self, key: str, separator: str | None = None) -> bool:
+        """Whether `key` (relative to the array) names a cell of the storage grid. A stored key
+        that is not one would be ignored by every reader, its data silently unread."""
+        ndim = len(self.shape)
+        if self.typed is None:  # n5: 'i/j/k', axis order as tensorstore writes it
+            parts = key.split("/")
+            return all(p.isdigit() for p in parts) and len(parts) == max(ndim, 1)
+        if self.driver == "zarr":
+            sep, prefix, scalar = separator or self.typed.dimension_separator, "", "0"
+        else:
+            enc = self.typed.chunk_key_encoding
+            sep = enc.separator
+            prefix, scalar = ("c" + sep, "c") if type(enc).__name__ == "DefaultChunkKeyEncoding" else ("", "0")
+        if ndim == 0:
+            return key == scalar
+        if not key.startswith(prefix):
+            return False
+        parts = key[len(prefix) :].split(sep)
+        counts = [-(-s // c) if c else 0 for s, c in zip(self.shape, self.chunk_grid)]
+        return len(parts) == ndim and all(p.isdigit() and int(p) < n for p, n in zip(parts, counts))
+
+    @property
+    def numeric(self) -> bool:
+        try:
+            kind = np.dtype(self.dtype).kind
+        except TypeError:
+            return False
+        return kind in NUMERIC_KINDS or self.dtype in _ML_DTYPES
+
+    @property
+    def tensorstore_metadata(self) -> dict[str, Any]:
+        if self.typed is None:
+            return {k: self.doc[k] for k in N5_ARRAY_KEYS if k in self.doc}
+        if self.driver == "zarr" and len(self.shape) <= 1 and self.doc.get("order") == "F":
+            return dict(self.doc, order="C")  # the same bytes; tensorstore normalises it and refuses 'F'
+        return self.doc
+
+
+_ML_DTYPES = frozenset(
+    "bfloat16 int2 int4 uint2 uint4 float4_e2m1fn float8_e3m4 float8_e4m3 float8_e4m3b11fnuz float8_e4m3fn "
+    "float8_e4m3fnuz float8_e5m2 float8_e5m2fnuz float8_e8m0fnu".split()
+)
+
+
+def _v2_codec(c: dict) -> str:
+    name = str(c.get("id", "?"))
+    detail = c.get("cname") or (f"level={c['level']}" if "level" in c else None)
+    return f"{name}({detail})" if detail else name
+
+
+def _v3_codecs(codecs: list[dict]) -> str:
+    parts = []
+    for c in codecs:
+        name = c.get("name", "?")
+        conf = c.get("configuration") or {}
+        if name == "sharding_indexed":
+            parts.append("shard[" + _v3_codecs(conf.get("codecs", [])) + "]")
+        elif name == "bytes":
+            continue
+        elif "cname" in conf:
+            parts.append(f"{name}({conf['cname']})")
+        elif "level" in conf:
+            parts.append(f"{name}(level={conf['level']})")
+        else:
+            parts.append(name)
+    return "+".join(parts) or "raw"
+
+
+def parse_array(path: str, name: str, doc: dict[str, Any]) -> ZarrArray:
+    """Metadata document of one array -> ZarrArray. Raises ValueError / KeyError / TypeError."""
+    if name == "attributes.json":
+        return ZarrArray(path, "n5", doc, dtypes.normalize(str(doc["dataType"])), None)
+    v2 = name == ".zarray"
+    field = "dtype" if v2 else "data_type"
+    raw_dtype = doc[field]
+    if isinstance(raw_dtype, dict):  # a zarr v3 extension dtype: {"name": "fixed_length_utf32", ...}
+        dtype = str(raw_dtype.get("name"))
+    elif not isinstance(raw_dtype, str):
+        dtype = "structured"  # zarr v2 record dtype: [["a", "<i4"], ...]
+    else:
+        try:
+            dtype = dtypes.normalize(raw_dtype)
+        except StreamdiffError:
+            dtype = raw_dtype  # a zarr v3 name numpy lacks ('string', 'bytes'): not numeric
+    from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
+
+    parse = ArrayV2Metadata.from_dict if v2 else ArrayV3Metadata.from_dict
+    try:
+        typed = parse(dict(doc))
+    except ValueError:
+        if dtype not in _ML_DTYPES:
+            raise
+        # zarr-python has no ml_dtypes: validate the rest with an unsigned int of the same width.
+        width = np.dtype(dtype).itemsize
+        standin = dict(doc, fill_value=0)
+        standin[field] = np.dtype(f"<u{width}").str if v2 else f"uint{8 * width}"
+        typed = parse(standin)
+    return ZarrArray(path, "zarr" if v2 else "zarr3", doc, dtype, typed)
+
+
+# --------------------------------------------------------------------------------- the reader
+
+
+@dataclass(frozen=True)
+class _Store:
+    """Where the store's keys live: the Dir itself, or an OCDBT database inside it."""
+
+    dir: Dir
+    kv: ts.KvStore
+    prefix: str  # key prefix of the store root inside `kv`
+    ocdbt: bool
+
+    def array_kvstore(self, node: str) -> dict[str, Any]:
+        sub = node + "/" if node else ""
+        if self.ocdbt:
+            return {"driver": "ocdbt", "base": self.dir.kv_spec(), "path": sub, "cache_pool": META_CACHE}
+        return self.dir.storage.spec(self.dir.relpath + sub)
+
+
+def build_tree(item: Dir, ocdbt_kv: ts.KvStore | None = None) -> Tree:
+    """The tree of a zarr / n5 hierarchy rooted at `item` (inside an OCDBT database if `ocdbt_kv`)."""
+    if ocdbt_kv is not None:
+        store = _Store(item, ocdbt_kv, "", True)
+        try:
+            keys = [k.decode() for k in ocdbt_kv.list().result()]
+        except Exception as e:
+            raise storage_error(e, f"{item.display}/manifest.ocdbt") from e
+    else:
+        store = _Store(item, item.storage.kv, item.relpath, False)
+        keys = item.list_recursive()
+    # node path -> {metadata file name -> future}; all reads in flight at once.
+    futures: dict[str, dict[str, ts.Future]] = {}
+    for k in keys:
+        head, _, last = k.rpartition("/")
+        if last in NODE_FILES:
+            futures.setdefault(head, {})[last] = store.kv.read(store.prefix + k)
+    docs: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
+    for node, files in futures.items():
+        docs[node] = {}
+        for name, fut in files.items():
+            try:
+                r = fut.result()
+            except Exception as e:
+                raise storage_error(e, f"{item.display}/{node}/{name}") from e
+            try:
+                docs[node][name] = json.loads(bytes(r.value)) if r.state == "value" else None
+            except ValueError as e:
+                errors[node] = f"{name}: unreadable JSON ({e})"
+    stored, stray = _assign_keys(keys, docs)
+    leaves: dict[KeyPath, Leaf] = {}
+    formats: set[str] = set()
+    for node in sorted(docs):
+        _node_leaves(store, node, docs[node], errors.get(node), stored.get(node, []), leaves, formats)
+    small = [leaf for leaf in leaves.values() if leaf.not_compared and leaf.not_compared.startswith(NOT_NUMERIC)]
+    leaves.update(_read_small_values(store, item, small, docs, stored))
+    _empty_groups(docs, leaves)
+    where = "ocdbt + " if ocdbt_kv is not None else ""
+    layout = where + ("/".join(sorted(formats)) or "zarr") + " hierarchy"
+    notes = []
+    if stray:
+        shown = ", ".join(stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
+        notes.append(f"{len(stray)} file(s) outside any zarr array, not compared: {shown}")
+    if any(leaf.source and "legacy nested" in leaf.source.codec for leaf in leaves.values()):
+        notes.append("legacy nested chunk keys ('0/0' without dimension_separator): read with separator '/'")
+    return Tree(location=item.display, leaves=leaves, layout=layout, notes=tuple(notes))
+
+
+def _assign_keys(keys: list[str], docs: dict[str, Any]) -> tuple[dict[str, list[str]], list[str]]:
+    """Each stored key that is not node metadata, to the deepest node holding it (relative to it);
+    keys under no node and not consolidated metadata are strays."""
+    out: dict[str, list[str]] = {}
+    stray = []
+    for k in keys:
+        parts = k.split("/")
+        if parts[-1] in MARKERS and "/".join(parts[:-1]) in docs:
+            continue
+        for i in range(len(parts) - 1, -1, -1):
+            node = "/".join(parts[:i])
+            if node in docs:
+                out.setdefault(node, []).append("/".join(parts[i:]))
+                break
+        else:
+            stray.append(k)
+    return out, [k for k in stray if k.rpartition("/")[2] != ".zmetadata"]
+
+
+def _keys(node: str) -> KeyPath:
+    return tuple(node.split("/")) if node else ()
+
+
+def _node_leaves(
+    store: _Store, node: str, files: dict[str, Any], error: str | None, keys: list[str], out: dict, formats: set[str]
+) -> None:
+    path = _keys(node)
+    if error is not None:
+        out[path] = Leaf(path, Kind.ARRAY, "zarr node", error=f"unreadable zarr metadata: {error}")
+        return
+    attrs: dict[str, Any] = {}
+    array_file = None
+    if "zarr.json" in files:
+        doc = files["zarr.json"] or {}
+        formats.add("zarr3")
+        attrs = doc.get("attributes") or {}
+        kind = doc.get("node_type")
+        if kind == "array":
+            array_file = "zarr.json"
+            if doc.get("dimension_names") is not None:
+                dn = path + (".dimension_names",)
+                out[dn] = Leaf(dn, Kind.JSON, "json", value=doc["dimension_names"])
+        elif kind != "group":
+            out[path] = Leaf(path, Kind.ARRAY, "zarr node", not_compared=f"zarr.json with node_type {kind!r}")
+    if ".zarray" in files or ".zgroup" in files or ".zattrs" in files:
+        formats.add("zarr2")
+        attrs = {**attrs, **(files.get(".zattrs") or {})}
+        if ".zarray" in files:
+            array_file = ".zarray"
+    if "attributes.json" in files:
+        doc = files["attributes.json"] or {}
+        if isinstance(doc, dict) and "dimensions" in doc and "dataType" in doc:
+            array_file = "attributes.json"
+            formats.add("n5")
+        elif isinstance(doc, dict) and not formats:
+            formats.add("n5")
+        attrs = {**attrs, **{k: v for k, v in doc.items() if k not in N5_ARRAY_KEYS}}
+    if array_file is not None:
+        out[path] = _array_leaf(store, node, array_file, files[array_file], keys)
+    elif keys and array_file is None:
+        shown = ", ".join(sorted(k for k in keys if "/" not in k)[:3])
+        if shown:  # files in a group folder (sub-folders are nodes of their own or strays)
+            p = path + (".unknown",)
+            out[p] = Leaf(p, Kind.JSON, "file", not_compared=f"files in a group that zarr does not define: {shown}")
+    for k, v in attrs.items() if isinstance(attrs, dict) else ():
+        p = path + (ATTRS, str(k))
+        out[p] = Leaf(p, Kind.JSON, "json", value=v)
+
+
+def _array_leaf(store: _Store, node: str, name: str, doc: Any, keys: list[str]) -> Leaf:
+    path = _keys(node)
+    try:
+        arr = parse_array(node, name, doc)
+        shape, chunks = arr.shape, arr.chunk_grid
+    except (KeyError, TypeError, ValueError, StreamdiffError) as e:
+        return Leaf(path, Kind.ARRAY, "zarr.Array", not_compared=f"zarr metadata not understood: {e}")
+    if not arr.numeric:
+        return Leaf(path, Kind.ARRAY, "zarr.Array", shape, arr.dtype, not_compared=f"{NOT_NUMERIC} {arr.dtype}")
+    legacy = False
+    odd = [k for k in keys if not arr.is_chunk_key(k)]
+    if (
+        odd
+        and arr.driver == "zarr"
+        and "dimension_separator" not in doc
+        and all(arr.is_chunk_key(k, "/") for k in keys)
+    ):
+        # zarr-python 2's NestedDirectoryStore wrote '0/0' keys before .zarray could say so.
+        arr = parse_array(node, name, dict(doc, dimension_separator="/"))
+        odd, legacy = [], True
+    if odd:
+        return Leaf(
+            path,
+            Kind.ARRAY,
+            "zarr.Array",
+            shape,
+            arr.dtype,
+            not_compared=f"stored keys that are not chunks of this array ({', '.join(sorted(odd)[:3])}): "
+            "their data would be read as fill value",
+        )
+    spec = {
+        "driver": arr.driver,
+        "kvstore": store.array_kvstore(node),
+        "metadata": arr.tensorstore_metadata,
+        # A chunk these writers did not store holds the fill value (they skip fill-valued chunks).
+        "fill_missing_data_reads": True,
+        "recheck_cached_data": False,
+        "recheck_cached_metadata": False,
+    }
+    codec = arr.codec + (" (legacy nested keys)" if legacy else "")
+    source = ArraySource(spec, node, arr.zarr_format, chunks, arr.read_chunk, codec)
+    return Leaf(path, Kind.ARRAY, "zarr.Array", shape=shape, dtype=arr.dtype, source=source)
+
+
+def _read_small_values(
+    store: _Store, item: Dir, leaves: list[Leaf], docs: dict[str, dict], stored: dict[str, list[str]]
+) -> dict[KeyPath, Leaf]:
+    """Non-numeric arrays, decoded by zarr-python from their stored bytes (read here through
+    tensorstore, every key of every such array in flight at once), as `json` leaves of nested lists."""
+    wanted = {}
+    for leaf in leaves:
+        node = "/".join(leaf.path)
+        if leaf.shape is not None and int(np.prod(leaf.shape)) <= SMALL_VALUES_MAX_ELEMENTS:
+            names = [n for n in docs[node] if n in NODE_FILES] + stored.get(node, [])
+            sub = node + "/" if node else ""
+            wanted[leaf.path] = {n: store.kv.read(store.prefix + sub + n) for n in names}
+    out = {}
+    for leaf in leaves:
+        if leaf.path not in wanted:
+            out[leaf.path] = replace(
+                leaf, not_compared=f"{leaf.not_compared}, over {SMALL_VALUES_MAX_ELEMENTS} elements: not read"
+            )
+            continue
+        raw = {}
+        for name, fut in wanted[leaf.path].items():
+            try:
+                r = fut.result()
+            except Exception as e:
+                raise storage_error(e, f"{item.display}/{format_path(leaf.path)}/{name}") from e
+            if r.state == "value":
+                raw[name] = bytes(r.value)
+        try:
+            value = _decode_with_zarr_python(raw)
+        except Exception as e:  # noqa: BLE001 - whatever zarr-python cannot decode stays not compared
+            out[leaf.path] = replace(leaf, not_compared=f"{leaf.not_compared}; zarr-python cannot read it: {e}")
+            continue
+        out[leaf.path] = Leaf(leaf.path, Kind.JSON, "zarr.Array", leaf.shape, leaf.dtype, value=value)
+    return out
+
+
+def _decode_with_zarr_python(raw: dict[str, bytes]) -> Any:
+    import zarr
+    from zarr.core.buffer import cpu
+
+    mem = zarr.storage.MemoryStore({k: cpu.Buffer.from_bytes(v) for k, v in raw.items()})
+    return zarr.open_array(store=mem, mode="r")[...].tolist()
+
+
+def _empty_groups(docs: dict[str, dict], leaves: dict[KeyPath, Leaf]) -> None:
+    """A group with nothing under it would leave no trace: give it an `empty` leaf."""
+    occupied = {p[:i] for p in leaves for i in range(len(p) + 1)}
+    for node in docs:
+        path = _keys(node)
+        if path not in occupied:
+            leaves[path] = Leaf(path, Kind.EMPTY, "zarr.Group")
