@@ -277,8 +277,10 @@ def _merge_items(trees: list[tuple[str, Tree]]) -> dict[KeyPath, Leaf]:
     out: dict[KeyPath, Leaf] = {}
     for prefix, t in trees:
         for path, leaf in t.leaves.items():
-            # A JSON item holding one value, or an item not read, is one leaf at the item's root.
-            new = ((prefix,) + path if prefix else path) or (t.location.rsplit("/", 1)[-1],)
+            # A root-level leaf (a single array, a JSON item holding one value, an item not read)
+            # keeps the empty path: named after its directory, two sides named differently would
+            # never pair.
+            new = (prefix,) + path if prefix else path
             out[new] = replace(leaf, path=new, source_path=new)
     return out
 

@@ -17,6 +17,7 @@ from pathlib import Path
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np  # noqa: E402
+from writers_msgpack import WRITERS_MSGPACK  # noqa: E402
 
 
 def chunks_of(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -143,4 +144,5 @@ WRITERS: dict[str, Callable[[Path, dict[str, np.ndarray]], Path]] = {
     "tensorstore_n5": tensorstore_n5,
     "array_serialization": array_serialization,
     "orbax": orbax,
+    **WRITERS_MSGPACK,  # T5X, flax msgpack file and folder, orbax state + JsonSave items
 }
