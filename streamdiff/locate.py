@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import msgpack
 
 from .errors import NotACheckpointError, NotFoundError, StreamdiffError, UnfinishedCheckpointError, UsageError
-from .storage import Dir, Storage
+from .storage import DEFAULT_TIMEOUT, Dir, Storage
 
 TMP_MARK = ".orbax-checkpoint-tmp"
 STEP_NAME = re.compile(r"^(?:.*_)?(\d+)$")
@@ -40,9 +40,11 @@ class Located:
     is_root: bool = False  # a CheckpointManager root (where --step applies)
 
 
-def locate(url: str, step: int | None = None, io_concurrency: int | None = None) -> Located:
+def locate(
+    url: str, step: int | None = None, io_concurrency: int | None = None, timeout: float = DEFAULT_TIMEOUT
+) -> Located:
     """Resolve a user path to its PyTree item(s)."""
-    storage = Storage.open(url, io_concurrency)
+    storage = Storage.open(url, io_concurrency, timeout)
     root = Dir(storage)
     if storage.is_local:
         import os
