@@ -98,7 +98,6 @@ def gs(name: str) -> str:
 
 
 def assert_one_line(r: Run, *needles: str) -> None:
-    print("\nSTDERR:", r.err.strip(), f"({r.seconds:.1f} s)")
     assert r.code == 2, (r.code, r.err)
     assert len(r.lines) == 1 and r.lines[0].startswith("streamdiff: error: "), r.err
     for n in needles:
