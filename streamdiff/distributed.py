@@ -162,7 +162,7 @@ def _batch_error(e: BaseException) -> str:
     own texts ("cancelled for reason: already forgotten", KilledWorker's task keys)."""
     name = type(e).__name__
     if name == "KilledWorker":
-        return f"the Dask worker running this leaf's batch died {RETRIES + 1} times (killed or out of memory?)"
+        return "the Dask workers running this leaf's batch kept dying (killed, or out of memory?)"
     if name in ("CancelledError", "FutureCancelledError") or "already forgotten" in str(e) or "cancelled" in str(e):
         return "the Dask batch holding this leaf was lost (its worker died or the scheduler went away)"
     return _one_line(e)

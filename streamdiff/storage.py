@@ -278,18 +278,20 @@ def _describe(e: BaseException) -> str:
             f"storage stalled: no data for {_timeout[0] / 2:g} s on each of {TRIES} tries "
             f"(--timeout {_timeout[0]:g}); is the endpoint reachable and responsive?"
         )
-    if code in (401, 403) or "permission_denied" in low or "unauthenticated" in low:
+    if code in (401, 403) or "unauthenticated" in low:
         return (
-            f"permission denied (HTTP {code or 403}): check the credentials "
+            f"permission denied (HTTP {code or 401}): check the credentials "
             "(gcloud auth application-default login, GOOGLE_APPLICATION_CREDENTIALS) and the bucket's IAM"
         )
+    if "permission_denied" in low or "permission denied" in low:
+        return f"permission denied ({first})"
     if "credentials" in low and ("could not" in low or "not running on gce" in low):
         return (
             "no Google Cloud credentials: run `gcloud auth application-default login` "
             "or set GOOGLE_APPLICATION_CREDENTIALS"
         )
     if code == 404 or "not_found" in low or "does not exist" in low:
-        return "not found"
+        return "not found" if code == 404 else f"not found ({first})"
     if code in (429, 500, 502, 503, 504):
         return f"storage unavailable{tries} (HTTP {code}); try again later"
     curl = _CURL_ERROR.search(full)
