@@ -40,6 +40,13 @@ def parse_size(text: str) -> int:
     return int(value)
 
 
+def _not_empty(param: click.Parameter, value: str | None) -> str | None:
+    """An empty string would silently mean "not given"."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("must not be empty", param=param)
+    return value
+
+
 def _human(n: int) -> str:
     for unit in ("", "K", "M", "G", "T"):
         if n < 1024 or unit == "T":
@@ -121,7 +128,7 @@ class _Bar:
 @click.option("--no-auto", is_flag=True, help="No layout detection, no presets, no layer alignment.")
 @click.option(
     "--layer-axis",
-    type=int,
+    type=click.IntRange(0, 31),
     default=None,
     metavar="N",
     help="Axis holding the layers when stacking unscanned layers to match a scanned side "
@@ -165,6 +172,7 @@ class _Bar:
     "--scheduler",
     default=None,
     metavar="ADDRESS",
+    callback=lambda ctx, param, v: _not_empty(param, v),
     help="Run the value diff on Dask: tcp://host:8786 for an existing cluster, local:N for N local "
     "worker processes (needs pip install 'streamdiff[dask]'). --max-memory applies per worker.",
 )
@@ -179,7 +187,12 @@ class _Bar:
 )
 @click.option("--stats", "show_stats", is_flag=True, help="Print storage requests, bytes read and time on stderr.")
 @click.option(
-    "--json", "json_path", default=None, metavar="PATH", help="Write the full report as JSON ('-' for stdout)."
+    "--json",
+    "json_path",
+    default=None,
+    metavar="PATH",
+    callback=lambda ctx, param, v: _not_empty(param, v),
+    help="Write the full report as JSON ('-' for stdout).",
 )
 @click.option("--verbose", "-v", is_flag=True, help="List every leaf, not only the differing ones.")
 @click.option(

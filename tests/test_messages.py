@@ -38,6 +38,9 @@ def one_line(r, *needles: str) -> str:
         (["--jobs", "0"], "--jobs"),
         (["--io-concurrency", "0"], "--io-concurrency"),
         (["--bogus-option"], "No such option"),
+        (["--json", ""], "--json"),
+        (["--scheduler", " "], "--scheduler"),
+        (["--layer-axis", "-1"], "--layer-axis"),
     ],
 )
 def test_option_values_that_cannot_be_honoured(args, needle):
