@@ -66,6 +66,8 @@ def filtered_native_stderr() -> Iterator[None]:
         sys.stderr = original
         os.dup2(saved, 2)  # our end of the pipe closes here; the pump drains what is left
         pump.join(0.5)  # children holding the pipe open must not delay the exit
+        if not pump.is_alive():  # else it may still write there: the fd must not be reused
+            os.close(saved)
 
 
 def _is_fd2(stream) -> bool:

@@ -28,7 +28,7 @@ TRIES = GCS_RETRIES["max_retries"] + 1
 #: TRIES tries a store that stalls completely fails after about twice the timeout.
 DEFAULT_TIMEOUT = 30.0
 MIN_TIMEOUT, MAX_TIMEOUT = 1.0, 86400.0  # curl counts whole seconds; a day is "no timeout"
-_timeout = [DEFAULT_TIMEOUT]
+_timeout = [DEFAULT_TIMEOUT, math.ceil(DEFAULT_TIMEOUT / 2)]  # as configured: --timeout, seconds per try
 
 
 def configure_http(timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -47,10 +47,10 @@ def configure_http(timeout: float = DEFAULT_TIMEOUT) -> None:
         from .errors import UsageError
 
         raise UsageError(f"--timeout must be {MIN_TIMEOUT:g} to {MAX_TIMEOUT:g} seconds, got {timeout!r}")
-    per_try = str(max(1, math.ceil(timeout / 2)))
-    os.environ["TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS"] = per_try
-    os.environ["TENSORSTORE_CURL_CONNECT_TIMEOUT_SECONDS"] = per_try
-    _timeout[0] = float(timeout)
+    per_try = max(1, math.ceil(timeout / 2))
+    os.environ["TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS"] = str(per_try)
+    os.environ["TENSORSTORE_CURL_CONNECT_TIMEOUT_SECONDS"] = str(per_try)
+    _timeout[:] = [float(timeout), per_try]
 
 
 #: Cache for OCDBT manifests and B-tree nodes (named pool, referenced by every ocdbt kvstore spec):
@@ -199,8 +199,7 @@ def _list(kv: ts.KvStore, prefix: bytes, what: str, remote: bool = False) -> lis
         # tensorstore's gcs listing turns a non-retryable HTTP error (403, 401, 404) into an empty
         # listing. A read does report them: probe one, then list once more (a passing 404), so
         # that only a listing that is empty twice means "no objects".
-        probe = kv.read(prefix + b"_METADATA").result()
-        del probe
+        kv.read(prefix + b"_METADATA").result()
         time.sleep(LIST_RECHECK_SECONDS)
         return kv.list(rng).result() if rng else kv.list().result()
     except Exception as e:  # tensorstore raises ValueError/OSError with a status message
@@ -251,8 +250,6 @@ def storage_error(e: BaseException, what: str) -> StreamdiffError:
 
 _HTTP_CODE = re.compile(r"http_response_code='(\d+)'")
 _CURL_ERROR = re.compile(r"CURL error ([^\[]+?)(?::| \[|$)")
-
-
 _OBJECT = re.compile(r"Error (?:reading|writing|listing) (\w+://[^\s:]+(?::[^\s:]+)*?):? ")
 
 
@@ -275,7 +272,7 @@ def _describe(e: BaseException) -> str:
     tries = f" after {TRIES} tries" if retried else ""
     if "curl_code='28'" in low or "operation too slow" in low or "timed out" in low or "deadline_exceeded" in low:
         return (
-            f"storage stalled: no data for {_timeout[0] / 2:g} s on each of {TRIES} tries "
+            f"storage stalled: no data for {_timeout[1]} s on each of {TRIES} tries "
             f"(--timeout {_timeout[0]:g}); is the endpoint reachable and responsive?"
         )
     if code in (401, 403) or "unauthenticated" in low:
