@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with filtered_native_stderr():
             return _main(argv)
-    except KeyboardInterrupt:  # arrived outside the diff itself (start-up, final flush)
+    except (KeyboardInterrupt, _Interrupted):  # arrived outside the diff itself (start-up, final flush)
         return _interrupted()
     finally:
         for sig, handler in previous.items():
@@ -344,7 +344,7 @@ def _main(argv: list[str] | None) -> int:
         return _error(e.format_message())
     except StreamdiffError as e:
         return _error(str(e))
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, KeyboardInterrupt, _Interrupted):
         return _interrupted()
     except OSError as e:
         if e.errno == errno.EPIPE:
@@ -399,9 +399,15 @@ class _ClosedStdout:
         raise OSError(errno.EBADF, "stdout is closed")
 
 
+class _Interrupted(BaseException):
+    """Raised by our SIGINT/SIGTERM handler. Not a KeyboardInterrupt, which click answers by
+    printing an empty line before ours; like it, not an Exception, so no `except Exception`
+    swallows it."""
+
+
 def _interrupt(signum, frame):
     mute()  # what Dask workers and native code print while shutting down is noise now
-    raise KeyboardInterrupt
+    raise _Interrupted
 
 
 def _interrupt_on_signals() -> dict:
@@ -417,6 +423,15 @@ def _interrupt_on_signals() -> dict:
 
 def run() -> None:
     code = main()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # the answer is given: a late signal must not replace it
+    # The answer is given: a late signal must not replace it, and what libraries print while the
+    # interpreter exits (Dask closing a cluster from an atexit hook after Ctrl-C) is not news.
+    for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+    try:
+        sys.stderr.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
     sys.exit(code)

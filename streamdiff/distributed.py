@@ -16,14 +16,16 @@ rest of the diff completes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import threading
 import uuid
 import warnings
 from typing import Any
 
-from .errors import UsageError
+from .errors import StreamdiffError, UsageError
 from .plan import MemoryPlan
 from .stats import LeafStats
 from .storage import DEFAULT_TIMEOUT, configure_http, io_counters, make_context
@@ -66,15 +68,24 @@ def _client(scheduler: str, mem: MemoryPlan, timeout: float = DEFAULT_TIMEOUT):
             raise UsageError(f"--scheduler local:N needs a number of workers, not {scheduler!r}") from e
         if not 1 <= n <= 1024:
             raise UsageError(f"--scheduler local:N needs 1 to 1024 workers, not {n}")
-        cluster = LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,  # one batch at a time per worker; the batch has its own threads
-            processes=True,
-            memory_limit=mem.budget,
-            dashboard_address=None,
-            silence_logs=logging.CRITICAL + 1,
-        )
-        return Client(cluster, timeout=f"{timeout}s"), cluster
+        # Worker processes start with SIGINT blocked (the mask is inherited through fork and exec):
+        # a terminal's Ctrl-C reaches the whole process group, and only this process should act
+        # on it. Here it stays pending until the cluster is up, then interrupts the run.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            cluster = LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,  # one batch at a time per worker; the batch has its own threads
+                processes=True,
+                memory_limit=mem.budget,
+                dashboard_address=None,
+                silence_logs=logging.CRITICAL + 1,
+            )
+            return Client(cluster, timeout=f"{timeout}s"), cluster
+        except Exception as e:  # noqa: BLE001 - e.g. "Nanny failed to start" when a worker dies at start-up
+            raise StreamdiffError(f"cannot start a local Dask cluster ({scheduler}): {_batch_error(e)}") from e
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     return _connect(Client, scheduler, timeout), None
 
 
@@ -150,10 +161,14 @@ def compare_on_dask(
                 progress(sum(t.progress for t in batch))
         after = client.run(io_counters)
         worker_io = tuple(sum(after[w][k] - before.get(w, (0, 0))[k] for w in after) for k in (0, 1))
+    except Exception as e:  # noqa: BLE001 - the scheduler or the cluster itself failed mid-run
+        raise StreamdiffError(f"the Dask run failed: {_batch_error(e)}") from e
     finally:
-        client.close()
+        with contextlib.suppress(Exception):
+            client.close()
         if cluster is not None:
-            cluster.close()
+            with contextlib.suppress(Exception):
+                cluster.close()
     return engine.outcomes, worker_io
 
 

@@ -70,11 +70,49 @@ def test_closed_stdout(extra, code):
 
 
 def _children(pid: int) -> list[str]:
+    """Child processes of any thread of `pid` (Dask starts its workers from its event-loop thread)."""
+    out = []
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return f.read().split()
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += f.read().split()
     except OSError:
-        return []
+        pass
+    return out
+
+
+def _workers(pid: int) -> list[int]:
+    found = []
+    for c in _children(pid):
+        try:
+            with open(f"/proc/{c}/cmdline") as f:
+                if "spawn_main" in f.read():
+                    found.append(int(c))
+        except OSError:
+            pass
+    return found
+
+
+def test_worker_killed_at_start_is_one_line_not_dask_noise():
+    """A Dask worker process SIGKILLed as soon as it exists: either Dask recovers (the verdict,
+    nothing on stderr) or the run ends with one line; never a traceback or Dask's log lines."""
+    pytest.importorskip("dask.distributed")
+    p = subprocess.Popen(
+        [*CMD, SAME, SAME, "--scheduler", "local:2", "--no-shortcut", "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    deadline = time.monotonic() + 90
+    while not _workers(p.pid) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert p.poll() is None, "finished before a worker started"
+    os.kill(_workers(p.pid)[0], signal.SIGKILL)
+    out, err = p.communicate(timeout=120)
+    assert (p.returncode, err) == (0, "") or (
+        p.returncode == 2 and len(err.splitlines()) == 1 and err.startswith("streamdiff: error: ")
+    ), (p.returncode, err)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
