@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 from fault_proxy import Fault, FaultProxy
-from gcs_emulator import Emulator, free_port, tensorstore_env, upload
+from gcs_emulator import Emulator, tensorstore_env, upload
 
 BUCKET = "faults"
 TIMEOUT = 2  # seconds: each try gets 1 s without progress, 4 tries
@@ -201,8 +201,9 @@ def test_no_credentials_is_one_line_without_native_log_lines(proxy, fault, tmp_p
     """No token, no credentials file, not on GCE: tensorstore logs an `E... google_auth_provider.cc`
     line from C++, goes on without credentials and the bucket answers 401. The user sees one line;
     with STREAMDIFF_NATIVE_LOGS=1 the C++ line is there (so the filter is what removes it).
-    Every address is loopback: the GCS endpoint is the proxy, the GCE metadata server
-    (GCE_METADATA_ROOT) a closed local port, HOME / CLOUDSDK_CONFIG empty directories."""
+    Every address is loopback: the GCS endpoint and the GCE metadata server (GCE_METADATA_ROOT,
+    which tensorstore probes to learn whether it runs on GCE) are the proxy, which answers 401 to
+    both; HOME / CLOUDSDK_CONFIG are empty directories."""
     fault("status", status=401)
     env = {
         k: v
@@ -211,12 +212,14 @@ def test_no_credentials_is_one_line_without_native_log_lines(proxy, fault, tmp_p
     }
     env.update(
         TENSORSTORE_GCS_HTTP_URL=proxy.url,
-        GCE_METADATA_ROOT=f"127.0.0.1:{free_port()}",
+        GCE_METADATA_ROOT=f"127.0.0.1:{proxy.port}",
         HOME=str(tmp_path),
         CLOUDSDK_CONFIG=str(tmp_path / "gcloud"),
     )
+    proxy.requests.clear()
     r = run(proxy, gs("a"), gs("same"), env=env)
     assert_one_line(r, "gs://faults/a", "permission denied (HTTP 401)", "credentials")
+    assert any("/computeMetadata/" in line for line in proxy.requests), proxy.requests  # the GCE probe came here
     assert r.seconds < 60
     raw = run(proxy, gs("a"), gs("same"), env=dict(env, STREAMDIFF_NATIVE_LOGS="1"))
     assert raw.code == 2 and "google_auth_provider.cc" in raw.err, raw.err
