@@ -21,7 +21,7 @@ from .pair import VALUE_KINDS, pair_trees
 from .plan import DEFAULT_MAX_MEMORY, default_jobs, memory_plan
 from .rules import Mapped, Pattern, apply_rules, dtype_allowed, load_rules_file, tolerance_for
 from .stats import Policy
-from .storage import io_counters
+from .storage import DEFAULT_TIMEOUT, configure_http, io_counters
 from .stream import PairOutcome, compare_values
 from .tree import read_item
 from .units import parse_size
@@ -69,6 +69,7 @@ def diff(
     shortcut: bool = True,
     io_concurrency: int | None = None,
     scheduler: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
     progress: Progress | None = None,
     only: Sequence[str] = (),
     exclude: Sequence[str] = (),
@@ -85,7 +86,10 @@ def diff(
     planner derives from it (tests use it to force many blocks per chunk). With `shortcut`, chunks
     whose stored bytes are equal on both sides are settled without decoding. `io_concurrency`
     caps parallel requests to remote storage. `scheduler` ('tcp://host:8786' or 'local:N') runs
-    the value diff on Dask workers. `step` picks the step of every side that is a manager root;
+    the value diff on Dask workers. `timeout` (seconds) bounds how long a remote request may make
+    no progress and how long to wait for the Dask scheduler; a stalled store fails after about
+    twice that. It takes effect at the first remote use in a process (tensorstore reads it once).
+    `step` picks the step of every side that is a manager root;
     `step_a` / `step_b` pick it for one side (and require that side to be a root).
     `max_memory` takes what `--max-memory` takes ('4G', '512M') or bytes.
     `only` / `exclude` are rules' path patterns ('params/**', '**/kernel') matched against the
@@ -95,9 +99,10 @@ def diff(
     check_tolerance(atol, rtol)
     max_memory = parse_size(max_memory, "max_memory")
     selection = Selection.compile(only, exclude)
+    configure_http(timeout)  # validates it too, before any work
     t0 = time.perf_counter()
     io0 = io_counters()
-    la, lb, matched, trees_a, trees_b = _resolve(a, b, _Steps(step, step_a, step_b), item, io_concurrency)
+    la, lb, matched, trees_a, trees_b = _resolve(a, b, _Steps(step, step_a, step_b), item, io_concurrency, timeout)
     m, pairs = _map_and_pair(trees_a, trees_b, matched, rules, preset, auto, layer_axis)
     pairs, excluded = selection.split(pairs)
 
@@ -112,7 +117,7 @@ def diff(
             progress.start(sum(p.a.nbytes + p.b.nbytes for p in pairs if p.status == "compare"))
         ctx = (matched[0][1].dir.storage.context, matched[0][2].dir.storage.context)
         advance = progress.advance if progress else None
-        outcomes, remote_io = compare_values(pairs, policies, ctx, mem, advance, shortcut, scheduler)
+        outcomes, remote_io = compare_values(pairs, policies, ctx, mem, advance, shortcut, scheduler, timeout)
 
     results = tuple(_result(p, outcomes.get(i), structure_only, m, policies[i]) for i, p in enumerate(pairs))
     io1 = io_counters()
@@ -192,10 +197,12 @@ class _Steps:
         return own if own is not None else self.both
 
 
-def _resolve(a: str, b: str, steps: _Steps, item: str | None, io_concurrency: int | None = None):
+def _resolve(
+    a: str, b: str, steps: _Steps, item: str | None, io_concurrency: int | None = None, timeout: float = DEFAULT_TIMEOUT
+):
     with ThreadPoolExecutor(2) as pool:
-        fa = pool.submit(locate, a, steps.side("A"), io_concurrency)
-        fb = pool.submit(locate, b, steps.side("B"), io_concurrency)
+        fa = pool.submit(locate, a, steps.side("A"), io_concurrency, timeout)
+        fb = pool.submit(locate, b, steps.side("B"), io_concurrency, timeout)
         la, lb = fa.result(), fb.result()
     if steps.both is not None and not (la.is_root or lb.is_root):
         raise UsageError(f"--step applies to a CheckpointManager root; neither {a} nor {b} is one")

@@ -7,7 +7,9 @@ Every user-facing failure is one line on stderr and exit code 2 (click's own usa
 from __future__ import annotations
 
 import difflib
+import errno
 import os
+import signal
 import sys
 
 import click
@@ -18,8 +20,9 @@ from . import __version__, api, malloc, report
 from .api import diff
 from .errors import StreamdiffError
 from .layouts import PRESETS
+from .native_log import filtered_native_stderr, mute
 from .plan import DEFAULT_MAX_MEMORY, default_jobs
-from .storage import DEFAULT_IO_CONCURRENCY
+from .storage import DEFAULT_IO_CONCURRENCY, DEFAULT_TIMEOUT
 from .units import human, parse_size
 
 __all__ = ["cli", "main", "parse_size", "run"]
@@ -39,6 +42,13 @@ class _UsageError(click.UsageError):
         usage = self.ctx.get_usage().replace("Usage: ", "").strip() if self.ctx else "streamdiff [OPTIONS] A B"
         prog = self.ctx.command_path if self.ctx else "streamdiff"
         return f"{self.message} (usage: {usage}; see '{prog} --help')"
+
+
+def _not_empty(param: click.Parameter, value: str | None) -> str | None:
+    """An empty string would silently mean "not given"."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("must not be empty", param=param)
+    return value
 
 
 def _nearest_option(command: click.Command, ctx: click.Context, name: str) -> str | None:
@@ -157,7 +167,7 @@ class _Bar:
 @click.option("--no-auto", is_flag=True, help="No layout detection, no presets, no layer alignment.")
 @click.option(
     "--layer-axis",
-    type=int,
+    type=click.IntRange(0, 31),
     default=None,
     metavar="N",
     help="Axis holding the layers when stacking unscanned layers to match a scanned side "
@@ -201,12 +211,27 @@ class _Bar:
     "--scheduler",
     default=None,
     metavar="ADDRESS",
+    callback=lambda ctx, param, v: _not_empty(param, v),
     help="Run the value diff on Dask: tcp://host:8786 for an existing cluster, local:N for N local "
     "worker processes (needs pip install 'streamdiff[dask]'). --max-memory applies per worker.",
 )
+@click.option(
+    "--timeout",
+    type=float,
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="Remote storage (gs://): a request that makes no progress for half of this is retried; a "
+    "stalled store fails after about twice this. Also the wait for a Dask scheduler.",
+)
 @click.option("--stats", "show_stats", is_flag=True, help="Print storage requests, bytes read and time on stderr.")
 @click.option(
-    "--json", "json_path", default=None, metavar="PATH", help="Write the full report as JSON ('-' for stdout)."
+    "--json",
+    "json_path",
+    default=None,
+    metavar="PATH",
+    callback=lambda ctx, param, v: _not_empty(param, v),
+    help="Write the full report as JSON ('-' for stdout).",
 )
 @click.option(
     "--only",
@@ -271,6 +296,7 @@ def cli(
     jobs,
     io_concurrency,
     scheduler,
+    timeout,
     show_stats,
     json_path,
     only,
@@ -313,6 +339,7 @@ def cli(
             shortcut=not no_shortcut,
             io_concurrency=io_concurrency,
             scheduler=scheduler,
+            timeout=timeout,
             progress=bar,
             only=only,
             exclude=exclude,
@@ -321,6 +348,7 @@ def cli(
     finally:
         if bar:
             bar.stop()
+    _verdict_code.append(r.exit_code)  # what a closed pipe ends with (see main)
     if json_path == "-":
         sys.stdout.write(report.dumps(r, stat_depth) + "\n")
     elif json_path:
@@ -379,29 +407,135 @@ def pipe_width() -> int:
     return report.PIPE_WIDTH
 
 
+#: The diff's exit code once known: a reader that goes away (`| head -1`) does not change the answer.
+_verdict_code: list[int] = []
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: maps every failure to one stderr line and exit code 2."""
+    """Entry point: maps every failure to one stderr line and exit code 2.
+
+    SIGTERM is handled like Ctrl-C (exit 130, one line). A closed pipe on stdout ends quietly with
+    the diff's own exit code; stdout that cannot be written (closed, full disk) is an error.
+    Native libraries' log lines (tensorstore's absl logging) are kept off stderr.
+    """
     malloc.limit_arenas(1)
+    _verdict_code.clear()
+    previous = _interrupt_on_signals()
+    if sys.stdout is None:  # started with stdout closed (`>&-`)
+        sys.stdout = _ClosedStdout()
+    try:
+        with filtered_native_stderr():
+            return _main(argv)
+    except (KeyboardInterrupt, _Interrupted):  # arrived outside the diff itself (start-up, final flush)
+        return _interrupted()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         code = cli.main(args=argv, prog_name="streamdiff", standalone_mode=False)
+        sys.stdout.flush()  # a full disk or closed pipe shows here, not at interpreter exit
     except click.exceptions.Exit as e:
         return e.exit_code
+    except SystemExit as e:  # rich's answer to a closed pipe: SystemExit(1) after muting stdout
+        return _verdict_code[-1] if _verdict_code else (e.code if isinstance(e.code, int) else 2)
     except click.exceptions.ClickException as e:
-        click.echo(f"streamdiff: error: {e.format_message()}", err=True)
-        return 2
+        return _error(e.format_message())
     except StreamdiffError as e:
-        click.echo(f"streamdiff: error: {e}", err=True)
-        return 2
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("streamdiff: interrupted", err=True)
-        return 130
-    except BrokenPipeError:
-        return 1
+        return _error(str(e))
+    except (click.exceptions.Abort, KeyboardInterrupt, _Interrupted):
+        return _interrupted()
+    except OSError as e:
+        if e.errno == errno.EPIPE:
+            _discard_stdout()
+            return _verdict_code[-1] if _verdict_code else 141
+        if e.errno in (errno.ENOSPC, errno.EBADF, errno.EIO, errno.EFBIG, errno.EDQUOT):
+            _discard_stdout()
+            return _error(f"cannot write to stdout: {e.strerror or e}")
+        where = f" ({e.filename})" if e.filename else ""
+        return _error(f"{e.strerror or e}{where}")
     return int(code) if isinstance(code, int) else 0
 
 
+def _interrupted() -> int:
+    mute()
+    click.echo("streamdiff: interrupted", err=True)
+    return 130
+
+
+def _error(message: str) -> int:
+    text = " ".join(message.split())  # click's messages may span lines
+    click.echo(f"streamdiff: error: {text}", err=True)
+    return 2
+
+
+def _discard_stdout() -> None:
+    """Point fd 1 at /dev/null so the interpreter's final flush cannot fail a second time."""
+    try:
+        fd = sys.stdout.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+class _ClosedStdout:
+    """Stands in for a stdout the process was started without: writing to it is an error."""
+
+    encoding = "utf-8"
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "stdout is closed")
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        raise OSError(errno.EBADF, "stdout is closed")
+
+
+class _Interrupted(BaseException):
+    """Raised by our SIGINT/SIGTERM handler. Not a KeyboardInterrupt, which click answers by
+    printing an empty line before ours; like it, not an Exception, so no `except Exception`
+    swallows it."""
+
+
+def _interrupt(signum, frame):
+    mute()  # what Dask workers and native code print while shutting down is noise now
+    raise _Interrupted
+
+
+def _interrupt_on_signals() -> dict:
+    """Ctrl-C and SIGTERM: the same cleanup, one line, exit code 130."""
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, _interrupt)
+        except ValueError:  # not the main thread (an embedding program): leave signals alone
+            break
+    return previous
+
+
 def run() -> None:
-    sys.exit(main())
+    code = main()
+    # The answer is given: a late signal must not replace it, and what libraries print while the
+    # interpreter exits (Dask closing a cluster from an atexit hook after Ctrl-C) is not news.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        sys.stderr.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+    sys.exit(code)
 
 
 @click.command(cls=_Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

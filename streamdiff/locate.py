@@ -21,7 +21,7 @@ from enum import StrEnum
 from .errors import NotACheckpointError, NotFoundError, UnfinishedCheckpointError, UsageError
 from .formats import foreign, zarr
 from .formats import msgpack as msgpack_format
-from .storage import Dir, Storage
+from .storage import DEFAULT_TIMEOUT, Dir, Storage
 
 TMP_MARK = ".orbax-checkpoint-tmp"
 STEP_NAME = re.compile(r"^(?:.*_)?(\d+)$")
@@ -68,19 +68,21 @@ class Located:
     is_root: bool = False  # a CheckpointManager root (where --step applies)
 
 
-def locate(url: str, step: int | None = None, io_concurrency: int | None = None) -> Located:
+def locate(
+    url: str, step: int | None = None, io_concurrency: int | None = None, timeout: float = DEFAULT_TIMEOUT
+) -> Located:
     """Resolve a user path to its PyTree item(s)."""
-    storage = Storage.open(url, io_concurrency)
+    storage = Storage.open(url, io_concurrency, timeout)
     if storage.is_local and os.path.isfile(storage.local_root):
         parent, name = os.path.split(storage.local_root)
-        return Located((_file_item(Dir(Storage.open(parent, io_concurrency)), name, url),), ())
+        return Located((_file_item(Dir(Storage.open(parent, io_concurrency, timeout)), name, url),), ())
     root = Dir(storage)
     children = root.list_children()
     if not children and not storage.is_local:
         # Nothing under `url/`: maybe `url` is an object itself (a flax msgpack file in a bucket).
         head, _, name = storage.url.rstrip("/").rpartition("/")
         if name and head.partition("://")[2]:
-            parent = Dir(Storage.open(head, io_concurrency))
+            parent = Dir(Storage.open(head, io_concurrency, timeout))
             try:
                 found = parent.read_async(name).result().state == "value"
             except Exception:  # noqa: BLE001 - a missing bucket: said below as "no objects under this path"

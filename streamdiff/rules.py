@@ -305,6 +305,8 @@ def load_rules_file(path: str) -> RuleSet:
             text = f.read()
     except OSError as e:
         raise RulesError(f"cannot read rules file {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise RulesError(f"rules file {path} is not TOML text (not UTF-8 at byte {e.start})") from e
     return parse_rules(text, path)
 
 

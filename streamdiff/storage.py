@@ -7,8 +7,11 @@ recursive, which is wasteful on a manager root full of steps) and a prefix listi
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +22,35 @@ from .errors import NotFoundError, StreamdiffError
 
 #: Retries for remote storage: a dead endpoint must fail within seconds, not minutes.
 GCS_RETRIES = {"max_retries": 3, "initial_delay": "100ms", "max_delay": "1s"}
+TRIES = GCS_RETRIES["max_retries"] + 1
+
+#: Seconds a remote request may make no progress (`--timeout`). Each try gets half of it, so with
+#: TRIES tries a store that stalls completely fails after about twice the timeout.
+DEFAULT_TIMEOUT = 30.0
+MIN_TIMEOUT, MAX_TIMEOUT = 1.0, 86400.0  # curl counts whole seconds; a day is "no timeout"
+_timeout = [DEFAULT_TIMEOUT, math.ceil(DEFAULT_TIMEOUT / 2)]  # as configured: --timeout, seconds per try
+
+
+def configure_http(timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Bound every GCS request before tensorstore makes its first HTTP request in this process.
+
+    tensorstore has no context option for a stall timeout: its curl transport reads
+    TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS (abort a transfer that moves fewer than
+    TENSORSTORE_CURL_LOW_SPEED_LIMIT_BYTES per second for that long: 60 s by default, retried, so a
+    stalled bucket took minutes) and TENSORSTORE_CURL_CONNECT_TIMEOUT_SECONDS once, when its curl
+    handle factory is created. So they are set here, in-process, before the first remote use; a
+    later call in the same process cannot change them (the API documents this). The aborted try
+    is DEADLINE_EXCEEDED, which the gcs driver retries like a 503 (see GCS_RETRIES).
+    """
+    ok = isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+    if not (ok and math.isfinite(timeout) and MIN_TIMEOUT <= timeout <= MAX_TIMEOUT):
+        from .errors import UsageError
+
+        raise UsageError(f"--timeout must be {MIN_TIMEOUT:g} to {MAX_TIMEOUT:g} seconds, got {timeout!r}")
+    per_try = max(1, math.ceil(timeout / 2))
+    os.environ["TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS"] = str(per_try)
+    os.environ["TENSORSTORE_CURL_CONNECT_TIMEOUT_SECONDS"] = str(per_try)
+    _timeout[:] = [float(timeout), per_try]
 
 
 #: Cache for OCDBT manifests and B-tree nodes (named pool, referenced by every ocdbt kvstore spec):
@@ -61,11 +93,12 @@ class Storage:
     _listings: dict = field(default_factory=dict, hash=False, compare=False, repr=False)
 
     @staticmethod
-    def open(url: str, io_concurrency: int | None = None) -> Storage:
+    def open(url: str, io_concurrency: int | None = None, timeout: float = DEFAULT_TIMEOUT) -> Storage:
         """Parse a path, `file://` URL or `gs://bucket/path` into a Storage."""
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme in ("", "file"):
-            path = parsed.path if parsed.scheme == "file" else url
+            # file:// URLs are percent-encoded (a space is %20); plain paths are taken as typed.
+            path = urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else url
             if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
                 raise StreamdiffError(f"file:// URLs need an absolute path: {url}")
             path = os.path.abspath(os.path.expanduser(path))
@@ -79,6 +112,7 @@ class Storage:
                 raise StreamdiffError(f"gs:// URL without a bucket: {url}")
             prefix = parsed.path.strip("/")
             base = {"driver": "gcs", "bucket": parsed.netloc, "path": prefix + "/" if prefix else ""}
+            configure_http(timeout)
             ctx = make_context(True, io_concurrency)
             return Storage(url=url.rstrip("/"), base=base, context=ctx, local_root=None)
         raise StreamdiffError(f"unsupported URL scheme {parsed.scheme!r} in {url} (use a path, file:// or gs://)")
@@ -163,9 +197,17 @@ class Dir:
         return [k[len(prefix) :].decode() for k in keys]
 
 
-def _list(kv: ts.KvStore, prefix: bytes, what: str) -> list[bytes]:
+def _list(kv: ts.KvStore, prefix: bytes, what: str, remote: bool = False) -> list[bytes]:
     rng = ts.KvStore.KeyRange(inclusive_min=prefix, exclusive_max=_successor(prefix)) if prefix else None
     try:
+        keys = kv.list(rng).result() if rng else kv.list().result()
+        if keys or not remote:
+            return keys
+        # tensorstore's gcs listing turns a non-retryable HTTP error (403, 401, 404) into an empty
+        # listing. A read does report them: probe one, then list once more (a passing 404), so
+        # that only a listing that is empty twice means "no objects".
+        kv.read(prefix + b"_METADATA").result()
+        time.sleep(LIST_RECHECK_SECONDS)
         return kv.list(rng).result() if rng else kv.list().result()
     except Exception as e:  # tensorstore raises ValueError/OSError with a status message
         raise storage_error(e, what) from e
@@ -178,10 +220,14 @@ def _listing(d: Dir) -> list[bytes]:
     with d.storage._lock:
         cached = d.storage._listings.get(d.relpath)
     if cached is None:
-        cached = _list(d.storage.kv, d.relpath.encode(), d.display)
+        cached = _list(d.storage.kv, d.relpath.encode(), d.display, remote=True)
         with d.storage._lock:
             d.storage._listings[d.relpath] = cached
     return cached
+
+
+#: Pause before listing an empty remote prefix a second time.
+LIST_RECHECK_SECONDS = 0.5
 
 
 def _remote_children(d: Dir):
@@ -215,16 +261,63 @@ def result_bytes(future: ts.Future, what: str) -> bytes | None:
 
 
 def storage_error(e: BaseException, what: str) -> StreamdiffError:
-    """Turn a tensorstore status into a one-line user error."""
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    low = msg.lower()
-    if "not_found" in low or "not found" in low or "does not exist" in low:
-        return NotFoundError(f"{what}: not found ({msg})")
-    if "permission" in low or "unauthenticated" in low or "forbidden" in low:
-        return StreamdiffError(f"{what}: permission denied ({msg})")
-    if "unavailable" in low or "deadline" in low or "connect" in low:
-        return StreamdiffError(f"{what}: storage unreachable ({msg})")
-    return StreamdiffError(f"{what}: {msg}")
+    """Turn a tensorstore status into a one-line user error naming the object."""
+    text = describe(e)
+    if text.startswith("not found"):
+        return NotFoundError(f"{what}: {text}")
+    return StreamdiffError(f"{what}: {text}")
+
+
+_HTTP_CODE = re.compile(r"http_response_code='(\d+)'")
+_CURL_ERROR = re.compile(r"CURL error ([^\[]+?)(?::| \[|$)")
+_OBJECT = re.compile(r"Error (?:reading|writing|listing) (\w+://[^\s:]+(?::[^\s:]+)*?):? ")
+
+
+def describe(e: BaseException, with_object: bool = False) -> str:
+    """What went wrong with a storage request, in words a user can act on (one line, no status
+    dumps): tensorstore's messages carry a status code, nested retry text, curl codes and the
+    whole HTTP error body. `with_object` puts the object tensorstore names (gs://b/k) first."""
+    text = _describe(e)
+    obj = _OBJECT.search(str(e)) if with_object else None
+    return f"{obj.group(1)}: {text}" if obj else text
+
+
+def _describe(e: BaseException) -> str:
+    full = str(e).strip()
+    first = full.splitlines()[0] if full else type(e).__name__
+    low = full.lower()
+    http = _HTTP_CODE.search(full)
+    code = int(http.group(1)) if http else None
+    retried = "retry attempts failed" in low
+    tries = f" after {TRIES} tries" if retried else ""
+    if "curl_code='28'" in low or "operation too slow" in low or "timed out" in low or "deadline_exceeded" in low:
+        return (
+            f"storage stalled: no data for {_timeout[1]} s on each of {TRIES} tries "
+            f"(--timeout {_timeout[0]:g}); is the endpoint reachable and responsive?"
+        )
+    if code in (401, 403) or "unauthenticated" in low:
+        return (
+            f"permission denied (HTTP {code or 401}): check the credentials "
+            "(gcloud auth application-default login, GOOGLE_APPLICATION_CREDENTIALS) and the bucket's IAM"
+        )
+    if "permission_denied" in low or "permission denied" in low:
+        return f"permission denied ({first})"
+    if "credentials" in low and ("could not" in low or "not running on gce" in low):
+        return (
+            "no Google Cloud credentials: run `gcloud auth application-default login` "
+            "or set GOOGLE_APPLICATION_CREDENTIALS"
+        )
+    if code == 404 or "not_found" in low or "does not exist" in low:
+        return "not found" if code == 404 else f"not found ({first})"
+    if code in (429, 500, 502, 503, 504):
+        return f"storage unavailable{tries} (HTTP {code}); try again later"
+    curl = _CURL_ERROR.search(full)
+    if curl or "unavailable" in low or "connect" in low:
+        detail = curl.group(1).strip() if curl else first
+        return f"storage unreachable{tries} ({detail})"
+    if "invalid gcs bucket name" in low:
+        return first.split(": ", 1)[-1]
+    return first
 
 
 #: Base kvstore drivers whose metrics count real storage traffic (ocdbt/zarr sit on top of them).

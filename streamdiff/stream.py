@@ -33,6 +33,7 @@ from .dtypes import family
 from .plan import BlockGrid, MemoryPlan, RowsPlan, block_grid, rows_plan
 from .rules import view_of
 from .stats import LeafStats, Policy, block_stats, layers_settled
+from .storage import DEFAULT_TIMEOUT, describe
 
 ProgressFn = Callable[[int], None]
 
@@ -414,6 +415,7 @@ def compare_values(
     progress: ProgressFn | None = None,
     shortcut: bool = True,
     scheduler: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> tuple[dict[int, PairOutcome], tuple[int, int]]:
     """Stream every pair with status 'compare' whose kinds are numeric.
 
@@ -424,7 +426,7 @@ def compare_values(
     if scheduler:
         from .distributed import compare_on_dask
 
-        return compare_on_dask(pairs, policies, contexts, mem, progress, shortcut, scheduler)
+        return compare_on_dask(pairs, policies, contexts, mem, progress, shortcut, scheduler, timeout)
     return _Engine(pairs, policies, contexts, mem, shortcut, progress).run(), (0, 0)
 
 
@@ -449,5 +451,6 @@ def _itemsize(leaf: Leaf) -> int:
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
+    """A task's failure as one line: storage statuses in words (see storage.describe), anything
+    else by its first line, and a bare exception (no text) by its type rather than nothing."""
+    return describe(e, with_object=True)

@@ -377,8 +377,12 @@ def _make_leaf(
     fmt, md = zmeta[e.storage_name]
     try:
         source, shape, dtype = _array_source(item, ocdbt, e.storage_name, fmt, md)
-    except (KeyError, TypeError, ValueError, StreamdiffError) as exc:
-        return Leaf(e.keys, "array", e.value_type, error=f"unreadable zarr metadata: {exc}")
+    except KeyError as exc:  # str(KeyError) is only the quoted key: say what it is
+        where = f"{e.storage_name}/{'.zarray' if fmt == 2 else 'zarr.json'}"
+        return Leaf(e.keys, "array", e.value_type, error=f"unreadable zarr metadata {where}: no field {exc.args[0]!r}")
+    except (TypeError, ValueError, AttributeError, StreamdiffError) as exc:
+        where = f"{e.storage_name}/{'.zarray' if fmt == 2 else 'zarr.json'}"
+        return Leaf(e.keys, "array", e.value_type, error=f"unreadable zarr metadata {where}: {exc}")
     impl = prng.get(e.storage_name)
     if impl:
         kind = "prng_key"
@@ -391,13 +395,23 @@ def _make_leaf(
     return Leaf(e.keys, kind, e.value_type, shape=shape, dtype=dtype, source=source, prng_impl=impl)
 
 
+def _ints(value: Any, field: str) -> tuple[int, ...]:
+    """A list of integers from metadata, or a ValueError naming the field (not "'int' object is
+    not iterable")."""
+    if not isinstance(value, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+        raise ValueError(f"`{field}` must be a list of integers, got {json.dumps(value)[:60]}")
+    return tuple(value)
+
+
 def _array_source(item: Dir, ocdbt: bool, name: str, fmt: int, md: dict) -> tuple[ArraySource, tuple, str]:
-    shape = tuple(int(s) for s in md["shape"])
+    if not isinstance(md, dict):
+        raise ValueError(f"expected a JSON object, got {type(md).__name__}")
+    shape = _ints(md["shape"], "shape")
     if fmt == 2:
         if not isinstance(md["dtype"], str):
             raise ValueError(f"structured dtype {md['dtype']!r} is not supported")
         dtype = dtypes.normalize(md["dtype"])
-        chunks = tuple(int(c) for c in md["chunks"])
+        chunks = _ints(md["chunks"], "chunks")
         read_chunks = chunks
         comp = md.get("compressor")
         codec = "raw" if comp is None else f"{comp.get('id')}" + (f"(level={comp['level']})" if "level" in comp else "")
@@ -405,7 +419,7 @@ def _array_source(item: Dir, ocdbt: bool, name: str, fmt: int, md: dict) -> tupl
             codec = "+".join(f.get("id", "?") for f in md["filters"]) + "+" + codec
     else:
         dtype = dtypes.normalize(md["data_type"])
-        chunks = tuple(int(c) for c in md["chunk_grid"]["configuration"]["chunk_shape"])
+        chunks = _ints(md["chunk_grid"]["configuration"]["chunk_shape"], "chunk_grid.configuration.chunk_shape")
         read_chunks = chunks
         codec = _codec_names(md.get("codecs", []))
         for c in md.get("codecs", []):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from .errors import UsageError
@@ -18,7 +19,10 @@ def parse_size(text: str | int, name: str = "--max-memory") -> int:
     m = _SIZE.match(text) if isinstance(text, str) else None
     if not m:
         raise UsageError(f"{name}: {text!r} is not a size (examples: 512M, 4G, 1.5GiB)")
-    return int(float(m.group(1)) * _SCALE[m.group(2).lower()])
+    value = float(m.group(1)) * _SCALE[m.group(2).lower()]
+    if not math.isfinite(value) or value >= 1 << 60:  # '1e400' would overflow int()
+        raise UsageError(f"{name}: {text!r} is too large")
+    return int(value)
 
 
 def human(n: float) -> str:
