@@ -398,7 +398,12 @@ def pipe_width() -> int:
     cols = os.environ.get("COLUMNS", "")
     if cols.isdigit() and int(cols) > 0:
         return int(cols)
-    for fd in (2, 0):
+    fds = [0]
+    try:  # sys.stderr, not fd 2: fd 2 may be the native-log filter's pipe (native_log.py)
+        fds.insert(0, sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        pass
+    for fd in fds:
         try:
             if os.isatty(fd):
                 return os.get_terminal_size(fd).columns
