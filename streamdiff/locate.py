@@ -8,12 +8,12 @@ item with per-process OCDBT data but no root manifest.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
 import msgpack
 
+from . import validate
 from .errors import NotACheckpointError, NotFoundError, StreamdiffError, UnfinishedCheckpointError, UsageError
 from .storage import Dir, Storage
 
@@ -138,10 +138,7 @@ def _check_step_finished(d: Dir, children: dict[str, str], required: bool) -> No
     """A step is final when committed: commit timestamp set and, on object storage, the commit file."""
     if "_CHECKPOINT_METADATA" in children:
         raw = d.read("_CHECKPOINT_METADATA")
-        try:
-            meta = json.loads(raw) if raw else {}
-        except ValueError as e:
-            raise NotACheckpointError(f"{d.display}/_CHECKPOINT_METADATA: unreadable JSON ({e})") from e
+        meta = validate.parse_json(raw, f"{d.display}/_CHECKPOINT_METADATA") if raw else {}
         if isinstance(meta, dict) and "commit_timestamp_nsecs" in meta and meta["commit_timestamp_nsecs"] is None:
             raise UnfinishedCheckpointError(
                 f"{d.display}: unfinished save (_CHECKPOINT_METADATA has no commit timestamp"

@@ -29,7 +29,8 @@ from . import malloc
 from .chunks import PIECE_BYTES, ItemSizes, RawStore, chunk_format, stream_chunk
 from .datatypes import Leaf, Pair
 from .dtypes import family
-from .plan import BlockGrid, MemoryPlan, RowsPlan, block_grid, rows_plan
+from .encoding import Encoding, audit_chunk_files, encoding_of, plausible, plausible_head
+from .plan import BlockGrid, MemoryPlan, RowsPlan, block_grid, refuse_leaf, rows_plan
 from .rules import view_of
 from .stats import LeafStats, Policy, block_stats
 
@@ -85,7 +86,10 @@ class _Side:
         self._lock = threading.Lock()
         stored = leaf.view is None and leaf.source is not None
         self.format = chunk_format(leaf.source) if stored else None
-        if stored:  # opened asynchronously: every leaf's open is in flight at once
+        self.encoding = encoding_of(leaf.source, leaf.dtype) if stored else None
+        if stored:
+            audit_chunk_files(leaf.source, self.encoding)
+            # opened asynchronously: every leaf's open is in flight at once
             self.future = ts.open(leaf.source.spec, context=context, read=True, assume_metadata=True)
         else:
             self.future = _Ready(view_of(leaf).open(context))
@@ -108,6 +112,10 @@ class _Side:
         if self.leaf.view is not None:
             return self.leaf.view.chunks
         return self.leaf.source.read_chunk_shape if self.leaf.source else None
+
+    @property
+    def streamable(self) -> bool:
+        return self.format is not None and self.format.streamable
 
     def chunk_bytes(self) -> int:
         if self.leaf.source is None:
@@ -170,10 +178,15 @@ class _Engine:
         limit = self.mem.block_bytes
         big_a, big_b = sa.chunk_bytes() > limit, sb.chunk_bytes() > limit
         out = PairOutcome(LeafStats())
+        whole = tuple(s.chunk_bytes() if big and not s.streamable else 0 for s, big in ((sa, big_a), (sb, big_b)))
+        codecs = tuple(x.source.codec if x.source else "-" for x in (p.a, p.b))
+        out.error = refuse_leaf(p.a.shape, (sa.chunks, sb.chunks), whole, codecs, self.mem)
+        if out.error:
+            return out
         out.shortcut = shortcut and self._shortcut_ok(p, sa, sb, i)
         if p.a.shape and (big_a or big_b):
-            can_a = not big_a or sa.format.streamable
-            can_b = not big_b or sb.format.streamable
+            can_a = not big_a or sa.streamable
+            can_b = not big_b or sb.streamable
             if can_a and can_b:
                 out.rows = rows_plan(p.a.shape, sa.chunks, sb.chunks, big_a, big_b, bpe, self.mem.block_bytes)
                 out.grid = out.rows.grid
@@ -253,17 +266,20 @@ class _Engine:
         return [side.format.key(idx) for idx in itertools.product(*ranges)]
 
     def _block_shortcut(self, t: _Task, sa: _Side, sb: _Side, o: PairOutcome, raw: list) -> LeafStats:
-        settled = self._compare_raw(o, raw)
+        settled = self._compare_raw(o, raw, sa.encoding)
         if settled is not None:
             return self._settled(t, settled)
         return self._block(t, (sa.read(t.start, t.stop), sb.read(t.start, t.stop)))
 
-    def _compare_raw(self, o: PairOutcome, raw: list) -> tuple[int, int] | None:
-        """(chunks, bytes of both sides) when every chunk's stored bytes are equal; else None."""
+    def _compare_raw(self, o: PairOutcome, raw: list, enc: Encoding) -> tuple[int, int] | None:
+        """(chunks, bytes of both sides) when every chunk's stored bytes are equal and plausible
+        (see encoding.py); else None."""
         total = 0
         for fa, fb, sized in raw:
             ra, rb = fa.result(), fb.result()
             va, vb = ra.value, rb.value  # each .value access copies the bytes: take them once
+            if ra.state == "value" and va == vb and not plausible(va, enc):
+                return None  # equal bytes vouch only for a valid encoding: let the decoder judge
             if ra.state != "value" or rb.state != "value" or va != vb:
                 if not sized:
                     with self.lock:  # no sizes to tell in advance: give up after a few misses
@@ -276,7 +292,9 @@ class _Engine:
             o.misses = 0
         return len(raw), total
 
-    def _compare_raw_streaming(self, o: PairOutcome, ra: RawStore, rb: RawStore, key: str) -> tuple[int, int] | None:
+    def _compare_raw_streaming(
+        self, o: PairOutcome, ra: RawStore, rb: RawStore, key: str, enc: Encoding
+    ) -> tuple[int, int] | None:
         """Big chunks: compare stored bytes piece by piece, never holding a whole chunk."""
         x, y = ra.size(key), rb.size(key)
         if x is None or y is None or x != y:
@@ -292,7 +310,8 @@ class _Engine:
             fa, fb = nxt
             if off + piece < x:
                 nxt = fetch(off + piece)  # the next pieces are on their way while these compare
-            if fa.result().value != fb.result().value:
+            va = fa.result().value
+            if va != fb.result().value or (off == 0 and not plausible_head(va, x, enc)):
                 return None
         return 1, 2 * x
 
@@ -317,7 +336,7 @@ class _Engine:
         """One big chunk, slab by slab; the stored bytes compared first when the shortcut applies."""
         rows = o.rows
         if o.shortcut and rows.stream_a and rows.stream_b:
-            settled = self._compare_raw_streaming(o, sa.raw, sb.raw, sa.format.key(t.chunk))
+            settled = self._compare_raw_streaming(o, sa.raw, sb.raw, sa.format.key(t.chunk), sa.encoding)
             if settled is not None:
                 return self._settled(t, settled)
         policy = self.policies[t.pair_index]

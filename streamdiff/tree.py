@@ -8,16 +8,17 @@ one listing plus one concurrent batch of small reads describes every array.
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tensorstore as ts
 
-from . import dtypes, legacy_msgpack
+from . import dtypes, legacy_msgpack, validate
 from .datatypes import ArraySource, KeyPath, Leaf, Tree
 from .errors import CorruptCheckpointError, StreamdiffError
+from .localfs import check_file, walk_files
 from .storage import META_CACHE, Dir, result_bytes, storage_error
 
 EMPTY_TYPES = {"None", "Dict", "List", "Tuple", "NamedTuple"}
@@ -42,13 +43,14 @@ def build_tree(item: Dir) -> Tree:
     ocdbt = "manifest.ocdbt" in files
 
     # Issue every independent read at once: on GCS each is a round trip.
-    futures = {n: item.read_async(n) for n in ("_METADATA", "_strings.json", "checkpoint") if n in files}
+    futures = {n: item.read_async(n, _max_bytes(n)) for n in ("_METADATA", "_strings.json", "checkpoint") if n in files}
     am_dir = item.child("array_metadatas")
     am_names = [n for n, k in am_dir.list_children().items() if k == "file"] if "array_metadatas" in children else []
     am_futures = [am_dir.read_async(n) for n in am_names]
     ocdbt_kv = None
     listing = None
     if ocdbt:
+        _audit_ocdbt(item, children)
         ocdbt_kv = _open_ocdbt(item)
         listing = ocdbt_kv.list()
 
@@ -56,7 +58,10 @@ def build_tree(item: Dir) -> Tree:
     notes: list[str] = []
     metadata = _parse_json(raw.get("_METADATA"), item, "_METADATA")
     msgpack_entries = _parse_msgpack(raw.get("checkpoint"), item)
-    strings = _parse_json(raw.get("_strings.json"), item, "_strings.json") or {}
+    strings = _parse_json(raw.get("_strings.json"), item, "_strings.json")
+    if strings is not None:
+        validate.check_strings(strings, f"{item.display}/_strings.json")
+    strings = strings or {}
     prng = _prng_impls(am_futures, item)
 
     # Which arrays exist in storage, and with which zarr version.
@@ -104,6 +109,23 @@ def build_tree(item: Dir) -> Tree:
     return Tree(location=item.display, leaves=leaves, layout=layout, notes=tuple(notes))
 
 
+def _max_bytes(name: str) -> int:
+    return validate.MAX_MSGPACK_BYTES if name == "checkpoint" else validate.MAX_METADATA_BYTES
+
+
+def _audit_ocdbt(item: Dir, children: dict[str, str]) -> None:
+    """Local OCDBT: every manifest and data file tensorstore may open must be a regular file
+    (a FIFO blocks its reads forever). Directory listings only; no file is opened."""
+    if not item.storage.is_local:
+        return
+    root = os.path.join(item.storage.local_root, item.relpath)
+    check_file(os.path.join(root, "manifest.ocdbt"), f"{item.display}/manifest.ocdbt")
+    for name, kind in children.items():
+        if kind == "dir" and (name == "d" or name.startswith("ocdbt.process_")):
+            for _ in walk_files(os.path.join(root, name), f"{item.display}/{name}"):
+                pass
+
+
 def _open_ocdbt(item: Dir) -> ts.KvStore:
     try:
         spec = {"driver": "ocdbt", "base": item.kv_spec(), "cache_pool": META_CACHE}
@@ -115,10 +137,7 @@ def _open_ocdbt(item: Dir) -> ts.KvStore:
 def _parse_json(raw: bytes | None, item: Dir, name: str) -> Any:
     if raw is None:
         return None
-    try:
-        return json.loads(raw)
-    except ValueError as e:
-        raise CorruptCheckpointError(f"{item.display}/{name}: unreadable JSON ({e})") from e
+    return validate.parse_json(raw, f"{item.display}/{name}")
 
 
 def _parse_msgpack(raw: bytes | None, item: Dir) -> list[legacy_msgpack.MsgpackEntry] | None:
@@ -136,7 +155,8 @@ def _prng_impls(futures: list[ts.Future], item: Dir) -> dict[str, str]:
     for fut in futures:
         raw = result_bytes(fut, f"{item.display}/array_metadatas")
         doc = _parse_json(raw, item, "array_metadatas/*") or {}
-        for entry in doc.get("array_metadatas", []) if isinstance(doc, dict) else []:
+        validate.check_array_metadatas(doc, f"{item.display}/array_metadatas")
+        for entry in doc.get("array_metadatas", []):
             am = entry.get("array_metadata", entry) if isinstance(entry, dict) else {}
             impl = (am.get("ext_metadata") or {}).get("random_key_impl")
             if impl and "param_name" in am:
@@ -155,9 +175,8 @@ def _arrays_from_keys(keys: list[str]) -> dict[str, int]:
 
 
 def _entries_from_metadata(metadata: Any, item: Dir, packed: list | None) -> list[_Entry]:
-    tm = metadata.get("tree_metadata") if isinstance(metadata, dict) else None
-    if not isinstance(tm, dict):
-        raise CorruptCheckpointError(f"{item.display}/_METADATA: no tree_metadata")
+    validate.check_tree_metadata(metadata, f"{item.display}/_METADATA")
+    tm = metadata["tree_metadata"]
     inline = {m.keys: m for m in packed or []}
     raw: list[_Entry] = []
     for entry in tm.values():
@@ -289,10 +308,10 @@ def _inline_leaf(e: _Entry) -> Leaf:
 
 
 def _array_source(item: Dir, ocdbt: bool, name: str, fmt: int, md: dict) -> tuple[ArraySource, tuple, str]:
+    key = (name + "/" if name else "") + (".zarray" if fmt == 2 else "zarr.json")
+    (validate.check_zarray if fmt == 2 else validate.check_zarr_json)(md, f"{item.display}/{key}")
     shape = tuple(int(s) for s in md["shape"])
     if fmt == 2:
-        if not isinstance(md["dtype"], str):
-            raise ValueError(f"structured dtype {md['dtype']!r} is not supported")
         dtype = dtypes.normalize(md["dtype"])
         chunks = tuple(int(c) for c in md["chunks"])
         read_chunks = chunks
