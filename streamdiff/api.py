@@ -17,7 +17,7 @@ from .errors import NotACheckpointError, UsageError
 from .layouts import align, detect, load_preset
 from .locate import Item, choose_items, locate
 from .pair import VALUE_KINDS, pair_trees
-from .plan import DEFAULT_MAX_MEMORY, default_jobs, memory_plan
+from .plan import DEFAULT_MAX_MEMORY, check_max_memory, default_jobs, memory_plan
 from .rules import Mapped, apply_rules, dtype_allowed, load_rules_file, tolerance_for
 from .stats import Policy
 from .storage import io_counters
@@ -84,6 +84,7 @@ def diff(
     `step_a` / `step_b` pick it for one side (and require that side to be a root).
     """
     check_tolerance(atol, rtol)
+    check_max_memory(max_memory)
     t0 = time.perf_counter()
     io0 = io_counters()
     la, lb, matched, trees_a, trees_b = _resolve(a, b, _Steps(step, step_a, step_b), item, io_concurrency)

@@ -112,7 +112,7 @@ def _frame_ok(data: bytes, size: int, enc: Encoding) -> bool:
     if enc.codec == "raw":
         return size == n
     if enc.codec == "zstd":
-        return _zstd_content_size(data) == n
+        return _zstd_frame_ok(data, size, n)
     if enc.codec == "blosc":
         if len(data) < 16:
             return False
@@ -125,20 +125,37 @@ def _frame_ok(data: bytes, size: int, enc: Encoding) -> bool:
     return False
 
 
-def _zstd_content_size(data: bytes) -> int | None:
-    """Frame content size from a zstd frame header (RFC 8878 §3.1.1.1), None when absent."""
+def _zstd_frame_ok(data: bytes, size: int, n: int) -> bool:
+    """One zstd frame (RFC 8878 §3.1.1) whose header declares `n` content bytes and, when all `size`
+    bytes are at hand, whose block headers chain to exactly the end: a truncated, extended or
+    re-framed chunk fails. Block contents are jumped over, never decoded."""
     if len(data) < 6 or struct.unpack_from("<I", data)[0] != _ZSTD_MAGIC:
-        return None
+        return False
     fhd = data[4]
+    if fhd & 0x08:  # reserved bit
+        return False
     single = (fhd >> 5) & 1
     fcs_size = (1 if single else 0, 2, 4, 8)[fhd >> 6]
-    if not fcs_size:
-        return None
     pos = 5 + (0 if single else 1) + (0, 1, 2, 4)[fhd & 3]
-    if len(data) < pos + fcs_size:
-        return None
+    if not fcs_size or len(data) < pos + fcs_size:
+        return False  # no declared size: decode instead
     value = int.from_bytes(data[pos : pos + fcs_size], "little")
-    return value + 256 if fcs_size == 2 else value
+    if (value + 256 if fcs_size == 2 else value) != n:
+        return False
+    if len(data) < size:
+        return True  # only the head of a big chunk: the header is all we check
+    pos += fcs_size
+    while True:
+        if pos + 3 > size:
+            return False
+        header = int.from_bytes(data[pos : pos + 3], "little")
+        last, kind, bsize = header & 1, (header >> 1) & 3, header >> 3
+        if kind == 3 or bsize > 128 << 10:
+            return False
+        pos += 3 + (1 if kind == 1 else bsize)
+        if last:
+            break
+    return pos + (4 if fhd & 0x04 else 0) == size
 
 
 def chunk_key_pattern(source: ArraySource) -> re.Pattern:
