@@ -73,16 +73,17 @@ def refuse_leaf(
     for side, c, whole, codec in zip("AB", chunks, unstreamable_bytes, codecs):
         if whole > mem.whole_chunk_bytes:
             return (
-                f"checkpoint {side}: one chunk of {list(c)} elements is {_human(whole)} decoded and codec {codec} "
-                f"cannot be streamed (only zstd and raw can); decoding it whole needs more than --max-memory "
+                f"refused by the planner: checkpoint {side}: one chunk of {list(c)} elements is {_human(whole)} "
+                f"decoded and codec {codec} cannot be streamed (only zstd and raw can); "
+                f"decoding it whole needs more than --max-memory "
                 f"{_human(mem.budget)} allows"
             )
         if c is not None and len(c) == len(shape) and shape:
             n = chunk_count(shape, c)
             if n > MAX_CHUNKS_PER_LEAF:
                 return (
-                    f"checkpoint {side}: {n:.3g} chunks of {list(c)} elements for shape {list(shape)}, more than "
-                    f"the {MAX_CHUNKS_PER_LEAF:.0e} chunks per leaf streamdiff plans for"
+                    f"refused by the planner: checkpoint {side}: {n:.3g} chunks of {list(c)} elements for shape "
+                    f"{list(shape)}, more than the {MAX_CHUNKS_PER_LEAF:.0e} chunks per leaf streamdiff plans for"
                 )
     return None
 

@@ -310,6 +310,7 @@ def _inline_leaf(e: _Entry) -> Leaf:
 def _array_source(item: Dir, ocdbt: bool, name: str, fmt: int, md: dict) -> tuple[ArraySource, tuple, str]:
     key = (name + "/" if name else "") + (".zarray" if fmt == 2 else "zarr.json")
     (validate.check_zarray if fmt == 2 else validate.check_zarr_json)(md, f"{item.display}/{key}")
+    validate.check_with_tensorstore(md, fmt, f"{item.display}/{key}")
     shape = tuple(int(s) for s in md["shape"])
     if fmt == 2:
         dtype = dtypes.normalize(md["dtype"])

@@ -11,11 +11,15 @@ handed a shape, dtype or codec chain it could choke on.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import re
+import threading
 from typing import Any
 
 import numpy as np
+import tensorstore as ts
 
 from .errors import CorruptCheckpointError
 
@@ -140,7 +144,7 @@ def check_zarray(md: Any, where: str) -> None:
     d.obj(md, "(document)")
     if md.get("zarr_format", 2) != 2:
         raise d.fail("zarr_format", "2", md.get("zarr_format"))
-    for key in ("shape", "chunks", "dtype"):
+    for key in ("shape", "chunks", "dtype", "compressor", "fill_value", "order", "filters"):  # required (v2 spec)
         if key not in md:
             raise CorruptCheckpointError(f"{where}: `{key}` is missing")
     shape = d.dims(md["shape"], "shape", 0)
@@ -172,7 +176,7 @@ def check_zarr_json(md: Any, where: str) -> None:
         raise d.fail("zarr_format", "3", md.get("zarr_format"))
     if md.get("node_type", "array") != "array":
         raise d.fail("node_type", '"array"', md.get("node_type"))
-    for key in ("shape", "data_type", "chunk_grid", "codecs"):
+    for key in ("shape", "data_type", "chunk_grid", "chunk_key_encoding", "fill_value", "codecs"):  # required (v3 spec)
         if key not in md:
             raise CorruptCheckpointError(f"{where}: `{key}` is missing")
     shape = d.dims(md["shape"], "shape", 0)
@@ -184,13 +188,12 @@ def check_zarr_json(md: Any, where: str) -> None:
     chunks = d.dims(conf.get("chunk_shape"), "chunk_grid.configuration.chunk_shape", 1)
     if len(chunks) != len(shape):
         raise d.fail("chunk_grid.configuration.chunk_shape", f"{len(shape)} long like `shape`", chunks)
-    enc = d.opt_obj(md.get("chunk_key_encoding"), "chunk_key_encoding")
-    if enc:
-        if enc.get("name") not in ("default", "v2"):
-            raise d.fail("chunk_key_encoding.name", '"default" or "v2"', enc.get("name"))
-        sep = d.opt_obj(enc.get("configuration"), "chunk_key_encoding.configuration").get("separator", "/")
-        if sep not in ("/", "."):
-            raise d.fail("chunk_key_encoding.configuration.separator", '"/" or "."', sep)
+    enc = d.obj(md["chunk_key_encoding"], "chunk_key_encoding")
+    if enc.get("name") not in ("default", "v2"):
+        raise d.fail("chunk_key_encoding.name", '"default" or "v2"', enc.get("name"))
+    sep = d.opt_obj(enc.get("configuration"), "chunk_key_encoding.configuration").get("separator", "/")
+    if sep not in ("/", "."):
+        raise d.fail("chunk_key_encoding.configuration.separator", '"/" or "."', sep)
     _check_codecs(d, md["codecs"], "codecs", chunks, 0)
     d.scalar(md.get("fill_value"), "fill_value", allow_pair=True)
     names = md.get("dimension_names")
@@ -263,3 +266,50 @@ def check_array_metadatas(doc: Any, where: str) -> None:
 def check_strings(doc: Any, where: str) -> None:
     """`_strings.json`: one object of name -> string."""
     _Doc(where).obj(doc, "(document)")
+
+
+class _StrictParser:
+    """tensorstore's own parse of a zarr metadata document, as it does when it reads one from storage.
+
+    Arrays are opened with their metadata passed in the spec (no second read per array), and that path
+    is lenient: missing fields get defaults. A document tensorstore would refuse to read from storage
+    (a zarr v3 chain without an array->bytes codec, a gzip level out of range ...) is a checkpoint the
+    writer's library cannot restore, so it must not be compared as if it were valid. The document is
+    written to an in-memory store under a fresh prefix and opened from there (~0.1 ms)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ctx: ts.Context | None = None
+        self._kv: ts.KvStore | None = None
+        self._n = itertools.count()
+
+    def check(self, md: dict, zarr_format: int, where: str) -> None:
+        with self._lock:
+            if self._kv is None:
+                self._ctx = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
+                self._kv = ts.KvStore.open({"driver": "memory"}, context=self._ctx).result()
+        prefix = f"{next(self._n)}/"
+        name = ".zarray" if zarr_format == 2 else "zarr.json"
+        self._kv.write(prefix + name, json.dumps(md).encode()).result()
+        spec = {"driver": "zarr" if zarr_format == 2 else "zarr3", "kvstore": {"driver": "memory", "path": prefix}}
+        try:
+            ts.open(spec, context=self._ctx, open=True).result()
+        except Exception as e:  # noqa: BLE001 - tensorstore reports any refusal as ValueError/OSError
+            raise CorruptCheckpointError(f"{where}: tensorstore cannot read it ({_ts_reason(e, name)})") from None
+        finally:
+            self._kv.delete_range(ts.KvStore.KeyRange(prefix, prefix[:-1] + "0")).result()
+
+
+def _ts_reason(e: BaseException, name: str) -> str:
+    text = _first_line(e)
+    text = text.split(" [tensorstore_spec=")[0]
+    text = re.sub(r'^[A-Z_]+: Error opening "zarr3?" driver: ', "", text)
+    return text.replace(f'Error reading "{name}": ', "")
+
+
+_strict = _StrictParser()
+
+
+def check_with_tensorstore(md: dict, zarr_format: int, where: str) -> None:
+    """Refuse a zarr metadata document that tensorstore would not read from storage (see _StrictParser)."""
+    _strict.check(md, zarr_format, where)

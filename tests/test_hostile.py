@@ -144,7 +144,10 @@ def test_huge_unstreamable_chunk_is_refused_by_the_planner(pair, zarr3):
                 "data_type": "float32",
                 "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [10**10]}},
                 "chunk_key_encoding": {"name": "default"},
-                "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "gzip"}],
+                "codecs": [
+                    {"name": "bytes", "configuration": {"endian": "little"}},
+                    {"name": "gzip", "configuration": {"level": 1}},
+                ],
                 "fill_value": 0,
             }
             (side / "w/zarr.json").write_text(json.dumps(md))
