@@ -98,11 +98,24 @@ def plausible(data: bytes, enc: Encoding) -> bool:
     return _frame_ok(data, len(data), enc)
 
 
-def plausible_head(head: bytes, size: int, enc: Encoding) -> bool:
-    """The same check from the first bytes of an unsharded stored value of `size` bytes."""
-    if enc.index_bytes or enc.crc or enc.codec == "gzip":
-        return False  # needs the end of the value: decode instead
-    return _frame_ok(head, size, enc)
+def plausible_ends(head: bytes, tail: bytes, size: int, enc: Encoding) -> bool:
+    """The same check for a value of `size` bytes too big to hold, from its first and last bytes."""
+    start, end = 0, size
+    if enc.index_bytes:
+        index = tail[-enc.index_bytes :] if enc.index_at_end else head[: enc.index_bytes]
+        if enc.per_value != 1 or len(index) < enc.index_bytes:
+            return False
+        offset, nbytes = struct.unpack_from("<QQ", index)
+        if offset == _MISSING or offset + nbytes > size:
+            return False
+        start, end = offset, offset + nbytes
+    end -= 4 * enc.crc
+    if end < start or start >= len(head) and end > start:
+        return False
+    part = head[start:end]
+    if len(part) < end - start and enc.codec == "gzip":
+        return False  # its size is in the trailer: decode instead
+    return _frame_ok(part, end - start, enc)
 
 
 def _frame_ok(data: bytes, size: int, enc: Encoding) -> bool:

@@ -29,7 +29,7 @@ from . import malloc
 from .chunks import PIECE_BYTES, ItemSizes, RawStore, chunk_format, stream_chunk
 from .datatypes import Leaf, Pair
 from .dtypes import family
-from .encoding import Encoding, audit_chunk_files, encoding_of, plausible, plausible_head
+from .encoding import Encoding, audit_chunk_files, encoding_of, plausible, plausible_ends
 from .plan import BlockGrid, MemoryPlan, RowsPlan, block_grid, refuse_leaf, rows_plan
 from .rules import view_of
 from .stats import LeafStats, Policy, block_stats
@@ -306,14 +306,17 @@ class _Engine:
             return ra.kv.read(key, byte_range=rng), rb.kv.read(key, byte_range=rng)
 
         nxt = fetch(0)
+        head = prev = va = b""
         for off in range(0, x, piece):
             fa, fb = nxt
             if off + piece < x:
                 nxt = fetch(off + piece)  # the next pieces are on their way while these compare
-            va = fa.result().value
-            if va != fb.result().value or (off == 0 and not plausible_head(va, x, enc)):
+            prev, va = va, fa.result().value
+            if va != fb.result().value:
                 return None
-        return 1, 2 * x
+            head = head or va
+        # Equal bytes vouch only for a plausible encoding (encoding.py); else decode.
+        return (1, 2 * x) if plausible_ends(head, prev + va, x, enc) else None
 
     def _piece(self) -> int:
         """Bytes per range read when streaming a chunk: large enough to amortise a round trip."""

@@ -399,3 +399,31 @@ def test_max_memory_minimum_holds_for_the_python_api():
     with pytest.raises(UsageError, match="at least 64M"):
         streamdiff.diff(str(MAXTEXT_STEP), str(MAXTEXT_STEP), max_memory=1024)
     assert streamdiff.diff(str(MAXTEXT_STEP), str(MAXTEXT_STEP), max_memory=64 << 20).exit_code == 0
+
+
+@pytest.mark.parametrize("layout", ["zarr2_zstd", "zarr3_zstd", "zarr2_raw", "zarr3_zstd_files"])
+def test_big_chunks_streamed_still_settle_by_valid_bytes(tmp_path, layout):
+    """A chunk over the block budget, the same on both sides, is settled by its bytes piece by piece
+    (its first and last pieces pass the plausibility check), for zarr v2 and sharded zarr v3."""
+    from test_streaming import BIG, LAYOUTS, save
+
+    import streamdiff
+
+    save(tmp_path / "a", {"w": BIG}, **LAYOUTS[layout])
+    save(tmp_path / "b", {"w": BIG}, **LAYOUTS[layout])
+    r = streamdiff.diff(str(tmp_path / "a"), str(tmp_path / "b"), block_bytes=4096)
+    s = r.leaves[0].stats
+    assert r.exit_code == 0 and s["streamed"] and s["shortcut_chunks"] == 1, s
+
+
+def test_big_chunk_cut_short_the_same_way_on_both_sides_is_an_error(tmp_path):
+    from test_streaming import BIG, save
+
+    import streamdiff
+
+    for side in ("a", "b"):
+        save(tmp_path / side, {"w": BIG}, use_ocdbt=False)
+        chunk = tmp_path / side / "w/0.0"
+        chunk.write_bytes(chunk.read_bytes()[:-1])
+    r = streamdiff.diff(str(tmp_path / "a"), str(tmp_path / "b"), block_bytes=4096)
+    assert r.exit_code == 2 and r.leaves[0].status == "error", r.leaves[0]
