@@ -67,10 +67,18 @@ def refuse_leaf(
     unstreamable_bytes: tuple[int, int],
     codecs: tuple[str, str],
     mem: MemoryPlan,
+    row_bytes: tuple[int, int] = (0, 0),
 ) -> str | None:
     """Why no plan within the budget exists for a pair, or None. `unstreamable_bytes` per side is the
-    decoded size of a chunk that would have to be decoded whole (0 when it can stream or fits)."""
-    for side, c, whole, codec in zip("AB", chunks, unstreamable_bytes, codecs):
+    decoded size of a chunk that would have to be decoded whole (0 when it can stream or fits);
+    `row_bytes` the decoded size of one row of a chunk that streams (it streams a row at a time)."""
+    for side, c, whole, codec, row in zip("AB", chunks, unstreamable_bytes, codecs, row_bytes):
+        if row > mem.whole_chunk_bytes:
+            return (
+                f"refused by the planner: checkpoint {side}: one row of a chunk of {list(c)} elements is "
+                f"{_human(row)} decoded; chunks stream a row at a time, and one row needs more than --max-memory "
+                f"{_human(mem.budget)} allows"
+            )
         if whole > mem.whole_chunk_bytes:
             return (
                 f"refused by the planner: checkpoint {side}: one chunk of {list(c)} elements is {_human(whole)} "

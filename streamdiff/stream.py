@@ -117,6 +117,10 @@ class _Side:
     def streamable(self) -> bool:
         return self.format is not None and self.format.streamable
 
+    def row_bytes(self) -> int:
+        """Decoded bytes of one row (first-axis index) of a chunk: what streaming holds at least."""
+        return math.prod(self.chunks[1:]) * np.dtype(self.leaf.dtype).itemsize
+
     def chunk_bytes(self) -> int:
         if self.leaf.source is None:
             return 0  # in-memory values and views: never stream-decoded from stored bytes
@@ -179,8 +183,9 @@ class _Engine:
         big_a, big_b = sa.chunk_bytes() > limit, sb.chunk_bytes() > limit
         out = PairOutcome(LeafStats())
         whole = tuple(s.chunk_bytes() if big and not s.streamable else 0 for s, big in ((sa, big_a), (sb, big_b)))
+        rows = tuple(s.row_bytes() if big and s.streamable else 0 for s, big in ((sa, big_a), (sb, big_b)))
         codecs = tuple(x.source.codec if x.source else "-" for x in (p.a, p.b))
-        out.error = refuse_leaf(p.a.shape, (sa.chunks, sb.chunks), whole, codecs, self.mem)
+        out.error = refuse_leaf(p.a.shape, (sa.chunks, sb.chunks), whole, codecs, self.mem, rows)
         if out.error:
             return out
         out.shortcut = shortcut and self._shortcut_ok(p, sa, sb, i)

@@ -427,3 +427,13 @@ def test_big_chunk_cut_short_the_same_way_on_both_sides_is_an_error(tmp_path):
         chunk.write_bytes(chunk.read_bytes()[:-1])
     r = streamdiff.diff(str(tmp_path / "a"), str(tmp_path / "b"), block_bytes=4096)
     assert r.exit_code == 2 and r.leaves[0].status == "error", r.leaves[0]
+
+
+def test_streamable_chunk_with_a_row_too_big_for_the_budget_is_refused(pair):
+    """zstd streams a chunk a row at a time; a single row of 10**10 elements cannot be held."""
+    a, b = pair("z2")
+    for side in (a, b):
+        edit_json(side / "w/.zarray", lambda md: md.update(shape=[2, 10**10], chunks=[2, 10**10]))
+    r = run_sub(a, b, "-q")
+    one_line_error(r, "one row of a chunk", "--max-memory")
+    bounded(r)
