@@ -87,8 +87,9 @@ class _Side:
         stored = leaf.view is None and leaf.source is not None
         self.format = chunk_format(leaf.source) if stored else None
         self.encoding = encoding_of(leaf.source, leaf.dtype) if stored else None
+        for base in _stored_bases(leaf):
+            audit_chunk_files(base.source, encoding_of(base.source, base.dtype))
         if stored:
-            audit_chunk_files(leaf.source, self.encoding)
             # opened asynchronously: every leaf's open is in flight at once
             self.future = ts.open(leaf.source.spec, context=context, read=True, assume_metadata=True)
         else:
@@ -116,6 +117,14 @@ class _Side:
     @property
     def streamable(self) -> bool:
         return self.format is not None and self.format.streamable
+
+    def whole_decode_bytes(self, big: bool) -> int:
+        """Decoded bytes of one stored chunk that tensorstore will decode whole: a big chunk that
+        cannot stream, or any chunk behind a view (views are read through tensorstore only)."""
+        if self.leaf.view is not None:
+            bases = _stored_bases(self.leaf)
+            return max((math.prod(b.source.read_chunk_shape) * _itemsize(b) for b in bases), default=0)
+        return self.chunk_bytes() if big and not self.streamable else 0
 
     def row_bytes(self) -> int:
         """Decoded bytes of one row (first-axis index) of a chunk: what streaming holds at least."""
@@ -182,7 +191,7 @@ class _Engine:
         limit = self.mem.block_bytes
         big_a, big_b = sa.chunk_bytes() > limit, sb.chunk_bytes() > limit
         out = PairOutcome(LeafStats())
-        whole = tuple(s.chunk_bytes() if big and not s.streamable else 0 for s, big in ((sa, big_a), (sb, big_b)))
+        whole = tuple(s.whole_decode_bytes(big) for s, big in ((sa, big_a), (sb, big_b)))
         rows = tuple(s.row_bytes() if big and s.streamable else 0 for s, big in ((sa, big_a), (sb, big_b)))
         codecs = tuple(x.source.codec if x.source else "-" for x in (p.a, p.b))
         out.error = refuse_leaf(p.a.shape, (sa.chunks, sb.chunks), whole, codecs, self.mem, rows)
@@ -436,6 +445,19 @@ def _prefetch_depth(side: _Side) -> int:
     """Range reads kept in flight per streamed chunk: remote stores need several round trips'
     worth in flight to fill the link (a bandwidth-delay product of ~10 MB at 200 MB/s, 50 ms)."""
     return 2 if side.leaf.source is None or side.leaf.source.is_local else 4
+
+
+def _stored_bases(leaf: Leaf) -> list[Leaf]:
+    """The stored leaves a leaf reads: itself, or every base of its view."""
+    if leaf.view is None:
+        return [leaf] if leaf.source is not None else []
+    out, stack = [], [leaf.view]
+    while stack:
+        v = stack.pop()
+        if v.op == "base" and v.leaf is not None and v.leaf.source is not None:
+            out.append(v.leaf)
+        stack.extend(v.children)
+    return out
 
 
 def _itemsize(leaf: Leaf) -> int:

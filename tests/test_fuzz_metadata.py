@@ -224,6 +224,7 @@ def _assert_oracle(doc: Doc, original: Path, copy: Path) -> None:
 # ---------------------------------------------------------------------------------------- test
 
 
+@pytest.mark.timeout(max(300, 2 * FUZZ_EXAMPLES))
 @settings(
     max_examples=FUZZ_EXAMPLES,
     deadline=None,
