@@ -119,7 +119,9 @@ def _audit_ocdbt(item: Dir, children: dict[str, str]) -> None:
     if not item.storage.is_local:
         return
     root = os.path.join(item.storage.local_root, item.relpath)
-    check_file(os.path.join(root, "manifest.ocdbt"), f"{item.display}/manifest.ocdbt")
+    for name, kind in children.items():
+        if kind == "file" and name.startswith("manifest"):
+            check_file(os.path.join(root, name), f"{item.display}/{name}")
     for name, kind in children.items():
         if kind == "dir" and (name == "d" or name.startswith("ocdbt.process_")):
             for _ in walk_files(os.path.join(root, name), f"{item.display}/{name}"):
