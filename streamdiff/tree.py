@@ -23,6 +23,7 @@ from .storage import META_CACHE, Dir, result_bytes, storage_error
 
 EMPTY_TYPES = {"None", "Dict", "List", "Tuple", "NamedTuple"}
 ZARR_META = {".zarray": 2, "zarr.json": 3}
+META_NAME = {2: ".zarray", 3: "zarr.json"}
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,12 @@ def build_tree(item: Dir) -> Tree:
         if raw_meta is not None:
             zmeta[name] = (fmt, _parse_json(raw_meta, item, key))
 
+    docs = {n: (f, md, f"{item.display}/{n + '/' if n else ''}{META_NAME[f]}") for n, (f, md) in zmeta.items()}
+    bad_meta = validate.check_zarr_documents(docs)  # tensorstore parses them all at once
     legacy_strings = _legacy_strings(item, [e for e in entries if _needs_array(e) and e.storage_name not in zmeta])
     leaves: dict[KeyPath, Leaf] = {}
     for e in entries:
-        leaves[e.keys] = _make_leaf(e, item, ocdbt, zmeta, strings, legacy_strings, prng)
+        leaves[e.keys] = _make_leaf(e, item, ocdbt, zmeta, strings, legacy_strings, prng, bad_meta)
     fmts = sorted({f for f, _ in zmeta.values()})
     layout = ("ocdbt" if ocdbt else "per-leaf dirs") + (" + " + "/".join(f"zarr{f}" for f in fmts) if fmts else "")
     if msgpack_entries is not None:
@@ -262,6 +265,7 @@ def _make_leaf(
     strings: dict[str, Any],
     legacy_strings: dict[str, str],
     prng: dict[str, str],
+    bad_meta: dict[str, str],
 ) -> Leaf:
     if e.value_type in EMPTY_TYPES:
         return Leaf(e.keys, "empty", e.value_type)
@@ -282,6 +286,8 @@ def _make_leaf(
             error=f"array {e.storage_name!r} is listed in the tree metadata but missing from storage",
         )
     fmt, md = zmeta[e.storage_name]
+    if e.storage_name in bad_meta:
+        return Leaf(e.keys, "array", e.value_type, error=f"unreadable zarr metadata: {bad_meta[e.storage_name]}")
     try:
         source, shape, dtype = _array_source(item, ocdbt, e.storage_name, fmt, md)
     except (KeyError, TypeError, ValueError, StreamdiffError) as exc:
@@ -312,7 +318,6 @@ def _inline_leaf(e: _Entry) -> Leaf:
 def _array_source(item: Dir, ocdbt: bool, name: str, fmt: int, md: dict) -> tuple[ArraySource, tuple, str]:
     key = (name + "/" if name else "") + (".zarray" if fmt == 2 else "zarr.json")
     (validate.check_zarray if fmt == 2 else validate.check_zarr_json)(md, f"{item.display}/{key}")
-    validate.check_with_tensorstore(md, fmt, f"{item.display}/{key}")
     shape = tuple(int(s) for s in md["shape"])
     if fmt == 2:
         dtype = dtypes.normalize(md["dtype"])
