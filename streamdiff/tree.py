@@ -58,9 +58,11 @@ def build_tree(item: Dir) -> Tree:
     raw = {n: result_bytes(f, f"{item.display}/{n}") for n, f in futures.items()}
     notes: list[str] = []
     metadata = _parse_json(raw.get("_METADATA"), item, "_METADATA")
+    if raw.get("_METADATA") is not None:  # present: must be valid (`null` is not "missing")
+        validate.check_tree_metadata(metadata, f"{item.display}/_METADATA")
     msgpack_entries = _parse_msgpack(raw.get("checkpoint"), item)
     strings = _parse_json(raw.get("_strings.json"), item, "_strings.json")
-    if strings is not None:
+    if raw.get("_strings.json") is not None:
         validate.check_strings(strings, f"{item.display}/_strings.json")
     strings = strings or {}
     prng = _prng_impls(am_futures, item)
@@ -159,7 +161,9 @@ def _prng_impls(futures: list[ts.Future], item: Dir) -> dict[str, str]:
     out: dict[str, str] = {}
     for fut in futures:
         raw = result_bytes(fut, f"{item.display}/array_metadatas")
-        doc = _parse_json(raw, item, "array_metadatas/*") or {}
+        if raw is None:
+            continue
+        doc = _parse_json(raw, item, "array_metadatas/*")
         validate.check_array_metadatas(doc, f"{item.display}/array_metadatas")
         for entry in doc.get("array_metadatas", []):
             am = entry.get("array_metadata", entry) if isinstance(entry, dict) else {}
@@ -180,7 +184,6 @@ def _arrays_from_keys(keys: list[str]) -> dict[str, int]:
 
 
 def _entries_from_metadata(metadata: Any, item: Dir, packed: list | None) -> list[_Entry]:
-    validate.check_tree_metadata(metadata, f"{item.display}/_METADATA")
     tm = metadata["tree_metadata"]
     inline = {m.keys: m for m in packed or []}
     raw: list[_Entry] = []

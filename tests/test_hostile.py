@@ -271,6 +271,8 @@ def _deep(n: int) -> str:
 MALFORMED = {
     "deep_metadata": ("_METADATA", lambda t: '{"tree_metadata": ' + _deep(100_000) + "}", "nested too deeply"),
     "deep_zarray": ("w/.zarray", lambda t: t[:-1] + ', "x": ' + _deep(5000) + "}", "nested too deeply"),
+    "metadata_null": ("_METADATA", lambda t: "null", "_METADATA: no tree_metadata"),
+    "zarray_null": ("w/.zarray", lambda t: "null", "must be an object"),
     "compressor_float": ("w/.zarray", {"compressor": 1.5}, "`compressor` must be an object or null, got 1.5"),
     "filters_nested_list": ("w/.zarray", {"filters": [[1, 2]]}, "`filters[0]` must be an object"),
     "dtype_huge_void": ("w/.zarray", {"dtype": "|V1000000000"}, "`dtype` must be a numeric dtype"),
