@@ -210,7 +210,7 @@ class _Engine:
                     need = s.chunk_bytes() >> 20
                     out.warnings.append(
                         f"checkpoint {side}: codec {leaf.source.codec} cannot be streamed; "
-                        f"decoding whole {need} MiB chunks (over the memory budget)"
+                        f"decoding whole {need} MiB chunks (over the block size, within --max-memory)"
                     )
         out.grid = block_grid(p.a.shape, sa.chunks, sb.chunks, bpe, self.mem.block_bytes)
         return out

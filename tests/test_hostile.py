@@ -439,3 +439,20 @@ def test_streamable_chunk_with_a_row_too_big_for_the_budget_is_refused(pair):
     r = run_sub(a, b, "-q")
     one_line_error(r, "one row of a chunk", "--max-memory")
     bounded(r)
+
+
+def test_unstreamable_chunk_within_the_budget_is_decoded_whole_with_a_warning(pair):
+    """A zlib chunk over the block size but well within --max-memory is still compared (numpy's
+    count of mismatches), with a warning on the leaf instead of a refusal."""
+    import streamdiff
+
+    a, b = pair("z2")
+    y = W.copy()
+    y[3, 4] += 1
+    md = {"shape": [64, 32], "chunks": [64, 32], "dtype": "<f4", "compressor": {"id": "zlib", "level": 1}}
+    write_with_tensorstore(a / "w", md, False, W)
+    write_with_tensorstore(b / "w", md, False, y)
+    r = streamdiff.diff(str(a), str(b), block_bytes=4096)
+    leaf = next(x for x in r.leaves if x.path == ("w",))
+    assert leaf.status == "different" and leaf.stats["mismatches"] == int((W != y).sum())
+    assert "cannot be streamed" in leaf.message and "within --max-memory" in leaf.message
