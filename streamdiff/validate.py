@@ -6,7 +6,11 @@ checker of its kind, which looks at every field streamdiff or tensorstore will u
 lengths. A bad field is a `CorruptCheckpointError` naming the file and the field
 ("b/.zarray: `compressor` must be an object or null, got 1.5"), so no `AttributeError` or
 `RecursionError` from a hostile document ever reaches the user, and tensorstore (C++) is never
-handed a shape, dtype or codec chain it could choke on.
+handed a shape, dtype or codec chain it could choke on. Zarr documents that pass are then parsed by
+tensorstore itself, as strictly as when it reads them from storage (`check_zarr_documents`), since
+arrays are later opened with their metadata given in the spec, a lenient path.
+
+Other readers (plain zarr, T5X) call the same checks on the documents they parse.
 """
 
 from __future__ import annotations
