@@ -456,3 +456,29 @@ def test_unstreamable_chunk_within_the_budget_is_decoded_whole_with_a_warning(pa
     leaf = next(x for x in r.leaves if x.path == ("w",))
     assert leaf.status == "different" and leaf.stats["mismatches"] == int((W != y).sum())
     assert "cannot be streamed" in leaf.message and "within --max-memory" in leaf.message
+
+
+def test_same_flipped_byte_in_an_ocdbt_chunk_on_both_sides_is_an_error(tmp_path):
+    """Real MaxText OCDBT (zarr v3 shards): the same byte of one chunk's zstd frame header flipped in
+    both copies. Equal bytes, but not a valid encoding: that leaf is an error, the rest equal."""
+    import tensorstore as ts
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    key = "opt_state.0.mu.params.decoder.layers.mlp.wi_0.kernel/c/0/0/0"
+    for side in (a, b):
+        shutil.copytree(MAXTEXT_STEP, side)
+        kv = ts.KvStore.open({"driver": "file", "path": str(side / "items") + "/"}).result()
+        root = ts.ocdbt.dump(kv).result()["versions"][-1]["root"]["location"]
+        entries = ts.ocdbt.dump(kv, root).result()["entries"]
+        where = next(e["indirect_value"] for e in entries if e["key"] == key.encode())
+        _, prefix, rest = where.split(":", 2)  # value:<prefix>:<file>:<offset>:<length>
+        file, offset, _ = rest.rsplit(":", 2)
+        data = side / "items" / prefix / file
+        raw = bytearray(data.read_bytes())
+        assert raw[int(offset) : int(offset) + 4] == b"\x28\xb5\x2f\xfd"  # a zstd frame starts there
+        raw[int(offset) + 5] ^= 0x01  # first byte of the frame content size
+        data.write_bytes(bytes(raw))
+    r = run_cli(a, b, "--json", "-", "-q")
+    status = {x["path"]: x["status"] for x in r.json["leaves"]}
+    assert r.code == 2 and status.pop("opt_state/0/mu/params/decoder/layers/mlp/wi_0/kernel") == "error"
+    assert set(status.values()) == {"equal"}
