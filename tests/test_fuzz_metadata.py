@@ -21,10 +21,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import pytest
 import tensorstore as ts
-from conftest import MAXTEXT, run_cli
+from conftest import DATA, MAXTEXT, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_hostile import _save
@@ -33,6 +34,7 @@ from test_hostile import _save
 FUZZ_EXAMPLES = max(150, settings.default.max_examples)
 #: Per example: a bounded time, however hostile the document (a real run takes well under a second).
 MAX_SECONDS = 30
+LEGACY = DATA / "legacy"
 EMPTY_TYPES = {"None", "Dict", "List", "Tuple", "NamedTuple"}
 
 MAXTEXT_ROOTS = [
@@ -54,7 +56,7 @@ class Doc:
     item: str  # item directory relative to root ('' when root is the item)
     name: str  # file path relative to the item, or OCDBT key
     ocdbt: bool
-    role: str  # 'zarr2' | 'zarr3' | 'tree' | 'other'
+    role: str  # 'zarr2' | 'zarr3' | 'tree' | 'strings' | 'msgpack_tree' | 'other'
 
     def read(self, root: Path) -> bytes:
         if self.ocdbt:
@@ -85,11 +87,31 @@ def _maxtext_docs(rel: str) -> list[Doc]:
     return docs
 
 
+def _legacy_docs() -> list[Doc]:
+    """Orbax 0.3.5 and 0.5.10 saves (tests/data/legacy): msgpack `checkpoint` files, `_strings.json`."""
+    old, new, agg = (LEGACY / n for n in ("legacy_0.3.5_aggregate", "legacy_0.5.10_default", "legacy_0.5.10_aggregate"))
+    docs = [
+        Doc(old, "", "checkpoint", False, "msgpack_tree"),  # the only structure source in 0.3.5
+        Doc(old, "", "params.dense.kernel/.zarray", False, "zarr2"),
+        Doc(old, "", "params.sharded/.zarray", False, "zarr2"),
+        Doc(new, "", "_METADATA", False, "tree"),
+        Doc(new, "", "_strings.json", False, "strings"),
+        Doc(new, "", "checkpoint", False, "other"),
+        Doc(agg, "", "_METADATA", False, "tree"),
+        Doc(agg, "", "checkpoint", False, "other"),
+    ]
+    for key in _ocdbt(new).list().result():
+        if key.endswith(b".zarray"):
+            docs.append(Doc(new, "", key.decode(), True, "zarr2"))
+    return docs
+
+
 @pytest.fixture(scope="module")
 def documents(tmp_path_factory) -> list[Doc]:
     out: list[Doc] = []
     for rel in MAXTEXT_ROOTS:
         out += _maxtext_docs(rel)
+    out += _legacy_docs()
     base = tmp_path_factory.mktemp("fuzz")
     for name, zarr3 in (("z2", False), ("z3", True)):
         _save(base / name, zarr3)
@@ -156,7 +178,12 @@ def _deep(depth: int) -> str:
 @st.composite
 def mutated(draw, raw: bytes) -> bytes:
     """`raw` with one structural or byte-level mutation."""
-    op = draw(st.sampled_from(["replace", "replace", "replace", "delete", "deep", "truncate", "flip", "garbage"]))
+    try:
+        json.loads(raw)
+        ops = ["replace", "replace", "replace", "delete", "deep", "truncate", "flip", "garbage"]
+    except ValueError:  # msgpack: bytes only
+        ops = ["truncate", "flip", "flip", "flip", "garbage"]
+    op = draw(st.sampled_from(ops))
     if op == "truncate":
         return raw[: draw(st.integers(0, max(0, len(raw) - 1)))]
     if op == "flip":
@@ -219,6 +246,16 @@ def _assert_oracle(doc: Doc, original: Path, copy: Path) -> None:
         np.testing.assert_array_equal(a, b)
     elif doc.role == "tree":
         assert _tree(copy / doc.item) == _tree(original / doc.item)
+    elif doc.role == "strings":
+        before, after = (json.loads((x / doc.item / doc.name).read_text()) for x in (original, copy))
+        assert all(type(after.get(k)) is type(v) and after.get(k) == v for k, v in before.items())
+    elif doc.role == "msgpack_tree":
+        before, after = ((x / doc.item / doc.name).read_bytes() for x in (original, copy))
+        try:
+            after = msgpack.unpackb(after, strict_map_key=False)
+        except Exception as e:  # noqa: BLE001 - msgpack cannot read it: exit 0 was a lie
+            pytest.fail(f"exit 0, but msgpack cannot read the mutated file: {e}")
+        assert after == msgpack.unpackb(before, strict_map_key=False)
 
 
 # ---------------------------------------------------------------------------------------- test
@@ -251,9 +288,10 @@ def test_mutated_metadata_never_crashes_hangs_or_lies(documents, data):
 
 
 def test_fuzz_corpus_covers_every_layout_and_document_kind(documents):
-    """The seven MaxText layouts and both orbax saves, each with its tree and array metadata."""
+    """The seven MaxText layouts, both orbax saves and three legacy saves, each with its tree source
+    (`_METADATA`, or the msgpack `checkpoint` of orbax 0.3.5) and array metadata."""
     roots = {d.root for d in documents}
-    assert len(roots) == 9
+    assert len(roots) == 12
     for root in roots:
         roles = {d.role for d in documents if d.root == root}
-        assert {"tree"} < roles and roles & {"zarr2", "zarr3"}, (root, roles)
+        assert roles & {"tree", "msgpack_tree"} and roles & {"zarr2", "zarr3"} or root.name.endswith("aggregate"), roles
