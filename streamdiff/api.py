@@ -18,7 +18,7 @@ from .errors import NotACheckpointError, UsageError
 from .layouts import align, detect, load_preset
 from .locate import Item, choose_items, locate
 from .pair import VALUE_KINDS, pair_trees
-from .plan import DEFAULT_MAX_MEMORY, default_jobs, memory_plan
+from .plan import DEFAULT_MAX_MEMORY, check_max_memory, default_jobs, memory_plan
 from .rules import Mapped, Pattern, apply_rules, dtype_allowed, load_rules_file, tolerance_for
 from .stats import Policy
 from .storage import DEFAULT_TIMEOUT, configure_http, io_counters
@@ -98,6 +98,7 @@ def diff(
     """
     check_tolerance(atol, rtol)
     max_memory = parse_size(max_memory, "max_memory")
+    check_max_memory(max_memory)
     selection = Selection.compile(only, exclude)
     configure_http(timeout)  # validates it too, before any work
     t0 = time.perf_counter()

@@ -12,12 +12,12 @@ read (TensorFlow checkpoints, safetensors, PyTorch) are refused by name.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from . import validate
 from .errors import NotACheckpointError, NotFoundError, UnfinishedCheckpointError, UsageError
 from .formats import foreign, zarr
 from .formats import msgpack as msgpack_format
@@ -237,10 +237,7 @@ def _check_step_finished(d: Dir, children: dict[str, str], required: bool) -> No
     """A step is final when committed: commit timestamp set and, on object storage, the commit file."""
     if "_CHECKPOINT_METADATA" in children:
         raw = d.read("_CHECKPOINT_METADATA")
-        try:
-            meta = json.loads(raw) if raw else {}
-        except ValueError as e:
-            raise NotACheckpointError(f"{d.display}/_CHECKPOINT_METADATA: unreadable JSON ({e})") from e
+        meta = validate.parse_json(raw, f"{d.display}/_CHECKPOINT_METADATA") if raw else {}
         if isinstance(meta, dict) and "commit_timestamp_nsecs" in meta and meta["commit_timestamp_nsecs"] is None:
             raise UnfinishedCheckpointError(
                 f"{d.display}: unfinished save (_CHECKPOINT_METADATA has no commit timestamp"

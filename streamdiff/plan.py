@@ -13,6 +13,8 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .errors import UsageError
+
 #: Resident memory of the interpreter with numpy, tensorstore and rich loaded (measured ~90 MB).
 BASE_RSS = 110 << 20
 #: Bytes of float64/bool temporaries per element while a tile is compared (see stats._tile_stats).
@@ -23,6 +25,15 @@ MIN_BLOCK_BYTES = 1 << 20
 #: Blocks made of many small chunks grow to about this size (both sides together).
 GROW_TARGET_BYTES = 8 << 20
 DEFAULT_MAX_MEMORY = 2 << 30
+#: Smallest --max-memory the planner works in: its floor of 16 MiB for blocks and tiles, plus room for
+#: the interpreter. Below about 128 MiB the interpreter itself (~90-110 MB) exceeds the budget.
+MIN_MAX_MEMORY = 64 << 20
+#: Chunks one block may span on either side: each chunk read costs tensorstore bookkeeping of its own,
+#: so a block of a million one-element chunks would cost gigabytes whatever its decoded size.
+MAX_CHUNKS_PER_BLOCK = 4096
+#: Chunks of one leaf beyond which the plan is refused: at tens of thousands of chunk reads a second,
+#: 10**9 chunks take most of a day. Real checkpoints have thousands to millions.
+MAX_CHUNKS_PER_LEAF = 10**9
 
 
 def default_jobs() -> int:
@@ -43,13 +54,75 @@ class MemoryPlan:
     def in_flight_bytes(self) -> int:
         return self.block_bytes * self.in_flight
 
+    @property
+    def whole_chunk_bytes(self) -> int:
+        """Largest chunk decoded whole when its codec cannot be streamed: its stored bytes, the decode
+        buffer and the array handed over must fit in what the interpreter leaves of the budget."""
+        return max(self.block_bytes, (self.budget - BASE_RSS) // 3)
+
+
+def refuse_leaf(
+    shape: tuple[int, ...],
+    chunks: tuple[tuple[int, ...] | None, tuple[int, ...] | None],
+    unstreamable_bytes: tuple[int, int],
+    codecs: tuple[str, str],
+    mem: MemoryPlan,
+    row_bytes: tuple[int, int] = (0, 0),
+) -> str | None:
+    """Why no plan within the budget exists for a pair, or None. `unstreamable_bytes` per side is the
+    decoded size of a chunk that would have to be decoded whole (0 when it can stream or fits);
+    `row_bytes` the decoded size of one row of a chunk that streams (it streams a row at a time)."""
+    for side, c, whole, codec, row in zip("AB", chunks, unstreamable_bytes, codecs, row_bytes):
+        if row > mem.whole_chunk_bytes:
+            return (
+                f"refused by the planner: checkpoint {side}: one row of a chunk of {list(c)} elements is "
+                f"{_human(row)} decoded; chunks stream a row at a time, and one row needs more than --max-memory "
+                f"{_human(mem.budget)} allows"
+            )
+        if whole > mem.whole_chunk_bytes:
+            return (
+                f"refused by the planner: checkpoint {side}: one chunk of {list(c)} elements is {_human(whole)} "
+                f"decoded and codec {codec} cannot be streamed (only zstd and raw can); "
+                f"decoding it whole needs more than --max-memory "
+                f"{_human(mem.budget)} allows"
+            )
+        if c is not None and len(c) == len(shape) and shape:
+            n = chunk_count(shape, c)
+            if n > MAX_CHUNKS_PER_LEAF:
+                return (
+                    f"refused by the planner: checkpoint {side}: {n:.3g} chunks of {list(c)} elements for shape "
+                    f"{list(shape)}, more than the {MAX_CHUNKS_PER_LEAF:.0e} chunks per leaf streamdiff plans for"
+                )
+    return None
+
+
+def chunk_count(shape: tuple[int, ...], chunks: tuple[int, ...]) -> int:
+    return math.prod(-(-n // max(1, c)) for n, c in zip(shape, chunks))
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.4g} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def check_max_memory(budget: int) -> None:
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < MIN_MAX_MEMORY:
+        raise UsageError(
+            f"--max-memory must be at least {MIN_MAX_MEMORY >> 20}M (the planner's minimum), got {budget!r} bytes"
+        )
+
 
 def memory_plan(budget: int, jobs: int, block_bytes: int | None = None) -> MemoryPlan:
     """Split `budget` (peak RSS of the whole process) between blocks in flight and compute tiles.
 
     A block in flight costs about twice its decoded size (tensorstore's decode buffer, then the
     array handed to us), hence the factor 2. `block_bytes` overrides the computed block size.
+    A budget under MIN_MAX_MEMORY is a `UsageError`.
     """
+    check_max_memory(budget)
     avail = max(budget - BASE_RSS, 16 << 20)
     tile = 1 << 18
     while tile > 1 << 12 and jobs * tile * TILE_BYTES_PER_ELEMENT > avail // 4:
@@ -107,11 +180,13 @@ def block_grid(
     cb = _clip(chunks_b, shape)
     common = [min(math.lcm(x, y), n) for x, y, n in zip(ca, cb, shape)]
     limit = max(1, max_block_bytes // max(1, bytes_per_element))
+    # Bookkeeping per chunk read bounds the chunks per block, whatever their decoded size.
+    chunk_cap = MAX_CHUNKS_PER_BLOCK * min(math.prod(ca), math.prod(cb))
     bs = list(common)
     # Grow small grid cells along leading dims (fewer reads), but only up to GROW_TARGET_BYTES:
     # a block that is exactly one stored chunk is decoded straight into the array we compare,
     # while a block spanning many chunks costs tensorstore an extra copy and fresh pages.
-    grow_limit = max(1, min(limit, GROW_TARGET_BYTES // max(1, bytes_per_element)))
+    grow_limit = max(1, min(limit, chunk_cap, GROW_TARGET_BYTES // max(1, bytes_per_element)))
     for d in range(len(bs)):
         if bs[d] >= shape[d]:
             continue
@@ -123,6 +198,7 @@ def block_grid(
     # splitting it would decode its chunks twice. The bytes-in-flight cap still bounds the total.
     if math.prod(common) <= 2 * limit:
         limit = max(limit, math.prod(common))
+    limit = min(limit, chunk_cap)
     # Shrink from the leading dim until the block fits.
     for d in range(len(bs)):
         if math.prod(bs) <= limit:
@@ -153,10 +229,10 @@ def _amplification(shape: tuple[int, ...], block: tuple[int, ...], chunks: list[
     for n, b, c in zip(shape, block, chunks):
         if b % c == 0 or b >= n:
             continue
-        reads = 0
-        for s in range(0, n, b):
-            e = min(s + b, n)
-            reads += (e - 1) // c - s // c + 1
+        # Each block reads one chunk plus one per chunk boundary strictly inside it: the chunk
+        # boundaries (multiples of c in (0, n)) that are not also block boundaries (multiples of b).
+        # Closed form, so a grid of 10**12 blocks costs nothing to plan.
+        reads = -(-n // b) + (-(-n // c) - 1) - (n - 1) // math.lcm(b, c)
         amp *= reads / -(-n // c)
     return amp
 

@@ -19,6 +19,8 @@ from typing import Any
 import tensorstore as ts
 
 from .errors import NotFoundError, StreamdiffError
+from .localfs import check_file
+from .validate import MAX_METADATA_BYTES
 
 #: Retries for remote storage: a dead endpoint must fail within seconds, not minutes.
 GCS_RETRIES = {"max_retries": 3, "initial_delay": "100ms", "max_delay": "1s"}
@@ -170,7 +172,12 @@ class Dir:
     def kv_spec(self) -> dict[str, Any]:
         return self.storage.spec(self.relpath)
 
-    def read_async(self, name: str) -> ts.Future:
+    def read_async(self, name: str, max_bytes: int = MAX_METADATA_BYTES) -> ts.Future:
+        """Read a metadata file. On local disk it is checked first: a FIFO or device is refused
+        (tensorstore would block on it or read without end), and so is a file over `max_bytes`."""
+        if self.storage.is_local:
+            path = os.path.join(self.storage.local_root, self.relpath + name)
+            check_file(path, self.display + "/" + name, max_bytes)
         return self.storage.kv.read(self.relpath + name)
 
     def read(self, name: str) -> bytes | None:

@@ -30,7 +30,8 @@ from . import malloc
 from .chunks import PIECE_BYTES, ItemSizes, RawStore, chunk_format, stream_chunk
 from .datatypes import Leaf, Pair
 from .dtypes import family
-from .plan import BlockGrid, MemoryPlan, RowsPlan, block_grid, rows_plan
+from .encoding import Encoding, audit_chunk_files, encoding_of, plausible, plausible_ends
+from .plan import BlockGrid, MemoryPlan, RowsPlan, block_grid, refuse_leaf, rows_plan
 from .rules import view_of
 from .stats import LeafStats, Policy, block_stats, layers_settled
 from .storage import DEFAULT_TIMEOUT, describe
@@ -89,7 +90,11 @@ class _Side:
         self._lock = threading.Lock()
         stored = leaf.view is None and leaf.source is not None
         self.format = chunk_format(leaf.source) if stored else None
-        if stored:  # opened asynchronously: every leaf's open is in flight at once
+        self.encoding = encoding_of(leaf.source, leaf.dtype) if stored else None
+        for base in _stored_bases(leaf):
+            audit_chunk_files(base.source, encoding_of(base.source, base.dtype))
+        if stored:
+            # opened asynchronously: every leaf's open is in flight at once
             self.future = ts.open(leaf.source.spec, context=context, read=True, assume_metadata=True)
         else:
             self.future = _Ready(view_of(leaf).open(context))
@@ -121,6 +126,22 @@ class _Side:
         if self.leaf.view is not None:
             return self.leaf.view.chunks
         return self.leaf.source.read_chunk_shape if self.leaf.source else None
+
+    @property
+    def streamable(self) -> bool:
+        return self.format is not None and self.format.streamable
+
+    def whole_decode_bytes(self, big: bool) -> int:
+        """Decoded bytes of one stored chunk that tensorstore will decode whole: a big chunk that
+        cannot stream, or any chunk behind a view (views are read through tensorstore only)."""
+        if self.leaf.view is not None:
+            bases = _stored_bases(self.leaf)
+            return max((math.prod(b.source.read_chunk_shape) * _itemsize(b) for b in bases), default=0)
+        return self.chunk_bytes() if big and not self.streamable else 0
+
+    def row_bytes(self) -> int:
+        """Decoded bytes of one row (first-axis index) of a chunk: what streaming holds at least."""
+        return math.prod(self.chunks[1:]) * np.dtype(self.leaf.dtype).itemsize
 
     def chunk_bytes(self) -> int:
         if self.leaf.source is None:
@@ -183,11 +204,17 @@ class _Engine:
         limit = self.mem.block_bytes
         big_a, big_b = sa.chunk_bytes() > limit, sb.chunk_bytes() > limit
         out = PairOutcome(LeafStats())
+        whole = tuple(s.whole_decode_bytes(big) for s, big in ((sa, big_a), (sb, big_b)))
+        rows = tuple(s.row_bytes() if big and s.streamable else 0 for s, big in ((sa, big_a), (sb, big_b)))
+        codecs = tuple(x.source.codec if x.source else "-" for x in (p.a, p.b))
+        out.error = refuse_leaf(p.a.shape, (sa.chunks, sb.chunks), whole, codecs, self.mem, rows)
+        if out.error:
+            return out
         out.shortcut = shortcut and self._shortcut_ok(p, sa, sb, i)
         out.both_missing_equal = out.shortcut and _same_fill(p.a, p.b)
         if p.a.shape and (big_a or big_b):
-            can_a = not big_a or sa.format.streamable
-            can_b = not big_b or sb.format.streamable
+            can_a = not big_a or sa.streamable
+            can_b = not big_b or sb.streamable
             if can_a and can_b:
                 out.rows = rows_plan(p.a.shape, sa.chunks, sb.chunks, big_a, big_b, bpe, self.mem.block_bytes)
                 out.grid = out.rows.grid
@@ -197,7 +224,7 @@ class _Engine:
                     need = s.chunk_bytes() >> 20
                     out.warnings.append(
                         f"checkpoint {side}: codec {leaf.source.codec} cannot be streamed; "
-                        f"decoding whole {need} MiB chunks (over the memory budget)"
+                        f"decoding whole {need} MiB chunks (over the block size, within --max-memory)"
                     )
         out.grid = block_grid(p.a.shape, sa.chunks, sb.chunks, bpe, self.mem.block_bytes)
         return out
@@ -267,19 +294,22 @@ class _Engine:
         return [side.format.key(idx) for idx in itertools.product(*ranges)]
 
     def _block_shortcut(self, t: _Task, sa: _Side, sb: _Side, o: PairOutcome, raw: list) -> LeafStats:
-        settled = self._compare_raw(o, raw)
+        settled = self._compare_raw(o, raw, sa.encoding)
         if settled is not None:
             return self._settled(t, settled)
         return self._block(t, (sa.read(t.start, t.stop), sb.read(t.start, t.stop)))
 
-    def _compare_raw(self, o: PairOutcome, raw: list) -> tuple[int, int] | None:
-        """(chunks, bytes of both sides) when every chunk's stored bytes are equal; else None."""
+    def _compare_raw(self, o: PairOutcome, raw: list, enc: Encoding) -> tuple[int, int] | None:
+        """(chunks, bytes of both sides) when every chunk's stored bytes are equal and plausible
+        (see encoding.py); else None."""
         total = 0
         for fa, fb, sized in raw:
             ra, rb = fa.result(), fb.result()
             if ra.state != "value" and rb.state != "value" and o.both_missing_equal:
                 continue  # fill value on both sides
             va, vb = ra.value, rb.value  # each .value access copies the bytes: take them once
+            if ra.state == "value" and va == vb and not plausible(va, enc):
+                return None  # equal bytes vouch only for a valid encoding: let the decoder judge
             if ra.state != "value" or rb.state != "value" or va != vb:
                 if not sized:
                     with self.lock:  # no sizes to tell in advance: give up after a few misses
@@ -292,7 +322,9 @@ class _Engine:
             o.misses = 0
         return len(raw), total
 
-    def _compare_raw_streaming(self, o: PairOutcome, ra: RawStore, rb: RawStore, key: str) -> tuple[int, int] | None:
+    def _compare_raw_streaming(
+        self, o: PairOutcome, ra: RawStore, rb: RawStore, key: str, enc: Encoding
+    ) -> tuple[int, int] | None:
         """Big chunks: compare stored bytes piece by piece, never holding a whole chunk."""
         x, y = ra.size(key), rb.size(key)
         if x is None or y is None or x != y:
@@ -304,13 +336,17 @@ class _Engine:
             return ra.kv.read(key, byte_range=rng), rb.kv.read(key, byte_range=rng)
 
         nxt = fetch(0)
+        head = prev = va = b""
         for off in range(0, x, piece):
             fa, fb = nxt
             if off + piece < x:
                 nxt = fetch(off + piece)  # the next pieces are on their way while these compare
-            if fa.result().value != fb.result().value:
+            prev, va = va, fa.result().value
+            if va != fb.result().value:
                 return None
-        return 1, 2 * x
+            head = head or va
+        # Equal bytes vouch only for a plausible encoding (encoding.py); else decode.
+        return (1, 2 * x) if plausible_ends(head, prev + va, x, enc) else None
 
     def _piece(self) -> int:
         """Bytes per range read when streaming a chunk: large enough to amortise a round trip."""
@@ -338,7 +374,7 @@ class _Engine:
         """One big chunk, slab by slab; the stored bytes compared first when the shortcut applies."""
         rows = o.rows
         if o.shortcut and rows.stream_a and rows.stream_b:
-            settled = self._compare_raw_streaming(o, sa.raw, sb.raw, sa.format.key(t.chunk))
+            settled = self._compare_raw_streaming(o, sa.raw, sb.raw, sa.format.key(t.chunk), sa.encoding)
             if settled is not None:
                 return self._settled(t, settled)
         policy = self.policies[t.pair_index]
@@ -444,6 +480,19 @@ def _prefetch_depth(side: _Side) -> int:
     """Range reads kept in flight per streamed chunk: remote stores need several round trips'
     worth in flight to fill the link (a bandwidth-delay product of ~10 MB at 200 MB/s, 50 ms)."""
     return 2 if side.leaf.source is None or side.leaf.source.is_local else 4
+
+
+def _stored_bases(leaf: Leaf) -> list[Leaf]:
+    """The stored leaves a leaf reads: itself, or every base of its view."""
+    if leaf.view is None:
+        return [leaf] if leaf.source is not None else []
+    out, stack = [], [leaf.view]
+    while stack:
+        v = stack.pop()
+        if v.op == "base" and v.leaf is not None and v.leaf.source is not None:
+            out.append(v.leaf)
+        stack.extend(v.children)
+    return out
 
 
 def _itemsize(leaf: Leaf) -> int:

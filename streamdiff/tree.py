@@ -16,11 +16,12 @@ from typing import Any
 
 import tensorstore as ts
 
-from . import dtypes
+from . import dtypes, validate
 from .datatypes import ArraySource, KeyPath, Kind, Leaf, Tree
 from .errors import CorruptCheckpointError, NotACheckpointError, StreamdiffError
 from .formats import foreign, json_item, ocdbt, zarr
 from .formats import msgpack as msgpack_format
+from .localfs import check_file, walk_files
 from .locate import Item, ItemKind
 from .storage import META_CACHE, Dir, result_bytes, storage_error
 
@@ -28,6 +29,7 @@ EMPTY_TYPES = {"None", "Dict", "List", "Tuple", "NamedTuple"}
 ZARR_META = {".zarray": 2, "zarr.json": 3}
 #: Metadata files Orbax never writes: their presence means a plain zarr / n5 store.
 PLAIN_ONLY = {".zgroup", ".zattrs", "attributes.json"}
+META_NAME = {2: ".zarray", 3: "zarr.json"}
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ def build_tree(item: Dir) -> Tree:
     ocdbt = "manifest.ocdbt" in files
 
     # Issue every independent read at once: on GCS each is a round trip.
-    futures = {n: item.read_async(n) for n in ("_METADATA", "_strings.json", "checkpoint") if n in files}
+    futures = {n: item.read_async(n, _max_bytes(n)) for n in ("_METADATA", "_strings.json", "checkpoint") if n in files}
     am_dir = item.child("array_metadatas")
     am_names = [n for n, k in am_dir.list_children().items() if k == "file"] if "array_metadatas" in children else []
     am_futures = [am_dir.read_async(n) for n in am_names]
@@ -91,6 +93,7 @@ def build_tree(item: Dir) -> Tree:
     listing = None
     inline: dict[str, bytes] = {}  # OCDBT: zarr metadata values found inline in the B-tree
     if ocdbt:
+        _audit_ocdbt(item, children)
         ocdbt_kv = _open_ocdbt(item)
         inline, keys_walked = _walk_ocdbt(item)
         if keys_walked is None:
@@ -99,8 +102,13 @@ def build_tree(item: Dir) -> Tree:
     raw = {n: result_bytes(f, f"{item.display}/{n}") for n, f in futures.items()}
     notes: list[str] = []
     metadata = _parse_json(raw.get("_METADATA"), item, "_METADATA")
+    if raw.get("_METADATA") is not None:  # present: must be valid (`null` is not "missing")
+        validate.check_tree_metadata(metadata, f"{item.display}/_METADATA")
     msgpack_entries = _parse_msgpack(raw.get("checkpoint"), item)
-    strings = _parse_json(raw.get("_strings.json"), item, "_strings.json") or {}
+    strings = _parse_json(raw.get("_strings.json"), item, "_strings.json")
+    if raw.get("_strings.json") is not None:
+        validate.check_strings(strings, f"{item.display}/_strings.json")
+    strings = strings or {}
     prng = _prng_impls(am_futures, item)
 
     # Which arrays exist in storage, and with which zarr version.
@@ -149,10 +157,12 @@ def build_tree(item: Dir) -> Tree:
                 parsed[raw_meta] = _parse_json(raw_meta, item, key)
             zmeta[name] = (fmt, parsed[raw_meta])
     specs, leaves_extra = _t5x_arrays(entries, zmeta, children)
+    docs = {n: (f, md, f"{item.display}/{n + '/' if n else ''}{META_NAME[f]}") for n, (f, md) in zmeta.items()}
+    bad_meta = validate.check_zarr_documents(docs)  # tensorstore parses them all at once
     legacy_strings = _legacy_strings(item, [e for e in entries if _needs_array(e) and e.storage_name not in zmeta])
     leaves: dict[KeyPath, Leaf] = {}
     for e in entries:
-        leaves[e.keys] = _make_leaf(e, item, ocdbt, zmeta, strings, legacy_strings, prng)
+        leaves[e.keys] = _make_leaf(e, item, ocdbt, zmeta, strings, legacy_strings, prng, bad_meta)
     leaves.update(leaves_extra)
     fmts = sorted({f for f, _ in zmeta.values()})
     layout = ("ocdbt" if ocdbt else "per-leaf dirs") + (" + " + "/".join(f"zarr{f}" for f in fmts) if fmts else "")
@@ -191,6 +201,25 @@ def _plain_store(keys: list[str], stored: dict[str, int]) -> bool:
     return not stored or any("/" in name for name in stored) or any(k.rpartition("/")[2] in PLAIN_ONLY for k in keys)
 
 
+def _max_bytes(name: str) -> int:
+    return validate.MAX_MSGPACK_BYTES if name == "checkpoint" else validate.MAX_METADATA_BYTES
+
+
+def _audit_ocdbt(item: Dir, children: dict[str, str]) -> None:
+    """Local OCDBT: every manifest and data file tensorstore may open must be a regular file
+    (a FIFO blocks its reads forever). Directory listings only; no file is opened."""
+    if not item.storage.is_local:
+        return
+    root = os.path.join(item.storage.local_root, item.relpath)
+    for name, kind in children.items():
+        if kind == "file" and name.startswith("manifest"):
+            check_file(os.path.join(root, name), f"{item.display}/{name}")
+    for name, kind in children.items():
+        if kind == "dir" and (name == "d" or name.startswith("ocdbt.process_")):
+            for _ in walk_files(os.path.join(root, name), f"{item.display}/{name}"):
+                pass
+
+
 def _open_ocdbt(item: Dir) -> ts.KvStore:
     try:
         spec = {"driver": "ocdbt", "base": item.kv_spec(), "cache_pool": META_CACHE}
@@ -202,10 +231,7 @@ def _open_ocdbt(item: Dir) -> ts.KvStore:
 def _parse_json(raw: bytes | None, item: Dir, name: str) -> Any:
     if raw is None:
         return None
-    try:
-        return json.loads(raw)
-    except ValueError as e:
-        raise CorruptCheckpointError(f"{item.display}/{name}: unreadable JSON ({e})") from e
+    return validate.parse_json(raw, f"{item.display}/{name}")
 
 
 def _parse_msgpack(raw: bytes | None, item: Dir) -> list[msgpack_format.MsgpackEntry] | None:
@@ -224,8 +250,11 @@ def _prng_impls(futures: list[ts.Future], item: Dir) -> dict[str, str]:
     out: dict[str, str] = {}
     for fut in futures:
         raw = result_bytes(fut, f"{item.display}/array_metadatas")
-        doc = _parse_json(raw, item, "array_metadatas/*") or {}
-        for entry in doc.get("array_metadatas", []) if isinstance(doc, dict) else []:
+        if raw is None:
+            continue
+        doc = _parse_json(raw, item, "array_metadatas/*")
+        validate.check_array_metadatas(doc, f"{item.display}/array_metadatas")
+        for entry in doc.get("array_metadatas", []):
             am = entry.get("array_metadata", entry) if isinstance(entry, dict) else {}
             impl = (am.get("ext_metadata") or {}).get("random_key_impl")
             if impl and "param_name" in am:
@@ -244,9 +273,7 @@ def _arrays_from_keys(keys: list[str]) -> dict[str, int]:
 
 
 def _entries_from_metadata(metadata: Any, item: Dir, packed: list | None) -> list[_Entry]:
-    tm = metadata.get("tree_metadata") if isinstance(metadata, dict) else None
-    if not isinstance(tm, dict):
-        raise CorruptCheckpointError(f"{item.display}/_METADATA: no tree_metadata")
+    tm = metadata["tree_metadata"]
     inline = {m.keys: m for m in packed or []}
     raw: list[_Entry] = []
     for entry in tm.values():
@@ -353,6 +380,7 @@ def _make_leaf(
     strings: dict[str, Any],
     legacy_strings: dict[str, str],
     prng: dict[str, str],
+    bad_meta: dict[str, str],
 ) -> Leaf:
     if e.value_type in EMPTY_TYPES:
         return Leaf(e.keys, "empty", e.value_type)
@@ -375,6 +403,8 @@ def _make_leaf(
             error=f"array {e.storage_name!r} is listed in the tree metadata but missing from storage",
         )
     fmt, md = zmeta[e.storage_name]
+    if e.storage_name in bad_meta:
+        return Leaf(e.keys, "array", e.value_type, error=f"unreadable zarr metadata: {bad_meta[e.storage_name]}")
     try:
         source, shape, dtype = _array_source(item, ocdbt, e.storage_name, fmt, md)
     except KeyError as exc:  # str(KeyError) is only the quoted key: say what it is
@@ -404,12 +434,12 @@ def _ints(value: Any, field: str) -> tuple[int, ...]:
 
 
 def _array_source(item: Dir, ocdbt: bool, name: str, fmt: int, md: dict) -> tuple[ArraySource, tuple, str]:
+    key = (name + "/" if name else "") + (".zarray" if fmt == 2 else "zarr.json")
+    (validate.check_zarray if fmt == 2 else validate.check_zarr_json)(md, f"{item.display}/{key}")
     if not isinstance(md, dict):
         raise ValueError(f"expected a JSON object, got {type(md).__name__}")
     shape = _ints(md["shape"], "shape")
     if fmt == 2:
-        if not isinstance(md["dtype"], str):
-            raise ValueError(f"structured dtype {md['dtype']!r} is not supported")
         dtype = dtypes.normalize(md["dtype"])
         chunks = _ints(md["chunks"], "chunks")
         read_chunks = chunks

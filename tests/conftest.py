@@ -16,6 +16,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import logging  # noqa: E402
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# `pytest --hypothesis-profile=long`: thousands of examples for the fuzz and property tests that do
+# not fix their own count (tests/test_fuzz_metadata.py reads it).
+settings.register_profile("long", max_examples=3000, deadline=None)
 
 # orbax logs a warning for every tiny chunk size the tests ask for on purpose.
 logging.getLogger("absl").setLevel(logging.ERROR)
