@@ -90,7 +90,7 @@ def test_zarr2_shape_not_a_list_names_the_field(tmp_path):
     bad = _per_leaf(tmp_path / "bad", zarr3=False)
     _edit(bad / "w/.zarray", lambda d: d.update(shape=6))
     r = run_cli(bad, ref)
-    line = one_line(r, "w: checkpoint A: unreadable zarr metadata w/.zarray: `shape` must be a list of integers, got 6")
+    line = one_line(r, "w: checkpoint A: unreadable zarr metadata", "w/.zarray: `shape` must be a list of integers >= 0, got 6")
     assert "not iterable" not in line
 
 
@@ -98,7 +98,7 @@ def test_zarr3_missing_configuration_names_the_field(tmp_path):
     ref = _per_leaf(tmp_path / "ref", zarr3=True)
     bad = _per_leaf(tmp_path / "bad", zarr3=True)
     _edit(bad / "w/zarr.json", lambda d: d["chunk_grid"].pop("configuration"))
-    line = one_line(run_cli(bad, ref), "w/zarr.json: no field 'configuration'")
+    line = one_line(run_cli(bad, ref), "w/zarr.json: `chunk_grid.configuration` must be an object, got null")
     assert ": 'configuration'" not in line
 
 
