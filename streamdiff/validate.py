@@ -339,16 +339,29 @@ _strict = _StrictParser()
 
 def check_zarr_documents(docs: dict[Any, tuple[int, Any, str]]) -> dict[Any, str]:
     """key -> why, for each (zarr_format, document, where) that fails `check_zarray` / `check_zarr_json`
-    or that tensorstore would not read from storage (see _StrictParser); the rest passed."""
+    or that tensorstore would not read from storage (see _StrictParser); the rest passed.
+
+    Leaves of one model share a few documents (the reader parses each distinct one once and shares
+    the object): each distinct document is checked once, its verdict given to every key using it."""
     errors: dict[Any, str] = {}
+    users: dict[tuple[int, int], list[Any]] = {}
+    for key, (fmt, md, _) in docs.items():
+        users.setdefault((fmt, id(md)), []).append(key)
     ok = []
-    for key, (fmt, md, where) in docs.items():
+    for (fmt, _), keys in users.items():
+        check = check_zarray if fmt == 2 else check_zarr_json
+        md = docs[keys[0]][1]
         try:
-            (check_zarray if fmt == 2 else check_zarr_json)(md, where)
-        except CorruptCheckpointError as e:
-            errors[key] = str(e)
+            check(md, docs[keys[0]][2])
+        except CorruptCheckpointError:
+            for key in keys:  # the message names each key's own file
+                try:
+                    check(md, docs[key][2])
+                except CorruptCheckpointError as e:
+                    errors[key] = str(e)
             continue
-        ok.append((key, md, fmt))
-    for key, why in (_strict.refusals(ok) if ok else {}).items():
-        errors[key] = f"{docs[key][2]}: tensorstore cannot read it ({why})"
+        ok.append((keys[0], md, fmt))
+    for first, why in (_strict.refusals(ok) if ok else {}).items():
+        for key in users[(docs[first][0], id(docs[first][1]))]:
+            errors[key] = f"{docs[key][2]}: tensorstore cannot read it ({why})"
     return errors
