@@ -434,8 +434,7 @@ def _ints(value: Any, field: str) -> tuple[int, ...]:
 
 
 def _array_source(item: Dir, ocdbt: bool, name: str, fmt: int, md: dict) -> tuple[ArraySource, tuple, str]:
-    key = (name + "/" if name else "") + (".zarray" if fmt == 2 else "zarr.json")
-    (validate.check_zarray if fmt == 2 else validate.check_zarr_json)(md, f"{item.display}/{key}")
+    """The array's tensorstore spec and facts; `md` already passed validate.check_zarr_documents."""
     if not isinstance(md, dict):
         raise ValueError(f"expected a JSON object, got {type(md).__name__}")
     shape = _ints(md["shape"], "shape")
