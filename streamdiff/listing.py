@@ -22,7 +22,7 @@ from .layouts import detect
 from .locate import STEP_NAME, TMP_MARK, Item, classify, locate
 from .report import FULL_WIDTH, PATH_MIN, _Out, shorten
 from .storage import Dir, Storage
-from .tree import build_tree
+from .tree import read_item
 from .units import human
 
 SCHEMA = "streamdiff-ls/1"
@@ -101,7 +101,7 @@ def _picked(item: Item) -> int | None:
 
 
 def _list_item(item: Item) -> ItemListing:
-    tree = build_tree(item.dir)
+    tree = read_item(item)  # every kind of item, as the diff reads it
     ctx = item.dir.storage.context
     sizes = ItemSizes()
     rows = []

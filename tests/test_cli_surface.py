@@ -264,3 +264,25 @@ def test_only_matches_canonical_paths_after_mapping_not_stored_ones():
     assert r.json["summary"]["excluded"] == len(r.json["excluded"]) > 0
     stored = run_cli(linen, nnx, "--only", "params/**", "-q")
     assert stored.code == 2 and "nothing to compare" in stored.err
+
+
+def test_ls_reads_every_kind_of_store_as_the_diff_does(tmp_path):
+    """`ls` of a zarr-python group and of a flax msgpack file lists the leaves the diff compares
+    (group paths and attributes; the file's arrays), not a guess at an Orbax directory."""
+    import zarr
+    from flax import serialization
+
+    g = zarr.open_group(str(tmp_path / "z"), mode="w", zarr_format=3)
+    g.attrs["lr"] = 0.1
+    g.create_group("model").create_array("kernel", shape=(4, 4), dtype="f4")[:] = 1.0
+    (tmp_path / "f.msgpack").write_bytes(serialization.to_bytes({"params": {"w": np.ones((2, 3), np.float32)}}))
+    for path, want in (
+        (tmp_path / "z", {".attrs/lr": "json", "model/kernel": "array"}),
+        (tmp_path / "f.msgpack", {"params/w": "array"}),
+    ):
+        r = run_cli("ls", path, "--json", "-")
+        assert r.code == 0, r.err
+        rows = [row for item in r.json["items"] for row in item["leaves"]]
+        assert {row["path"]: row["kind"] for row in rows} == want
+        diff = run_cli(path, path, "--json", "-", "-q").json
+        assert sorted(x["path"] for x in diff["leaves"]) == sorted(want)

@@ -90,7 +90,9 @@ def test_zarr2_shape_not_a_list_names_the_field(tmp_path):
     bad = _per_leaf(tmp_path / "bad", zarr3=False)
     _edit(bad / "w/.zarray", lambda d: d.update(shape=6))
     r = run_cli(bad, ref)
-    line = one_line(r, "w: checkpoint A: unreadable zarr metadata", "w/.zarray: `shape` must be a list of integers >= 0, got 6")
+    line = one_line(
+        r, "w: checkpoint A: unreadable zarr metadata", "w/.zarray: `shape` must be a list of integers >= 0, got 6"
+    )
     assert "not iterable" not in line
 
 
