@@ -317,7 +317,13 @@ class LayerAxes:
 
     @staticmethod
     def of(pairs: list[Pair], forced: int | None) -> LayerAxes:
-        sizes = Counter(p.a.shape[1] for p in pairs if _scanned(p) and len(p.a.shape) >= 2 and p.a.kind == "array")
+        scanned = [p for p in pairs if _scanned(p)]
+        if forced is not None and scanned and not any(forced < len(p.a.shape) for p in scanned):
+            # Every scanned leaf would be left without per-layer statistics: a silent "no layer
+            # differs" next to differing leaves. Say what is wrong instead.
+            most = max(len(p.a.shape) for p in scanned)
+            raise UsageError(f"--layer-axis {forced}: no scanned leaf has that axis (they have at most {most} axes)")
+        sizes = Counter(p.a.shape[1] for p in scanned if len(p.a.shape) >= 2 and p.a.kind == "array")
         return LayerAxes(forced, sizes.most_common(1)[0][0] if sizes else None)
 
     def axis(self, p: Pair) -> int | None:

@@ -286,3 +286,13 @@ def test_ls_reads_every_kind_of_store_as_the_diff_does(tmp_path):
         assert {row["path"]: row["kind"] for row in rows} == want
         diff = run_cli(path, path, "--json", "-", "-q").json
         assert sorted(x["path"] for x in diff["leaves"]) == sorted(want)
+
+
+def test_per_layer_with_a_layer_axis_no_scanned_leaf_has_is_refused():
+    """--layer-axis 7 on 4-axis leaves used to print "no scanned leaf differs" beside 12 differing leaves."""
+    run = MAXTEXT / "v024_linen_scan/checkpoints"
+    seed1 = MAXTEXT / "v024_linen_scan_seed1/checkpoints"
+    r = run_cli(run, seed1, "--per-layer", "--layer-axis", "7", "--only", "params/**", "-q")
+    assert r.code == 2 and r.err.strip() == (
+        "streamdiff: error: --layer-axis 7: no scanned leaf has that axis (they have at most 4 axes)"
+    )
