@@ -79,7 +79,7 @@ def align(a: Mapped, b: Mapped, layer_axis: int | None) -> tuple[list[str], list
         n = _stack_to_match(this, other, layer_axis)
         if n:
             side_notes.append(f"stacked {n} per-layer leaves to match the scanned layout of the other side")
-    moved = _move_layer_axis(a, b)
+    moved = _move_layer_axis(a, b, layer_axis)
     if moved:
         notes[1].append(f"moved the layer axis of {moved} leaves to where A has it")
     return notes
@@ -127,20 +127,34 @@ def _stack_axis(member: tuple[int, ...], n: int, other: tuple[int, ...] | None, 
     return None
 
 
-def _move_layer_axis(a: Mapped, b: Mapped) -> int:
-    count = 0
-    for path, lb in list(b.leaves.items()):
+#: Leaves that must agree before a layer-axis difference is taken as the save's (param_scan_axis).
+MIN_MOVE_EVIDENCE = 2
+
+
+def _move_layer_axis(a: Mapped, b: Mapped, layer_axis: int | None = None) -> int:
+    """View B's scanned leaves with the layer axis where A has it, when the two saves put it at
+    different positions (MaxText's param_scan_axis 0 vs 1).
+
+    That is a property of the whole save, so it shows in every scanned leaf, always as a move of an
+    axis of the same size (the layer count). A single leaf whose axes differ is more likely a
+    transposed kernel, exactly the bug a diff must show: without `layer_axis` (the user's word), moves
+    are made only when at least MIN_MOVE_EVIDENCE leaves need one, all of an axis of one size."""
+    moves = []
+    for path, lb in b.leaves.items():
         la = a.leaves.get(path)
         if la is None or la.shape is None or lb.shape is None or la.shape == lb.shape or "layers" not in path:
             continue
         perm = _single_move(lb.shape, la.shape)
-        if perm is None:
-            continue
+        if perm is not None:
+            moved = next(k for k, src in enumerate(perm) if src != k)  # where A has the moved axis
+            moves.append((path, lb, perm, la.shape[moved]))
+    if layer_axis is None and (len(moves) < MIN_MOVE_EVIDENCE or len({m[3] for m in moves}) != 1):
+        return 0
+    for path, lb, perm, _ in moves:
         v = View("transpose", children=(view_of(lb),), axes=tuple(perm))
         b.leaves[path] = with_view(lb, path, v)
         b.applied.append(f"align: {format_path(path)} axes {list(perm)}")
-        count += 1
-    return count
+    return len(moves)
 
 
 def _single_move(src: tuple[int, ...], dst: tuple[int, ...]) -> list[int] | None:

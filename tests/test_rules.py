@@ -81,14 +81,29 @@ def test_scanned_vs_unscanned_stacks_the_unscanned_side_and_equals_numpy():
 
 
 def test_layer_axis_moved_is_aligned_by_shape(tmp_path):
-    """A saved with the layer axis at 1, B at 0 (param_scan_axis=0): B is viewed with the axis moved."""
-    x = np.random.default_rng(0).standard_normal((8, 3, 5)).astype(np.float32)
-    save(tmp_path / "a", {"decoder": {"layers": {"kernel": x}}})
-    save(tmp_path / "b", {"decoder": {"layers": {"kernel": np.moveaxis(x, 1, 0)}}})
+    """A saved with the layer axis at 1, B at 0 (param_scan_axis=0): every scanned leaf moved the same
+    axis (3 layers), so B is viewed with the axis moved."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 3, 5)).astype(np.float32)
+    s = rng.standard_normal((8, 3)).astype(np.float32)
+    save(tmp_path / "a", {"decoder": {"layers": {"kernel": x, "scale": s}}})
+    save(tmp_path / "b", {"decoder": {"layers": {"kernel": np.moveaxis(x, 1, 0), "scale": s.T}}})
     r = run_cli(tmp_path / "a", tmp_path / "b", "--json", "-", "-q")
-    assert r.code == 0 and r.json["leaves"][0]["source_b"].startswith("transpose(")
+    assert r.code == 0 and all(x["source_b"].startswith("transpose(") for x in r.json["leaves"])
     raw = run_cli(tmp_path / "a", tmp_path / "b", "--no-auto", "--json", "-", "-q")
-    assert raw.code == 1 and raw.json["leaves"][0]["status"] == "shape_mismatch"
+    assert raw.code == 1 and {x["status"] for x in raw.json["leaves"]} == {"shape_mismatch"}
+
+
+def test_one_transposed_kernel_under_layers_is_a_shape_mismatch_not_a_layer_axis_move(tmp_path):
+    """A single leaf whose axes are swapped is the conversion bug a diff must show, not a save-wide
+    param_scan_axis difference; --layer-axis says it is one."""
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    save(tmp_path / "a", {"decoder": {"layers": {"kernel": x}}})
+    save(tmp_path / "b", {"decoder": {"layers": {"kernel": x.T.copy()}}})
+    r = run_cli(tmp_path / "a", tmp_path / "b", "--json", "-", "-q")
+    assert r.code == 1 and [x["status"] for x in r.json["leaves"]] == ["shape_mismatch"]
+    told = run_cli(tmp_path / "a", tmp_path / "b", "--layer-axis", "1", "--json", "-", "-q")
+    assert told.code == 0 and told.json["leaves"][0]["source_b"].startswith("transpose(")
 
 
 def test_explain_reads_no_data_and_lists_sources(copy_ckpt):
