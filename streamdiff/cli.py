@@ -368,7 +368,7 @@ def cli(
         if x.status == "error":
             click.echo(f"streamdiff: error: {report.format_path(x.path)}: {x.message}", err=True)
     if r.exit_code == 2 and not r.errors:
-        click.echo(f"streamdiff: error: {report.verdict(r)}", err=True)
+        click.echo(f"streamdiff: error: {report.verdict(r).removeprefix('error: ')}", err=True)
     return r.exit_code
 
 

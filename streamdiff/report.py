@@ -25,6 +25,8 @@ def verdict(r: Report) -> str:
     if v is Verdict.ERROR:
         if r.errors:
             return f"error: {r.errors} of {n} leaves could not be read"
+        if n == 0 and r.excluded:
+            return f"error: nothing to compare: --only/--exclude left none of the {len(r.excluded)} leaves"
         return f"error: nothing to compare ({n} leaves, none holding data on both sides)"
     if v is Verdict.INCOMPLETE:
         return f"not compared: {r.not_compared} of {n} leaves could not be interpreted; {r.different} differ"

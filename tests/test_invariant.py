@@ -106,3 +106,9 @@ def test_rules_that_ignore_every_leaf_are_an_error_not_identical(tmp_path):
     rules.write_text('[[rule]]\nop = "ignore"\npath = "**"\n')
     r = run_cli(RUN, RUN, "--rules", rules, "-q")
     assert r.code == 2 and "nothing to compare" in r.err, (r.code, r.err)
+
+
+def test_only_matching_no_leaf_is_an_error_that_says_so_once():
+    r = run_cli(RUN, RUN, "--only", "nothing/**", "-q")
+    assert r.code == 2
+    assert r.err == "streamdiff: error: nothing to compare: --only/--exclude left none of the 40 leaves\n"
