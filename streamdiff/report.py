@@ -298,11 +298,18 @@ def leaf_table(rows: list[LeafResult], width: int) -> list[Text]:
 
 
 def distinct(a: float, b: float) -> tuple[str, str]:
-    """Two floats with the fewest significant digits (at least 3) that tell them apart, so that
-    0.99999 vs 1.0 does not print as 1 vs 1."""
+    """Two floats with the fewest significant digits (at least 3) whose printed difference is the
+    real one to two digits: 0.28258681 vs 0.28258371 must not print as 0.28259 vs 0.28258 (a gap
+    three times too big, above the tolerance shown beside it)."""
+    d = a - b
     for digits in range(3, 18):
         sa, sb = f"{a:.{digits}g}", f"{b:.{digits}g}"
-        if sa != sb or a == b:
+        if a == b or not math.isfinite(d):
+            if sa != sb or a == b:
+                return sa, sb
+            continue
+        shown = float(sa) - float(sb)
+        if abs(shown - d) <= 0.05 * abs(d):
             return sa, sb
     return repr(a), repr(b)
 

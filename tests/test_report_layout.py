@@ -193,3 +193,12 @@ def test_piped_stdout_takes_the_width_of_the_terminal_the_process_still_has():
     lines = p.stdout.splitlines()
     assert p.returncode == 1 and lines[0].startswith("39 of 40 leaves differ")
     assert max(len(line) for line in lines) <= 70 < max(len(line) for line in lines) + 10
+
+
+@pytest.mark.parametrize("a, b", [(0.28258681, 0.28258371), (0.49629003, 0.49628001), (1e-8, 1.2e-8), (-3.5, 2.0)])
+def test_values_at_max_show_their_real_gap_to_two_digits(a, b):
+    """0.28258681 vs 0.28258371 printed as 0.28259 vs 0.28258 showed a gap 3x the real one."""
+    from streamdiff.report import distinct
+
+    sa, sb = distinct(a, b)
+    assert abs((float(sa) - float(sb)) - (a - b)) <= 0.05 * abs(a - b), (sa, sb)
