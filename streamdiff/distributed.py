@@ -83,7 +83,7 @@ def _client(scheduler: str, mem: MemoryPlan, timeout: float = DEFAULT_TIMEOUT):
             )
             return Client(cluster, timeout=f"{timeout}s"), cluster
         except Exception as e:  # noqa: BLE001 - e.g. "Nanny failed to start" when a worker dies at start-up
-            raise StreamdiffError(f"cannot start a local Dask cluster ({scheduler}): {_batch_error(e)}") from e
+            raise StreamdiffError(f"cannot start a local Dask cluster ({scheduler}): {batch_error(e)}") from e
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     return _connect(Client, scheduler, timeout), None
@@ -154,7 +154,7 @@ def compare_on_dask(
             try:
                 results = fut.result()
             except Exception as e:  # noqa: BLE001 - the batch failed after Dask's retries
-                results = [(t.pair_index, None, _batch_error(e)) for t in batch]
+                results = [(t.pair_index, None, batch_error(e)) for t in batch]
             for i, stats, error in results:
                 engine.outcomes[i].absorb(stats, error)
             if progress:
@@ -162,7 +162,7 @@ def compare_on_dask(
         after = client.run(io_counters)
         worker_io = tuple(sum(after[w][k] - before.get(w, (0, 0))[k] for w in after) for k in (0, 1))
     except Exception as e:  # noqa: BLE001 - the scheduler or the cluster itself failed mid-run
-        raise StreamdiffError(f"the Dask run failed: {_batch_error(e)}") from e
+        raise StreamdiffError(f"the Dask run failed: {batch_error(e)}") from e
     finally:
         with contextlib.suppress(Exception):
             client.close()
@@ -172,7 +172,7 @@ def compare_on_dask(
     return engine.outcomes, worker_io
 
 
-def _batch_error(e: BaseException) -> str:
+def batch_error(e: BaseException) -> str:
     """A batch Dask gave up on, in words: a worker that died (killed, out of memory) leaves Dask's
     own texts ("cancelled for reason: already forgotten", KilledWorker's task keys)."""
     name = type(e).__name__

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -164,7 +166,7 @@ ELLIPSIS = "…"
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
-def _fmt(x: Any) -> str:
+def fmt_number(x: Any) -> str:
     if x is None:
         return "-"
     if isinstance(x, float):
@@ -172,6 +174,62 @@ def _fmt(x: Any) -> str:
             return "0"
         return f"{x:.3g}" if math.isfinite(x) else str(x)
     return str(x)
+
+
+#: Rows beyond which `shorten_all` keeps the plain cut (its search is quadratic in rows).
+DISTINCT_CUT_ROWS = 2000
+
+
+def shorten_all(paths: list[str], width: int) -> list[str]:
+    """`shorten` for the rows of one table, but rows that would read the same (params/…/kernel for
+    mu and nu) get the cut that tells them apart, when one fits: keep k keys from the start and m
+    from the end such that no other row shares both."""
+    out = [shorten(p, width) for p in paths]
+    counts = Counter(out)
+    if all(c == 1 for c in counts.values()) or len(paths) > DISTINCT_CUT_ROWS:
+        return out
+    keysets = [p.split("/") for p in paths]
+    for i, text in enumerate(out):
+        if counts[text] > 1:
+            out[i] = _distinct_cut(i, keysets, width) or text
+    return out
+
+
+def _distinct_width(paths: list[str], lo: int, hi: int) -> int:
+    """The narrowest width from `lo` (up to `hi`) at which `shorten_all` keeps every row distinct."""
+    if len(set(paths)) < len(paths) or len(paths) > DISTINCT_CUT_ROWS:
+        return lo  # equal names (or too many rows to search): width cannot help
+    w = lo
+    while w < hi and len(set(shorten_all(paths, w))) < len(paths):
+        w += 2
+    return max(lo, min(w, hi))
+
+
+def _distinct_cut(i: int, keysets: list[list[str]], width: int) -> str | None:
+    """Row i as [keys s..s+k] … [last m keys], the most keys that fit and that no other row shares
+    at the same positions (`…/mu/…/pre_self_attention_layer_norm/scale` when the first keys do not fit)."""
+    keys = keysets[i]
+    n = len(keys)
+    best: tuple[tuple[int, int, int], str] | None = None
+    for m in range(1, n):
+        tail = keys[n - m :]
+        for s in range(n - m):
+            for k in range(n - m - s):  # keys[s:s+k], then a gap before the tail (k = 0: no window)
+                if k == 0 and s > 0:
+                    continue
+                window = keys[s : s + k]
+                parts = ([ELLIPSIS] if s else []) + window + ([ELLIPSIS] if k or not s else []) + tail
+                text = "/".join(parts)
+                score = (k + m, m, -s)
+                if len(text) > width or (best is not None and score <= best[0]):
+                    continue
+                if any(
+                    j != i and q[s : s + k] == window and q[len(q) - m :] == tail and len(q) > s + k + m
+                    for j, q in enumerate(keysets)
+                ):
+                    continue
+                best = (score, text)
+    return best[1] if best else None
 
 
 def shorten(path: str, width: int) -> str:
@@ -213,6 +271,15 @@ def shorten(path: str, width: int) -> str:
     return "/".join(head + [ELLIPSIS] + tail)
 
 
+def _as_typed(note: str, path: str) -> str:
+    """A note's absolute item path spelled from what the user typed (`ckpt/1/items`, not
+    `/home/.../ckpt/1/items`): shorter, and the way they would paste it."""
+    if "://" in path or os.path.isabs(path):
+        return note
+    full = os.path.abspath(path)
+    return note.replace(full + "/", path.rstrip("/") + "/").replace(full, path)
+
+
 def verdict_line(r: Report) -> str:
     """The verdict with the tolerance in force (the JSON keeps it in `tolerance`)."""
     v = verdict(r)
@@ -221,7 +288,7 @@ def verdict_line(r: Report) -> str:
     return f"{v} (atol={r.atol:g}, rtol={r.rtol:g})"
 
 
-def _severity(r: LeafResult) -> tuple:
+def severity(r: LeafResult) -> tuple:
     """Errors and structure first, then the leaves with the most mismatching elements (a counter
     that is off by one matters less than a kernel that differs everywhere), then by max |a-b|."""
     s = r.stats or {}
@@ -251,13 +318,13 @@ def _at(index: list[int] | None) -> str:
 #: Columns in order of importance: narrower terminals drop them from the end of this list.
 _COLUMNS = (
     _Col("mismatches", True, _mismatches),
-    _Col("max |a-b|", True, lambda x, f: _fmt(x.stats["max_abs_diff"])),
-    _Col("max rel", True, lambda x, f: _fmt(x.stats["max_rel_diff"])),
+    _Col("max |a-b|", True, lambda x, f: fmt_number(x.stats["max_abs_diff"])),
+    _Col("max rel", True, lambda x, f: fmt_number(x.stats["max_rel_diff"])),
     _Col("at", False, lambda x, f: _at(x.stats["max_abs_diff_index"])),
-    _Col("rms", True, lambda x, f: _fmt(x.stats["rms_diff"])),
+    _Col("rms", True, lambda x, f: fmt_number(x.stats["rms_diff"])),
     _Col("dtype", False, lambda x, f: x.dtype + (f"/{x.dtype_b}" if x.dtype_b else "")),
     _Col("shape", False, lambda x, f: "x".join(map(str, x.shape)) or "()"),
-    _Col("NaN a/b", True, lambda x, f: f"{_fmt(x.stats['nan_a'])}/{_fmt(x.stats['nan_b'])}"),
+    _Col("NaN a/b", True, lambda x, f: f"{fmt_number(x.stats['nan_a'])}/{fmt_number(x.stats['nan_b'])}"),
 )
 #: The order columns are displayed in, whichever are shown.
 _DISPLAY = ("dtype", "shape", "mismatches", "max |a-b|", "at", "max rel", "rms", "NaN a/b")
@@ -272,6 +339,8 @@ def leaf_table(rows: list[LeafResult], width: int) -> list[Text]:
     # Below the full width, half the line stays for the path: a path cut to its last keys no
     # longer tells params from opt_state/0/mu, which matters more than a fifth column.
     path_min = PATH_MIN if full else max(PATH_MIN, width // 2)
+    # Rows must stay distinct: a less important column goes before two rows read the same.
+    path_min = _distinct_width(paths, path_min, min(path_w, width - 2 * 12))
     chosen: list[tuple[_Col, list[str], int]] = []
     used = 0
     for col in _COLUMNS:
@@ -291,8 +360,9 @@ def leaf_table(rows: list[LeafResult], width: int) -> list[Text]:
         return out.rstrip()
 
     out = [Text(line("leaf", [(c.title, w, c.right) for c, _, w in chosen]), style="bold")]
+    cut = shorten_all(paths, path_w)
     for i, x in enumerate(rows):
-        text = line(shorten(paths[i], path_w), [(cells[i], w, c.right) for c, cells, w in chosen])
+        text = line(cut[i], [(cells[i], w, c.right) for c, cells, w in chosen])
         out.append(Text(text, style="green" if x.status == "equal" else None))
     return out
 
@@ -324,7 +394,7 @@ def worst_values_line(x: LeafResult, width: int) -> str | None:
     a, b = distinct(*values) if all(isinstance(v, float) for v in values) else (str(v) for v in values)
     tail = f": a={a} b={b} at {_at(s.get('max_abs_diff_index'))}"
     if s.get("max_abs_diff_allowed") is not None:
-        tail += f", allowed {_fmt(s['max_abs_diff_allowed'])}"
+        tail += f", allowed {fmt_number(s['max_abs_diff_allowed'])}"
     return shorten(format_path(x.path), max(8, width - len(tail))) + tail
 
 
@@ -415,7 +485,7 @@ def render(
     for side, path, notes in (("A", r.a, r.notes_a), ("B", r.b, r.notes_b)):
         out(f"  {side}: {path}", "dim")
         for n in notes:
-            out(f"     {n}", "dim")
+            out(f"     {_as_typed(n, path)}", "dim")
 
     for side, ignored in (("A", r.ignored_a), ("B", r.ignored_b)):
         if ignored:
@@ -458,7 +528,7 @@ def _render_problems(r: Report, out: _Out, verbose: bool) -> None:
     if not problems and not any(one_sided.values()):
         return
     out("structure and errors:", "bold")
-    problems.sort(key=_severity)
+    problems.sort(key=severity)
     limit = None if verbose else 4 * TABLE_ROWS
     for x in problems[:limit]:
         out(f"  {_problem_line(x)}", "red" if x.status == "error" else None)
@@ -483,7 +553,7 @@ def _render_values(r: Report, out: _Out, width: int, verbose: bool) -> None:
     rows = [x for x in r.leaves if x.stats and (verbose or x.status != "equal")]
     if not rows:
         return
-    rows.sort(key=_severity)
+    rows.sort(key=severity)
     shown = rows if verbose else rows[:TABLE_ROWS]
     for line in leaf_table(shown, width):
         out(line)
@@ -508,7 +578,7 @@ def _render_stat(r: Report, out: _Out, width: int, depth: int) -> None:
         (
             f"{g.different}/{g.leaves}",
             f"{g.mismatches}",
-            _fmt(g.max_abs_diff),
+            fmt_number(g.max_abs_diff),
         )
         for g in groups
     ]
@@ -563,7 +633,7 @@ def _render_layers(r: Report, out: _Out, width: int, verbose: bool) -> None:
     if not rows:
         out("  no scanned leaf differs" if not verbose else "  no scanned leaves", "dim")
         return
-    rows.sort(key=_severity)
+    rows.sort(key=severity)
     tails, maxes = [], []
     for x in rows:
         layers = x.stats["layers"]
@@ -572,7 +642,7 @@ def _render_layers(r: Report, out: _Out, width: int, verbose: bool) -> None:
         worst = max(range(len(m)), key=lambda i: m[i])
         tail = f"{moved}/{len(layers)} moved"
         if m[worst] > 0:
-            tail += f", max {_fmt(m[worst])} at layer {layers[worst]['layer']}"
+            tail += f", max {fmt_number(m[worst])} at layer {layers[worst]['layer']}"
         tails.append(tail)
         maxes.append(m)
     tail_w = max(len(t) for t in tails)

@@ -111,11 +111,11 @@ def test_dask_batch_errors_in_words():
 
     from distributed.scheduler import KilledWorker
 
-    from streamdiff.distributed import _batch_error
+    from streamdiff.distributed import batch_error
 
-    killed = _batch_error(KilledWorker("('batch-1', 0)", "tcp://127.0.0.1:1", 3))
+    killed = batch_error(KilledWorker("('batch-1', 0)", "tcp://127.0.0.1:1", 3))
     assert "workers" in killed and "dying" in killed and "batch-1" not in killed
-    lost = _batch_error(CancelledError("_run_batch-abc cancelled for reason: already forgotten"))
+    lost = batch_error(CancelledError("_run_batch-abc cancelled for reason: already forgotten"))
     assert "already forgotten" not in lost and "lost" in lost
 
 
