@@ -193,6 +193,11 @@ class _Steps:
     a: int | None = None
     b: int | None = None
 
+    def __post_init__(self) -> None:
+        for name, v in (("step", self.both), ("step_a", self.a), ("step_b", self.b)):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                raise UsageError(f"{name} must be a step number (an int >= 0), got {v!r}")
+
     def side(self, which: str) -> int | None:
         own = self.a if which == "A" else self.b
         return own if own is not None else self.both
@@ -209,7 +214,7 @@ def _resolve(
         raise UsageError(f"--step applies to a CheckpointManager root; neither {a} nor {b} is one")
     for side, url, own, loc in (("A", a, steps.a, la), ("B", b, steps.b, lb)):
         if own is not None and not loc.is_root:
-            raise UsageError(f"--step-{side.lower()} applies to a CheckpointManager root; {url} is not one")
+            raise UsageError(f"{side}'s step ({own}) applies to a CheckpointManager root; {url} is not one")
     matched = choose_items(la, lb, item)
     trees_a, trees_b = _build_trees(matched)
     for side, url, trees in (("A", a, trees_a), ("B", b, trees_b)):

@@ -381,6 +381,8 @@ def _steps(steps: tuple[int, ...], step_a: int | None, step_b: int | None) -> di
         if step_a is not None or step_b is not None:
             raise click.UsageError("--step given twice already sets both sides; drop --step-a/--step-b")
         return {"step_a": steps[0], "step_b": steps[1]}
+    if steps and step_a is not None and step_b is not None:
+        raise click.UsageError("--step-a and --step-b already set both sides; drop --step")
     return {"step": steps[0] if steps else None, "step_a": step_a, "step_b": step_b}
 
 

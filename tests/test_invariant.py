@@ -84,7 +84,11 @@ def test_step_a_and_step_b_match_step_given_twice():
 
 @pytest.mark.parametrize(
     "args",
-    [["--step", "0", "--step", "1", "--step", "1"], ["--step", "0", "--step", "1", "--step-a", "0"]],
+    [
+        ["--step", "0", "--step", "1", "--step", "1"],
+        ["--step", "0", "--step", "1", "--step-a", "0"],
+        ["--step-a", "0", "--step-b", "1", "--step", "1"],
+    ],
 )
 def test_ambiguous_step_options_are_refused(args):
     r = run_cli(RUN, RUN, *args, "-q")
@@ -93,7 +97,7 @@ def test_ambiguous_step_options_are_refused(args):
 
 def test_step_a_on_a_step_directory_is_refused():
     r = run_cli(RUN / "0", RUN, "--step-a", "0", "-q")
-    assert r.code == 2 and "--step-a applies to a CheckpointManager root" in r.err
+    assert r.code == 2 and "A's step (0) applies to a CheckpointManager root" in r.err
 
 
 def test_same_directory_on_both_sides_is_said_first():
@@ -112,3 +116,11 @@ def test_only_matching_no_leaf_is_an_error_that_says_so_once():
     r = run_cli(RUN, RUN, "--only", "nothing/**", "-q")
     assert r.code == 2
     assert r.err == "streamdiff: error: nothing to compare: --only/--exclude left none of the 40 leaves\n"
+
+
+def test_api_step_must_be_a_step_number():
+    import streamdiff
+    from streamdiff.errors import UsageError
+
+    with pytest.raises(UsageError, match="step must be a step number"):
+        streamdiff.diff(str(RUN), str(RUN), step=[0, 1])
