@@ -166,3 +166,35 @@ def test_ocdbt_arrays_with_differently_spelled_keys_equal_data_settled_by_the_sh
     r, doc = cli(tmp_path / "a", tmp_path / "b")
     assert r.code == 0, r.err
     assert doc["leaves"][0]["shortcut_chunks"] == 16
+
+
+def write_strings(path: Path, values: list[str], legacy: bool) -> list:
+    """A 2x2 string array in zarr v2 nested keys ('0/0'); `legacy` then drops dimension_separator
+    from .zarray (NestedDirectoryStore). Returns the values as zarr-python reads them back before."""
+    z = zarr.create_array(
+        store=str(path), shape=(2, 2), chunks=(1, 2), dtype=str, zarr_format=2,
+        chunk_key_encoding={"name": "v2", "separator": "/"},
+    )  # fmt: skip
+    z[...] = np.array(values, dtype=object).reshape(2, 2)
+    back = zarr.open_array(str(path), mode="r")[...].tolist()
+    if legacy:
+        doc = json.loads((path / ".zarray").read_text())
+        del doc["dimension_separator"]
+        (path / ".zarray").write_text(json.dumps(doc))
+    return back
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy_nested", "nested"])
+def test_string_arrays_under_nested_keys_are_read_not_taken_as_fill(tmp_path, legacy):
+    """String arrays are decoded by zarr-python: under legacy nested keys it found no '0.0' chunk and
+    read both sides as fill value, so two different arrays compared equal."""
+    va = write_strings(tmp_path / "a", ["x", "y", "z", "w"], legacy)
+    vb = write_strings(tmp_path / "b", ["p", "q", "r", "s"], legacy)
+    write_strings(tmp_path / "same", ["x", "y", "z", "w"], legacy)
+    assert va != vb
+    r, doc = cli(tmp_path / "a", tmp_path / "b")
+    assert r.code == 1, r.err
+    (leaf,) = doc["leaves"]
+    assert leaf["status"] == "different"
+    r, doc = cli(tmp_path / "a", tmp_path / "same")
+    assert r.code == 0, r.err
