@@ -46,8 +46,11 @@ class ChunkFormat:
     shard_index_at_end: bool | None  # None: not sharded
     shard_index_crc: bool
     separator: str  # chunk key separator
-    prefix: str  # 'c/' for zarr3 default keys, '' otherwise
-    signature: str  # equal signatures => equal stored bytes mean equal values
+    prefix: str  # 'c' + separator for zarr3 default keys, '' otherwise
+    #: Equal signatures => equal stored bytes mean equal values. The key encoding is deliberately
+    #: not part of it: it names chunks, it does not change their bytes. Whoever reads a chunk of
+    #: either side must spell its key with that side's own `key()`.
+    signature: str
 
     def key(self, grid_index: tuple[int, ...]) -> str:
         if not grid_index:
@@ -89,7 +92,7 @@ def chunk_format(source: ArraySource) -> ChunkFormat:
     codecs = md.get("codecs", [])
     enc = md.get("chunk_key_encoding", {"name": "default"})
     sep = (enc.get("configuration") or {}).get("separator", "/" if enc.get("name") == "default" else ".")
-    prefix = "c/" if enc.get("name") == "default" else ""
+    prefix = "c" + sep if enc.get("name") == "default" else ""  # 'c/0/0', or 'c.0.0' with separator '.'
     signature = json.dumps([3, md["data_type"], source.chunk_shape, codecs], sort_keys=True)
     at_end, crc, inner = None, False, codecs
     if len(codecs) == 1 and codecs[0].get("name") == "sharding_indexed":

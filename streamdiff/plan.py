@@ -146,11 +146,12 @@ class BlockGrid:
 
     @property
     def count(self) -> int:
-        return math.prod(-(-n // b) for n, b in zip(self.shape, self.block_shape)) if self.shape else 1
+        """Blocks in the grid: 1 for a scalar, 0 for an array with no elements (a zero extent)."""
+        return math.prod(-(-n // max(1, b)) for n, b in zip(self.shape, self.block_shape)) if self.shape else 1
 
     def boxes(self) -> Iterator[tuple[tuple[int, ...], tuple[int, ...]]]:
         """(start, stop) of every block in C order, so reads walk the chunks in key order."""
-        counts = [-(-n // b) for n, b in zip(self.shape, self.block_shape)]
+        counts = [-(-n // max(1, b)) for n, b in zip(self.shape, self.block_shape)]
         for i in range(self.count):
             idx = []
             for c in reversed(counts):
@@ -176,6 +177,9 @@ def block_grid(
     """
     if not shape:
         return BlockGrid((), (), 1.0, 1.0)
+    if 0 in shape:
+        # No elements (a zarr array of shape (0, 3)): no block to read, and none needed.
+        return BlockGrid(shape, tuple(max(1, n) for n in shape), 1.0, 1.0)
     ca = _clip(chunks_a, shape)
     cb = _clip(chunks_b, shape)
     common = [min(math.lcm(x, y), n) for x, y, n in zip(ca, cb, shape)]

@@ -355,11 +355,14 @@ def _tile_stats(
         xa = ta.astype(cdt)
         xb = tb.astype(cdt)
         # Exact kinds compare natively: float64 cannot tell int64 values above 2**53 apart.
-        eq = (ta == tb) if exact and ta.dtype == tb.dtype else (xa == xb)
+        native = exact and (ta.dtype == tb.dtype or (ta.dtype.kind in "iub" and tb.dtype.kind in "iub"))
+        eq = (ta == tb) if native else (xa == xb)
         nan_a = np.isnan(xa)
         nan_b = np.isnan(xb)
         any_nan = nan_a | nan_b
-        d = np.abs(xa - xb)
+        d = _wide_int_abs_diff(ta, tb)
+        if d is None:
+            d = np.abs(xa - xb)
         d[eq] = 0.0
         d[any_nan] = np.nan
         absb = np.abs(xb)
@@ -401,6 +404,29 @@ def _tile_stats(
             out.max_rel, out.max_rel_index = _better(
                 out.max_rel, out.max_rel_index, float(rel[j]), _global(offset + j, block_shape, start, full_shape)
             )
+
+
+def _wide_int_abs_diff(ta: np.ndarray, tb: np.ndarray) -> np.ndarray | None:
+    """|a - b| of 64-bit integers, computed exactly and then rounded once to float64; None for
+    every other pair of dtypes, whose float64 upcasts (exact below 2**53) already subtract exactly.
+
+    Subtracting the float64 upcasts would lose the difference itself: 2**62 and 2**62 + 1 are the
+    same float64, so |a-b| would read 0 where the values differ by 1.
+    """
+    ka, kb = ta.dtype.kind, tb.dtype.kind
+    if ka not in "iu" or kb not in "iu" or max(ta.dtype.itemsize, tb.dtype.itemsize) < 8:
+        return None
+    if ka == kb:
+        # Same signedness: widen to the 64-bit type of that kind, subtract the smaller from the
+        # larger in uint64 (mod 2**64), which is exact because the true difference is < 2**64.
+        wide = np.int64 if ka == "i" else np.uint64
+        xa, xb = ta.astype(wide, copy=False), tb.astype(wide, copy=False)
+        ua, ub = xa.view(np.uint64), xb.view(np.uint64)
+        du = np.where(xa >= xb, ua - ub, ub - ua)
+        return du.astype(np.float64)
+    # int64 against uint64 (rare): the difference may need 65 bits; Python integers hold it.
+    big = np.abs(ta.astype(object) - tb.astype(object))
+    return big.astype(np.float64)
 
 
 def _record_max(out: LeafStats, d: float, index: int, va: Any, vb: Any) -> None:

@@ -212,7 +212,7 @@ class _Engine:
             return out
         out.shortcut = shortcut and self._shortcut_ok(p, sa, sb, i)
         out.both_missing_equal = out.shortcut and _same_fill(p.a, p.b)
-        if p.a.shape and (big_a or big_b):
+        if p.a.shape and 0 not in p.a.shape and (big_a or big_b):
             can_a = not big_a or sa.streamable
             can_b = not big_b or sb.streamable
             if can_a and can_b:
@@ -268,27 +268,32 @@ class _Engine:
         if t.chunk is not None:
             return pool.submit(self._chunk_task, t, sa, sb, o)
         if o.shortcut:
-            raw = self._start_raw_reads(o, sa, sb, self._chunk_keys(sa, t))
+            # Each side's keys in its own spelling ('0.0', '0/0', 'c/0/0'...): the same chunk may be
+            # named differently on the two sides, and a key of A's spelling is missing on B.
+            keys = list(zip(self._chunk_keys(sa, t), self._chunk_keys(sb, t)))
+            raw = self._start_raw_reads(o, sa, sb, keys)
             if raw is not None:
                 return pool.submit(self._block_shortcut, t, sa, sb, o, raw)
         reads = (sa.read(t.start, t.stop), sb.read(t.start, t.stop))
         return pool.submit(self._block, t, reads)
 
-    def _start_raw_reads(self, o: PairOutcome, sa: _Side, sb: _Side, keys: list[str]) -> list | None:
-        """Stored-byte reads of the block's chunks, issued at submit time like decode reads; None
-        when known sizes already differ (different bytes: decode without reading them twice)."""
+    def _start_raw_reads(self, o: PairOutcome, sa: _Side, sb: _Side, keys: list[tuple[str, str]]) -> list | None:
+        """Stored-byte reads of the block's chunks, (key on A, key on B) each, issued at submit time
+        like decode reads; None when known sizes already differ (different bytes: decode without
+        reading them twice)."""
         ra, rb = sa.raw, sb.raw
-        for k in keys:
-            x, y = ra.size(k), rb.size(k)
+        for ka, kb in keys:
+            x, y = ra.size(ka), rb.size(kb)
             if x is not None and y is not None and x != y:
                 return None
-        return [(ra.read(k), rb.read(k), ra.size(k) is not None) for k in keys]
+        return [(ra.read(ka), rb.read(kb), ra.size(ka) is not None) for ka, kb in keys]
 
     def _block(self, t: _Task, reads) -> LeafStats:
         a, b = reads[0].result(), reads[1].result()
         return block_stats(a, b, self.policies[t.pair_index], t.start, self.pairs[t.pair_index].a.shape, self.mem.tile)
 
     def _chunk_keys(self, side: _Side, t: _Task) -> list[str]:
+        """The stored keys of the chunks a block covers, spelled as this side's store spells them."""
         c = side.format.chunk_shape
         ranges = [range(s // k, -(-e // k)) for s, e, k in zip(t.start, t.stop, c)]
         return [side.format.key(idx) for idx in itertools.product(*ranges)]
@@ -323,17 +328,18 @@ class _Engine:
         return len(raw), total
 
     def _compare_raw_streaming(
-        self, o: PairOutcome, ra: RawStore, rb: RawStore, key: str, enc: Encoding
+        self, o: PairOutcome, ra: RawStore, rb: RawStore, key_a: str, key_b: str, enc: Encoding
     ) -> tuple[int, int] | None:
-        """Big chunks: compare stored bytes piece by piece, never holding a whole chunk."""
-        x, y = ra.size(key), rb.size(key)
+        """Big chunks: compare stored bytes piece by piece, never holding a whole chunk. Each side
+        reads its own key (the two stores may spell the chunk's key differently)."""
+        x, y = ra.size(key_a), rb.size(key_b)
         if x is None or y is None or x != y:
             return None  # unknown sizes: decoding is the only bounded-memory way to know
         piece = max(1 << 20, min(PIECE_BYTES, self.mem.block_bytes // 4))
 
         def fetch(off: int):
             rng = slice(off, min(off + piece, x))
-            return ra.kv.read(key, byte_range=rng), rb.kv.read(key, byte_range=rng)
+            return ra.kv.read(key_a, byte_range=rng), rb.kv.read(key_b, byte_range=rng)
 
         nxt = fetch(0)
         head = prev = va = b""
@@ -374,7 +380,8 @@ class _Engine:
         """One big chunk, slab by slab; the stored bytes compared first when the shortcut applies."""
         rows = o.rows
         if o.shortcut and rows.stream_a and rows.stream_b:
-            settled = self._compare_raw_streaming(o, sa.raw, sb.raw, sa.format.key(t.chunk), sa.encoding)
+            keys = sa.format.key(t.chunk), sb.format.key(t.chunk)
+            settled = self._compare_raw_streaming(o, sa.raw, sb.raw, *keys, sa.encoding)
             if settled is not None:
                 return self._settled(t, settled)
         policy = self.policies[t.pair_index]

@@ -46,8 +46,14 @@ def expected_stats(a, b, atol=0.0, rtol=0.0, nan_equal=True, exact=False) -> dic
     exact = exact or (_exact_dtype(a.dtype) and _exact_dtype(b.dtype))
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         # Equality in the stored dtypes for integers (float64 cannot tell 2**53 from 2**53 + 1).
-        same = (a == b).reshape(-1) if exact and a.dtype == b.dtype else x == y
+        # numpy compares mixed integer dtypes (int64 vs uint64) exactly too.
+        native = a.dtype == b.dtype or (a.dtype.kind in "iub" and b.dtype.kind in "iub")
+        same = (a == b).reshape(-1) if exact and native else x == y
         diff = np.abs(x - y)
+        if a.dtype.kind in "iu" and b.dtype.kind in "iu":
+            # README: d = |a - b|, the true difference, then a float64 statistic. Python integers
+            # hold it exactly; x - y would not (2**62 and 2**62 + 1 are the same float64).
+            diff = np.abs(a.astype(object).reshape(-1) - b.astype(object).reshape(-1)).astype(np.float64)
         if exact:
             close = same.copy()
         else:

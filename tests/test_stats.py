@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import ml_dtypes
@@ -36,7 +37,7 @@ def blockwise(a, b, policy, block_shape, tile, seed=0):
 @st.composite
 def array_pairs(draw):
     shape = draw(hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=7))
-    kind = draw(st.sampled_from(["float", "float", "float", "int", "bool", "complex", "mixed"]))
+    kind = draw(st.sampled_from(["float", "float", "float", "int", "wideint", "bool", "complex", "mixed"]))
     if kind == "float":
         dt = draw(st.sampled_from(FLOAT_DTYPES))
         base = draw(hnp.arrays(np.float64, shape, elements=st.sampled_from(SPECIAL) | st.floats(-1e3, 1e3)))
@@ -56,6 +57,18 @@ def array_pairs(draw):
         b = draw(hnp.arrays(np.int64, shape, elements=st.integers(lo, hi))).astype(dt)
         keep = draw(hnp.arrays(np.bool_, shape))
         b = np.where(keep, a, b).astype(dt)
+    elif kind == "wideint":  # 64-bit values whose differences float64 upcasts cannot represent
+        dt = draw(st.sampled_from([np.int64, np.uint64]))
+        info = np.iinfo(dt)
+        near = st.sampled_from([int(info.min), int(info.max), 2**62, 2**53 + 1]).flatmap(
+            lambda v: st.integers(max(int(info.min), v - 3), min(int(info.max), v + 3))
+        )
+        values = near | st.integers(int(info.min), int(info.max))
+        a = np.array(draw(st.lists(values, min_size=math.prod(shape), max_size=math.prod(shape))), dt).reshape(shape)
+        # B: A moved by a few units (a difference float64 upcasts of such values round away)
+        steps = draw(st.lists(st.integers(-3, 3), min_size=math.prod(shape), max_size=math.prod(shape)))
+        moved = [min(int(info.max), max(int(info.min), x + k)) for x, k in zip(a.reshape(-1).tolist(), steps)]
+        b = np.array(moved, dt).reshape(shape)
     elif kind == "bool":
         a = draw(hnp.arrays(np.bool_, shape))
         b = draw(hnp.arrays(np.bool_, shape))
@@ -136,6 +149,26 @@ def test_large_int64_compare_exactly():
     a = np.array([2**53], np.int64)
     b = np.array([2**53 + 1], np.int64)
     assert block_stats(a, b, Policy()).mismatches == 1
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (np.array([2**62, 5], np.int64), np.array([2**62 + 1, 5], np.int64)),
+        (np.array([2**64 - 1, 3], np.uint64), np.array([2**64 - 2, 3], np.uint64)),
+        (np.array([-(2**63), 2**63 - 1], np.int64), np.array([2**63 - 1, -(2**63)], np.int64)),
+        (np.array([-1, 2**63 - 1], np.int64), np.array([2**64 - 1, 2**63], np.uint64)),  # mixed: 65-bit |a-b|
+        (np.array([2**62 + 1, -5], np.int64), np.array([7, -(2**31)], np.int32)),  # int64 vs int32
+    ],
+    ids=["int64_2**62", "uint64_top", "int64_extremes", "int64_vs_uint64", "int64_vs_int32"],
+)
+def test_64_bit_integer_abs_diff_is_exact_before_float64(a, b):
+    """max |a-b|, its index and values, max rel and rms equal numpy's on Python-int differences."""
+    got = block_stats(a, b, Policy(), (0,), a.shape).to_dict(a.shape)
+    assert_stats_match(got, expected_stats(a, b))
+    exact = [abs(int(x) - int(y)) for x, y in zip(a.tolist(), b.tolist())]
+    assert got["max_abs_diff"] == float(max(exact))
+    assert got["rms_diff"] == pytest.approx(math.sqrt(sum(float(d) ** 2 for d in exact) / len(exact)), rel=1e-15)
 
 
 def test_bf16_is_upcast_and_accumulates_in_float64():

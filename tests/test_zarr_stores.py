@@ -401,3 +401,68 @@ def test_parsed_metadata_facts_match_what_zarr_python_wrote(tmp_path):
     arr = parse_array("n", ".zarray", json.loads((tmp_path / "v2/n/.zarray").read_text()))
     assert (arr.chunk_grid, arr.read_chunk, arr.key_encoding, arr.dtype) == ((2,), (2,), "a/b", "int16")
     assert arr.is_chunk_key("2") and not arr.is_chunk_key("3") and not arr.is_chunk_key("0.0")
+
+
+def _write_empty(path: Path, writer: str, fill: float) -> np.ndarray:
+    """A float32 array of shape (0, 3) written by `writer`; returned as that writer reads it back."""
+    if writer == "tensorstore_zarr3":
+        spec = {
+            "driver": "zarr3",
+            "kvstore": {"driver": "file", "path": str(path)},
+            "metadata": {"shape": [0, 3], "data_type": "float32", "fill_value": fill},
+        }
+        ts.open(spec, create=True).result()
+        return ts.open(spec, open=True).result().read().result()
+    fmt = 2 if writer == "zarr_python_v2" else 3
+    zarr.create_array(store=str(path), shape=(0, 3), chunks=(4, 3), dtype="f4", fill_value=fill, zarr_format=fmt)
+    return zarr.open_array(str(path), mode="r")[...]
+
+
+@pytest.mark.parametrize("block_bytes", [None, 4])  # 4: the declared chunk is over the block budget
+@pytest.mark.parametrize("writer", ["zarr_python_v2", "zarr_python_v3", "tensorstore_zarr3"])
+def test_zero_size_arrays_compare_equal_with_count_0(tmp_path, writer, block_bytes):
+    """Nothing stored, nothing to differ: equal (fill values are not values), count 0, no crash."""
+    ra = _write_empty(tmp_path / "a", writer, 1.0)
+    rb = _write_empty(tmp_path / "b", writer, 2.0)
+    assert ra.shape == rb.shape == (0, 3)
+    rep = streamdiff.diff(str(tmp_path / "a"), str(tmp_path / "b"), block_bytes=block_bytes)
+    assert rep.exit_code == 0
+    (res,) = rep.leaves
+    assert res.status == "equal"
+    assert_stats_match(res.stats, expected_stats(ra, rb))
+    assert res.stats["count"] == 0
+
+
+def test_zero_size_array_against_a_non_empty_one_is_a_shape_mismatch(tmp_path):
+    _write_empty(tmp_path / "a", "zarr_python_v3", 0.0)
+    zarr.create_array(store=str(tmp_path / "b"), data=np.ones((2, 3), np.float32))
+    r = diff(tmp_path / "a", tmp_path / "b")
+    assert r.code == 1, r.err
+    assert [x["status"] for x in r.json["leaves"]] == ["shape_mismatch"]
+
+
+WIDE_INTS = {
+    "int64_above_2**53": (np.int64, [2**62, 5], [2**62 + 1, 5]),
+    "uint64_top": (np.uint64, [2**64 - 1, 3], [2**64 - 2, 3]),
+    "int64_min_vs_max": (np.int64, [-(2**63), 7, 2**63 - 1], [2**63 - 1, 7, -(2**63)]),
+}
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("case", sorted(WIDE_INTS))
+def test_64_bit_integer_differences_are_exact(tmp_path, case, zarr_format):
+    """|a-b| of int64/uint64 is the true difference (float64 upcasts would make 2**62 + 1 - 2**62
+    zero): numbers equal numpy's on the arrays zarr-python reads back."""
+    dt, xa, xb = WIDE_INTS[case]
+    for name, x in (("a", xa), ("b", xb)):
+        zarr.create_array(store=str(tmp_path / name), data=np.array(x, dt), zarr_format=zarr_format)
+    ra, rb = (zarr.open_array(str(tmp_path / n), mode="r")[...] for n in "ab")
+    r = diff(tmp_path / "a", tmp_path / "b")
+    assert r.code == 1, r.err
+    got = leaf(r, "")
+    exp = expected_stats(ra, rb)
+    assert_stats_match(got, exp, case)
+    if case == "int64_above_2**53":  # the numbers spelled out, independently of the oracle
+        assert (got["mismatches"], got["max_abs_diff"], got["max_abs_diff_index"]) == (1, 1.0, [0])
+        assert got["max_abs_diff_values"] == [2**62, 2**62 + 1]
+        assert got["rms_diff"] == pytest.approx(np.sqrt(0.5), rel=1e-15)

@@ -440,8 +440,29 @@ def _decode_with_zarr_python(raw: dict[str, bytes]) -> Any:
     import zarr
     from zarr.core.buffer import cpu
 
+    raw = _v2_chunk_keys_checked(raw)
     mem = zarr.storage.MemoryStore({k: cpu.Buffer.from_bytes(v) for k, v in raw.items()})
     return zarr.open_array(store=mem, mode="r")[...].tolist()
+
+
+def _v2_chunk_keys_checked(raw: dict[str, bytes]) -> dict[str, bytes]:
+    """A zarr v2 array's files, with `.zarray` saying '/' when its chunks are stored under legacy
+    nested keys ('0/0' without dimension_separator, zarr-python 2's NestedDirectoryStore). zarr-python
+    would look for '0.0', find nothing and read the fill value: two different string arrays equal.
+    Raises ValueError when a stored key is not a chunk of the array in the resulting spelling."""
+    if ".zarray" not in raw:
+        return raw
+    doc = json.loads(raw[".zarray"])
+    chunks = [k for k in raw if k not in NODE_FILES]
+    sep = doc.get("dimension_separator")
+    if sep is None:
+        sep = "/" if any("/" in k for k in chunks) else "."
+        raw = dict(raw, **{".zarray": json.dumps(dict(doc, dimension_separator=sep)).encode()})
+    ndim = len(doc.get("shape", ()))
+    odd = [k for k in chunks if len(k.split(sep)) != max(1, ndim) or not all(p.isdigit() for p in k.split(sep))]
+    if odd:
+        raise ValueError(f"stored keys that are not chunks of this array: {', '.join(sorted(odd)[:3])}")
+    return raw
 
 
 def _empty_groups(docs: dict[str, dict], leaves: dict[KeyPath, Leaf]) -> None:
