@@ -61,6 +61,11 @@ class MemoryPlan:
         return max(self.block_bytes, (self.budget - BASE_RSS) // 3)
 
 
+#: A streamed chunk is held a row (per side) at a time: a row may take up to this share of the budget
+#: (a 4 MiB row streams within 64M; a row of 10**10 elements is refused, not allocated).
+ROW_SHARE = 4
+
+
 def refuse_leaf(
     shape: tuple[int, ...],
     chunks: tuple[tuple[int, ...] | None, tuple[int, ...] | None],
@@ -73,7 +78,7 @@ def refuse_leaf(
     decoded size of a chunk that would have to be decoded whole (0 when it can stream or fits);
     `row_bytes` the decoded size of one row of a chunk that streams (it streams a row at a time)."""
     for side, c, whole, codec, row in zip("AB", chunks, unstreamable_bytes, codecs, row_bytes):
-        if row > mem.whole_chunk_bytes:
+        if row > max(mem.whole_chunk_bytes, mem.budget // ROW_SHARE):
             return (
                 f"refused by the planner: checkpoint {side}: one row of a chunk of {list(c)} elements is "
                 f"{_human(row)} decoded; chunks stream a row at a time, and one row needs more than --max-memory "

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import MAXTEXT, run_cli
+from helpers import save
 
 ROOT = Path(__file__).resolve().parent.parent
 W = np.arange(64 * 32, dtype=np.float32).reshape(64, 32) / 7
@@ -482,3 +483,19 @@ def test_same_flipped_byte_in_an_ocdbt_chunk_on_both_sides_is_an_error(tmp_path)
     status = {x["path"]: x["status"] for x in r.json["leaves"]}
     assert r.code == 2 and status.pop("opt_state/0/mu/params/decoder/layers/mlp/wi_0/kernel") == "error"
     assert set(status.values()) == {"equal"}
+
+
+def test_a_4_mib_row_streams_within_a_64m_budget_with_numpys_numbers(tmp_path):
+    """The row check refuses rows no budget holds, not rows of a few MiB: one 32 MiB zstd chunk with
+    4 MiB rows streams at --max-memory 64M (bench scenario iii) and gives numpy's numbers."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((8, 1 << 20)).astype(np.float32)
+    y = x.copy()
+    y[5, 12345] += 1.0
+    save(tmp_path / "a", {"w": x}, use_ocdbt=False)
+    save(tmp_path / "b", {"w": y}, use_ocdbt=False)
+    r = run_cli(tmp_path / "a", tmp_path / "b", "--max-memory", "64M", "--json", "-", "-q")
+    assert r.code == 1, r.err
+    leaf = r.json["leaves"][0]
+    assert leaf["streamed"] is True and leaf["mismatches"] == 1 and leaf["max_abs_diff_index"] == [5, 12345]
+    assert leaf["max_abs_diff"] == float(np.abs(x.astype(np.float64) - y.astype(np.float64)).max())
