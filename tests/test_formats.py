@@ -522,6 +522,18 @@ def test_other_files_in_a_json_item_dir_are_not_compared_never_skipped(tmp_path,
         assert _leaves(r)["metadata/a/0" if path.startswith("metadata") else "a/0"]["status"] == "equal"
 
 
+def test_folder_in_a_json_item_dir_is_not_compared(tmp_path):
+    sides = [_jsonsave(tmp_path / n, {"a": 1}) for n in ("a", "b")]
+    for s in sides:
+        (s / "metadata" / "assets").mkdir()
+        (s / "metadata" / "assets" / "vocab.txt").write_text("x")
+    r = run_cli(*sides, "--json", "-", "-q")
+    assert r.code == 2, r.err
+    leaf = _not_equal(r)["metadata/assets"]
+    assert leaf["status"] == "not_compared"
+    assert leaf["message"].endswith("a directory in a JSON item directory beside its document: not read")
+
+
 def test_json_file_beside_the_document_named_like_a_key_keeps_both(tmp_path):
     sides = [_jsonsave(tmp_path / n, {"extra.json": 1}) for n in ("a", "b")]
     for s in sides:
