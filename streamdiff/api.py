@@ -417,9 +417,12 @@ def _result(
     # status 'compare'
     dtype_differs = "dtype_b" in common and not common["dtype_allowed"]
     if a.kind in VALUE_KINDS:
+        # Non-numeric arrays (strings, datetimes) compare by value; a dtype no rule allows still differs.
         same = json_equal(a.value, b.value)
         msg = None if same else f"{_short(a.value)} vs {_short(b.value)}"
-        return LeafResult(status="equal" if same else "different", message=msg, **common)
+        if dtype_differs:
+            msg = "; ".join(x for x in (f"dtype {a.dtype} vs {b.dtype}", msg) if x)
+        return LeafResult(status="equal" if same and not dtype_differs else "different", message=msg, **common)
     if structure_only:
         return LeafResult(status="different" if dtype_differs else "equal", **common)
     if outcome is None:

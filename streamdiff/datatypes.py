@@ -64,7 +64,8 @@ class Verdict(StrEnum):
 
 def json_equal(a: Any, b: Any) -> bool:
     """Exact equality of two JSON values: types too (`true` is not `1`, `1` is not `1.0`), NaN equal to
-    NaN (the same stored value), key order ignored. Python's `==` would call True == 1 == 1.0 equal."""
+    NaN (the same stored value), `0.0` not `-0.0` (different text), key order ignored. Python's `==` would
+    call True == 1 == 1.0 equal."""
     if type(a) is not type(b):
         return False
     if isinstance(a, dict):
@@ -73,6 +74,9 @@ def json_equal(a: Any, b: Any) -> bool:
         return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
     if isinstance(a, float) and math.isnan(a):
         return math.isnan(b)
+    if isinstance(a, float) and a == 0.0:
+        # 0.0 == -0.0 in Python, but they are different JSON text (and different stored bits).
+        return b == 0.0 and math.copysign(1.0, a) == math.copysign(1.0, b)
     return a == b
 
 
@@ -131,6 +135,10 @@ class Leaf:
     view: Any = field(default=None, compare=False)
     #: The leaf's path in its checkpoint before rules renamed it (None: not renamed).
     source_path: KeyPath | None = None
+    #: JSON items and msgpack trees: the container type of each level above the leaf ('dict', 'list',
+    #: 'tuple'), root first. Paths alone would make `[5, 6]` and `{"0": 5, "1": 6}` the same tree;
+    #: `pair` reports two leaves whose chains differ as a kind mismatch. None: not recorded.
+    containers: tuple[str, ...] | None = None
 
     @property
     def nbytes(self) -> int:

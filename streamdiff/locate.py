@@ -53,6 +53,9 @@ class Item:
     kind: ItemKind = ItemKind.PYTREE
     file: str | None = None  # JSON / msgpack items: the file within `dir`
     why: str | None = None  # NOT_READ: what it is and why it is not compared
+    #: JSON items: the other children of the item directory, (name, 'file' | 'dir'), each reported as
+    #: not compared: nothing stored beside the document is skipped silently.
+    others: tuple[tuple[str, str], ...] = ()
 
     @property
     def display(self) -> str:
@@ -289,7 +292,8 @@ def _step_items(d: Dir, children: dict[str, str]) -> tuple[tuple[Item, ...], tup
 def _json_item(d: Dir, name: str, children: dict[str, str]) -> Item:
     own = d.name if children.get(d.name) == "file" else None  # e.g. the manager's metrics/metrics
     file = next(f for f in (*JSON_FILES, own) if f and children.get(f) == "file")
-    return Item(d, name, ItemKind.JSON, file=file)
+    others = tuple((n, k) for n, k in sorted(children.items()) if n not in (file, "commit_success.txt"))
+    return Item(d, name, ItemKind.JSON, file=file, others=others)
 
 
 def _refuse_foreign(d: Dir, children: dict[str, str]) -> None:

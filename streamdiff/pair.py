@@ -29,6 +29,9 @@ def _pair(path: KeyPath, a: Leaf, b: Leaf | None) -> Pair:
     for side, leaf in (("A", a), ("B", b)):
         if leaf.not_compared:
             return Pair(path, a, b, "not_compared", f"checkpoint {side}: {leaf.not_compared}")
+    if a.containers is not None and b.containers is not None and a.containers != b.containers:
+        # Same key path through different containers: a list in one, a dict keyed "0", "1" in the other.
+        return Pair(path, a, b, "kind_mismatch", f"containers {_chain(a.containers)} vs {_chain(b.containers)}")
     if a.kind == "empty" or b.kind == "empty":
         if a.kind == b.kind:
             # None vs {} is still a structural difference worth reporting.
@@ -45,3 +48,7 @@ def _pair(path: KeyPath, a: Leaf, b: Leaf | None) -> Pair:
     if a.shape != b.shape:
         return Pair(path, a, b, "shape_mismatch", f"shape {list(a.shape)} vs {list(b.shape)}")
     return Pair(path, a, b, "compare")
+
+
+def _chain(containers: tuple[str, ...]) -> str:
+    return "/".join(containers) or "(root)"

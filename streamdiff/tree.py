@@ -48,7 +48,7 @@ class _Entry:
 def read_item(item: Item) -> Tree:
     """The tree of any item `locate` found: dispatch on its kind to the reader of its format."""
     if item.kind is ItemKind.JSON:
-        return json_item.json_tree(item.dir.read(item.file), item.display)
+        return json_item.json_tree(item.dir.read(item.file), item.display, item.others)
     if item.kind is ItemKind.MSGPACK_FILE:
         raw = _read_whole(item.dir, item.file)
         if raw is None:

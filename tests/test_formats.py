@@ -429,3 +429,167 @@ def test_nnx_state_against_a_changed_pure_dict_names_the_kernel(tmp_path):
     got = _leaves(r)
     assert [k for k, x in got.items() if x["status"] != "equal"] == ["l1/kernel"]
     assert got["l1/kernel"]["mismatches"] == 1 and got["l1/kernel"]["max_abs_diff_index"] == [1, 2]
+
+
+# ------------------------------------------ containers, other files, -0.0, non-numeric dtypes
+
+
+def _jsonsave(root: Path, doc: dict) -> Path:
+    """A CheckpointManager step with a `state` PyTree item and a JsonSave `metadata` item holding `doc`."""
+    import orbax.checkpoint as ocp
+
+    m = ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False))
+    m.save(
+        1,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave({"w": np.ones(3, np.float32)}), metadata=ocp.args.JsonSave(doc)
+        ),
+    )
+    m.close()
+    return root / "1"
+
+
+def _not_equal(r) -> dict[str, dict]:
+    return {p: x for p, x in _leaves(r).items() if x["status"] != "equal"}
+
+
+def test_json_item_list_differs_from_object_keyed_by_index(tmp_path):
+    lst = _jsonsave(tmp_path / "l", {"a": [5, 6], "n": {"x": 1}})
+    dct = _jsonsave(tmp_path / "d", {"a": {"0": 5, "1": 6}, "n": {"x": 1}})
+    r = run_cli(lst, dct, "--json", "-", "-q")
+    assert r.code == 1, (r.out, r.err)
+    got = _not_equal(r)
+    assert sorted(got) == ["metadata/a/0", "metadata/a/1"]
+    assert got["metadata/a/0"]["status"] == "different"
+    assert got["metadata/a/0"]["message"] == "containers dict/list vs dict/dict"
+    same = run_cli(lst, _jsonsave(tmp_path / "l2", {"a": [5, 6], "n": {"x": 1}}), "--json", "-", "-q")
+    assert same.code == 0 and _leaves(same)["metadata/a/1"]["status"] == "equal", same.err
+
+
+def test_json_item_empty_list_still_differs_from_empty_object(tmp_path):
+    a = _jsonsave(tmp_path / "a", {"a": [], "n": {}})
+    b = _jsonsave(tmp_path / "b", {"a": {}, "n": []})
+    r = run_cli(a, b, "--json", "-", "-q")
+    assert r.code == 1, r.err
+    got = _not_equal(r)
+    assert got["metadata/a"]["message"] == "empty node List vs Dict"
+    assert got["metadata/n"]["message"] == "empty node Dict vs List"
+
+
+def test_raw_msgpack_array_differs_from_map_keyed_by_index(tmp_path):
+    import msgpack
+
+    (tmp_path / "l.msgpack").write_bytes(msgpack.packb({"x": [1, 2]}))
+    (tmp_path / "d.msgpack").write_bytes(msgpack.packb({"x": {"0": 1, "1": 2}}))
+    r = run_cli(tmp_path / "l.msgpack", tmp_path / "d.msgpack", "--json", "-", "-q")
+    assert r.code == 1, r.err
+    got = _not_equal(r)
+    assert sorted(got) == ["x/0", "x/1"]
+    assert got["x/1"]["status"] == "different" and got["x/1"]["message"] == "containers dict/list vs dict/dict"
+
+
+def test_flax_files_of_one_model_with_lists_stay_identical(tmp_path):
+    """flax's to_state_dict writes lists as maps keyed "0", "1" on both sides: no container difference.
+    The same tree packed by flax.serialization.msgpack_serialize keeps the list, and that is reported."""
+    from flax import serialization
+
+    tree = {"layers": [{"w": np.arange(3, dtype=np.float32)}, {"w": np.ones(2, np.float32)}], "step": 3}
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.msgpack").write_bytes(serialization.to_bytes(tree))
+    assert serialization.msgpack_restore((tmp_path / "a.msgpack").read_bytes())["layers"].keys() == {"0", "1"}
+    r = run_cli(tmp_path / "a.msgpack", tmp_path / "b.msgpack", "--json", "-", "-q")
+    assert r.code == 0, r.err
+    assert sorted(_leaves(r)) == ["layers/0/w", "layers/1/w", "step"]
+    (tmp_path / "raw.msgpack").write_bytes(serialization.msgpack_serialize(tree))
+    r = run_cli(tmp_path / "a.msgpack", tmp_path / "raw.msgpack", "--json", "-", "-q")
+    assert r.code == 1, r.err
+    got = _not_equal(r)
+    assert sorted(got) == ["layers/0/w", "layers/1/w"]
+    assert got["layers/0/w"]["message"] == "containers dict/dict/dict vs dict/list/dict"
+
+
+@pytest.mark.parametrize("other", ["extra.json", "data.json"])
+def test_other_files_in_a_json_item_dir_are_not_compared_never_skipped(tmp_path, other):
+    sides = [_jsonsave(tmp_path / n, {"a": [5, 6]}) for n in ("a", "b")]
+    for s, lr in zip(sides, (1, 2)):
+        (s / "metadata" / other).write_text(f'{{"lr": {lr}}}')
+    for pair, path in ((sides, f"metadata/{other}"), ([s / "metadata" for s in sides], other)):
+        r = run_cli(*pair, "--json", "-", "-q")
+        assert r.code == 2, (r.out, r.err)
+        got = _not_equal(r)
+        assert list(got) == [path], got
+        assert got[path]["status"] == "not_compared" and "beside its document" in got[path]["message"]
+        assert _leaves(r)["metadata/a/0" if path.startswith("metadata") else "a/0"]["status"] == "equal"
+
+
+def test_folder_in_a_json_item_dir_is_not_compared(tmp_path):
+    sides = [_jsonsave(tmp_path / n, {"a": 1}) for n in ("a", "b")]
+    for s in sides:
+        (s / "metadata" / "assets").mkdir()
+        (s / "metadata" / "assets" / "vocab.txt").write_text("x")
+    r = run_cli(*sides, "--json", "-", "-q")
+    assert r.code == 2, r.err
+    leaf = _not_equal(r)["metadata/assets"]
+    assert leaf["status"] == "not_compared"
+    assert leaf["message"].endswith("a directory in a JSON item directory beside its document: not read")
+
+
+def test_json_file_beside_the_document_named_like_a_key_keeps_both(tmp_path):
+    sides = [_jsonsave(tmp_path / n, {"extra.json": 1}) for n in ("a", "b")]
+    for s in sides:
+        (s / "metadata" / "extra.json").write_text("{}")
+    r = run_cli(*sides, "--json", "-", "-q")
+    assert r.code == 2, r.err
+    got = _leaves(r)
+    assert got["metadata/extra.json"]["status"] == "equal" and got["metadata/extra.json"]["kind"] == "json"
+    assert got["metadata/extra.json (file)"]["status"] == "not_compared"
+
+
+def test_json_zero_differs_from_negative_zero(tmp_path):
+    from streamdiff.datatypes import json_equal
+
+    assert not json_equal(0.0, -0.0) and not json_equal([-0.0], [0.0]) and json_equal(-0.0, -0.0)
+    assert json_equal(0.0, 0.0) and not json_equal(0, 0.0)
+    a = _jsonsave(tmp_path / "a", {"x": 0.0})
+    b = _jsonsave(tmp_path / "b", {"x": -0.0})
+    assert '"x": -0.0' in (b / "metadata" / "metadata").read_text()
+    r = run_cli(a, b, "--json", "-", "-q")
+    assert r.code == 1, r.err
+    assert _not_equal(r)["metadata/x"]["message"] == "0.0 vs -0.0"
+
+
+def _zarr2(path: Path, arr: np.ndarray) -> Path:
+    import zarr
+
+    if arr.dtype == object:  # zarr-python's variable-length strings
+        z = zarr.open_array(path, mode="w", shape=arr.shape, dtype=str, zarr_format=2)
+    else:
+        z = zarr.create_array(store=path, shape=arr.shape, dtype=arr.dtype, chunks=arr.shape, zarr_format=2)
+    z[...] = arr
+    return path
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        (np.array([1, 2], "M8[ns]"), np.array([1, 2], "m8[ns]")),
+        (np.array(["ab", "cd"], "U2"), np.array(["ab", "cd"], object)),
+        (np.array(["ab", "cd"], "U2"), np.array(["ab", "cd"], "U5")),
+    ],
+    ids=["datetime-vs-timedelta", "fixed-vs-object-str", "U2-vs-U5"],
+)
+def test_non_numeric_zarr_arrays_with_other_dtypes_differ(tmp_path, a, b):
+    import zarr
+
+    pa, pb = _zarr2(tmp_path / "a", a), _zarr2(tmp_path / "b", b)
+    za, zb = zarr.open_array(pa, mode="r"), zarr.open_array(pb, mode="r")
+    assert za.dtype != zb.dtype and za[...].tolist() == zb[...].tolist()  # only the dtype tells them apart
+    r = run_cli(pa, pb, "--json", "-", "-q")
+    assert r.code == 1, (r.out, r.err)
+    leaf = _leaves(r)[""]
+    assert leaf["status"] == "different" and leaf["kind"] == "json" and leaf["dtype_b"] != leaf["dtype"]
+    assert leaf["message"] == f"dtype {leaf['dtype']} vs {leaf['dtype_b']}"
+    rules = tmp_path / "rules.toml"
+    rules.write_text(f'[[rule]]\nop = "allow_dtype"\npath = "**"\ndtypes = ["{leaf["dtype"]}", "{leaf["dtype_b"]}"]\n')
+    assert run_cli(pa, pb, "--rules", rules, "-q").code == 0
+    assert run_cli(pa, pa, "-q").code == 0

@@ -20,7 +20,7 @@ freed: a side holds about its file size, and up to twice that while it is decode
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -75,7 +75,7 @@ class TsSpec:
 @dataclass(frozen=True)
 class MsgpackEntry:
     keys: tuple[str, ...]
-    key_types: tuple[int, ...]  # 1 sequence, 2 dict
+    containers: tuple[str, ...]  # container type of each level above the value: 'dict', 'list', 'tuple'
     placeholder: str | None  # param name the value is stored under, or None when inline
     value: Any  # inline value (ndarray, python scalar, str) or None / {} / [] / () for empty nodes
     spec: TsSpec | None = None  # T5X: the array is stored where this tensorstore spec says
@@ -192,7 +192,7 @@ def entries(raw: bytes) -> list[MsgpackEntry]:
     """Flatten the decoded file into leaves, in file order."""
     out: list[MsgpackEntry] = []
 
-    def walk(node: Any, keys: tuple[str, ...], types: tuple[int, ...]) -> None:
+    def walk(node: Any, keys: tuple[str, ...], types: tuple[str, ...]) -> None:
         spec = ts_spec(node)
         if spec is not None:
             out.append(MsgpackEntry(keys, types, None, None, spec))
@@ -200,10 +200,10 @@ def entries(raw: bytes) -> list[MsgpackEntry]:
             out.append(MsgpackEntry(keys, types, None, _unchunk(node)))
         elif isinstance(node, dict) and node:
             for k, v in node.items():
-                walk(v, keys + (str(k),), types + (2,))
+                walk(v, keys + (str(k),), types + ("dict",))
         elif isinstance(node, (list, tuple)) and node:
             for i, v in enumerate(node):
-                walk(v, keys + (str(i),), types + (1,))
+                walk(v, keys + (str(i),), types + (type(node).__name__,))
         elif isinstance(node, str) and node.startswith(PLACEHOLDER_PREFIXES):
             out.append(MsgpackEntry(keys, types, node.split("://", 1)[1], None))
         else:
@@ -232,14 +232,19 @@ def is_msgpack_map(head: bytes) -> bool:
 
 
 def file_tree(raw: bytes, location: str) -> Tree:
-    """A flax msgpack file (`flax.serialization.to_bytes`, `flax.training.checkpoints`) as a tree."""
+    """A flax msgpack file (`flax.serialization.to_bytes`, `flax.training.checkpoints`) as a tree.
+
+    Each leaf records its container chain (`Leaf.containers`): a msgpack array and a map keyed "0", "1"
+    flatten to the same paths. flax's `to_state_dict` turns every list into such a map before writing,
+    so two files of one model written by flax have the same chains."""
     leaves: dict[KeyPath, Leaf] = {}
     for e in entries(raw):
         if e.spec is not None:
             why = "a tensorstore spec in a flax file (T5X arrays are read from a checkpoint directory)"
-            leaves[e.keys] = Leaf(e.keys, Kind.ARRAY, "tensorstore_spec", not_compared=why)
+            leaf = Leaf(e.keys, Kind.ARRAY, "tensorstore_spec", not_compared=why)
         elif e.placeholder is not None:
-            leaves[e.keys] = Leaf(e.keys, Kind.ARRAY, "placeholder", error=f"refers to stored array {e.placeholder!r}")
+            leaf = Leaf(e.keys, Kind.ARRAY, "placeholder", error=f"refers to stored array {e.placeholder!r}")
         else:
-            leaves[e.keys] = inline_leaf(e.keys, e.value, "flax msgpack")
+            leaf = inline_leaf(e.keys, e.value, "flax msgpack")
+        leaves[e.keys] = replace(leaf, containers=e.containers)
     return Tree(location=location, leaves=leaves, layout="flax msgpack file (read whole into memory)")
