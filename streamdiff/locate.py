@@ -131,13 +131,19 @@ def _resolve(d: Dir, step: int | None, children: dict[str, str]) -> Located:
             f"{d.display}: not an Orbax checkpoint (no _METADATA, no manifest.ocdbt, no step directories)"
         )
     notes: list[str] = []
+    # A root resolves to one step; what sits beside the steps (a flax folder's config.json, an
+    # orbax root's descriptor) belongs to no step and is not compared: said, never silent.
+    step_names = {name for _, name in steps}
+    beside = sorted(n for n in children if n not in step_names)
+    root_note = (f"beside the steps, not compared: {', '.join(beside[:8])}" + (" ..." if len(beside) > 8 else ""),)
+    root_note = root_note if beside else ()
     if step is not None:
         chosen = [name for num, name in steps if num == step]
         if not chosen:
             have = ", ".join(str(n) for n, _ in sorted(set(steps))[:20])
             raise NotFoundError(f"{d.display}: no step {step} (steps: {have})")
         items, step_notes = _step(d, chosen[0], children)
-        return Located(items, (f"step {step}",) + step_notes, is_root=True)
+        return Located(items, (f"step {step}",) + step_notes + root_note, is_root=True)
     skipped = []
     for num, name in sorted(steps, reverse=True):
         if TMP_MARK in name:
@@ -152,7 +158,7 @@ def _resolve(d: Dir, step: int | None, children: dict[str, str]) -> Located:
         notes.extend(step_notes)
         if skipped:
             notes.append(f"skipped unfinished: {', '.join(skipped)}")
-        return Located(items, tuple(notes), is_root=True)
+        return Located(items, tuple(notes) + root_note, is_root=True)
     raise UnfinishedCheckpointError(f"{d.display}: no committed step (unfinished: {', '.join(skipped)})")
 
 

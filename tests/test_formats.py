@@ -8,6 +8,7 @@ safetensors, flax nnx). Numbers are checked against numpy on arrays read back by
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -593,3 +594,15 @@ def test_non_numeric_zarr_arrays_with_other_dtypes_differ(tmp_path, a, b):
     rules.write_text(f'[[rule]]\nop = "allow_dtype"\npath = "**"\ndtypes = ["{leaf["dtype"]}", "{leaf["dtype_b"]}"]\n')
     assert run_cli(pa, pb, "--rules", rules, "-q").code == 0
     assert run_cli(pa, pa, "-q").code == 0
+
+
+def test_files_beside_the_steps_of_a_root_are_named_in_the_notes(tmp_path):
+    """A root resolves to one step; a flax folder's config.json beside the steps is said, not silent."""
+    from flax.training import checkpoints
+
+    for side, lr in (("a", 1.0), ("b", 2.0)):
+        d = tmp_path / side
+        checkpoints.save_checkpoint(str(d), {"w": np.ones(3, np.float32)}, step=2, keep=1)
+        (d / "config.json").write_text(json.dumps({"lr": lr}))
+    d = run_cli(tmp_path / "a", tmp_path / "b", "--json", "-", "-q").json
+    assert "beside the steps, not compared: config.json" in d["notes"]["a"]
