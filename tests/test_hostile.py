@@ -482,3 +482,13 @@ def test_same_flipped_byte_in_an_ocdbt_chunk_on_both_sides_is_an_error(tmp_path)
     status = {x["path"]: x["status"] for x in r.json["leaves"]}
     assert r.code == 2 and status.pop("opt_state/0/mu/params/decoder/layers/mlp/wi_0/kernel") == "error"
     assert set(status.values()) == {"equal"}
+
+
+def test_array_name_with_a_nul_byte_is_an_error(tmp_path):
+    """Found by the fuzz test: a legacy msgpack placeholder naming an array with a NUL byte."""
+    a = tmp_path / "a"
+    shutil.copytree(ROOT / "tests/data/legacy/legacy_0.5.10_default", a)
+    raw = (a / "checkpoint").read_bytes()
+    (a / "checkpoint").write_bytes(raw.replace(b"PLACEHOLDER://params.sharded", b"PLACEHOLDER://\x00arams.sharded"))
+    r = run_cli(a, ROOT / "tests/data/legacy/legacy_0.5.10_default", "-q")
+    assert r.code == 2 and "Traceback" not in r.err and r.err.startswith("streamdiff: error: "), r.err
