@@ -78,6 +78,8 @@ def walk_files(root: str, display: str, wanted: Callable[[str], bool] = lambda r
             continue
         except OSError as e:
             raise CorruptCheckpointError(f"{display}/{rel}: cannot list it ({e.strerror})") from e
+        except ValueError:  # a NUL byte in a name taken from metadata
+            raise CorruptCheckpointError(f"{display!r}: not a valid directory name") from None
         with it:
             for e in it:
                 sub = rel + e.name
