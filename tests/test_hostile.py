@@ -261,6 +261,15 @@ def test_metadata_file_grown_to_5_gib_is_refused_by_size(pair):
     bounded(r)
 
 
+def test_ocdbt_manifest_grown_to_5_gib_is_refused_by_size(tmp_path):
+    a = tmp_path / "a"
+    shutil.copytree(MAXTEXT_STEP, a)
+    os.truncate(a / "items/manifest.ocdbt", 5 << 30)
+    r = run_sub(a, MAXTEXT_STEP, "-q")
+    one_line_error(r, "manifest.ocdbt: 5 GiB, over the 64 MiB limit")
+    bounded(r)
+
+
 # --------------------------------------------------------------------- row 7: malformed metadata
 
 
