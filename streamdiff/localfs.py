@@ -53,6 +53,8 @@ def check_file(path: str, display: str, max_bytes: int | None = None) -> int | N
         return None
     except OSError as e:
         raise CorruptCheckpointError(f"{display}: cannot read it ({e.strerror})") from e
+    except ValueError:  # a NUL byte: a name from hostile metadata, no file can have it
+        raise CorruptCheckpointError(f"{display!r}: not a valid file name") from None
     if not stat.S_ISREG(st.st_mode):
         raise CorruptCheckpointError(f"{display}: {_kind(st.st_mode)}, not a regular file; refusing to read it")
     if max_bytes is not None and st.st_size > max_bytes:
@@ -76,6 +78,8 @@ def walk_files(root: str, display: str, wanted: Callable[[str], bool] = lambda r
             continue
         except OSError as e:
             raise CorruptCheckpointError(f"{display}/{rel}: cannot list it ({e.strerror})") from e
+        except ValueError:  # a NUL byte in a name taken from metadata
+            raise CorruptCheckpointError(f"{display!r}: not a valid directory name") from None
         with it:
             for e in it:
                 sub = rel + e.name

@@ -212,8 +212,8 @@ def _audit_ocdbt(item: Dir, children: dict[str, str]) -> None:
         return
     root = os.path.join(item.storage.local_root, item.relpath)
     for name, kind in children.items():
-        if kind == "file" and name.startswith("manifest"):
-            check_file(os.path.join(root, name), f"{item.display}/{name}")
+        if kind == "file" and name.startswith("manifest"):  # read whole by tensorstore: capped like metadata
+            check_file(os.path.join(root, name), f"{item.display}/{name}", validate.MAX_METADATA_BYTES)
     for name, kind in children.items():
         if kind == "dir" and (name == "d" or name.startswith("ocdbt.process_")):
             for _ in walk_files(os.path.join(root, name), f"{item.display}/{name}"):

@@ -262,6 +262,15 @@ def test_metadata_file_grown_to_5_gib_is_refused_by_size(pair):
     bounded(r)
 
 
+def test_ocdbt_manifest_grown_to_5_gib_is_refused_by_size(tmp_path):
+    a = tmp_path / "a"
+    shutil.copytree(MAXTEXT_STEP, a)
+    os.truncate(a / "items/manifest.ocdbt", 5 << 30)
+    r = run_sub(a, MAXTEXT_STEP, "-q")
+    one_line_error(r, "manifest.ocdbt: 5 GiB, over the 64 MiB limit")
+    bounded(r)
+
+
 # --------------------------------------------------------------------- row 7: malformed metadata
 
 
@@ -499,3 +508,13 @@ def test_a_4_mib_row_streams_within_a_64m_budget_with_numpys_numbers(tmp_path):
     leaf = r.json["leaves"][0]
     assert leaf["streamed"] is True and leaf["mismatches"] == 1 and leaf["max_abs_diff_index"] == [5, 12345]
     assert leaf["max_abs_diff"] == float(np.abs(x.astype(np.float64) - y.astype(np.float64)).max())
+
+
+def test_array_name_with_a_nul_byte_is_an_error(tmp_path):
+    """Found by the fuzz test: a legacy msgpack placeholder naming an array with a NUL byte."""
+    a = tmp_path / "a"
+    shutil.copytree(ROOT / "tests/data/legacy/legacy_0.5.10_default", a)
+    raw = (a / "checkpoint").read_bytes()
+    (a / "checkpoint").write_bytes(raw.replace(b"PLACEHOLDER://params.sharded", b"PLACEHOLDER://\x00arams.sharded"))
+    r = run_cli(a, ROOT / "tests/data/legacy/legacy_0.5.10_default", "-q")
+    assert r.code == 2 and "Traceback" not in r.err and r.err.startswith("streamdiff: error: "), r.err
