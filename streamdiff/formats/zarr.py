@@ -30,7 +30,7 @@ import tensorstore as ts
 
 from .. import dtypes
 from ..datatypes import ArraySource, KeyPath, Kind, Leaf, Tree, format_path
-from ..errors import StreamdiffError
+from ..errors import CorruptCheckpointError, StreamdiffError
 from ..storage import META_CACHE, Dir, storage_error
 
 if TYPE_CHECKING:  # zarr-python is imported when a zarr store is read: it costs a second at startup
@@ -276,15 +276,18 @@ def build_tree(item: Dir, ocdbt_kv: ts.KvStore | None = None) -> Tree:
     legacy: set[str] = set()
     collisions: dict[KeyPath, str] = {}
     for node in sorted(docs):
+        bad = errors.get(node) is None and _shape_error(node, docs[node])
+        if bad:  # a value of the wrong JSON type: the store is damaged, an error leaf could pair as one-sided
+            raise CorruptCheckpointError(f"{item.display}/{bad}")
         _node_leaves(store, node, docs[node], errors.get(node), stored.get(node, []), leaves, formats, legacy)
         collisions.update(_collisions(node, leaves, listed))
     leaves.update(_unread_leaves((), stray))
     small = [leaf for leaf in leaves.values() if leaf.not_compared and leaf.not_compared.startswith(NOT_NUMERIC)]
     leaves.update(_read_small_values(store, item, small, docs, stored, legacy))
+    _empty_groups(docs, leaves)
     for path, why in collisions.items():
         leaves = {p: v for p, v in leaves.items() if p[: len(path)] != path}
         leaves[path] = Leaf(path, Kind.JSON, "zarr node", error=why)
-    _empty_groups(docs, leaves)
     where = "ocdbt + " if ocdbt_kv is not None else ""
     layout = where + ("/".join(sorted(formats)) or "zarr") + " hierarchy"
     notes = []
@@ -327,7 +330,6 @@ def _node_leaves(
     legacy: set[str],
 ) -> None:
     path = _keys(node)
-    error = error or _shape_error(node, files)
     if error is not None:
         out[path] = Leaf(path, Kind.ARRAY, "zarr node", error=f"unreadable zarr metadata: {error}")
         return
