@@ -11,7 +11,9 @@ for what exists. Each node becomes leaves:
   zarr-python and tensorstore skip chunks equal to it (unlike Orbax, where a missing chunk is lost);
 * its attributes (`.zattrs`, `attributes`, n5 user attributes): one `json` leaf per top-level key
   at `<node>/.attrs/<key>`, compared exactly; v3 `dimension_names` at `<node>/.dimension_names`;
-* a group holding nothing at all: an `empty` leaf, so a group present on one side only shows up.
+* a group holding nothing at all: an `empty` leaf, so a group present on one side only shows up;
+* every stored file the reader does not interpret: a `not_compared` leaf (one per file, one per folder
+  without zarr metadata), since exit 0 promises every stored value was compared.
 
 zarr-python parses and validates the metadata into typed objects (`ArrayV2Metadata`,
 `ArrayV3Metadata`); dtype names come from `dtypes.normalize` alone, which also knows the ml_dtypes
