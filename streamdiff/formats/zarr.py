@@ -252,6 +252,8 @@ def build_tree(item: Dir, ocdbt_kv: ts.KvStore | None = None) -> Tree:
     else:
         store = _Store(item, item.storage.kv, item.relpath, False)
         keys = item.list_recursive()
+    # A key ending in '/' is a folder marker (GCS console / gcsfuse "folders"), not data.
+    keys = [k for k in keys if k and not k.endswith("/")]
     # node path -> {metadata file name -> future}; all reads in flight at once.
     futures: dict[str, dict[str, ts.Future]] = {}
     for k in keys:
@@ -272,7 +274,7 @@ def build_tree(item: Dir, ocdbt_kv: ts.KvStore | None = None) -> Tree:
             except ValueError as e:
                 errors[node] = f"{name}: unreadable JSON ({e})"
     stored, stray = _assign_keys(keys, docs)
-    listed = {"/".join(k.split("/")[:i]) for k in keys for i in range(1, k.count("/") + 2)}
+    listed = {p for k in keys if ATTRS in k or DIMENSION_NAMES in k for p in _prefixes(k)}  # for _collisions
     leaves: dict[KeyPath, Leaf] = {}
     formats: set[str] = set()
     legacy: set[str] = set()
@@ -315,6 +317,12 @@ def _assign_keys(keys: list[str], docs: dict[str, Any]) -> tuple[dict[str, list[
         else:
             stray.append(k)
     return out, [k for k in stray if k.rpartition("/")[2] != ".zmetadata"]
+
+
+def _prefixes(key: str) -> list[str]:
+    """'a/b/c' -> ['a', 'a/b', 'a/b/c']."""
+    parts = key.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
 def _keys(node: str) -> KeyPath:
