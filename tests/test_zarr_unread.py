@@ -219,3 +219,40 @@ def test_child_named_dimension_names_does_not_hide_them(tmp_path):
     r = diff(a, b)
     assert r.code == 2, r.err
     assert statuses(r) == {"": "equal", ".dimension_names": "error"}
+
+
+# ---------------------------------------------------------------- chunk keys spelled differently on each side
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_separator_differing_between_sides_never_settles_missing_chunks_as_fill(tmp_path, zarr_format):
+    """A's chunk (0, 0) is all fill value and not stored; B stores it under '0/0' where A would say
+    '0.0'. Looking up A's key spelling in B found nothing on both sides: 'identical'."""
+    from reference import assert_stats_match, expected_stats
+
+    def write(p: Path, sep: str, data: np.ndarray) -> Path:
+        name = "v2" if zarr_format == 2 else "default"
+        z = zarr.create_array(
+            store=str(p),
+            shape=(4, 4),
+            chunks=(2, 2),
+            dtype="f4",
+            fill_value=0,
+            zarr_format=zarr_format,
+            chunk_key_encoding={"name": name, "separator": sep},
+        )
+        z[...] = data
+        return p
+
+    x = np.zeros((4, 4), "f4")
+    x[2:, 2:] = 1
+    y = x.copy()
+    y[0, 0] = 42
+    a, b = write(tmp_path / "a", ".", x), write(tmp_path / "b", "/", y)
+    xa, yb = (zarr.open_array(str(p), mode="r")[...] for p in (a, b))
+    assert xa[0, 0] == 0 and yb[0, 0] == 42
+    r = diff(a, b)
+    assert r.code == 1, r.err
+    assert statuses(r) == {"": "different"}
+    assert_stats_match(leaf(r, ""), expected_stats(xa, yb), "")
+    assert diff(a, write(tmp_path / "c", "/", x)).code == 0  # same values, other spelling: equal
