@@ -229,3 +229,21 @@ def test_zarr_group_on_gcs_same_verdict_as_local(gcs, tmp_path):
     assert [{k: v for k, v in x.items() if k not in strip} for x in remote.json["leaves"]] == [
         {k: v for k, v in x.items() if k not in strip} for x in local.json["leaves"]
     ]
+
+
+def test_zarr_folder_marker_objects_are_not_data(gcs, tmp_path):
+    """Zero-byte 'folder/' objects (the GCS console's and gcsfuse's folders) are listed keys; in a
+    zarr store they are neither files to report as not compared nor chunks the array lacks."""
+    import tensorstore as ts
+    import zarr
+
+    root = zarr.open_group(str(tmp_path / "m"), mode="w", zarr_format=3)
+    root.create_group("model").create_array("w", data=np.arange(4, dtype="f4"))
+    upload(str(tmp_path / "m"), BUCKET, "zarr_markers")
+    kv = ts.KvStore.open({"driver": "gcs", "bucket": BUCKET, "path": "zarr_markers/"}).result()
+    for marker in ("model/", "model/w/", "model/w/c/"):
+        kv.write(marker, b"").result()
+    assert "model/w/" in [k.decode() for k in kv.list().result()]
+    r = run_cli(gs("zarr_markers"), tmp_path / "m", "--json", "-", "-q")
+    assert r.code == 0 and r.json["identical"], r.err
+    assert {x["path"]: x["status"] for x in r.json["leaves"]} == {"model/w": "equal"}

@@ -11,7 +11,9 @@ for what exists. Each node becomes leaves:
   zarr-python and tensorstore skip chunks equal to it (unlike Orbax, where a missing chunk is lost);
 * its attributes (`.zattrs`, `attributes`, n5 user attributes): one `json` leaf per top-level key
   at `<node>/.attrs/<key>`, compared exactly; v3 `dimension_names` at `<node>/.dimension_names`;
-* a group holding nothing at all: an `empty` leaf, so a group present on one side only shows up.
+* a group holding nothing at all: an `empty` leaf, so a group present on one side only shows up;
+* every stored file the reader does not interpret: a `not_compared` leaf (one per file, one per folder
+  without zarr metadata), since exit 0 promises every stored value was compared.
 
 zarr-python parses and validates the metadata into typed objects (`ArrayV2Metadata`,
 `ArrayV3Metadata`); dtype names come from `dtypes.normalize` alone, which also knows the ml_dtypes
@@ -30,7 +32,7 @@ import tensorstore as ts
 
 from .. import dtypes
 from ..datatypes import ArraySource, KeyPath, Kind, Leaf, Tree, format_path
-from ..errors import StreamdiffError
+from ..errors import CorruptCheckpointError, StreamdiffError
 from ..storage import META_CACHE, Dir, storage_error
 
 if TYPE_CHECKING:  # zarr-python is imported when a zarr store is read: it costs a second at startup
@@ -45,6 +47,7 @@ N5_ARRAY_KEYS = ("dimensions", "blockSize", "dataType", "compression")
 #: numpy kinds tensorstore's zarr drivers read as numbers (ml_dtypes are kind 'V' and named below).
 NUMERIC_KINDS = "biufc"
 ATTRS = ".attrs"
+DIMENSION_NAMES = ".dimension_names"
 NOT_NUMERIC = "dtype not read by tensorstore:"
 #: Arrays of strings, objects or datetimes (xarray coordinates) are read whole with zarr-python and
 #: compared as JSON values, up to this many elements; bigger ones are not compared (exit 2).
@@ -249,6 +252,8 @@ def build_tree(item: Dir, ocdbt_kv: ts.KvStore | None = None) -> Tree:
     else:
         store = _Store(item, item.storage.kv, item.relpath, False)
         keys = item.list_recursive()
+    # A key ending in '/' is a folder marker (GCS console / gcsfuse "folders"), not data.
+    keys = [k for k in keys if k and not k.endswith("/")]
     # node path -> {metadata file name -> future}; all reads in flight at once.
     futures: dict[str, dict[str, ts.Future]] = {}
     for k in keys:
@@ -269,20 +274,28 @@ def build_tree(item: Dir, ocdbt_kv: ts.KvStore | None = None) -> Tree:
             except ValueError as e:
                 errors[node] = f"{name}: unreadable JSON ({e})"
     stored, stray = _assign_keys(keys, docs)
+    listed = {p for k in keys if ATTRS in k or DIMENSION_NAMES in k for p in _prefixes(k)}  # for _collisions
     leaves: dict[KeyPath, Leaf] = {}
     formats: set[str] = set()
+    legacy: set[str] = set()
+    collisions: dict[KeyPath, str] = {}
     for node in sorted(docs):
-        _node_leaves(store, node, docs[node], errors.get(node), stored.get(node, []), leaves, formats)
+        bad = errors.get(node) is None and _shape_error(node, docs[node])
+        if bad:  # a value of the wrong JSON type: the store is damaged, an error leaf could pair as one-sided
+            raise CorruptCheckpointError(f"{item.display}/{bad}")
+        _node_leaves(store, node, docs[node], errors.get(node), stored.get(node, []), leaves, formats, legacy)
+        collisions.update(_collisions(node, leaves, listed))
+    leaves.update(_unread_leaves((), stray))
     small = [leaf for leaf in leaves.values() if leaf.not_compared and leaf.not_compared.startswith(NOT_NUMERIC)]
-    leaves.update(_read_small_values(store, item, small, docs, stored))
+    leaves.update(_read_small_values(store, item, small, docs, stored, legacy))
     _empty_groups(docs, leaves)
+    for path, why in collisions.items():
+        leaves = {p: v for p, v in leaves.items() if p[: len(path)] != path}
+        leaves[path] = Leaf(path, Kind.JSON, "zarr node", error=why)
     where = "ocdbt + " if ocdbt_kv is not None else ""
     layout = where + ("/".join(sorted(formats)) or "zarr") + " hierarchy"
     notes = []
-    if stray:
-        shown = ", ".join(stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
-        notes.append(f"{len(stray)} file(s) outside any zarr array, not compared: {shown}")
-    if any(leaf.source and "legacy nested" in leaf.source.codec for leaf in leaves.values()):
+    if legacy:
         notes.append("legacy nested chunk keys ('0/0' without dimension_separator): read with separator '/'")
     return Tree(location=item.display, leaves=leaves, layout=layout, notes=tuple(notes))
 
@@ -306,12 +319,25 @@ def _assign_keys(keys: list[str], docs: dict[str, Any]) -> tuple[dict[str, list[
     return out, [k for k in stray if k.rpartition("/")[2] != ".zmetadata"]
 
 
+def _prefixes(key: str) -> list[str]:
+    """'a/b/c' -> ['a', 'a/b', 'a/b/c']."""
+    parts = key.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
 def _keys(node: str) -> KeyPath:
     return tuple(node.split("/")) if node else ()
 
 
 def _node_leaves(
-    store: _Store, node: str, files: dict[str, Any], error: str | None, keys: list[str], out: dict, formats: set[str]
+    store: _Store,
+    node: str,
+    files: dict[str, Any],
+    error: str | None,
+    keys: list[str],
+    out: dict,
+    formats: set[str],
+    legacy: set[str],
 ) -> None:
     path = _keys(node)
     if error is not None:
@@ -327,7 +353,7 @@ def _node_leaves(
         if kind == "array":
             array_file = "zarr.json"
             if doc.get("dimension_names") is not None:
-                dn = path + (".dimension_names",)
+                dn = path + (DIMENSION_NAMES,)
                 out[dn] = Leaf(dn, Kind.JSON, "json", value=doc["dimension_names"])
         elif kind != "group":
             out[path] = Leaf(path, Kind.ARRAY, "zarr node", not_compared=f"zarr.json with node_type {kind!r}")
@@ -338,44 +364,96 @@ def _node_leaves(
             array_file = ".zarray"
     if "attributes.json" in files:
         doc = files["attributes.json"] or {}
-        if isinstance(doc, dict) and "dimensions" in doc and "dataType" in doc:
+        if "dimensions" in doc and "dataType" in doc:
             array_file = "attributes.json"
             formats.add("n5")
-        elif isinstance(doc, dict) and not formats:
+        elif not formats:
             formats.add("n5")
         attrs = {**attrs, **{k: v for k, v in doc.items() if k not in N5_ARRAY_KEYS}}
     if array_file is not None:
-        out[path] = _array_leaf(store, node, array_file, files[array_file], keys)
-    elif keys and array_file is None:
-        shown = ", ".join(sorted(k for k in keys if "/" not in k)[:3])
-        if shown:  # files in a group folder (sub-folders are nodes of their own or strays)
-            p = path + (".unknown",)
-            out[p] = Leaf(p, Kind.JSON, "file", not_compared=f"files in a group that zarr does not define: {shown}")
-    for k, v in attrs.items() if isinstance(attrs, dict) else ():
+        out[path] = _array_leaf(store, node, array_file, files[array_file], keys, legacy)
+    else:  # files in a group folder that zarr does not define, and folders without zarr metadata
+        out.update(_unread_leaves(path, keys))
+    for k, v in attrs.items():
         p = path + (ATTRS, str(k))
         out[p] = Leaf(p, Kind.JSON, "json", value=v)
 
 
-def _array_leaf(store: _Store, node: str, name: str, doc: Any, keys: list[str]) -> Leaf:
+def _shape_error(node: str, files: dict[str, Any]) -> str | None:
+    """What is wrong with the JSON shapes the reader relies on, naming the file; None if nothing."""
+    where = node + "/" if node else ""
+    for name, doc in files.items():
+        if doc is not None and not isinstance(doc, dict):
+            return f"{where}{name} is a JSON {_json_type(doc)}, expected an object"
+    zj = files.get("zarr.json") or {}
+    for field in ("attributes", "consolidated_metadata"):
+        if zj.get(field) is not None and not isinstance(zj[field], dict):
+            return f"{where}zarr.json: {field} is a JSON {_json_type(zj[field])}, expected an object"
+    n5 = files.get("attributes.json") or {}
+    if "compression" in n5 and not isinstance(n5["compression"], dict):
+        return f"{where}attributes.json: compression is a JSON {_json_type(n5['compression'])}, expected an object"
+    return None
+
+
+def _json_type(v: Any) -> str:
+    names = {str: "string", list: "array", bool: "boolean", int: "number", float: "number", dict: "object"}
+    return "null" if v is None else names.get(type(v), type(v).__name__)
+
+
+def _unread_leaves(at: KeyPath, keys: list[str]) -> dict[KeyPath, Leaf]:
+    """Stored keys the reader does not interpret, as `not_compared` leaves (exit 0 would claim they
+    were compared): one per file, one per folder with its file count, so a stray checkpoint folder of
+    thousands of files is one leaf."""
+    folders: dict[str, list[str]] = {}
+    out = {}
+    for k in keys:
+        head, sep, _ = k.partition("/")
+        if sep:
+            folders.setdefault(head, []).append(k)
+        elif k != ".zmetadata":
+            p = at + (k,)
+            out[p] = Leaf(p, Kind.JSON, "file", not_compared="a file that zarr does not define: not read")
+    for head, inside in folders.items():
+        p = at + (head,)
+        shown = ", ".join(sorted(inside)[:3]) + (f" and {len(inside) - 3} more" if len(inside) > 3 else "")
+        out[p] = Leaf(
+            p, Kind.JSON, "folder", not_compared=f"{len(inside)} file(s) outside any zarr array, not read: {shown}"
+        )
+    return out
+
+
+def _collisions(node: str, leaves: dict[KeyPath, Leaf], listed: set[str]) -> dict[KeyPath, str]:
+    """Attribute / dimension_names leaves of `node` whose path is also a stored child's: one would
+    overwrite the other, so both become one error leaf."""
+    out = {}
+    path = _keys(node)
+    for synthetic in (ATTRS, DIMENSION_NAMES):
+        child = f"{node}/{synthetic}" if node else synthetic
+        p = path + (synthetic,)
+        if child in listed and any(q[: len(p)] == p for q in leaves):
+            out[p] = f"a stored child named {synthetic!r} collides with the node's own {synthetic} leaves"
+    return out
+
+
+def _array_leaf(store: _Store, node: str, name: str, doc: Any, keys: list[str], legacy_nodes: set[str]) -> Leaf:
     path = _keys(node)
     try:
         arr = parse_array(node, name, doc)
         shape, chunks = arr.shape, arr.chunk_grid
-    except (KeyError, TypeError, ValueError, StreamdiffError) as e:
+        legacy = False
+        odd = [k for k in keys if not arr.is_chunk_key(k)]
+        if (
+            odd
+            and arr.driver == "zarr"
+            and "dimension_separator" not in doc
+            and all(arr.is_chunk_key(k, "/") for k in keys)
+        ):
+            # zarr-python 2's NestedDirectoryStore wrote '0/0' keys before .zarray could say so.
+            arr = parse_array(node, name, dict(doc, dimension_separator="/"))
+            odd, legacy = [], True
+        codec = arr.codec + (" (legacy nested keys)" if legacy else "")
+    except (KeyError, TypeError, ValueError, AttributeError, StreamdiffError) as e:
         return Leaf(path, Kind.ARRAY, "zarr.Array", not_compared=f"zarr metadata not understood: {e}")
-    if not arr.numeric:
-        return Leaf(path, Kind.ARRAY, "zarr.Array", shape, arr.dtype, not_compared=f"{NOT_NUMERIC} {arr.dtype}")
-    legacy = False
-    odd = [k for k in keys if not arr.is_chunk_key(k)]
-    if (
-        odd
-        and arr.driver == "zarr"
-        and "dimension_separator" not in doc
-        and all(arr.is_chunk_key(k, "/") for k in keys)
-    ):
-        # zarr-python 2's NestedDirectoryStore wrote '0/0' keys before .zarray could say so.
-        arr = parse_array(node, name, dict(doc, dimension_separator="/"))
-        odd, legacy = [], True
     if odd:
         return Leaf(
             path,
@@ -386,6 +464,10 @@ def _array_leaf(store: _Store, node: str, name: str, doc: Any, keys: list[str]) 
             not_compared=f"stored keys that are not chunks of this array ({', '.join(sorted(odd)[:3])}): "
             "their data would be read as fill value",
         )
+    if legacy:
+        legacy_nodes.add(node)
+    if not arr.numeric:
+        return Leaf(path, Kind.ARRAY, "zarr.Array", shape, arr.dtype, not_compared=f"{NOT_NUMERIC} {arr.dtype}")
     spec = {
         "driver": arr.driver,
         "kvstore": store.array_kvstore(node),
@@ -395,13 +477,17 @@ def _array_leaf(store: _Store, node: str, name: str, doc: Any, keys: list[str]) 
         "recheck_cached_data": False,
         "recheck_cached_metadata": False,
     }
-    codec = arr.codec + (" (legacy nested keys)" if legacy else "")
     source = ArraySource(spec, node, arr.zarr_format, chunks, arr.read_chunk, codec)
     return Leaf(path, Kind.ARRAY, "zarr.Array", shape=shape, dtype=arr.dtype, source=source)
 
 
 def _read_small_values(
-    store: _Store, item: Dir, leaves: list[Leaf], docs: dict[str, dict], stored: dict[str, list[str]]
+    store: _Store,
+    item: Dir,
+    leaves: list[Leaf],
+    docs: dict[str, dict],
+    stored: dict[str, list[str]],
+    legacy: set[str],
 ) -> dict[KeyPath, Leaf]:
     """Non-numeric arrays, decoded by zarr-python from their stored bytes (read here through
     tensorstore, every key of every such array in flight at once), as `json` leaves of nested lists."""
@@ -427,6 +513,9 @@ def _read_small_values(
                 raise storage_error(e, f"{item.display}/{format_path(leaf.path)}/{name}") from e
             if r.state == "value":
                 raw[name] = bytes(r.value)
+        node = "/".join(leaf.path)
+        if node in legacy:  # '0/0' keys that .zarray does not declare: zarr-python would read fill values
+            raw[".zarray"] = json.dumps(dict(docs[node][".zarray"], dimension_separator="/")).encode()
         try:
             value = _decode_with_zarr_python(raw)
         except Exception as e:  # noqa: BLE001 - whatever zarr-python cannot decode stays not compared
