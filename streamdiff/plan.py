@@ -281,11 +281,32 @@ def rows_plan(
     walk = tuple(min(c, n) for c, n in zip(walk, shape))
     row_elems = math.prod(walk[1:]) if len(walk) > 1 else 1
     slab_rows = max(1, min(walk[0], max_block_bytes // max(1, row_elems * bytes_per_element)))
-    slab = (slab_rows,) + tuple(walk[1:])
     grid = BlockGrid(
         shape,
         walk,
-        1.0 if stream_a else _amplification(shape, slab, _clip(chunks_a, shape)),
-        1.0 if stream_b else _amplification(shape, slab, _clip(chunks_b, shape)),
+        1.0 if stream_a else _slab_amplification(shape, walk, slab_rows, _clip(chunks_a, shape)),
+        1.0 if stream_b else _slab_amplification(shape, walk, slab_rows, _clip(chunks_b, shape)),
     )
     return RowsPlan(grid, slab_rows, stream_a, stream_b)
+
+
+#: Chunk boundaries examined per period when counting slab overlaps exactly (beyond: the regular-grid
+#: estimate, which assumes slabs do not restart at walked chunks).
+MAX_SLAB_PERIOD = 1 << 20
+
+
+def _slab_amplification(shape: tuple[int, ...], walk: tuple[int, ...], rows: int, chunks: list[int]) -> float:
+    """`_amplification` for slabs of `rows` rows that restart at every walked chunk of `walk[0]`
+    rows (the engine's slab loop), not a regular grid of `rows` over the whole axis."""
+    rest = _amplification(shape[1:], walk[1:], chunks[1:]) if len(shape) > 1 else 1.0
+    n, w, c = shape[0], walk[0], chunks[0]
+    full, tail = divmod(n, w)
+    slabs = full * -(-w // rows) + -(-tail // rows)
+    inner = -(-n // c) - 1  # the other side's chunk boundaries c, 2c, ... strictly inside (0, n)
+    period = math.lcm(c, w) // c  # (k*c) mod w repeats with this period in k
+    if period > MAX_SLAB_PERIOD:
+        return _amplification(shape, (rows,) + tuple(walk[1:]), chunks)
+    # A boundary that is also a slab start ((x mod w) is a multiple of rows) costs no extra read.
+    hits = [((k * c) % w) % rows == 0 for k in range(1, period + 1)]
+    shared = (inner // period) * sum(hits) + sum(hits[: inner % period])
+    return (slabs + inner - shared) / -(-n // c) * rest

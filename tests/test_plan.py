@@ -152,12 +152,28 @@ def test_rows_plan_amplification_is_the_brute_force_count_over_one_walked_chunk(
     assert p.grid.amplification_b == pytest.approx(expected, rel=1e-12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rows_plan counts slabs as one regular grid over the whole axis, but the engine restarts "
-    "slabs at every walked chunk (stream.py slab loop); with several walked chunks along axis 0 and "
-    "chunk rows not a multiple of slab_rows the reported amplification is too low (2.0 vs 2.2 here)",
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.integers(1, 60),
+    cols=st.integers(1, 12),
+    chunk_a=st.tuples(st.integers(1, 30), st.integers(1, 15)),
+    chunk_b=st.tuples(st.integers(1, 45), st.integers(1, 15)),
+    budget=st.integers(1, 2000),
 )
+def test_rows_plan_amplification_is_the_brute_force_count_over_several_walked_chunks(
+    rows, cols, chunk_a, chunk_b, budget
+):
+    """A's chunks (several along both axes) are walked slab by slab, the slabs restarting at each
+    of A's chunks; B's amplification is the count of B's chunks those slabs overlap."""
+    shape = (rows, cols)
+    walk = tuple(min(c, n) for c, n in zip(chunk_a, shape))
+    p = rows_plan(shape, chunk_a, chunk_b, True, False, bytes_per_element=8, max_block_bytes=budget)
+    if tuple(chunk_a) == tuple(chunk_b):
+        return  # both stream in lockstep: no amplification
+    expected = brute_amplification(slabs(shape, walk, p.slab_rows), shape, chunk_b)
+    assert p.grid.amplification_b == pytest.approx(expected, rel=1e-12)
+
+
 def test_rows_plan_amplification_counts_slabs_restarting_at_each_walked_chunk():
     """A: chunks of 10 rows (two of them), B: chunks of 4 rows, 3-row slabs. Slabs [0,3) [3,6) [6,9)
     [9,10) [10,13) [13,16) [16,19) [19,20) overlap 1+2+2+1+2+1+1+1 = 11 of B's 5 chunks: 2.2."""
