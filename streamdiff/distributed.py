@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 import uuid
 import warnings
@@ -72,6 +73,10 @@ def _client(scheduler: str, mem: MemoryPlan, timeout: float = DEFAULT_TIMEOUT):
         # a terminal's Ctrl-C reaches the whole process group, and only this process should act
         # on it. Here it stays pending until the cluster is up, then interrupts the run.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        # The worker processes get /dev/null as stderr: a Ctrl-C that reaches one while its
+        # interpreter is still starting (before the mask above applies in it) prints a traceback
+        # there, and nothing a local worker prints is for the user (errors come back through Dask).
+        stderr_fd = _silence_fd2()
         try:
             cluster = LocalCluster(
                 n_workers=n,
@@ -85,8 +90,28 @@ def _client(scheduler: str, mem: MemoryPlan, timeout: float = DEFAULT_TIMEOUT):
         except Exception as e:  # noqa: BLE001 - e.g. "Nanny failed to start" when a worker dies at start-up
             raise StreamdiffError(f"cannot start a local Dask cluster ({scheduler}): {batch_error(e)}") from e
         finally:
+            _restore_fd2(stderr_fd)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     return _connect(Client, scheduler, timeout), None
+
+
+def _silence_fd2() -> int | None:
+    """Point fd 2 at /dev/null (children started meanwhile inherit it); the saved fd, or None."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        return saved
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _restore_fd2(saved: int | None) -> None:
+    if saved is not None:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _connect(client_cls, scheduler: str, timeout: float):
