@@ -11,6 +11,7 @@ import errno
 import os
 import signal
 import sys
+import urllib.parse
 
 import click
 from rich.console import Console
@@ -313,6 +314,7 @@ def cli(
 
     streamdiff ls CKPT lists one checkpoint from its metadata (see streamdiff ls --help).
     """
+    _refuse_output_inside(json_path, {"A": a, "B": b})
     budget = parse_size(max_memory, "--max-memory")
     step = _steps(steps, step_a, step_b)
     api.check_tolerance(atol, rtol)
@@ -384,6 +386,22 @@ def _steps(steps: tuple[int, ...], step_a: int | None, step_b: int | None) -> di
     if steps and step_a is not None and step_b is not None:
         raise click.UsageError("--step-a and --step-b already set both sides; drop --step")
     return {"step": steps[0] if steps else None, "step_a": step_a, "step_b": step_b}
+
+
+def _refuse_output_inside(out: str | None, inputs: dict[str, str]) -> None:
+    """streamdiff never writes to what it reads: a --json file inside (or in place of) a local input
+    would overwrite a checkpoint file or add a file the next diff meets."""
+    if not out or out == "-":
+        return
+    target = os.path.realpath(os.path.expanduser(out))
+    for name, url in inputs.items():
+        parsed = urllib.parse.urlparse(url)
+        if parsed.scheme not in ("", "file"):
+            continue  # remote inputs: a local output path cannot be inside them
+        path = urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else url
+        root = os.path.realpath(os.path.expanduser(path))
+        if target == root or target.startswith(root.rstrip(os.sep) + os.sep):
+            raise StreamdiffError(f"--json {out} is inside {name} ({url}): streamdiff never writes to what it reads")
 
 
 def _plain_console(to_stderr: bool) -> Console:
@@ -558,6 +576,7 @@ def ls_command(ckpt, step, item, json_path, io_concurrency):
     the layout detected, the step picked and the others available. Reads no array data."""
     from . import listing
 
+    _refuse_output_inside(json_path, {"CKPT": ckpt})
     lst = listing.list_checkpoint(ckpt, step=step, item=item, io_concurrency=io_concurrency)
     if json_path == "-":
         sys.stdout.write(listing.dumps(lst) + "\n")

@@ -161,3 +161,19 @@ def test_real_entry_points_exit_2_without_traceback(tmp_path):
     for cmd in ([sys.executable, "-m", "streamdiff"], [os.path.join(os.path.dirname(sys.executable), "streamdiff")]):
         p = subprocess.run(cmd + [str(tmp_path), str(GOOD)], capture_output=True, text=True, timeout=120)
         assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("where", ["report.json", "1/items/_METADATA", "."])
+def test_json_output_inside_an_input_is_refused_and_nothing_is_written(tmp_path, where):
+    """streamdiff never writes to what it reads: not even its own report."""
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(GOOD, ckpt)
+    before = {p: p.read_bytes() for p in ckpt.rglob("*") if p.is_file()}
+    out = ckpt / where
+    r = run_cli(ckpt, GOOD, "--json", out, "-q")
+    assert r.code == 2 and "never writes to what it reads" in r.err, r.err
+    r = run_cli("ls", ckpt, "--json", out)
+    assert r.code == 2 and "never writes to what it reads" in r.err, r.err
+    assert {p: p.read_bytes() for p in ckpt.rglob("*") if p.is_file()} == before
