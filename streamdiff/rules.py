@@ -292,6 +292,19 @@ def _validate(r: Rule) -> None:
         raise RulesError(f"{r.origin}: stack needs an index capture {{i}} (or {{i:int}}) in 'from'")
     if r.op == "unstack" and "{i}" not in r.args["to"]:
         raise RulesError(f"{r.origin}: unstack needs {{i}} in 'to'")
+    for key in ("axis", "source", "destination"):
+        if key in r.args and (not isinstance(r.args[key], int) or isinstance(r.args[key], bool)):
+            raise RulesError(f"{r.origin}: {key} must be an integer, got {r.args[key]!r}")
+    if r.op == "transpose" and not (
+        isinstance(r.args["axes"], list) and all(isinstance(a, int) and not isinstance(a, bool) for a in r.args["axes"])
+    ):
+        raise RulesError(f"{r.origin}: axes must be a list of integers, got {r.args['axes']!r}")
+    if r.op == "strip" and not isinstance(r.args["key"], str):
+        raise RulesError(f"{r.origin}: key must be a string, got {r.args['key']!r}")
+    if r.op == "allow_dtype" and not (
+        isinstance(r.args["dtypes"], list) and all(isinstance(d, str) for d in r.args["dtypes"])
+    ):
+        raise RulesError(f"{r.origin}: dtypes must be a list of dtype names, got {r.args['dtypes']!r}")
     if r.op == "tolerance":
         for k in ("atol", "rtol"):
             v = r.args.get(k, 0.0)
@@ -392,7 +405,11 @@ def _transposed(leaf: Leaf, r: Rule) -> Leaf:
         axes = [int(a) for a in r.args["axes"]]
     else:
         axes = list(range(n))
-        src, dst = int(r.args["source"]) % max(n, 1), int(r.args["destination"]) % max(n, 1)
+        src, dst = int(r.args["source"]), int(r.args["destination"])
+        if not (-n <= src < n and -n <= dst < n):
+            where = format_path(leaf.path)
+            raise RulesError(f"{r.origin}: moveaxis {src} -> {dst} out of range for {where} of rank {n}")
+        src, dst = src % n, dst % n
         axes.insert(dst, axes.pop(src))
     if sorted(axes) != list(range(n)):
         raise RulesError(f"{r.origin}: axes {axes} are not a permutation for {format_path(leaf.path)} of rank {n}")
@@ -424,7 +441,14 @@ def _stack(r: Rule, m: Mapped) -> int:
             rest[path] = leaf
             continue
         dst = fill(r.args["to"], caps)
-        groups.setdefault(dst, {})[int(caps["i"])] = leaf
+        members = groups.setdefault(dst, {})
+        i = int(caps["i"])
+        if i in members:  # `layers_1` and `layers_01`, or two trees onto one: never drop one silently
+            raise RulesError(
+                f"{r.origin}: {format_path(members[i].path)} and {format_path(path)} both stack into "
+                f"{format_path(dst)} at index {i}"
+            )
+        members[i] = leaf
     count = 0
     for dst, members in groups.items():
         idx = sorted(members)

@@ -177,6 +177,10 @@ def test_tolerance_allow_dtype_and_ignore_rules_turn_exit_1_into_exit_0(tmp_path
         ('[[rule]]\nop = "rename"\nfrom = "{a:**}"\nto = "same"\n', "two leaves map to"),
         ('[[rule]]\nop = "tolerance"\npath = "**"\natol = -1\n', "atol must be a finite number >= 0"),
         ('[[rule]]\nop = "transpose"\npath = "**"\naxes = [0, 0]\n', "not a permutation"),
+        ('[[rule]]\nop = "stack"\nfrom = "{a}/layers_{i}"\naxis = "a"\nto = "x"\n', "axis must be an integer"),
+        ('[[rule]]\nop = "strip"\nkey = 5\n', "key must be a string"),
+        ('[[rule]]\nop = "allow_dtype"\npath = "**"\ndtypes = "float32"\n', "dtypes must be a list"),
+        ('[[rule]]\nop = "moveaxis"\npath = "**/kernel"\nsource = 9\ndestination = 0\n', "out of range"),
     ],
 )
 def test_bad_rules_file_is_one_line_exit_2(tmp_path, text, needle):
@@ -307,3 +311,13 @@ def test_scanned_vs_unscanned_across_layouts_pairs_every_weight(a, b):
     assert all("/rngs/" in p for p in one_sided), one_sided
     weights = [p for p in s if p.endswith("/kernel") and "/layers/" in p]
     assert weights and all(s[p] == "equal" for p in weights)  # structure-only: paired and same shape
+
+
+def test_stack_rule_with_two_leaves_at_one_index_is_an_error_not_a_silent_drop(tmp_path):
+    """decoder/layers_0 and encoder/layers_0 both stacking into layers/w at index 0 dropped one."""
+    tree = {blk: {f"layers_{i}": {"w": np.full(3, i, np.float32)} for i in range(2)} for blk in ("decoder", "encoder")}
+    save(tmp_path / "a", tree)
+    rules = tmp_path / "r.toml"
+    rules.write_text('[[rule]]\nop = "stack"\nfrom = "{blk}/layers_{i}/{name:**}"\naxis = 0\nto = "layers/{name}"\n')
+    r = run_cli(tmp_path / "a", tmp_path / "a", "--rules", rules, "-q")
+    assert r.code == 2 and "both stack into layers/w at index 0" in r.err, r.err
