@@ -47,6 +47,11 @@ def _pair(path: KeyPath, a: Leaf, b: Leaf | None) -> Pair:
         return Pair(path, a, b, "kind_mismatch", f"{a.kind} vs {b.kind}")
     if a.shape != b.shape:
         return Pair(path, a, b, "shape_mismatch", f"shape {list(a.shape)} vs {list(b.shape)}")
+    if a.kind == b.kind == "prng_key" and a.prng_impl != b.prng_impl:
+        # Same key data, another generator: not the same state (rbg vs unsafe_rbg draw differently).
+        return Pair(path, a, b, "kind_mismatch", f"PRNG key impl {a.prng_impl} vs {b.prng_impl}")
+    if "prng_key" in (a.kind, b.kind) and a.kind != b.kind:
+        return Pair(path, a, b, "kind_mismatch", f"{a.kind} vs {b.kind} (a typed PRNG key against raw key data)")
     return Pair(path, a, b, "compare")
 
 

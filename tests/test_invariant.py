@@ -124,3 +124,20 @@ def test_api_step_must_be_a_step_number():
 
     with pytest.raises(UsageError, match="step must be a step number"):
         streamdiff.diff(str(RUN), str(RUN), step=[0, 1])
+
+
+def test_prng_keys_of_another_impl_or_raw_key_data_are_not_the_same_state(tmp_path):
+    """Same key bits under rbg vs unsafe_rbg draw different numbers; a typed key vs its raw uint32
+    data is a kind difference: neither is "identical"."""
+    import jax
+    from helpers import save
+
+    rbg = jax.random.key(0, impl="rbg")
+    unsafe = jax.random.wrap_key_data(jax.random.key_data(rbg), impl="unsafe_rbg")
+    save(tmp_path / "rbg", {"k": rbg})
+    save(tmp_path / "unsafe", {"k": unsafe})
+    save(tmp_path / "raw", {"k": jax.random.key_data(rbg)})
+    assert run_cli(tmp_path / "rbg", tmp_path / "rbg", "-q").code == 0
+    for other, needle in (("unsafe", "PRNG key impl rbg vs unsafe_rbg"), ("raw", "prng_key vs array")):
+        d = run_cli(tmp_path / "rbg", tmp_path / other, "--json", "-", "-q").json
+        assert d["leaves"][0]["status"] == "different" and needle in d["leaves"][0]["message"], d["leaves"]
