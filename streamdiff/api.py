@@ -120,7 +120,7 @@ def diff(
         advance = progress.advance if progress else None
         outcomes, remote_io = compare_values(pairs, policies, ctx, mem, advance, shortcut, scheduler, timeout)
 
-    results = tuple(_result(p, outcomes.get(i), structure_only, m, policies[i]) for i, p in enumerate(pairs))
+    results = tuple(_result(p, outcomes.get(i), structure_only, m, policies[i], nan_equal) for i, p in enumerate(pairs))
     io1 = io_counters()
     return Report(
         a=a,
@@ -384,7 +384,12 @@ class Selection:
 
 
 def _result(
-    p: Pair, outcome: PairOutcome | None, structure_only: bool, m: Mapping, policy: Policy | None = None
+    p: Pair,
+    outcome: PairOutcome | None,
+    structure_only: bool,
+    m: Mapping,
+    policy: Policy | None = None,
+    nan_equal: bool = True,
 ) -> LeafResult:
     a, b = p.a, p.b
     ref = a or b
@@ -418,7 +423,7 @@ def _result(
     dtype_differs = "dtype_b" in common and not common["dtype_allowed"]
     if a.kind in VALUE_KINDS:
         # Non-numeric arrays (strings, datetimes) compare by value; a dtype no rule allows still differs.
-        same = json_equal(a.value, b.value)
+        same = json_equal(a.value, b.value, nan_equal)
         msg = None if same else f"{_short(a.value)} vs {_short(b.value)}"
         if dtype_differs:
             msg = "; ".join(x for x in (f"dtype {a.dtype} vs {b.dtype}", msg) if x)

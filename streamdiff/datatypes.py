@@ -62,18 +62,18 @@ class Verdict(StrEnum):
         return 1 if self is Verdict.DIFFERENT else 2
 
 
-def json_equal(a: Any, b: Any) -> bool:
+def json_equal(a: Any, b: Any, nan_equal: bool = True) -> bool:
     """Exact equality of two JSON values: types too (`true` is not `1`, `1` is not `1.0`), NaN equal to
-    NaN (the same stored value), `0.0` not `-0.0` (different text), key order ignored. Python's `==` would
-    call True == 1 == 1.0 equal."""
+    NaN (the same stored value; not with `nan_equal=False`, as for arrays under --nan-unequal), `0.0`
+    not `-0.0` (different text), key order ignored. Python's `==` would call True == 1 == 1.0 equal."""
     if type(a) is not type(b):
         return False
     if isinstance(a, dict):
-        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k], nan_equal) for k in a)
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(json_equal(x, y, nan_equal) for x, y in zip(a, b))
     if isinstance(a, float) and math.isnan(a):
-        return math.isnan(b)
+        return nan_equal and math.isnan(b)
     if isinstance(a, float) and a == 0.0:
         # 0.0 == -0.0 in Python, but they are different JSON text (and different stored bits).
         return b == 0.0 and math.copysign(1.0, a) == math.copysign(1.0, b)

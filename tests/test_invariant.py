@@ -141,3 +141,19 @@ def test_prng_keys_of_another_impl_or_raw_key_data_are_not_the_same_state(tmp_pa
     for other, needle in (("unsafe", "PRNG key impl rbg vs unsafe_rbg"), ("raw", "prng_key vs array")):
         d = run_cli(tmp_path / "rbg", tmp_path / other, "--json", "-", "-q").json
         assert d["leaves"][0]["status"] == "different" and needle in d["leaves"][0]["message"], d["leaves"]
+
+
+def test_nan_in_json_values_follows_nan_unequal():
+    assert json_equal({"n": [float("nan")]}, {"n": [float("nan")]})
+    assert not json_equal({"n": [float("nan")]}, {"n": [float("nan")]}, nan_equal=False)
+
+
+def test_nan_unequal_reaches_json_items(tmp_path):
+    import numpy as np
+    from writers_msgpack import write_orbax_jsonsave
+
+    path = write_orbax_jsonsave(tmp_path / "a", {"w": np.array([np.nan, 1.0], np.float32)})
+    assert run_cli(path, path, "-q").code == 0
+    d = run_cli(path, path, "--nan-unequal", "--json", "-", "-q").json
+    status = {x["path"]: x["status"] for x in d["leaves"]}
+    assert status["metadata/values/w/0"] == "different" and status["metadata/values/w/1"] == "equal"
