@@ -138,7 +138,8 @@ def _move_layer_axis(a: Mapped, b: Mapped, layer_axis: int | None = None) -> int
     That is a property of the whole save, so it shows in every scanned leaf, always as a move of an
     axis of the same size (the layer count). A single leaf whose axes differ is more likely a
     transposed kernel, exactly the bug a diff must show: without `layer_axis` (the user's word), moves
-    are made only when at least MIN_MOVE_EVIDENCE leaves need one, all of an axis of one size."""
+    are made only when at least MIN_MOVE_EVIDENCE leaves need one, all of an axis of one size, and
+    at least one of them has 3 or more axes."""
     moves = []
     for path, lb in b.leaves.items():
         la = a.leaves.get(path)
@@ -148,7 +149,11 @@ def _move_layer_axis(a: Mapped, b: Mapped, layer_axis: int | None = None) -> int
         if perm is not None:
             moved = next(k for k, src in enumerate(perm) if src != k)  # where A has the moved axis
             moves.append((path, lb, perm, la.shape[moved]))
-    if layer_axis is None and (len(moves) < MIN_MOVE_EVIDENCE or len({m[3] for m in moves}) != 1):
+    # On 2-D leaves a moved axis is a transpose, the conversion bug a diff must show: the save-wide
+    # move must also show on some leaf of 3 or more axes (a kernel's layer axis).
+    if layer_axis is None and (
+        len(moves) < MIN_MOVE_EVIDENCE or len({m[3] for m in moves}) != 1 or all(len(m[1].shape) < 3 for m in moves)
+    ):
         return 0
     for path, lb, perm, _ in moves:
         v = View("transpose", children=(view_of(lb),), axes=tuple(perm))

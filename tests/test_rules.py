@@ -94,6 +94,16 @@ def test_layer_axis_moved_is_aligned_by_shape(tmp_path):
     assert raw.code == 1 and {x["status"] for x in raw.json["leaves"]} == {"shape_mismatch"}
 
 
+def test_transposed_2d_kernels_under_layers_are_shape_mismatches_not_a_layer_axis_move(tmp_path):
+    """Two 2-D leaves whose axes are swapped the same way: still transposes, not a param_scan_axis."""
+    rng = np.random.default_rng(1)
+    q, k = (rng.standard_normal((8, 16)).astype(np.float32) for _ in range(2))
+    save(tmp_path / "a", {"decoder": {"layers": {"q": q, "k": k}}})
+    save(tmp_path / "b", {"decoder": {"layers": {"q": q.T.copy(), "k": k.T.copy()}}})
+    r = run_cli(tmp_path / "a", tmp_path / "b", "--json", "-", "-q")
+    assert r.code == 1 and [x["status"] for x in r.json["leaves"]] == ["shape_mismatch", "shape_mismatch"]
+
+
 def test_one_transposed_kernel_under_layers_is_a_shape_mismatch_not_a_layer_axis_move(tmp_path):
     """A single leaf whose axes are swapped is the conversion bug a diff must show, not a save-wide
     param_scan_axis difference; --layer-axis says it is one."""
