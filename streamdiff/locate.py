@@ -134,6 +134,17 @@ def _resolve(d: Dir, step: int | None, children: dict[str, str]) -> Located:
     # A root resolves to one step; what sits beside the steps (a flax folder's config.json, an
     # orbax root's descriptor) belongs to no step and is not compared: said, never silent.
     step_names = {name for _, name in steps}
+    named: dict[int, list[str]] = {}
+    for num, name in steps:
+        if TMP_MARK not in name:
+            named.setdefault(num, []).append(name)
+
+    def one_name(num: int) -> None:
+        if len(named.get(num, [])) > 1:  # `2` and `02`: which one was meant is not ours to guess
+            raise UsageError(
+                f"{d.display}: {' and '.join(sorted(named[num]))} both name step {num}; give the step directory itself"
+            )
+
     beside = sorted(n for n in children if n not in step_names)
     root_note = (f"beside the steps, not compared: {', '.join(beside[:8])}" + (" ..." if len(beside) > 8 else ""),)
     root_note = root_note if beside else ()
@@ -142,6 +153,7 @@ def _resolve(d: Dir, step: int | None, children: dict[str, str]) -> Located:
         if not chosen:
             have = ", ".join(str(n) for n, _ in sorted(set(steps))[:20])
             raise NotFoundError(f"{d.display}: no step {step} (steps: {have})")
+        one_name(step)
         items, step_notes = _step(d, chosen[0], children)
         return Located(items, (f"step {step}",) + step_notes + root_note, is_root=True)
     skipped = []
@@ -149,6 +161,7 @@ def _resolve(d: Dir, step: int | None, children: dict[str, str]) -> Located:
         if TMP_MARK in name:
             skipped.append(name)
             continue
+        one_name(num)
         try:
             items, step_notes = _step(d, name, children)
         except UnfinishedCheckpointError:

@@ -57,8 +57,9 @@ class MemoryPlan:
     @property
     def whole_chunk_bytes(self) -> int:
         """Largest chunk decoded whole when its codec cannot be streamed: its stored bytes, the decode
-        buffer and the array handed over must fit in what the interpreter leaves of the budget."""
-        return max(self.block_bytes, (self.budget - BASE_RSS) // 3)
+        buffer and the array handed over must fit in what the interpreter leaves of the budget (at
+        least an eighth of the budget: an 8 MiB chunk behind a stacked view decodes at 64M)."""
+        return max(self.block_bytes, (self.budget - BASE_RSS) // 3, self.budget // 8)
 
 
 #: A streamed chunk is held a row (per side) at a time: a row may take up to this share of the budget

@@ -606,3 +606,15 @@ def test_files_beside_the_steps_of_a_root_are_named_in_the_notes(tmp_path):
         (d / "config.json").write_text(json.dumps({"lr": lr}))
     d = run_cli(tmp_path / "a", tmp_path / "b", "--json", "-", "-q").json
     assert "beside the steps, not compared: config.json" in d["notes"]["a"]
+
+
+def test_msgpack_map_with_a_key_twice_is_unreadable_not_the_last_value(tmp_path):
+    """{w: 1, w: 2} would read as {w: 2}: the first stored value silently dropped."""
+    import msgpack
+
+    dup = tmp_path / "dup.msgpack"
+    dup.write_bytes(b"\x82\xa1w\x01\xa1w\x02")  # fixmap of two entries, both key "w"
+    one = tmp_path / "one.msgpack"
+    one.write_bytes(msgpack.packb({"w": 2}))
+    r = run_cli(dup, one, "-q")
+    assert r.code == 2 and "appears twice" in r.err, r.err

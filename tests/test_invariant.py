@@ -157,3 +157,14 @@ def test_nan_unequal_reaches_json_items(tmp_path):
     d = run_cli(path, path, "--nan-unequal", "--json", "-", "-q").json
     status = {x["path"]: x["status"] for x in d["leaves"]}
     assert status["metadata/values/w/0"] == "different" and status["metadata/values/w/1"] == "equal"
+
+
+def test_two_step_directories_naming_one_step_are_refused(tmp_path):
+    import shutil
+
+    root = tmp_path / "run"
+    shutil.copytree(RUN, root)
+    shutil.copytree(root / "1", root / "01")
+    r = run_cli(root, RUN, "-q")
+    assert r.code == 2 and "01 and 1 both name step 1" in r.err, r.err
+    assert run_cli(root / "01", RUN / "1", "-q").code == 0  # the directory itself is unambiguous

@@ -142,6 +142,8 @@ class _Reader:
         out = {}
         for _ in range(n):
             k = self.value()
+            if k in out:  # a later value would silently replace the first: both are stored
+                raise ValueError(f"key {k!r} appears twice in one map")
             out[k] = self.value()
         return out
 
