@@ -216,6 +216,16 @@ def _resolve(
         if own is not None and not loc.is_root:
             raise UsageError(f"{side}'s step ({own}) applies to a CheckpointManager root; {url} is not one")
     matched = choose_items(la, lb, item)
+    if item is not None:  # the other items of the step are left out at the user's word: say which
+        for side in ("a", "b"):
+            loc = la if side == "a" else lb
+            left = sorted(i.name for i in loc.items if i.name and i.name != item)
+            if left:
+                note = f"--item {item}: other items not compared: {', '.join(left)}"
+                if side == "a":
+                    la = replace(la, notes=la.notes + (note,))
+                else:
+                    lb = replace(lb, notes=lb.notes + (note,))
     trees_a, trees_b = _build_trees(matched)
     for side, url, trees in (("A", a, trees_a), ("B", b, trees_b)):
         if not any(leaf.kind != "empty" for t in trees for leaf in t.leaves.values()):

@@ -118,6 +118,7 @@ def test_composite_items_need_item_or_matching_names(corpus):
     assert {x["path"]: x["kind"] for x in both.json["leaves"]}["extra/lr"] == "json"
     one = run_cli(step, root / "manager_default/0", "--item", "state", "--json", "-", "-q")
     assert one.code == 0, one.err  # the same state dict was saved in both
+    assert "--item state: other items not compared: extra, params" in one.json["notes"]["a"]
     mismatch = run_cli(step, root / "manager_default/0")
     assert mismatch.code == 2 and "--item" in mismatch.err
 
