@@ -29,8 +29,8 @@ demo: install
 	@echo "== 1. same run, two seeds (MaxText Linen, scanned): 36 of the 39 arrays differ (the 3 counters do not); the 40th leaf is an empty optax state"
 	@$(VENV)/bin/streamdiff $(MAXTEXT)/v024_linen_scan/checkpoints $(MAXTEXT)/v024_linen_scan_seed1/checkpoints --atol 1e-6 --rtol 1e-5; echo "(exit code $$?)"
 	@echo
-	@echo "== 2. one optimizer step apart (step 0 vs step 1 of one run)"
-	@$(VENV)/bin/streamdiff $(MAXTEXT)/v024_linen_scan/checkpoints $(MAXTEXT)/v024_linen_scan/checkpoints/1 --step 0 --atol 1e-6 --rtol 1e-5; echo "(exit code $$?)"
+	@echo "== 2. one optimizer step apart (step 0 vs step 1 of one run: --step given twice), with a per-subtree --stat"
+	@$(VENV)/bin/streamdiff $(MAXTEXT)/v024_linen_scan/checkpoints $(MAXTEXT)/v024_linen_scan/checkpoints --step 0 --step 1 --atol 1e-6 --rtol 1e-5 --stat; echo "(exit code $$?)"
 	@echo
 	@echo "== 3. a checkpoint against itself: identical, exit 0"
 	@$(VENV)/bin/streamdiff $(MAXTEXT)/v024_nnx_scan/checkpoints $(MAXTEXT)/v024_nnx_scan/checkpoints; echo "(exit code $$?)"
