@@ -1,0 +1,174 @@
+"""What an Orbax item directory stores that its tree does not name, as leaves that cannot pass.
+
+The tree (`_METADATA`, or the legacy msgpack `checkpoint`) says which arrays to read; anything else
+in the item directory would otherwise never be looked at, and two checkpoints whose extra data
+differ would be reported identical. So every stored array no tree entry reads, every key of the
+OCDBT store outside any array, every tree entry that says "no data" while data is stored under its
+name, and every file or folder that is not Orbax's own bookkeeping becomes a `not_compared` leaf.
+
+Orbax's bookkeeping is what real orbax (0.3.5, 0.5.10, 0.12.8, MaxText) writes into an item
+directory, listed from the test corpus (tests/orbax_corpus.py) and orbax-format.md §2: it is matched
+by exact name. Only listings the reader already has are used, except for a folder that is not
+bookkeeping (listed once, to tell an empty leftover folder from one holding data) and a folder
+that holds arrays only below it (keys with '/', listed to find arrays there no entry names).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from .datatypes import KeyPath, Kind, Leaf
+from .storage import Dir
+
+#: Files Orbax writes into an item directory besides the arrays: the tree metadata, the checkpoint
+#: metadata (when a Checkpointer saves straight into the item), the sharding and string tables,
+#: the commit marker, the legacy msgpack structure file (a FILE; a DIR of that name is the
+#: ArrayCheckpointHandler's array) and the orbax v1 marker.
+BOOKKEEPING_FILES = frozenset(
+    {
+        "_METADATA",
+        "_CHECKPOINT_METADATA",
+        "_sharding",
+        "_strings.json",
+        "commit_success.txt",
+        "checkpoint",
+        "orbax.checkpoint",
+    }
+)
+#: Per-process array metadata (PRNG key markers, write shapes): a folder of JSON files.
+BOOKKEEPING_DIRS = frozenset({"array_metadatas"})
+#: Only beside an OCDBT store: its root B-tree folder and the per-process stores it points into.
+OCDBT_DIRS = frozenset({"d"})
+OCDBT_DIR_PREFIX = "ocdbt.process_"
+#: tensorstore's OCDBT manifest, and its numbered manifests (`manifest.%016x`).
+OCDBT_MANIFEST = re.compile(r"manifest\.(ocdbt|[0-9a-f]{16})")
+#: orbax's DescriptorHandler folder: a text proto describing the checkpoint, no values.
+DESCRIPTOR_DIR = "descriptor"
+DESCRIPTOR_FILE = re.compile(r"descriptor\.pbtxt|uuid-[^/]*")
+ZARR_META = (".zarray", "zarr.json")
+#: Shown per folder: at most this many of the keys it holds.
+SHOWN = 3
+
+
+def is_bookkeeping(name: str, kind: str, ocdbt: bool) -> bool:
+    """True for a child of the item directory that orbax writes besides the arrays."""
+    if kind == "file":
+        return name in BOOKKEEPING_FILES or (ocdbt and OCDBT_MANIFEST.fullmatch(name) is not None)
+    return name in BOOKKEEPING_DIRS or (ocdbt and (name in OCDBT_DIRS or name.startswith(OCDBT_DIR_PREFIX)))
+
+
+def owner(key: str, arrays: set[str] | frozenset[str]) -> str | None:
+    """The array a stored key belongs to (its shortest '/'-prefix that is an array name), or None
+    when it is under no array. The bare-leaf array '' owns every key."""
+    if "" in arrays:
+        return ""
+    i = key.find("/")
+    while i != -1:
+        if key[:i] in arrays:
+            return key[:i]
+        i = key.find("/", i + 1)
+    return None
+
+
+def arrays_in(keys: Iterable[str]) -> set[str]:
+    """Array names among stored keys: the prefix of every `.zarray` / `zarr.json` key."""
+    out = set()
+    for k in keys:
+        head, _, last = k.rpartition("/")
+        if last in ZARR_META:
+            out.add(head)
+    return out
+
+
+def _shown(keys: list[str]) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:SHOWN]) + (f" and {len(keys) - SHOWN} more" if len(keys) > SHOWN else "")
+
+
+def _contents(keys: list[str]) -> str:
+    """A folder's contents in a few words: the arrays it holds, else its files."""
+    arrays = arrays_in(keys)
+    if "" in arrays:  # the folder is itself an array
+        return f"a zarr array ({len(keys)} file(s))" + (
+            f" and arrays {_shown(list(arrays - {''}))}" if len(arrays) > 1 else ""
+        )
+    return f"zarr array(s) {_shown(list(arrays))}" if arrays else f"{len(keys)} file(s): {_shown(keys)}"
+
+
+def ocdbt_leftovers(
+    keys: list[str], stored: set[str], used: set[str], no_data: dict[str, KeyPath]
+) -> tuple[dict[KeyPath, str], dict[KeyPath, str]]:
+    """OCDBT: stored arrays no tree entry reads, and keys outside every array.
+
+    Returns ({(name,): why} for new leaves, {entry path: "yet ... is stored"} for entries whose
+    value_type gives them no array)."""
+    extra: dict[KeyPath, str] = {}
+    claimed: dict[KeyPath, str] = {}
+    for name in sorted(stored - used):
+        if name in no_data:
+            claimed[no_data[name]] = f"yet zarr array {name!r} is stored in the OCDBT store: not read"
+        else:
+            extra[(name,)] = f"zarr array {name!r} in the OCDBT store, not named by the checkpoint's tree: not read"
+    strays: dict[str, list[str]] = {}
+    if "" not in stored:
+        for k in keys:
+            if owner(k, stored) is None:
+                strays.setdefault(k.partition("/")[0], []).append(k)
+    for head, inside in sorted(strays.items()):
+        why = f"{len(inside)} key(s) in the OCDBT store outside any zarr array ({_shown(inside)}): not read"
+        extra[(head,)] = extra[(head,)] + "; also " + why if (head,) in extra else why
+    return extra, claimed
+
+
+def directory_leftovers(
+    item: Dir, children: dict[str, str], ocdbt: bool, used: set[str], no_data: dict[str, KeyPath]
+) -> tuple[dict[KeyPath, str], dict[KeyPath, str]]:
+    """Children of the item directory that are neither bookkeeping nor (without OCDBT) the folders
+    of the arrays the tree reads. Empty folders hold nothing and pass.
+
+    Returns ({(name,): why} for new leaves, {entry path: "yet ... is stored"} for entries whose
+    value_type gives them no array)."""
+    extra: dict[KeyPath, str] = {}
+    claimed: dict[KeyPath, str] = {}
+    if not ocdbt and "" in used:
+        return extra, claimed  # a bare leaf: the item directory is the array's own folder
+    tops = {n.split("/")[0] for n in used} if not ocdbt else set()
+    for name, kind in sorted(children.items()):
+        if is_bookkeeping(name, kind, ocdbt):
+            continue
+        if name in tops:
+            if kind == "dir" and name not in used:  # arrays below it only ('/' in their names)
+                prefix = name + "/"
+                keys = [prefix + k for k in item.child(name).list_recursive()]
+                strays = [k for k in keys if owner(k, used) is None]
+                if strays:
+                    inside = _contents([k[len(prefix) :] for k in strays])
+                    extra[(name,)] = f"folder {name!r} holding {inside}, not named by the checkpoint's tree: not read"
+            continue
+        if kind == "file":
+            what = "a file"
+            why = "a file Orbax does not write, not named by the checkpoint's tree: not read"
+        else:
+            keys = item.child(name).list_recursive()
+            if not keys:
+                continue  # an empty folder (old orbax left one per leaf beside an OCDBT store)
+            if name == DESCRIPTOR_DIR and all(DESCRIPTOR_FILE.fullmatch(k) for k in keys):
+                continue
+            what = f"a folder holding {_contents(keys)}"
+            where = " beside the OCDBT store" if ocdbt else ""
+            why = f"{what}{where}, not named by the checkpoint's tree: not read"
+        if name in no_data and not ocdbt:
+            claimed[no_data[name]] = f"yet {what} is stored under its name: not read"
+        else:
+            extra[(name,)] = why
+    return extra, claimed
+
+
+def add_leaves(leaves: dict[KeyPath, Leaf], extra: dict[KeyPath, str]) -> None:
+    """One `not_compared` leaf per path; a path the tree already has gets a suffix on its last key
+    rather than replacing the leaf the tree reads."""
+    for path, why in extra.items():
+        while path in leaves:
+            path = path[:-1] + (path[-1] + " [not in tree]",)
+        leaves[path] = Leaf(path, Kind.ARRAY, "unknown", not_compared=why)
