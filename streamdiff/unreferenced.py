@@ -112,9 +112,15 @@ def ocdbt_leftovers(
             extra[(name,)] = f"zarr array {name!r} in the OCDBT store, not named by the checkpoint's tree: not read"
     strays: dict[str, list[str]] = {}
     if "" not in stored:
+        last = None  # keys come sorted: a run of chunk keys shares its array's prefix
         for k in keys:
-            if owner(k, stored) is None:
+            if last is not None and k.startswith(last):
+                continue
+            name = owner(k, stored)
+            if name is None:
                 strays.setdefault(k.partition("/")[0], []).append(k)
+            else:
+                last = name + "/"
     for head, inside in sorted(strays.items()):
         why = f"{len(inside)} key(s) in the OCDBT store outside any zarr array ({_shown(inside)}): not read"
         extra[(head,)] = extra[(head,)] + "; also " + why if (head,) in extra else why
@@ -140,7 +146,7 @@ def directory_leftovers(
         if name in tops:
             if kind == "dir" and name not in used:  # arrays below it only ('/' in their names)
                 prefix = name + "/"
-                keys = [prefix + k for k in item.child(name).list_recursive()]
+                keys = [prefix + k for k in _files(item.child(name))]
                 strays = [k for k in keys if owner(k, used) is None]
                 if strays:
                     inside = _contents([k[len(prefix) :] for k in strays])
@@ -150,7 +156,7 @@ def directory_leftovers(
             what = "a file"
             why = "a file Orbax does not write, not named by the checkpoint's tree: not read"
         else:
-            keys = item.child(name).list_recursive()
+            keys = _files(item.child(name))
             if not keys:
                 continue  # an empty folder (old orbax left one per leaf beside an OCDBT store)
             if name == DESCRIPTOR_DIR and all(DESCRIPTOR_FILE.fullmatch(k) for k in keys):
@@ -163,6 +169,12 @@ def directory_leftovers(
         else:
             extra[(name,)] = why
     return extra, claimed
+
+
+def _files(d: Dir) -> list[str]:
+    """Keys below `d`, without the zero-byte 'folder/' marker objects of object storage (the GCS
+    console's and gcsfuse's folders), which hold no data."""
+    return [k for k in d.list_recursive() if k and not k.endswith("/")]
 
 
 def add_leaves(leaves: dict[KeyPath, Leaf], extra: dict[KeyPath, str]) -> None:
