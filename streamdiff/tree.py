@@ -164,7 +164,7 @@ def build_tree(item: Dir) -> Tree:
     legacy_strings = _legacy_strings(item, [e for e in entries if _needs_array(e) and e.storage_name not in zmeta])
     claimed: dict[KeyPath, str] = {}
     if not specs:  # T5X: `_t5x_arrays` already accounts for every child of its directory
-        claimed = _unreferenced(item, children, ocdbt, keys if ocdbt else [], stored, entries, unnamed)
+        claimed = _unreferenced(item, children, ocdbt, keys if ocdbt else [], stored, entries, unnamed, zmeta)
     leaves: dict[KeyPath, Leaf] = {}
     for e in entries:
         if e.keys in claimed:
@@ -191,6 +191,7 @@ def _unreferenced(
     stored: dict[str, int],
     entries: list[_Entry],
     unnamed: dict[KeyPath, str],
+    zmeta: dict[str, tuple[int, dict]],
 ) -> dict[KeyPath, str]:
     """Add to `unnamed` what the item stores that no entry reads (see unreferenced.py); return the
     entries whose value_type gives them no array although one is stored under their name."""
@@ -198,7 +199,7 @@ def _unreferenced(
     no_data = {e.storage_name: e.keys for e in entries if not _needs_array(e) and e.spec is None}
     claimed: dict[KeyPath, str] = {}
     if ocdbt:
-        extra, claimed = unreferenced.ocdbt_leftovers(keys, set(stored), used, no_data)
+        extra, claimed = unreferenced.ocdbt_leftovers(keys, set(stored), used, no_data, zmeta)
         unnamed.update(extra)
     extra, more = unreferenced.directory_leftovers(item, children, ocdbt, used, no_data)
     unnamed.update(extra)

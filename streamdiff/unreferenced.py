@@ -16,7 +16,8 @@ that holds arrays only below it (keys with '/', listed to find arrays there no e
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .datatypes import KeyPath, Kind, Leaf
 from .storage import Dir
@@ -59,16 +60,16 @@ def is_bookkeeping(name: str, kind: str, ocdbt: bool) -> bool:
 
 
 def owner(key: str, arrays: set[str] | frozenset[str]) -> str | None:
-    """The array a stored key belongs to (its shortest '/'-prefix that is an array name), or None
-    when it is under no array. The bare-leaf array '' owns every key."""
-    if "" in arrays:
-        return ""
+    """The array a stored key belongs to (its longest '/'-prefix that is an array name: `{'a': v,
+    'a/x': w}` are arrays `a` and `a/x`), or None when it is under no array. The bare-leaf array
+    '' owns every key no other array does."""
+    found = "" if "" in arrays else None
     i = key.find("/")
     while i != -1:
         if key[:i] in arrays:
-            return key[:i]
+            found = key[:i]
         i = key.find("/", i + 1)
-    return None
+    return found
 
 
 def arrays_in(keys: Iterable[str]) -> set[str]:
@@ -96,10 +97,51 @@ def _contents(keys: list[str]) -> str:
     return f"zarr array(s) {_shown(list(arrays))}" if arrays else f"{len(keys)} file(s): {_shown(keys)}"
 
 
+def chunk_key_test(fmt: int, md: Any) -> Callable[[str], bool] | None:
+    """Whether a key (relative to its array) is the metadata or a cell of the storage grid, from
+    the array's zarr metadata; None when the metadata is too malformed to say (its leaf is an error)."""
+    try:
+        shape = [int(x) for x in md["shape"]]
+        if fmt == 2:
+            chunks = [int(x) for x in md["chunks"]]
+            sep, prefix, scalar = md.get("dimension_separator") or ".", "", "0"
+        else:
+            chunks = [int(x) for x in md["chunk_grid"]["configuration"]["chunk_shape"]]
+            enc = md.get("chunk_key_encoding") or {"name": "default"}
+            conf = enc.get("configuration") or {}
+            if enc.get("name") == "v2":
+                sep, prefix, scalar = conf.get("separator", "."), "", "0"
+            else:
+                sep = conf.get("separator", "/")
+                prefix, scalar = "c" + sep, "c"
+        counts = [-(-n // c) if c > 0 else 0 for n, c in zip(shape, chunks, strict=True)]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    meta = ZARR_META[0] if fmt == 2 else ZARR_META[1]
+
+    def test(rest: str) -> bool:
+        if rest == meta:
+            return True
+        if not counts:
+            return rest == scalar
+        if not rest.startswith(prefix):
+            return False
+        parts = rest[len(prefix) :].split(sep)
+        return len(parts) == len(counts) and all(p.isdigit() and int(p) < n for p, n in zip(parts, counts))
+
+    return test
+
+
 def ocdbt_leftovers(
-    keys: list[str], stored: set[str], used: set[str], no_data: dict[str, KeyPath]
+    keys: list[str],
+    stored: set[str],
+    used: set[str],
+    no_data: dict[str, KeyPath],
+    zmeta: dict[str, tuple[int, Any]] | None = None,
 ) -> tuple[dict[KeyPath, str], dict[KeyPath, str]]:
-    """OCDBT: stored arrays no tree entry reads, and keys outside every array.
+    """OCDBT: stored arrays no tree entry reads, keys outside every array, and keys inside an array
+    the tree reads that are neither its metadata nor a cell of its chunk grid (`zmeta`: name ->
+    (zarr format, metadata) of the arrays read).
 
     Returns ({(name,): why} for new leaves, {entry path: "yet ... is stored"} for entries whose
     value_type gives them no array)."""
@@ -111,19 +153,27 @@ def ocdbt_leftovers(
         else:
             extra[(name,)] = f"zarr array {name!r} in the OCDBT store, not named by the checkpoint's tree: not read"
     strays: dict[str, list[str]] = {}
-    if "" not in stored:
-        last = None  # keys come sorted: a run of chunk keys shares its array's prefix
-        for k in keys:
-            if last is not None and k.startswith(last):
-                continue
+    odd: dict[str, list[str]] = {}
+    tests = {n: chunk_key_test(f, md) for n, (f, md) in (zmeta or {}).items() if n in used}
+    # Keys come sorted: a run of chunk keys shares its array, unless one array's name is below another's.
+    runs = not any(owner(n, stored) is not None for n in stored if n)
+    last, name, test = None, None, None
+    for k in keys:
+        if last is None or not runs or not k.startswith(last):
             name = owner(k, stored)
             if name is None:
                 strays.setdefault(k.partition("/")[0], []).append(k)
-            else:
-                last = name + "/"
+                last = None
+                continue
+            last, test = (name + "/" if name else ""), tests.get(name)
+        if test is not None and not test(k[len(last) :]):
+            odd.setdefault(name, []).append(k[len(last) :])
     for head, inside in sorted(strays.items()):
         why = f"{len(inside)} key(s) in the OCDBT store outside any zarr array ({_shown(inside)}): not read"
         extra[(head,)] = extra[(head,)] + "; also " + why if (head,) in extra else why
+    for name, inside in sorted(odd.items()):
+        why = f"{len(inside)} key(s) in array {name!r} that are not its chunks ({_shown(inside)}): not read"
+        extra[(name,)] = extra[(name,)] + "; also " + why if (name,) in extra else why
     return extra, claimed
 
 

@@ -232,3 +232,29 @@ def test_unnamed_array_next_to_a_slash_named_leaf_folder_is_not_compared(tmp_pat
     assert r.code == 2, r.err
     assert leaf(r, "m")["status"] == "not_compared" and "y" in leaf(r, "m")["message"]
     assert leaf(r, "m~1x")["status"] == "equal"
+
+
+# ---------------------------------------------------------------- keys inside an array the tree reads
+
+
+def test_key_inside_a_read_array_that_is_not_its_chunk_is_not_compared(tmp_path):
+    a, b = two_saves(tmp_path)
+    for side, payload in ((a, b"one"), (b, b"two")):
+        kv = ts.KvStore.open({"driver": "ocdbt", "base": {"driver": "file", "path": str(side) + "/"}}).result()
+        assert "a/0.0" in [k.decode() for k in kv.list().result()]  # the array's one real chunk
+        kv.write("a/9.9", payload).result()  # outside its 1x1 chunk grid
+    r = diff(a, b)
+    assert r.code == 2, r.err
+    assert leaf(r, "a")["status"] == "equal"  # the array itself is still compared
+    extra = leaf(r, "a [not in tree]")
+    assert extra["status"] == "not_compared" and "9.9" in extra["message"]
+
+
+def test_array_named_below_another_array_self_diffs_identical(tmp_path):
+    """`{'a': v, 'a/x': w}` stores arrays `a` and `a/x` in one OCDBT store: `a/x/...` keys belong to
+    `a/x`, not to `a` (whose chunk keys they are not)."""
+    tree = {"a": np.arange(4, dtype=np.float32), "a/x": np.ones((2, 2), np.float32)}
+    a = orbax_save(tmp_path / "A", tree)
+    kv = ts.KvStore.open({"driver": "ocdbt", "base": {"driver": "file", "path": str(a) + "/"}}).result()
+    assert {"a/.zarray", "a/x/.zarray"} <= {k.decode() for k in kv.list().result()}
+    self_diff_is_identical(a)
