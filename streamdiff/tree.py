@@ -16,7 +16,7 @@ from typing import Any
 
 import tensorstore as ts
 
-from . import dtypes, validate
+from . import dtypes, unreferenced, validate
 from .datatypes import ArraySource, KeyPath, Kind, Leaf, Tree
 from .errors import CorruptCheckpointError, NotACheckpointError, StreamdiffError
 from .formats import foreign, json_item, ocdbt, zarr
@@ -43,6 +43,7 @@ class _Entry:
     inline: Any = None  # value from the legacy msgpack file
     has_inline: bool = False
     spec: msgpack_format.TsSpec | None = None  # T5X: the array is where this tensorstore spec says
+    conflict: str | None = None  # _METADATA and the legacy msgpack file disagree about this leaf
 
 
 def read_item(item: Item) -> Tree:
@@ -124,8 +125,9 @@ def build_tree(item: Dir) -> Tree:
     else:
         stored = None  # discovered per name below
 
+    unnamed: dict[KeyPath, str] = {}  # stored data no tree entry reads
     if metadata is not None:
-        entries = _entries_from_metadata(metadata, item, msgpack_entries)
+        entries, unnamed = _entries_from_metadata(metadata, item, msgpack_entries)
     elif msgpack_entries is not None:
         entries = _entries_from_msgpack(msgpack_entries)
     else:
@@ -160,10 +162,18 @@ def build_tree(item: Dir) -> Tree:
     docs = {n: (f, md, f"{item.display}/{n + '/' if n else ''}{META_NAME[f]}") for n, (f, md) in zmeta.items()}
     bad_meta = validate.check_zarr_documents(docs)  # tensorstore parses them all at once
     legacy_strings = _legacy_strings(item, [e for e in entries if _needs_array(e) and e.storage_name not in zmeta])
+    claimed: dict[KeyPath, str] = {}
+    if not specs:  # T5X: `_t5x_arrays` already accounts for every child of its directory
+        claimed = _unreferenced(item, children, ocdbt, keys if ocdbt else [], stored, entries, unnamed, zmeta)
     leaves: dict[KeyPath, Leaf] = {}
     for e in entries:
-        leaves[e.keys] = _make_leaf(e, item, ocdbt, zmeta, strings, legacy_strings, prng, bad_meta)
+        if e.keys in claimed:
+            why = f"value_type {e.value_type!r} in the tree (no stored array), {claimed[e.keys]}"
+            leaves[e.keys] = Leaf(e.keys, Kind.ARRAY, e.value_type, not_compared=why)
+        else:
+            leaves[e.keys] = _make_leaf(e, item, ocdbt, zmeta, strings, legacy_strings, prng, bad_meta)
     leaves.update(leaves_extra)
+    unreferenced.add_leaves(leaves, unnamed)
     fmts = sorted({f for f, _ in zmeta.values()})
     layout = ("ocdbt" if ocdbt else "per-leaf dirs") + (" + " + "/".join(f"zarr{f}" for f in fmts) if fmts else "")
     if specs:
@@ -171,6 +181,30 @@ def build_tree(item: Dir) -> Tree:
     elif msgpack_entries is not None:
         layout += " + legacy msgpack"
     return Tree(location=item.display, leaves=leaves, layout=layout, notes=tuple(notes))
+
+
+def _unreferenced(
+    item: Dir,
+    children: dict[str, str],
+    ocdbt: bool,
+    keys: list[str],
+    stored: dict[str, int],
+    entries: list[_Entry],
+    unnamed: dict[KeyPath, str],
+    zmeta: dict[str, tuple[int, dict]],
+) -> dict[KeyPath, str]:
+    """Add to `unnamed` what the item stores that no entry reads (see unreferenced.py); return the
+    entries whose value_type gives them no array although one is stored under their name."""
+    used = {e.storage_name for e in entries if _needs_array(e)}
+    no_data = {e.storage_name: e.keys for e in entries if not _needs_array(e) and e.spec is None}
+    claimed: dict[KeyPath, str] = {}
+    if ocdbt:
+        extra, claimed = unreferenced.ocdbt_leftovers(keys, set(stored), used, no_data, zmeta)
+        unnamed.update(extra)
+    extra, more = unreferenced.directory_leftovers(item, children, ocdbt, used, no_data)
+    unnamed.update(extra)
+    claimed.update(more)
+    return claimed
 
 
 def _t5x_arrays(
@@ -272,7 +306,9 @@ def _arrays_from_keys(keys: list[str]) -> dict[str, int]:
     return out
 
 
-def _entries_from_metadata(metadata: Any, item: Dir, packed: list | None) -> list[_Entry]:
+def _entries_from_metadata(metadata: Any, item: Dir, packed: list | None) -> tuple[list[_Entry], dict[KeyPath, str]]:
+    """The leaves `_METADATA` names, and (why, by path) the legacy msgpack file's entries it lacks:
+    orbax restores from both, so a value only the msgpack file holds is never silently dropped."""
     tm = metadata["tree_metadata"]
     inline = {m.keys: m for m in packed or []}
     raw: list[_Entry] = []
@@ -289,10 +325,30 @@ def _entries_from_metadata(metadata: Any, item: Dir, packed: list | None) -> lis
         if packed_entry is not None and packed_entry.placeholder is not None:
             name = packed_entry.placeholder
         has_inline = skip and vt not in EMPTY_TYPES and packed_entry is not None and packed_entry.placeholder is None
-        raw.append(_Entry(keys, vt, name, skip, packed_entry.value if has_inline else None, has_inline))
+        conflict = _msgpack_conflict(vt, skip, packed_entry)
+        raw.append(_Entry(keys, vt, name, skip, packed_entry.value if has_inline else None, has_inline, None, conflict))
     # Drop entries that are strict prefixes of others: placeholders of partial saves (§4).
     prefixes = {e.keys[:i] for e in raw for i in range(len(e.keys))}
-    return [e for e in raw if e.keys not in prefixes]
+    named = {e.keys for e in raw}
+    why = "in the msgpack `checkpoint` file but not in _METADATA: not read"
+    only_msgpack = {m.keys: why for m in packed or [] if m.keys not in named}
+    return [e for e in raw if e.keys not in prefixes], only_msgpack
+
+
+def _msgpack_conflict(vt: str, skip: bool, m: msgpack_format.MsgpackEntry | None) -> str | None:
+    """Why the legacy msgpack file's entry contradicts `_METADATA`, or None: an inline value where
+    `_METADATA` says the value is stored as an array, or a value where it says the node is empty."""
+    if m is None or m.placeholder is not None or m.spec is not None:
+        return None
+    v = m.value
+    empty = v is None or (isinstance(v, (dict, list, tuple)) and not v)
+    if vt in EMPTY_TYPES:
+        if empty:
+            return None
+        return f"_METADATA says value_type {vt!r} (no data), the msgpack `checkpoint` file holds a value"
+    if not skip:
+        return f"_METADATA says value_type {vt!r} stored as an array, the msgpack `checkpoint` file holds it inline"
+    return None
 
 
 def _entries_from_msgpack(packed: list[msgpack_format.MsgpackEntry]) -> list[_Entry]:
@@ -382,6 +438,8 @@ def _make_leaf(
     prng: dict[str, str],
     bad_meta: dict[str, str],
 ) -> Leaf:
+    if e.conflict:
+        return Leaf(e.keys, "array", e.value_type, error=e.conflict)
     if e.value_type in EMPTY_TYPES:
         return Leaf(e.keys, "empty", e.value_type)
     if e.has_inline:

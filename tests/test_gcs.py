@@ -247,3 +247,35 @@ def test_zarr_folder_marker_objects_are_not_data(gcs, tmp_path):
     r = run_cli(gs("zarr_markers"), tmp_path / "m", "--json", "-", "-q")
     assert r.code == 0 and r.json["identical"], r.err
     assert {x["path"]: x["status"] for x in r.json["leaves"]} == {"model/w": "equal"}
+
+
+def test_orbax_item_data_the_tree_does_not_name_is_not_compared_on_gcs(gcs, tmp_path):
+    """Over GCS as locally: an array written into the item's OCDBT store and a file beside it, not in
+    `_METADATA`, are not_compared leaves; zero-byte folder markers (an empty folder) are not data."""
+    import tensorstore as ts
+
+    tree = {"w": np.arange(8, dtype=np.float32)}
+    for name, value in (("a", 1.0), ("b", 2.0)):
+        save(tmp_path / name, tree)
+        base = {"driver": "file", "path": str(tmp_path / name) + "/"}
+        spec = {"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": base, "path": "extra/"}}
+        t = ts.open(spec, create=True, dtype=ts.float32, shape=[2]).result()
+        t.write(np.full((2,), value, np.float32)).result()
+        (tmp_path / name / "notes.txt").write_text(name)
+        upload(str(tmp_path / name), BUCKET, f"unref_{name}")
+    save(tmp_path / "clean", tree)
+    upload(str(tmp_path / "clean"), BUCKET, "unref_clean")
+    kv = ts.KvStore.open({"driver": "gcs", "bucket": BUCKET, "path": "unref_clean/"}).result()
+    for marker in ("leftover/", "d/"):
+        kv.write(marker, b"").result()
+    clean = run_cli(gs("unref_clean"), tmp_path / "clean", "--json", "-", "-q")
+    assert clean.code == 0 and clean.json["identical"], clean.err
+    local = run_cli(tmp_path / "a", tmp_path / "b", "--json", "-", "-q")
+    remote = run_cli(gs("unref_a"), gs("unref_b"), "--json", "-", "-q")
+    for r in (local, remote):
+        assert r.code == 2, r.err
+        assert {x["path"]: x["status"] for x in r.json["leaves"]} == {
+            "w": "equal",
+            "extra": "not_compared",
+            "notes.txt": "not_compared",
+        }

@@ -1,0 +1,236 @@
+"""What an Orbax item directory stores that its tree does not name, as leaves that cannot pass.
+
+The tree (`_METADATA`, or the legacy msgpack `checkpoint`) says which arrays to read; anything else
+in the item directory would otherwise never be looked at, and two checkpoints whose extra data
+differ would be reported identical. So every stored array no tree entry reads, every key of the
+OCDBT store outside any array, every tree entry that says "no data" while data is stored under its
+name, and every file or folder that is not Orbax's own bookkeeping becomes a `not_compared` leaf.
+
+Orbax's bookkeeping is what real orbax (0.3.5, 0.5.10, 0.12.8, MaxText) writes into an item
+directory, listed from the test corpus (tests/orbax_corpus.py) and orbax-format.md §2: it is matched
+by exact name. Only listings the reader already has are used, except for a folder that is not
+bookkeeping (listed once, to tell an empty leftover folder from one holding data) and a folder
+that holds arrays only below it (keys with '/', listed to find arrays there no entry names).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .datatypes import KeyPath, Kind, Leaf
+from .storage import Dir
+
+#: Files Orbax writes into an item directory besides the arrays: the tree metadata, the checkpoint
+#: metadata (when a Checkpointer saves straight into the item), the sharding and string tables,
+#: the commit marker, the legacy msgpack structure file (a FILE; a DIR of that name is the
+#: ArrayCheckpointHandler's array) and the orbax v1 marker.
+BOOKKEEPING_FILES = frozenset(
+    {
+        "_METADATA",
+        "_CHECKPOINT_METADATA",
+        "_sharding",
+        "_strings.json",
+        "commit_success.txt",
+        "checkpoint",
+        "orbax.checkpoint",
+    }
+)
+#: Per-process array metadata (PRNG key markers, write shapes): a folder of JSON files.
+BOOKKEEPING_DIRS = frozenset({"array_metadatas"})
+#: Only beside an OCDBT store: its root B-tree folder and the per-process stores it points into.
+OCDBT_DIRS = frozenset({"d"})
+OCDBT_DIR_PREFIX = "ocdbt.process_"
+#: tensorstore's OCDBT manifest, and its numbered manifests (`manifest.%016x`).
+OCDBT_MANIFEST = re.compile(r"manifest\.(ocdbt|[0-9a-f]{16})")
+#: orbax's DescriptorHandler folder: a text proto describing the checkpoint, no values.
+DESCRIPTOR_DIR = "descriptor"
+DESCRIPTOR_FILE = re.compile(r"descriptor\.pbtxt|uuid-[^/]*")
+ZARR_META = (".zarray", "zarr.json")
+#: Shown per folder: at most this many of the keys it holds.
+SHOWN = 3
+
+
+def is_bookkeeping(name: str, kind: str, ocdbt: bool) -> bool:
+    """True for a child of the item directory that orbax writes besides the arrays."""
+    if kind == "file":
+        return name in BOOKKEEPING_FILES or (ocdbt and OCDBT_MANIFEST.fullmatch(name) is not None)
+    return name in BOOKKEEPING_DIRS or (ocdbt and (name in OCDBT_DIRS or name.startswith(OCDBT_DIR_PREFIX)))
+
+
+def owner(key: str, arrays: set[str] | frozenset[str]) -> str | None:
+    """The array a stored key belongs to (its longest '/'-prefix that is an array name: `{'a': v,
+    'a/x': w}` are arrays `a` and `a/x`), or None when it is under no array. The bare-leaf array
+    '' owns every key no other array does."""
+    found = "" if "" in arrays else None
+    i = key.find("/")
+    while i != -1:
+        if key[:i] in arrays:
+            found = key[:i]
+        i = key.find("/", i + 1)
+    return found
+
+
+def arrays_in(keys: Iterable[str]) -> set[str]:
+    """Array names among stored keys: the prefix of every `.zarray` / `zarr.json` key."""
+    out = set()
+    for k in keys:
+        head, _, last = k.rpartition("/")
+        if last in ZARR_META:
+            out.add(head)
+    return out
+
+
+def _shown(keys: list[str]) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:SHOWN]) + (f" and {len(keys) - SHOWN} more" if len(keys) > SHOWN else "")
+
+
+def _contents(keys: list[str]) -> str:
+    """A folder's contents in a few words: the arrays it holds, else its files."""
+    arrays = arrays_in(keys)
+    if "" in arrays:  # the folder is itself an array
+        return f"a zarr array ({len(keys)} file(s))" + (
+            f" and arrays {_shown(list(arrays - {''}))}" if len(arrays) > 1 else ""
+        )
+    return f"zarr array(s) {_shown(list(arrays))}" if arrays else f"{len(keys)} file(s): {_shown(keys)}"
+
+
+def chunk_key_test(fmt: int, md: Any) -> Callable[[str], bool] | None:
+    """Whether a key (relative to its array) is the metadata or a cell of the storage grid, from
+    the array's zarr metadata; None when the metadata is too malformed to say (its leaf is an error)."""
+    try:
+        shape = [int(x) for x in md["shape"]]
+        if fmt == 2:
+            chunks = [int(x) for x in md["chunks"]]
+            sep, prefix, scalar = md.get("dimension_separator") or ".", "", "0"
+        else:
+            chunks = [int(x) for x in md["chunk_grid"]["configuration"]["chunk_shape"]]
+            enc = md.get("chunk_key_encoding") or {"name": "default"}
+            conf = enc.get("configuration") or {}
+            if enc.get("name") == "v2":
+                sep, prefix, scalar = conf.get("separator", "."), "", "0"
+            else:
+                sep = conf.get("separator", "/")
+                prefix, scalar = "c" + sep, "c"
+        counts = [-(-n // c) if c > 0 else 0 for n, c in zip(shape, chunks, strict=True)]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    meta = ZARR_META[0] if fmt == 2 else ZARR_META[1]
+
+    def test(rest: str) -> bool:
+        if rest == meta:
+            return True
+        if not counts:
+            return rest == scalar
+        if not rest.startswith(prefix):
+            return False
+        parts = rest[len(prefix) :].split(sep)
+        return len(parts) == len(counts) and all(p.isdigit() and int(p) < n for p, n in zip(parts, counts))
+
+    return test
+
+
+def ocdbt_leftovers(
+    keys: list[str],
+    stored: set[str],
+    used: set[str],
+    no_data: dict[str, KeyPath],
+    zmeta: dict[str, tuple[int, Any]] | None = None,
+) -> tuple[dict[KeyPath, str], dict[KeyPath, str]]:
+    """OCDBT: stored arrays no tree entry reads, keys outside every array, and keys inside an array
+    the tree reads that are neither its metadata nor a cell of its chunk grid (`zmeta`: name ->
+    (zarr format, metadata) of the arrays read).
+
+    Returns ({(name,): why} for new leaves, {entry path: "yet ... is stored"} for entries whose
+    value_type gives them no array)."""
+    extra: dict[KeyPath, str] = {}
+    claimed: dict[KeyPath, str] = {}
+    for name in sorted(stored - used):
+        if name in no_data:
+            claimed[no_data[name]] = f"yet zarr array {name!r} is stored in the OCDBT store: not read"
+        else:
+            extra[(name,)] = f"zarr array {name!r} in the OCDBT store, not named by the checkpoint's tree: not read"
+    strays: dict[str, list[str]] = {}
+    odd: dict[str, list[str]] = {}
+    tests = {n: chunk_key_test(f, md) for n, (f, md) in (zmeta or {}).items() if n in used}
+    # Keys come sorted: a run of chunk keys shares its array, unless one array's name is below another's.
+    runs = not any(owner(n, stored) is not None for n in stored if n)
+    last, name, test = None, None, None
+    for k in keys:
+        if last is None or not runs or not k.startswith(last):
+            name = owner(k, stored)
+            if name is None:
+                strays.setdefault(k.partition("/")[0], []).append(k)
+                last = None
+                continue
+            last, test = (name + "/" if name else ""), tests.get(name)
+        if test is not None and not test(k[len(last) :]):
+            odd.setdefault(name, []).append(k[len(last) :])
+    for head, inside in sorted(strays.items()):
+        why = f"{len(inside)} key(s) in the OCDBT store outside any zarr array ({_shown(inside)}): not read"
+        extra[(head,)] = extra[(head,)] + "; also " + why if (head,) in extra else why
+    for name, inside in sorted(odd.items()):
+        why = f"{len(inside)} key(s) in array {name!r} that are not its chunks ({_shown(inside)}): not read"
+        extra[(name,)] = extra[(name,)] + "; also " + why if (name,) in extra else why
+    return extra, claimed
+
+
+def directory_leftovers(
+    item: Dir, children: dict[str, str], ocdbt: bool, used: set[str], no_data: dict[str, KeyPath]
+) -> tuple[dict[KeyPath, str], dict[KeyPath, str]]:
+    """Children of the item directory that are neither bookkeeping nor (without OCDBT) the folders
+    of the arrays the tree reads. Empty folders hold nothing and pass.
+
+    Returns ({(name,): why} for new leaves, {entry path: "yet ... is stored"} for entries whose
+    value_type gives them no array)."""
+    extra: dict[KeyPath, str] = {}
+    claimed: dict[KeyPath, str] = {}
+    if not ocdbt and "" in used:
+        return extra, claimed  # a bare leaf: the item directory is the array's own folder
+    tops = {n.split("/")[0] for n in used} if not ocdbt else set()
+    for name, kind in sorted(children.items()):
+        if is_bookkeeping(name, kind, ocdbt):
+            continue
+        if name in tops:
+            if kind == "dir" and name not in used:  # arrays below it only ('/' in their names)
+                prefix = name + "/"
+                keys = [prefix + k for k in _files(item.child(name))]
+                strays = [k for k in keys if owner(k, used) is None]
+                if strays:
+                    inside = _contents([k[len(prefix) :] for k in strays])
+                    extra[(name,)] = f"folder {name!r} holding {inside}, not named by the checkpoint's tree: not read"
+            continue
+        if kind == "file":
+            what = "a file"
+            why = "a file Orbax does not write, not named by the checkpoint's tree: not read"
+        else:
+            keys = _files(item.child(name))
+            if not keys:
+                continue  # an empty folder (old orbax left one per leaf beside an OCDBT store)
+            if name == DESCRIPTOR_DIR and all(DESCRIPTOR_FILE.fullmatch(k) for k in keys):
+                continue
+            what = f"a folder holding {_contents(keys)}"
+            where = " beside the OCDBT store" if ocdbt else ""
+            why = f"{what}{where}, not named by the checkpoint's tree: not read"
+        if name in no_data and not ocdbt:
+            claimed[no_data[name]] = f"yet {what} is stored under its name: not read"
+        else:
+            extra[(name,)] = why
+    return extra, claimed
+
+
+def _files(d: Dir) -> list[str]:
+    """Keys below `d`, without the zero-byte 'folder/' marker objects of object storage (the GCS
+    console's and gcsfuse's folders), which hold no data."""
+    return [k for k in d.list_recursive() if k and not k.endswith("/")]
+
+
+def add_leaves(leaves: dict[KeyPath, Leaf], extra: dict[KeyPath, str]) -> None:
+    """One `not_compared` leaf per path; a path the tree already has gets a suffix on its last key
+    rather than replacing the leaf the tree reads."""
+    for path, why in extra.items():
+        while path in leaves:
+            path = path[:-1] + (path[-1] + " [not in tree]",)
+        leaves[path] = Leaf(path, Kind.ARRAY, "unknown", not_compared=why)
