@@ -508,7 +508,7 @@ def _array_source(item: Dir, ocdbt: bool, name: str, fmt: int, md: dict) -> tupl
         dtype = dtypes.normalize(md["data_type"])
         chunks = _ints(md["chunk_grid"]["configuration"]["chunk_shape"], "chunk_grid.configuration.chunk_shape")
         read_chunks = chunks
-        codec = _codec_names(md.get("codecs", []))
+        codec = zarr.v3_codec_names(md.get("codecs", []))
         for c in md.get("codecs", []):
             if c.get("name") == "sharding_indexed":
                 read_chunks = tuple(int(x) for x in c["configuration"]["chunk_shape"])
@@ -526,19 +526,3 @@ def _array_source(item: Dir, ocdbt: bool, name: str, fmt: int, md: dict) -> tupl
         "recheck_cached_metadata": False,
     }
     return ArraySource(spec, name, fmt, chunks, read_chunks, codec), shape, dtype
-
-
-def _codec_names(codecs: list[dict]) -> str:
-    parts = []
-    for c in codecs:
-        name = c.get("name", "?")
-        conf = c.get("configuration") or {}
-        if name == "sharding_indexed":
-            parts.append("shard[" + _codec_names(conf.get("codecs", [])) + "]")
-        elif name == "bytes":
-            continue
-        elif "level" in conf:
-            parts.append(f"{name}(level={conf['level']})")
-        else:
-            parts.append(name)
-    return "+".join(parts) or "raw"

@@ -111,7 +111,7 @@ class ZarrArray:
             comp = self.doc.get("compressor")
             parts.append("raw" if comp is None else _v2_codec(comp))
             return "+".join(parts)
-        return _v3_codecs(self.doc.get("codecs", []))
+        return v3_codec_names(self.doc.get("codecs", []))
 
     @property
     def key_encoding(self) -> str:
@@ -172,13 +172,14 @@ def _v2_codec(c: dict) -> str:
     return f"{name}({detail})" if detail else name
 
 
-def _v3_codecs(codecs: list[dict]) -> str:
+def v3_codec_names(codecs: list[dict]) -> str:
+    """A zarr v3 codec chain for people: `shard[zstd(level=1)]`, `blosc(lz4)`; the bytes codec is implied."""
     parts = []
     for c in codecs:
         name = c.get("name", "?")
         conf = c.get("configuration") or {}
         if name == "sharding_indexed":
-            parts.append("shard[" + _v3_codecs(conf.get("codecs", [])) + "]")
+            parts.append("shard[" + v3_codec_names(conf.get("codecs", [])) + "]")
         elif name == "bytes":
             continue
         elif "cname" in conf:
