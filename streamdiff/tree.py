@@ -164,7 +164,8 @@ def build_tree(item: Dir) -> Tree:
     legacy_strings = _legacy_strings(item, [e for e in entries if _needs_array(e) and e.storage_name not in zmeta])
     claimed: dict[KeyPath, str] = {}
     if not specs:  # T5X: `_t5x_arrays` already accounts for every child of its directory
-        claimed = _unreferenced(item, children, ocdbt, keys if ocdbt else [], stored, entries, unnamed, zmeta)
+        valid = {n: v for n, v in zmeta.items() if n not in bad_meta}  # a bad document's leaf is an error
+        claimed = _unreferenced(item, children, ocdbt, keys if ocdbt else [], stored, entries, unnamed, valid)
     leaves: dict[KeyPath, Leaf] = {}
     for e in entries:
         if e.keys in claimed:

@@ -115,6 +115,8 @@ def chunk_key_test(fmt: int, md: Any) -> Callable[[str], bool] | None:
                 sep = conf.get("separator", "/")
                 prefix, scalar = "c" + sep, "c"
         counts = [-(-n // c) if c > 0 else 0 for n, c in zip(shape, chunks, strict=True)]
+        if not (isinstance(sep, str) and sep):
+            return None
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError):  # e.g. a chunk size of inf
         return None
     meta = ZARR_META[0] if fmt == 2 else ZARR_META[1]
