@@ -93,21 +93,28 @@ def _workers(pid: int) -> list[int]:
     return found
 
 
-def test_worker_killed_at_start_is_one_line_not_dask_noise():
-    """A Dask worker process SIGKILLed as soon as it exists: either Dask recovers (the verdict,
-    nothing on stderr) or the run ends with one line; never a traceback or Dask's log lines."""
+def _local_dask_run(extra: list[str], started, new_session: bool) -> subprocess.Popen:
+    """A self-diff on `--scheduler local:2`, returned once `started(pid)` finds a process (still running)."""
     pytest.importorskip("dask.distributed")
     p = subprocess.Popen(
-        [*CMD, SAME, SAME, "--scheduler", "local:2", "--no-shortcut", "-q"],
+        [*CMD, SAME, SAME, "--scheduler", "local:2", "--no-shortcut", *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=ENV,
+        start_new_session=new_session,
     )
     deadline = time.monotonic() + 90
-    while not _workers(p.pid) and p.poll() is None and time.monotonic() < deadline:
+    while not started(p.pid) and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert p.poll() is None, "finished before a worker started"
+    return p
+
+
+def test_worker_killed_at_start_is_one_line_not_dask_noise():
+    """A Dask worker process SIGKILLed as soon as it exists: either Dask recovers (the verdict,
+    nothing on stderr) or the run ends with one line; never a traceback or Dask's log lines."""
+    p = _local_dask_run(["-q"], started=_workers, new_session=False)
     os.kill(_workers(p.pid)[0], signal.SIGKILL)
     out, err = p.communicate(timeout=120)
     assert (p.returncode, err) == (0, "") or (
@@ -119,19 +126,7 @@ def test_worker_killed_at_start_is_one_line_not_dask_noise():
 def test_signal_under_local_dask_is_one_line_exit_130(sig):
     """The whole process group gets the signal, as from a terminal's Ctrl-C: the Dask workers too.
     Sent as soon as the first worker process exists (the cluster is starting)."""
-    pytest.importorskip("dask.distributed")
-    p = subprocess.Popen(
-        [*CMD, SAME, SAME, "--scheduler", "local:2", "--no-shortcut"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 90
-    while not _children(p.pid) and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert p.poll() is None, "finished before a worker started"
+    p = _local_dask_run([], started=_children, new_session=True)
     os.killpg(p.pid, sig)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130 and err == "streamdiff: interrupted\n", err
