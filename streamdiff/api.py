@@ -389,8 +389,11 @@ class Selection:
         """(selected, excluded), both in tree order."""
         if not self.only and not self.exclude:
             return pairs, []
-        keep = [p for p in pairs if self.wants(p.path)]
-        return keep, [p for p in pairs if not self.wants(p.path)]
+        keep: list[Pair] = []
+        left: list[Pair] = []
+        for p in pairs:
+            (keep if self.wants(p.path) else left).append(p)
+        return keep, left
 
 
 def _result(

@@ -36,9 +36,6 @@ class _UsageError(click.UsageError):
     """A usage error that carries, on the same one line, the usage and where help is: the project's
     errors are one line, and click's and git's usage errors name both."""
 
-    def __init__(self, message: str, ctx: click.Context | None):
-        super().__init__(message, ctx)
-
     def format_message(self) -> str:
         usage = self.ctx.get_usage().replace("Usage: ", "").strip() if self.ctx else "streamdiff [OPTIONS] A B"
         prog = self.ctx.command_path if self.ctx else "streamdiff"
@@ -351,14 +348,8 @@ def cli(
         if bar:
             bar.stop()
     _verdict_code.append(r.exit_code)  # what a closed pipe ends with (see main)
-    if json_path == "-":
-        sys.stdout.write(report.dumps(r, stat_depth) + "\n")
-    elif json_path:
-        try:
-            with open(json_path, "w") as f:
-                f.write(report.dumps(r, stat_depth) + "\n")
-        except OSError as e:
-            raise StreamdiffError(f"cannot write {json_path}: {e.strerror}") from e
+    if json_path:
+        _write_json(json_path, report.dumps(r, stat_depth))
     if not quiet:
         console = _plain_console(json_path == "-")  # keep stdout pure JSON
         report.render(r, console, verbose=verbose, stat_depth=stat_depth, per_layer=per_layer)
@@ -386,6 +377,18 @@ def _steps(steps: tuple[int, ...], step_a: int | None, step_b: int | None) -> di
     if steps and step_a is not None and step_b is not None:
         raise click.UsageError("--step-a and --step-b already set both sides; drop --step")
     return {"step": steps[0] if steps else None, "step_a": step_a, "step_b": step_b}
+
+
+def _write_json(path: str, text: str) -> None:
+    """`--json PATH`: '-' is stdout; a file that cannot be written is one line, exit 2."""
+    if path == "-":
+        sys.stdout.write(text + "\n")
+        return
+    try:
+        with open(path, "w") as f:
+            f.write(text + "\n")
+    except OSError as e:
+        raise StreamdiffError(f"cannot write {path}: {e.strerror}") from e
 
 
 def _refuse_output_inside(out: str | None, inputs: dict[str, str]) -> None:
@@ -578,14 +581,9 @@ def ls_command(ckpt, step, item, json_path, io_concurrency):
 
     _refuse_output_inside(json_path, {"CKPT": ckpt})
     lst = listing.list_checkpoint(ckpt, step=step, item=item, io_concurrency=io_concurrency)
-    if json_path == "-":
-        sys.stdout.write(listing.dumps(lst) + "\n")
-        return 0
     if json_path:
-        try:
-            with open(json_path, "w") as f:
-                f.write(listing.dumps(lst) + "\n")
-        except OSError as e:
-            raise StreamdiffError(f"cannot write {json_path}: {e.strerror}") from e
+        _write_json(json_path, listing.dumps(lst))
+        if json_path == "-":
+            return 0
     listing.render(lst, _plain_console(False))
     return 0

@@ -35,8 +35,8 @@ def _kind(mode: int) -> str:
 
 
 def human(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
             return f"{n} {unit}" if unit == "bytes" else f"{n:.4g} {unit}"
         n /= 1024
     return str(n)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .errors import UsageError
+from .localfs import human
 
 #: Resident memory of the interpreter with numpy, tensorstore and rich loaded (measured ~90 MB).
 BASE_RSS = 110 << 20
@@ -82,15 +83,15 @@ def refuse_leaf(
         if row > max(mem.whole_chunk_bytes, mem.budget // ROW_SHARE):
             return (
                 f"refused by the planner: checkpoint {side}: one row of a chunk of {list(c)} elements is "
-                f"{_human(row)} decoded; chunks stream a row at a time, and one row needs more than --max-memory "
-                f"{_human(mem.budget)} allows"
+                f"{human(row)} decoded; chunks stream a row at a time, and one row needs more than --max-memory "
+                f"{human(mem.budget)} allows"
             )
         if whole > mem.whole_chunk_bytes:
             return (
-                f"refused by the planner: checkpoint {side}: one chunk of {list(c)} elements is {_human(whole)} "
+                f"refused by the planner: checkpoint {side}: one chunk of {list(c)} elements is {human(whole)} "
                 f"decoded and codec {codec} cannot be streamed (only zstd and raw can); "
                 f"decoding it whole needs more than --max-memory "
-                f"{_human(mem.budget)} allows"
+                f"{human(mem.budget)} allows"
             )
         if c is not None and len(c) == len(shape) and shape:
             n = chunk_count(shape, c)
@@ -104,14 +105,6 @@ def refuse_leaf(
 
 def chunk_count(shape: tuple[int, ...], chunks: tuple[int, ...]) -> int:
     return math.prod(-(-n // max(1, c)) for n, c in zip(shape, chunks))
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.4g} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def check_max_memory(budget: int) -> None:

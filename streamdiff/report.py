@@ -177,7 +177,7 @@ def fmt_number(x: Any) -> str:
 
 
 #: Rows beyond which `shorten_all` keeps the plain cut (its search is quadratic in rows).
-DISTINCT_CUT_ROWS = 2000
+DISTINCT_CUT_ROWS = 256
 
 
 def shorten_all(paths: list[str], width: int) -> list[str]:
@@ -339,13 +339,18 @@ def leaf_table(rows: list[LeafResult], width: int) -> list[Text]:
     # Below the full width, half the line stays for the path: a path cut to its last keys no
     # longer tells params from opt_state/0/mu, which matters more than a fifth column.
     path_min = PATH_MIN if full else max(PATH_MIN, width // 2)
-    # Rows must stay distinct: a less important column goes before two rows read the same.
-    path_min = _distinct_width(paths, path_min, min(path_w, width - 2 * 12))
+    columns = [
+        (col, cells, max(len(col.title), *(len(c) for c in cells)))
+        for col in _COLUMNS
+        for cells in ([col.cell(x, full) for x in rows],)
+    ]
+    if path_w + sum(2 + w for _, _, w in columns) > width:
+        # Rows must stay distinct: a less important column goes before two rows read the same
+        # (searched only when something must be cut: every path fitting whole is distinct).
+        path_min = _distinct_width(paths, path_min, min(path_w, width - 2 * 12))
     chosen: list[tuple[_Col, list[str], int]] = []
     used = 0
-    for col in _COLUMNS:
-        cells = [col.cell(x, full) for x in rows]
-        w = max(len(col.title), *(len(c) for c in cells))
+    for col, cells, w in columns:
         if used + 2 + w + min(path_w, path_min) > width and chosen[1:]:
             break  # the first two columns (mismatches, max |a-b|) stay at any width
         chosen.append((col, cells, w))
@@ -405,7 +410,7 @@ def group_paths(paths: list[KeyPath]) -> list[tuple[str, list[KeyPath]]]:
     (`model/decoder/**/rngs/*/*`). Groups are split by first key when they share none."""
     if not paths:
         return []
-    if len({p[0] for p in paths if p}) > 1 and _common_prefix(paths) == ():
+    if len({p[0] for p in paths if p}) > 1:
         by_first: dict[str, list[KeyPath]] = {}
         for p in paths:
             by_first.setdefault(p[0] if p else "", []).append(p)

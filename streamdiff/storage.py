@@ -18,7 +18,7 @@ from typing import Any
 
 import tensorstore as ts
 
-from .errors import NotFoundError, StreamdiffError
+from .errors import NotFoundError, StreamdiffError, UsageError
 from .localfs import check_file
 from .validate import MAX_METADATA_BYTES
 
@@ -46,8 +46,6 @@ def configure_http(timeout: float = DEFAULT_TIMEOUT) -> None:
     """
     ok = isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
     if not (ok and math.isfinite(timeout) and MIN_TIMEOUT <= timeout <= MAX_TIMEOUT):
-        from .errors import UsageError
-
         raise UsageError(f"--timeout must be {MIN_TIMEOUT:g} to {MAX_TIMEOUT:g} seconds, got {timeout!r}")
     per_try = max(1, math.ceil(timeout / 2))
     os.environ["TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS"] = str(per_try)

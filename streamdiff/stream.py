@@ -313,9 +313,10 @@ class _Engine:
             if ra.state != "value" and rb.state != "value" and o.both_missing_equal:
                 continue  # fill value on both sides
             va, vb = ra.value, rb.value  # each .value access copies the bytes: take them once
-            if ra.state == "value" and va == vb and not plausible(va, enc):
+            same = ra.state == "value" and rb.state == "value" and va == vb
+            if same and not plausible(va, enc):
                 return None  # equal bytes vouch only for a valid encoding: let the decoder judge
-            if ra.state != "value" or rb.state != "value" or va != vb:
+            if not same:
                 if not sized:
                     with self.lock:  # no sizes to tell in advance: give up after a few misses
                         o.misses += 1
