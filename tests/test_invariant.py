@@ -75,11 +75,11 @@ def test_step_given_twice_compares_step_0_of_a_with_step_1_of_b():
 
 
 def test_step_a_and_step_b_match_step_given_twice():
-    twice = run_cli(RUN, RUN, "--step", "0", "--step", "1", "--json", "-", "-q").json
-    named = run_cli(RUN, RUN, "--step-a", "0", "--step-b", "1", "--json", "-", "-q").json
-    assert [x["max_abs_diff"] for x in twice["leaves"] if "max_abs_diff" in x] == [
-        x["max_abs_diff"] for x in named["leaves"] if "max_abs_diff" in x
-    ]
+    r_twice = run_cli(RUN, RUN, "--step", "0", "--step", "1", "--json", "-", "-q")
+    r_named = run_cli(RUN, RUN, "--step-a", "0", "--step-b", "1", "--json", "-", "-q")
+    assert r_twice.code == r_named.code == 1
+    twice = [x["max_abs_diff"] for x in r_twice.json["leaves"] if "max_abs_diff" in x]
+    assert len(twice) == 39 and twice == [x["max_abs_diff"] for x in r_named.json["leaves"] if "max_abs_diff" in x]
 
 
 @pytest.mark.parametrize(

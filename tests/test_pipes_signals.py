@@ -125,7 +125,7 @@ def test_worker_killed_at_start_is_one_line_not_dask_noise():
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_under_local_dask_is_one_line_exit_130(sig):
     """The whole process group gets the signal, as from a terminal's Ctrl-C: the Dask workers too.
-    Sent as soon as the first worker process exists (the cluster is starting)."""
+    Sent as soon as the first child process exists (the cluster is starting)."""
     p = _local_dask_run([], started=_children, new_session=True)
     os.killpg(p.pid, sig)
     out, err = p.communicate(timeout=60)
