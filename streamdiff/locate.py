@@ -21,6 +21,7 @@ from . import validate
 from .errors import NotACheckpointError, NotFoundError, UnfinishedCheckpointError, UsageError
 from .formats import foreign, zarr
 from .formats import msgpack as msgpack_format
+from .localfs import check_file
 from .storage import DEFAULT_TIMEOUT, Dir, Storage
 
 TMP_MARK = ".orbax-checkpoint-tmp"
@@ -356,7 +357,9 @@ def _file_item(parent: Dir, name: str, url: str) -> Item:
 
 def _head(parent: Dir, name: str, n: int = 64) -> bytes:
     if parent.storage.is_local:
-        with open(os.path.join(parent.storage.local_root, parent.relpath, name), "rb") as f:
+        path = os.path.join(parent.storage.local_root, parent.relpath, name)
+        check_file(path, f"{parent.display}/{name}")  # a FIFO would block open() forever
+        with open(path, "rb") as f:
             return f.read(n)
     try:  # a range read: a multi-GB PyTorch file is refused after 64 bytes
         r = parent.storage.kv.read(parent.relpath + name, byte_range=slice(0, n)).result()

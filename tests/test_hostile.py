@@ -518,3 +518,25 @@ def test_array_name_with_a_nul_byte_is_an_error(tmp_path):
     (a / "checkpoint").write_bytes(raw.replace(b"PLACEHOLDER://params.sharded", b"PLACEHOLDER://\x00arams.sharded"))
     r = run_cli(a, ROOT / "tests/data/legacy/legacy_0.5.10_default", "-q")
     assert r.code == 2 and "Traceback" not in r.err and r.err.startswith("streamdiff: error: "), r.err
+
+
+def test_deeply_nested_zattrs_is_not_a_recursion_error(tmp_path):
+    import zarr
+
+    for side in ("a", "b"):
+        g = zarr.open_group(str(tmp_path / side), mode="w", zarr_format=2)
+        g.create_array("w", shape=(2,), dtype="f4")[:] = 1.0
+    (tmp_path / "a/.zattrs").write_text("[" * 5000 + "]" * 5000)
+    r = run_sub(tmp_path / "a", tmp_path / "b", "-q")
+    assert r.code in (1, 2) and "Traceback" not in r.err and "RecursionError" not in r.err, r.err
+
+
+def test_fifo_among_the_step_files_of_a_flax_folder_is_refused_not_a_hang(tmp_path):
+    from flax import serialization
+
+    root = tmp_path / "ck"
+    root.mkdir()
+    (root / "checkpoint_1").write_bytes(serialization.to_bytes({"w": np.ones(2, np.float32)}))
+    os.mkfifo(root / "checkpoint_2")
+    r = run_sub(root, root, "-q")
+    one_line_error(r, "checkpoint_2", "FIFO")

@@ -9,10 +9,11 @@ named after the file (`metadata/extra.json`): only the orbax file's format is kn
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ..datatypes import KeyPath, Kind, Leaf, Tree
+from ..errors import CorruptCheckpointError
+from ..validate import parse_json
 
 
 def json_tree(raw: bytes | None, location: str, others: tuple[tuple[str, str], ...] = ()) -> Tree:
@@ -33,9 +34,9 @@ def _document(raw: bytes | None) -> dict[KeyPath, Leaf]:
         leaves[()] = Leaf((), Kind.JSON, "json", error="the JSON file vanished while reading")
         return leaves
     try:
-        doc = json.loads(raw)
-    except ValueError as e:
-        leaves[()] = Leaf((), Kind.JSON, "json", error=f"unreadable JSON ({e})")
+        doc = parse_json(raw, "the JSON document")  # depth-limited: a RecursionError is no answer
+    except CorruptCheckpointError as e:
+        leaves[()] = Leaf((), Kind.JSON, "json", error=str(e))
         return leaves
 
     def walk(node: Any, keys: KeyPath, chain: tuple[str, ...]) -> None:

@@ -34,6 +34,7 @@ from .. import dtypes
 from ..datatypes import ArraySource, KeyPath, Kind, Leaf, Tree, format_path
 from ..errors import CorruptCheckpointError, StreamdiffError
 from ..storage import META_CACHE, Dir, storage_error
+from ..validate import parse_json
 
 if TYPE_CHECKING:  # zarr-python is imported when a zarr store is read: it costs a second at startup
     from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
@@ -271,9 +272,9 @@ def build_tree(item: Dir, ocdbt_kv: ts.KvStore | None = None) -> Tree:
             except Exception as e:
                 raise storage_error(e, f"{item.display}/{node}/{name}") from e
             try:
-                docs[node][name] = json.loads(bytes(r.value)) if r.state == "value" else None
-            except ValueError as e:
-                errors[node] = f"{name}: unreadable JSON ({e})"
+                docs[node][name] = parse_json(bytes(r.value), name) if r.state == "value" else None
+            except CorruptCheckpointError as e:  # unparsable, or nested past the depth limit
+                errors[node] = str(e)
     stored, stray = _assign_keys(keys, docs)
     listed = {p for k in keys if ATTRS in k or DIMENSION_NAMES in k for p in _prefixes(k)}  # for _collisions
     leaves: dict[KeyPath, Leaf] = {}
