@@ -29,7 +29,7 @@ EMPTY_TYPES = {"None", "Dict", "List", "Tuple", "NamedTuple"}
 ZARR_META = {".zarray": 2, "zarr.json": 3}
 #: Metadata files Orbax never writes: their presence means a plain zarr / n5 store.
 PLAIN_ONLY = {".zgroup", ".zattrs", "attributes.json"}
-META_NAME = {2: ".zarray", 3: "zarr.json"}
+META_NAME = {fmt: name for name, fmt in ZARR_META.items()}
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def build_tree(item: Dir) -> Tree:
     am_futures = [am_dir.read_async(n) for n in am_names]
     ocdbt_kv = None
     listing = None
-    inline: dict[str, bytes] = {}  # OCDBT: zarr metadata values found inline in the B-tree
+    inline: dict[str, bytes] = {}  # zarr metadata already in hand: from the B-tree walk or the per-leaf probe
     if ocdbt:
         _audit_ocdbt(item, children)
         ocdbt_kv = _open_ocdbt(item)
@@ -140,7 +140,8 @@ def build_tree(item: Dir) -> Tree:
 
     wanted = [e.storage_name for e in entries if _needs_array(e)]
     if stored is None:
-        stored = _probe_per_leaf(item, wanted)
+        stored, probed = _probe_per_leaf(item, wanted)
+        inline.update(probed)
     meta_futures = {
         name: _meta_reader(item, ocdbt_kv, name, stored[name], inline)
         for name in dict.fromkeys(wanted)
@@ -380,22 +381,25 @@ def _needs_array(e: _Entry) -> bool:
     return e.value_type not in EMPTY_TYPES and e.value_type != "string" and not e.has_inline
 
 
-def _probe_per_leaf(item: Dir, names: list[str]) -> dict[str, int]:
-    """Non-OCDBT: which of `<name>/.zarray` and `<name>/zarr.json` exists, asked concurrently."""
+def _probe_per_leaf(item: Dir, names: list[str]) -> tuple[dict[str, int], dict[str, bytes]]:
+    """Non-OCDBT: which of `<name>/.zarray` and `<name>/zarr.json` exists, asked concurrently; and
+    the bytes read on the way (the metadata itself: not read a second time)."""
     futs = {(n, f): item.read_async((n + "/" if n else "") + f) for n in dict.fromkeys(names) for f in ZARR_META}
     out: dict[str, int] = {}
+    found: dict[str, bytes] = {}
     for (n, f), fut in futs.items():
         try:
             r = fut.result()
         except Exception as e:
             raise storage_error(e, f"{item.display}/{n}/{f}") from e
-        if r.state == "value":
-            out.setdefault(n, ZARR_META[f])
-    return out
+        if r.state == "value" and n not in out:
+            out[n] = ZARR_META[f]
+            found[_meta_key(n, ZARR_META[f])] = bytes(r.value)
+    return out, found
 
 
 def _meta_key(name: str, fmt: int) -> str:
-    return (name + "/" if name else "") + (".zarray" if fmt == 2 else "zarr.json")
+    return (name + "/" if name else "") + META_NAME[fmt]
 
 
 def _meta_reader(item: Dir, kv: ts.KvStore | None, name: str, fmt: int, inline: dict[str, bytes]) -> ts.Future | bytes:
