@@ -540,3 +540,17 @@ def test_fifo_among_the_step_files_of_a_flax_folder_is_refused_not_a_hang(tmp_pa
     os.mkfifo(root / "checkpoint_2")
     r = run_sub(root, root, "-q")
     one_line_error(r, "checkpoint_2", "FIFO")
+
+
+def test_fifo_as_an_n5_chunk_is_an_error_not_a_hang(tmp_path):
+    import tensorstore as ts
+
+    for side in ("a", "b"):
+        spec = {"driver": "n5", "kvstore": {"driver": "file", "path": str(tmp_path / side) + "/"}}
+        spec["metadata"] = {"dimensions": [4], "blockSize": [2], "dataType": "float32", "compression": {"type": "raw"}}
+        ts.open(spec, create=True).result().write(np.arange(4, dtype=np.float32)).result()
+    chunk = tmp_path / "a/1"
+    chunk.unlink()
+    os.mkfifo(chunk)
+    r = run_sub(tmp_path / "a", tmp_path / "b", "-q")
+    one_line_error(r, "FIFO")
