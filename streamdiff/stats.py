@@ -210,7 +210,8 @@ def _block_stats(
     if out.identical and int_like:
         out.n_defined = fa.size
         return out
-    fast = not exact and cdt == np.float64
+    # A 64-bit integer against a float (an allow_dtype rule): float64 cannot hold the integer.
+    fast = not exact and cdt == np.float64 and not _wide_int_vs_float(a.dtype, b.dtype)
     for lo in range(0, fa.size, tile):
         ta = fa[lo : lo + tile]
         tb = fb[lo : lo + tile]
@@ -361,7 +362,9 @@ def _tile_stats(
         nan_b = np.isnan(xb)
         any_nan = nan_a | nan_b
         d = _wide_int_abs_diff(ta, tb)
-        if d is None:
+        if _wide_int_vs_float(ta.dtype, tb.dtype):
+            eq, d = _int_float_exact(ta, tb)
+        elif d is None:
             d = np.abs(xa - xb)
         d[eq] = 0.0
         d[any_nan] = np.nan
@@ -429,6 +432,37 @@ def _wide_int_abs_diff(ta: np.ndarray, tb: np.ndarray) -> np.ndarray | None:
     return big.astype(np.float64)
 
 
+def _wide_int_vs_float(da: np.dtype, db: np.dtype) -> bool:
+    """A 64-bit integer side against a real float side: the one pairing whose float64 upcast
+    loses values (2**62 + 1 becomes 2**62) while the pair is not compared as integers."""
+    kinds = {da.kind, db.kind}
+    wide = (da.kind in "iu" and da.itemsize == 8) or (db.kind in "iu" and db.itemsize == 8)
+    return wide and "f" in kinds and kinds <= {"i", "u", "f"}
+
+
+def _int_float_exact(ta: np.ndarray, tb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(a == b, |a - b|) for a 64-bit integer against a float, both exact: equality holds only
+    for an integral float equal to the integer, and the difference is taken in extended precision
+    (its 64-bit significand holds every int64, uint64 and float64 exactly), so a difference of 1
+    at 2**62 is 1, not 0. Without extended precision, Python's exact rationals do it."""
+    ti, tf = (ta, tb) if ta.dtype.kind in "iu" else (tb, ta)  # |a - b| and a == b are symmetric
+    f = tf.astype(np.float64)
+    lo, hi = (0.0, 2.0**64) if ti.dtype.kind == "u" else (-(2.0**63), 2.0**63)
+    with np.errstate(invalid="ignore"):
+        integral = np.isfinite(f) & (f == np.floor(f)) & (f >= lo) & (f < hi)
+    eq = integral & (np.where(integral, f, 0).astype(ti.dtype) == ti)
+    if np.finfo(np.longdouble).nmant >= 63:
+        d = np.abs(ti.astype(np.longdouble) - f.astype(np.longdouble)).astype(np.float64)
+    else:
+        from fractions import Fraction
+
+        d = np.array(
+            [float(abs(Fraction(int(i)) - Fraction(x))) if np.isfinite(x) else abs(x) for i, x in zip(ti.tolist(), f)],
+            np.float64,
+        ).reshape(f.shape)
+    return eq, d
+
+
 def _record_max(out: LeafStats, d: float, index: int, va: Any, vb: Any) -> None:
     best = _better(out.max_abs, out.max_abs_index, d, index)
     if best != (out.max_abs, out.max_abs_index):
@@ -438,8 +472,8 @@ def _record_max(out: LeafStats, d: float, index: int, va: Any, vb: Any) -> None:
 
 def _value(t: np.ndarray, x: np.ndarray, i: int, exact: bool) -> Any:
     """A compared value as JSON can hold it: the integer itself for exact kinds (float64 would
-    round int64 above 2**53), a float, or 'a+bj' text for complex."""
-    if exact and is_exact(t.dtype.name):
+    round int64 above 2**53, also when compared against a float), a float, or 'a+bj' text for complex."""
+    if is_exact(t.dtype.name) and (exact or t.dtype.itemsize == 8):
         return bool(t[i]) if t.dtype == np.bool_ else int(t[i])
     v = x[i]
     if np.iscomplexobj(v):

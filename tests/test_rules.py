@@ -331,3 +331,14 @@ def test_stack_rule_with_two_leaves_at_one_index_is_an_error_not_a_silent_drop(t
     rules.write_text('[[rule]]\nop = "stack"\nfrom = "{blk}/layers_{i}/{name:**}"\naxis = 0\nto = "layers/{name}"\n')
     r = run_cli(tmp_path / "a", tmp_path / "a", "--rules", rules, "-q")
     assert r.code == 2 and "both stack into layers/w at index 0" in r.err, r.err
+
+
+def test_allow_dtype_int64_against_float64_differing_by_one_above_2_53_exits_1(tmp_path):
+    """float64 cannot hold 2**60 + 1: the pairing allowed by a rule must still see the difference."""
+    save(tmp_path / "a", {"n": np.array([2**60 + 1, 3], np.int64)})
+    save(tmp_path / "b", {"n": np.array([2.0**60, 3.0], np.float64)})
+    rules = tmp_path / "r.toml"
+    rules.write_text('[[rule]]\nop = "allow_dtype"\npath = "n"\ndtypes = ["int64", "float64"]\n')
+    r = run_cli(tmp_path / "a", tmp_path / "b", "--rules", rules, "--json", "-", "-q")
+    leaf = r.json["leaves"][0]
+    assert (r.code, leaf["status"], leaf["mismatches"], leaf["max_abs_diff"]) == (1, "different", 1, 1.0)

@@ -200,3 +200,27 @@ def test_merge_is_order_independent_for_rms():
     for p in reversed(parts):
         r2.merge(p)
     assert r1.rms == r2.rms
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (np.array([2**62 + 1, 5, 2**53 + 1], np.int64), np.array([2.0**62, 5.0, 2.0**53], np.float64)),
+        (np.array([2.0**63, 1.5, np.nan], np.float64), np.array([2**63 - 1, 1, 0], np.int64)),
+        (np.array([2**64 - 1, 7], np.uint64), np.array([2.0**64, 7.0], np.float32)),
+    ],
+    ids=["int64_vs_float64_above_2**53", "float64_vs_int64_edges", "uint64_vs_float32_top"],
+)
+def test_64_bit_integer_against_float_counts_every_unequal_value(a, b):
+    """An allow_dtype pairing of a 64-bit integer with a float: each value differing by any amount
+    is a mismatch at zero tolerance, and max |a-b| is the exact difference of Python numbers
+    (float64 upcasts make 2**62 + 1 equal to 2**62)."""
+    from fractions import Fraction
+
+    got = block_stats(a, b, Policy(), (0,), a.shape).to_dict(a.shape)
+    pairs = [(x, y) for x, y in zip(a.tolist(), b.tolist()) if not (math.isnan(x) or math.isnan(y))]
+    exact = [abs(Fraction(x) - Fraction(y)) for x, y in pairs]
+    assert got["mismatches"] == sum(1 for d in exact if d != 0) + (len(a) - len(pairs))
+    assert got["max_abs_diff"] == float(max(exact))
+    i = got["max_abs_diff_index"][0]
+    assert got["max_abs_diff_values"] == [a.tolist()[i], b.tolist()[i]]
