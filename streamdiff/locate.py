@@ -88,7 +88,7 @@ def locate(
         if name and head.partition("://")[2]:
             parent = Dir(Storage.open(head, io_concurrency, timeout))
             try:
-                found = parent.read_async(name).result().state == "value"
+                found = parent.exists(name)
             except Exception:  # noqa: BLE001 - a missing bucket: said below as "no objects under this path"
                 found = False
             if found:

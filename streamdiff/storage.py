@@ -178,6 +178,15 @@ class Dir:
             check_file(path, self.display + "/" + name, max_bytes)
         return self.storage.kv.read(self.relpath + name)
 
+    def exists(self, name: str) -> bool:
+        """Whether the object exists, reading at most its first byte (it may be a 1 GB file)."""
+        if self.storage.is_local:
+            return (
+                check_file(os.path.join(self.storage.local_root, self.relpath + name), self.display + "/" + name)
+                is not None
+            )
+        return self.storage.kv.read(self.relpath + name, byte_range=slice(0, 1)).result().state == "value"
+
     def read(self, name: str) -> bytes | None:
         """The file's bytes, or None when it does not exist."""
         return result_bytes(self.read_async(name), self.display + "/" + name)
