@@ -171,17 +171,22 @@ def block_stats(
     """Statistics of one block; `start` places it in the whole array for the reported indices."""
     if a.shape != b.shape:
         raise ValueError(f"block shapes differ: {a.shape} vs {b.shape}")
-    out = _block_stats(a, b, policy, start, full_shape, tile)
     axis = policy.layer_axis
-    if axis is not None and 0 <= axis < a.ndim:
-        # Per layer: each layer's slice of this block, compared the same way. The block is in
-        # memory already, so this costs compute only, never a second read.
-        inner = replace(policy, layer_axis=None)
-        first = start[axis] if start else 0
-        out.layers = {
-            first + k: _block_stats(np.take(a, k, axis), np.take(b, k, axis), inner, (), None, tile)
-            for k in range(a.shape[axis])
-        }
+    if axis is None or not 0 <= axis < a.ndim:
+        return _block_stats(a, b, policy, start, full_shape, tile)
+    # Per layer: each layer's slice of this block, placed in the whole array, compared once; the
+    # block's statistics are their merge (merging is exact and order-independent), so each value
+    # is compared once, not once for the block and once for its layer.
+    inner = replace(policy, layer_axis=None)
+    at = tuple(start) if start else (0,) * a.ndim
+    whole = tuple(a.shape) if full_shape is None else tuple(full_shape)
+    out, layers = LeafStats(), {}
+    for k in range(a.shape[axis]):
+        cut = (slice(None),) * axis + (slice(k, k + 1),)
+        place = at[:axis] + (at[axis] + k,) + at[axis + 1 :]
+        layers[at[axis] + k] = layer = _block_stats(a[cut], b[cut], inner, place, whole, tile)
+        out.merge(layer)
+    out.layers = layers
     return out
 
 

@@ -224,3 +224,32 @@ def test_64_bit_integer_against_float_counts_every_unequal_value(a, b):
     assert got["max_abs_diff"] == float(max(exact))
     i = got["max_abs_diff_index"][0]
     assert got["max_abs_diff_values"] == [a.tolist()[i], b.tolist()[i]]
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_per_layer_block_stats_equal_numpy_for_the_block_and_for_every_layer(axis):
+    """With a layer axis, the block's statistics (placed at an offset in a larger array) and each
+    layer's count, mismatches, max |a-b| and RMS equal numpy's on the block and on that slice."""
+    rng = np.random.default_rng(axis)
+    a = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    b = a.copy()
+    b[rng.random(a.shape) < 0.3] += 0.5
+    b.flat[7] = np.nan
+    start = (2, 4, 6)
+    full = (8, 9, 11)
+    got = block_stats(a, b, Policy(atol=0.1, layer_axis=axis), start, full)
+    whole_a = np.zeros(full, np.float32)
+    whole_b = np.zeros(full, np.float32)
+    box = tuple(slice(s, s + n) for s, n in zip(start, a.shape))
+    whole_a[box], whole_b[box] = a, b
+    placed = expected_stats(whole_a, whole_b, atol=0.1)  # indices in the whole array
+    alone = expected_stats(a, b, atol=0.1)  # count and RMS over the block's own values
+    placed |= {k: alone[k] for k in ("count", "rms_diff")}
+    assert_stats_match(got.to_dict(full), placed)
+    layers = got.to_dict(full)["layers"]
+    assert [x["layer"] for x in layers] == [start[axis] + k for k in range(a.shape[axis])]
+    for k, x in enumerate(layers):
+        exp = expected_stats(np.take(a, k, axis), np.take(b, k, axis), atol=0.1)
+        keys = ("count", "mismatches", "max_abs_diff")
+        assert [x[k] for k in keys] == [exp[k] for k in keys]
+        assert x["rms_diff"] == pytest.approx(exp["rms_diff"], rel=1e-12)
