@@ -19,9 +19,8 @@ from .chunks import ItemSizes
 from .datatypes import Leaf, format_path
 from .errors import NotFoundError
 from .layouts import detect
-from .locate import STEP_NAME, TMP_MARK, Item, classify, locate
+from .locate import STEP_NAME, Item, locate
 from .report import FULL_WIDTH, PATH_MIN, _Out, shorten
-from .storage import Dir, Storage
 from .tree import read_item
 from .units import human
 
@@ -74,23 +73,11 @@ def list_checkpoint(url: str, step: int | None = None, item: str | None = None, 
     steps: tuple[int, ...] = ()
     picked = None
     if loc.is_root:
-        steps = _steps(url, io_concurrency)
+        steps = loc.steps
         picked = _picked(loc.items[0])
     listed = tuple(_list_item(i) for i in items)
     paths = [tuple(r.path.split("/")) for x in listed for r in x.rows]
     return Listing(url, detect(paths), picked, steps, loc.notes, listed)
-
-
-def _steps(url: str, io_concurrency) -> tuple[int, ...]:
-    children = Dir(Storage.open(url, io_concurrency)).list_children()
-    if classify(children) != "other":
-        return ()
-    out = []
-    for name, kind in children.items():
-        m = STEP_NAME.match(name.split(TMP_MARK)[0])
-        if kind == "dir" and m:
-            out.append(int(m.group(1)))
-    return tuple(sorted(set(out)))
 
 
 def _picked(item: Item) -> int | None:

@@ -70,6 +70,7 @@ class Located:
     items: tuple[Item, ...]
     notes: tuple[str, ...]
     is_root: bool = False  # a CheckpointManager root (where --step applies)
+    steps: tuple[int, ...] = ()  # a root's steps, committed or not (for `streamdiff ls`)
 
 
 def locate(
@@ -156,7 +157,7 @@ def _resolve(d: Dir, step: int | None, children: dict[str, str]) -> Located:
             raise NotFoundError(f"{d.display}: no step {step} (steps: {have})")
         one_name(step)
         items, step_notes = _step(d, chosen[0], children)
-        return Located(items, (f"step {step}",) + step_notes + root_note, is_root=True)
+        return Located(items, (f"step {step}",) + step_notes + root_note, True, _numbers(steps))
     skipped = []
     for num, name in sorted(steps, reverse=True):
         if TMP_MARK in name:
@@ -172,7 +173,7 @@ def _resolve(d: Dir, step: int | None, children: dict[str, str]) -> Located:
         notes.extend(step_notes)
         if skipped:
             notes.append(f"skipped unfinished: {', '.join(skipped)}")
-        return Located(items, tuple(notes) + root_note, is_root=True)
+        return Located(items, tuple(notes) + root_note, True, _numbers(steps))
     raise UnfinishedCheckpointError(f"{d.display}: no committed step (unfinished: {', '.join(skipped)})")
 
 
@@ -235,6 +236,10 @@ def _steps(children: dict[str, str]) -> list[tuple[int, str]]:
         if m:
             out.append((int(m.group(1)), name))
     return out
+
+
+def _numbers(steps: list[tuple[int, str]]) -> tuple[int, ...]:
+    return tuple(sorted({num for num, _ in steps}))
 
 
 def _step(root: Dir, name: str, children: dict[str, str]) -> tuple[tuple[Item, ...], tuple[str, ...]]:
