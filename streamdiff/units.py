@@ -25,10 +25,26 @@ def parse_size(text: str | int, name: str = "--max-memory") -> int:
     return int(value)
 
 
+_SHORT = ("", "K", "M", "G", "T")
+_LONG = ("bytes", "KiB", "MiB", "GiB", "TiB")
+
+
 def human(n: float) -> str:
-    """Bytes as a short binary-unit string: 2G, 512M, 1.5K, 100."""
-    for unit in ("", "K", "M", "G", "T"):
-        if n < 1024 or unit == "T":
-            return f"{n:g}{unit}" if unit == "" else f"{n:.4g}{unit}"
+    """Bytes in binary units as options take them: 2G, 512M, 1.5K, 100."""
+    return _scaled(n, long=False)
+
+
+def human_bytes(n: float) -> str:
+    """Bytes in binary units for sentences: 2 GiB, 1.5 KiB, 100 bytes."""
+    return _scaled(n, long=True)
+
+
+def _scaled(n: float, long: bool) -> str:
+    names = _LONG if long else _SHORT
+    for i, unit in enumerate(names):
+        if n < 1024 or i == len(names) - 1:
+            if i == 0:
+                return f"{n} {unit}" if long else f"{n:g}"
+            return f"{n:.4g} {unit}" if long else f"{n:.4g}{unit}"
         n /= 1024
     return str(n)
