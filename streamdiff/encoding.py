@@ -131,9 +131,9 @@ def _frame_ok(data: bytes, size: int, enc: Encoding) -> bool:
         if len(data) < 16:
             return False
         nbytes, _, cbytes = struct.unpack_from("<III", data, 4)
-        return nbytes == n and cbytes == size
+        return bool(nbytes == n and cbytes == size)
     if enc.codec == "gzip":
-        return size >= 18 and data[:3] == b"\x1f\x8b\x08" and struct.unpack("<I", data[-4:])[0] == n % 2**32
+        return size >= 18 and data[:3] == b"\x1f\x8b\x08" and bool(struct.unpack("<I", data[-4:])[0] == n % 2**32)
     if enc.codec == "zlib":
         return size >= 6 and data[0] & 0x0F == 8 and ((data[0] << 8) | data[1]) % 31 == 0
     return False
@@ -172,7 +172,7 @@ def _zstd_frame_ok(data: bytes, size: int, n: int) -> bool:
     return pos + (4 if fhd & 0x04 else 0) == size
 
 
-def chunk_key_pattern(source: ArraySource) -> re.Pattern:
+def chunk_key_pattern(source: ArraySource) -> re.Pattern[str]:
     """Names of stored chunk (or shard) values relative to the array's directory."""
     md = source.spec["metadata"]
     nd = len(source.chunk_shape)

@@ -74,13 +74,13 @@ def walk_files(root: str, display: str, wanted: Callable[[str], bool] = lambda r
         except ValueError:  # a NUL byte in a name taken from metadata
             raise CorruptCheckpointError(f"{display!r}: not a valid directory name") from None
         with it:
-            for e in it:
-                sub = rel + e.name
-                if e.is_dir():
+            for entry in it:
+                sub = rel + entry.name
+                if entry.is_dir():
                     stack.append((sub + "/", depth + 1))
                     continue
                 if not wanted(sub):
                     continue
-                if not e.is_file():
-                    check_file(e.path, f"{display}/{sub}")  # raises with the entry's kind
-                yield sub, e.stat().st_size
+                if not entry.is_file():
+                    check_file(entry.path, f"{display}/{sub}")  # raises with the entry's kind
+                yield sub, entry.stat().st_size

@@ -78,22 +78,22 @@ def locate(
 ) -> Located:
     """Resolve a user path to its PyTree item(s)."""
     storage = Storage.open(url, io_concurrency, timeout)
-    if storage.is_local and os.path.isfile(storage.local_root):
-        parent, name = os.path.split(storage.local_root)
+    if storage.is_local and os.path.isfile(storage.root_path):
+        parent, name = os.path.split(storage.root_path)
         return Located((_file_item(Dir(Storage.open(parent, io_concurrency, timeout)), name, url),), ())
     root = Dir(storage)
     children = root.list_children()
     if not children and not storage.is_local:
         # Nothing under `url/`: maybe `url` is an object itself (a flax msgpack file in a bucket).
-        head, _, name = storage.url.rstrip("/").rpartition("/")
-        if name and head.partition("://")[2]:
-            parent = Dir(Storage.open(head, io_concurrency, timeout))
+        head, _, base = storage.url.rstrip("/").rpartition("/")
+        if base and head.partition("://")[2]:
+            above = Dir(Storage.open(head, io_concurrency, timeout))
             try:
-                found = parent.exists(name)
+                found = above.exists(base)
             except Exception:  # noqa: BLE001 - a missing bucket: said below as "no objects under this path"
                 found = False
             if found:
-                return Located((_file_item(parent, name, url),), ())
+                return Located((_file_item(above, base, url),), ())
     try:
         return _resolve(root, step, children)
     finally:
@@ -127,8 +127,8 @@ def _resolve(d: Dir, step: int | None, children: dict[str, str]) -> Located:
         _refuse_foreign(d, children)
         if any(classify(d.child(n).list_children()) != "other" for n, k in children.items() if k == "dir"):
             # A step of an older CheckpointManager: items inside, no _CHECKPOINT_METADATA (§2).
-            items, notes = _step_items(d, children)
-            return Located(items, ("step directory without _CHECKPOINT_METADATA (older CheckpointManager)",) + notes)
+            items, inner = _step_items(d, children)
+            return Located(items, ("step directory without _CHECKPOINT_METADATA (older CheckpointManager)",) + inner)
         raise NotACheckpointError(
             f"{d.display}: not an Orbax checkpoint (no _METADATA, no manifest.ocdbt, no step directories)"
         )
@@ -148,8 +148,9 @@ def _resolve(d: Dir, step: int | None, children: dict[str, str]) -> Located:
             )
 
     beside = sorted(n for n in children if n not in step_names)
-    root_note = (f"beside the steps, not compared: {', '.join(beside[:8])}" + (" ..." if len(beside) > 8 else ""),)
-    root_note = root_note if beside else ()
+    root_note: tuple[str, ...] = ()
+    if beside:
+        root_note = (f"beside the steps, not compared: {', '.join(beside[:8])}" + (" ..." if len(beside) > 8 else ""),)
     if step is not None:
         chosen = [name for num, name in steps if num == step]
         if not chosen:
@@ -351,7 +352,7 @@ def choose_items(a: Located, b: Located, item: str | None) -> list[tuple[str, It
 def _file_item(parent: Dir, name: str, url: str) -> Item:
     """A file: a flax msgpack file is an item; other formats are refused by name."""
     head = b"" if foreign.is_tf_file(name) else _head(parent, name)
-    local = os.path.join(parent.storage.local_root, parent.relpath, name) if parent.storage.is_local else None
+    local = os.path.join(parent.storage.root_path, parent.relpath, name) if parent.storage.is_local else None
     what = foreign.file_refusal(head, name, local)
     if what:
         raise NotACheckpointError(f"{url}: {what}, not supported")
@@ -362,7 +363,7 @@ def _file_item(parent: Dir, name: str, url: str) -> Item:
 
 def _head(parent: Dir, name: str, n: int = 64) -> bytes:
     if parent.storage.is_local:
-        path = os.path.join(parent.storage.local_root, parent.relpath, name)
+        path = os.path.join(parent.storage.root_path, parent.relpath, name)
         check_file(path, f"{parent.display}/{name}")  # a FIFO would block open() forever
         with open(path, "rb") as f:
             return f.read(n)

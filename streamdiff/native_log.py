@@ -70,9 +70,9 @@ def filtered_native_stderr() -> Iterator[None]:
             os.close(saved)
 
 
-def _is_fd2(stream) -> bool:
+def _is_fd2(stream: object) -> bool:
     try:
-        return stream is sys.__stderr__ and stream.fileno() == 2
+        return stream is sys.__stderr__ and sys.__stderr__ is not None and sys.__stderr__.fileno() == 2
     except (AttributeError, OSError, ValueError):
         return False
 

@@ -46,7 +46,7 @@ def _pair(path: KeyPath, a: Leaf, b: Leaf | None) -> Pair:
     if a.kind not in NUMERIC or b.kind not in NUMERIC:
         return Pair(path, a, b, "kind_mismatch", f"{a.kind} vs {b.kind}")
     if a.shape != b.shape:
-        return Pair(path, a, b, "shape_mismatch", f"shape {list(a.shape)} vs {list(b.shape)}")
+        return Pair(path, a, b, "shape_mismatch", f"shape {list(a.shape or ())} vs {list(b.shape or ())}")
     if a.kind == b.kind == "prng_key" and a.prng_impl != b.prng_impl:
         # Same key data, another generator: not the same state (rbg vs unsafe_rbg draw differently).
         return Pair(path, a, b, "kind_mismatch", f"PRNG key impl {a.prng_impl} vs {b.prng_impl}")

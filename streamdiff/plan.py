@@ -79,22 +79,23 @@ def refuse_leaf(
     """Why no plan within the budget exists for a pair, or None. `unstreamable_bytes` per side is the
     decoded size of a chunk that would have to be decoded whole (0 when it can stream or fits);
     `row_bytes` the decoded size of one row of a chunk that streams (it streams a row at a time)."""
-    for side, c, whole, codec, row in zip("AB", chunks, unstreamable_bytes, codecs, row_bytes):
+    for side, grid, whole, codec, row in zip("AB", chunks, unstreamable_bytes, codecs, row_bytes):
+        c = list(grid or ())
         if row > max(mem.whole_chunk_bytes, mem.budget // ROW_SHARE):
             return (
-                f"refused by the planner: checkpoint {side}: one row of a chunk of {list(c)} elements is "
+                f"refused by the planner: checkpoint {side}: one row of a chunk of {c} elements is "
                 f"{human_bytes(row)} decoded; chunks stream a row at a time, and one row needs more than --max-memory "
                 f"{human_bytes(mem.budget)} allows"
             )
         if whole > mem.whole_chunk_bytes:
             return (
-                f"refused by the planner: checkpoint {side}: one chunk of {list(c)} elements is {human_bytes(whole)} "
+                f"refused by the planner: checkpoint {side}: one chunk of {c} elements is {human_bytes(whole)} "
                 f"decoded and codec {codec} cannot be streamed (only zstd and raw can); "
                 f"decoding it whole needs more than --max-memory "
                 f"{human_bytes(mem.budget)} allows"
             )
-        if c is not None and len(c) == len(shape) and shape:
-            n = chunk_count(shape, c)
+        if grid is not None and len(grid) == len(shape) and shape:
+            n = chunk_count(shape, grid)
             if n > MAX_CHUNKS_PER_LEAF:
                 return (
                     f"refused by the planner: checkpoint {side}: {n:.3g} chunks of {list(c)} elements for shape "

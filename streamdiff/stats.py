@@ -434,7 +434,8 @@ def _wide_int_abs_diff(ta: np.ndarray, tb: np.ndarray) -> np.ndarray | None:
         return du.astype(np.float64)
     # int64 against uint64 (rare): the difference may need 65 bits; Python integers hold it.
     big = np.abs(ta.astype(object) - tb.astype(object))
-    return big.astype(np.float64)
+    wide_diff: np.ndarray = big.astype(np.float64)
+    return wide_diff
 
 
 def _wide_int_vs_float(da: np.dtype, db: np.dtype) -> bool:

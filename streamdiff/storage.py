@@ -23,8 +23,9 @@ from .localfs import check_file
 from .validate import MAX_METADATA_BYTES
 
 #: Retries for remote storage: a dead endpoint must fail within seconds, not minutes.
-GCS_RETRIES = {"max_retries": 3, "initial_delay": "100ms", "max_delay": "1s"}
-TRIES = GCS_RETRIES["max_retries"] + 1
+MAX_RETRIES = 3
+GCS_RETRIES = {"max_retries": MAX_RETRIES, "initial_delay": "100ms", "max_delay": "1s"}
+TRIES = MAX_RETRIES + 1
 
 #: Seconds a remote request may make no progress (`--timeout`). Each try gets half of it, so with
 #: TRIES tries a store that stalls completely fails after about twice the timeout.
@@ -86,11 +87,11 @@ class Storage:
     base: dict[str, Any] = field(hash=False, compare=False)  # kvstore spec of the root directory
     context: ts.Context = field(hash=False, compare=False)
     local_root: str | None  # absolute local path, or None for remote stores
-    _kv: list = field(default_factory=list, hash=False, compare=False, repr=False)
+    _kv: list[ts.KvStore] = field(default_factory=list, hash=False, compare=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, hash=False, compare=False, repr=False)
     #: Remote listings by prefix: locating a root lists it for its children and again to look for
     #: zarr arrays below it; one request series serves both.
-    _listings: dict = field(default_factory=dict, hash=False, compare=False, repr=False)
+    _listings: dict[str, list[bytes]] = field(default_factory=dict, hash=False, compare=False, repr=False)
 
     @staticmethod
     def open(url: str, io_concurrency: int | None = None, timeout: float = DEFAULT_TIMEOUT) -> Storage:
@@ -126,6 +127,13 @@ class Storage:
             self._listings.clear()
 
     @property
+    def root_path(self) -> str:
+        """The local root directory (local storage only)."""
+        if self.local_root is None:
+            raise ValueError(f"{self.url}: a remote store has no local path")
+        return self.local_root
+
+    @property
     def kv(self) -> ts.KvStore:
         """The root kvstore, opened once (cheap for file and gcs drivers)."""
         with self._lock:
@@ -134,7 +142,8 @@ class Storage:
                     self._kv.append(ts.KvStore.open(self.base, context=self.context).result())
                 except Exception as e:  # e.g. an invalid bucket name
                     raise storage_error(e, self.url) from e
-            return self._kv[0]
+            kv: ts.KvStore = self._kv[0]
+            return kv
 
     def spec(self, relpath: str) -> dict[str, Any]:
         """kvstore spec of `relpath` (a directory when it ends in '/')."""
@@ -170,21 +179,19 @@ class Dir:
     def kv_spec(self) -> dict[str, Any]:
         return self.storage.spec(self.relpath)
 
-    def read_async(self, name: str, max_bytes: int = MAX_METADATA_BYTES) -> ts.Future:
+    def read_async(self, name: str, max_bytes: int = MAX_METADATA_BYTES) -> ts.Future[ts.KvStore.ReadResult]:
         """Read a metadata file. On local disk it is checked first: a FIFO or device is refused
         (tensorstore would block on it or read without end), and so is a file over `max_bytes`."""
         if self.storage.is_local:
-            path = os.path.join(self.storage.local_root, self.relpath + name)
+            path = os.path.join(self.storage.root_path, self.relpath + name)
             check_file(path, self.display + "/" + name, max_bytes)
         return self.storage.kv.read(self.relpath + name)
 
     def exists(self, name: str) -> bool:
         """Whether the object exists, reading at most its first byte (it may be a 1 GB file)."""
         if self.storage.is_local:
-            return (
-                check_file(os.path.join(self.storage.local_root, self.relpath + name), self.display + "/" + name)
-                is not None
-            )
+            path = os.path.join(self.storage.root_path, self.relpath + name)
+            return check_file(path, self.display + "/" + name) is not None
         return self.storage.kv.read(self.relpath + name, byte_range=slice(0, 1)).result().state == "value"
 
     def read(self, name: str) -> bytes | None:
@@ -194,7 +201,7 @@ class Dir:
     def list_children(self) -> dict[str, str]:
         """Immediate children: name -> 'file' or 'dir'."""
         if self.storage.is_local:
-            path = os.path.join(self.storage.local_root, self.relpath)
+            path = os.path.join(self.storage.root_path, self.relpath)
             try:
                 with os.scandir(path) as it:
                     return {e.name: ("dir" if e.is_dir() else "file") for e in it}
@@ -202,7 +209,7 @@ class Dir:
                 return {}
             except OSError as e:
                 raise StreamdiffError(f"cannot list {self.display}: {e.strerror}") from e
-        return {name: kind for name, kind in _remote_children(self)}
+        return _remote_children(self)
 
     def list_recursive(self) -> list[str]:
         """Every key below this directory, relative to it."""
@@ -244,7 +251,7 @@ def _listing(d: Dir) -> list[bytes]:
 LIST_RECHECK_SECONDS = 0.5
 
 
-def _remote_children(d: Dir):
+def _remote_children(d: Dir) -> dict[str, str]:
     prefix = d.relpath.encode()
     seen: dict[str, str] = {}
     for key in _listing(d):
@@ -252,7 +259,7 @@ def _remote_children(d: Dir):
         head, sep, _ = rest.partition("/")
         if head:
             seen[head] = "dir" if sep else seen.get(head, "file")
-    return seen.items()
+    return seen
 
 
 def _successor(prefix: bytes) -> bytes:
@@ -266,7 +273,7 @@ def _successor(prefix: bytes) -> bytes:
     return bytes(b)
 
 
-def result_bytes(future: ts.Future, what: str) -> bytes | None:
+def result_bytes(future: ts.Future[ts.KvStore.ReadResult], what: str) -> bytes | None:
     try:
         r = future.result()
     except Exception as e:

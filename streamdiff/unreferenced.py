@@ -149,17 +149,19 @@ def ocdbt_leftovers(
     value_type gives them no array)."""
     extra: dict[KeyPath, str] = {}
     claimed: dict[KeyPath, str] = {}
-    for name in sorted(stored - used):
-        if name in no_data:
-            claimed[no_data[name]] = f"yet zarr array {name!r} is stored in the OCDBT store: not read"
+    for unread in sorted(stored - used):
+        if unread in no_data:
+            claimed[no_data[unread]] = f"yet zarr array {unread!r} is stored in the OCDBT store: not read"
         else:
-            extra[(name,)] = f"zarr array {name!r} in the OCDBT store, not named by the checkpoint's tree: not read"
+            extra[(unread,)] = f"zarr array {unread!r} in the OCDBT store, not named by the checkpoint's tree: not read"
     strays: dict[str, list[str]] = {}
     odd: dict[str, list[str]] = {}
     tests = {n: chunk_key_test(f, md) for n, (f, md) in (zmeta or {}).items() if n in used}
     # Keys come sorted: a run of chunk keys shares its array, unless one array's name is below another's.
     runs = not any(owner(n, stored) is not None for n in stored if n)
-    last, name, test = None, None, None
+    last: str | None = None
+    name: str | None = None
+    test: Callable[[str], bool] | None = None
     for k in keys:
         if last is None or not runs or not k.startswith(last):
             name = owner(k, stored)
@@ -168,7 +170,7 @@ def ocdbt_leftovers(
                 last = None
                 continue
             last, test = (name + "/" if name else ""), tests.get(name)
-        if test is not None and not test(k[len(last) :]):
+        if test is not None and name is not None and not test(k[len(last) :]):
             odd.setdefault(name, []).append(k[len(last) :])
     for head, inside in sorted(strays.items()):
         why = f"{len(inside)} key(s) in the OCDBT store outside any zarr array ({_shown(inside)}): not read"

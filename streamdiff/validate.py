@@ -20,6 +20,7 @@ import json
 import math
 import re
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,7 @@ def _too_deep(doc: Any, limit: int) -> bool:
     stack = [(doc, 1)]
     while stack:
         node, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(node, dict):
             children = node.values()
         elif isinstance(node, list):
@@ -89,17 +91,17 @@ class _Doc:
     def fail(self, field: str, must: str, got: Any) -> CorruptCheckpointError:
         return CorruptCheckpointError(f"{self.where}: `{field}` must be {must}, got {_show(got)}")
 
-    def obj(self, v: Any, field: str) -> dict:
+    def obj(self, v: Any, field: str) -> dict[str, Any]:
         if not isinstance(v, dict):
             raise self.fail(field, "an object", v)
         return v
 
-    def opt_obj(self, v: Any, field: str) -> dict:
+    def opt_obj(self, v: Any, field: str) -> dict[str, Any]:
         if v is not None and not isinstance(v, dict):
             raise self.fail(field, "an object or null", v)
         return v or {}
 
-    def lst(self, v: Any, field: str) -> list:
+    def lst(self, v: Any, field: str) -> list[Any]:
         if not isinstance(v, list):
             raise self.fail(field, "a list", v)
         return v
@@ -292,9 +294,10 @@ class _StrictParser:
             if self._kv is None:
                 self._ctx = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
                 self._kv = ts.KvStore.open({"driver": "memory"}, context=self._ctx).result()
+            assert self._ctx is not None  # set with _kv
             return self._ctx, self._kv
 
-    def refusals(self, docs: list[tuple[Any, dict, int]]) -> dict[Any, str]:
+    def refusals(self, docs: list[tuple[Any, dict[str, Any], int]]) -> dict[Any, str]:
         """key -> tensorstore's reason, for the (key, metadata, zarr_format) it refuses."""
         ctx, kv = self._store()
         batch = f"{next(self._n)}/"
