@@ -224,9 +224,10 @@ def _block_stats(
             # Equal bytes: no differences; only NaN/Inf counts remain to be taken.
             _count_special(ta, cdt, policy, out)
             continue
-        if fast and _tile_fast(ta, tb, policy, out, lo, a.shape, start, full_shape):
+        where = _Placement(lo, tuple(a.shape), start, full_shape)
+        if fast and _tile_fast(ta, tb, policy, out, where):
             continue
-        _tile_stats(ta, tb, policy, exact, cdt, out, lo, a.shape, start, full_shape)
+        _tile_stats(ta, tb, policy, exact, cdt, out, where)
     return out
 
 
@@ -274,10 +275,7 @@ def _tile_fast(
     tb: np.ndarray,
     policy: Policy,
     out: LeafStats,
-    offset: int,
-    block_shape: tuple[int, ...],
-    start: tuple[int, ...],
-    full_shape: tuple[int, ...],
+    where: _Placement,
 ) -> bool:
     """Real floats with no NaN or Inf anywhere: about a dozen cheap passes over cached buffers.
 
@@ -302,7 +300,7 @@ def _tile_fast(
         i = int(np.argmax(d))
         if d[i] == 0:
             return True
-        _record_max(out, float(d[i]), _global(offset + i, block_shape, start, full_shape), float(xa[i]), float(xb[i]))
+        _record_max(out, float(d[i]), where.index(i), float(xa[i]), float(xb[i]))
         np.abs(xb, out=t)  # t held a's upcast, no longer needed
         np.divide(d, t, out=r)  # 0/0 -> nan where a == b == 0
         j = int(np.argmax(r))  # argmax stops at the first nan: one pass when there is none
@@ -312,9 +310,7 @@ def _tile_fast(
             j = int(np.argmax(m))
         rmax = float(r[j])
         if rmax > 0:
-            out.max_rel, out.max_rel_index = _better(
-                out.max_rel, out.max_rel_index, rmax, _global(offset + j, block_shape, start, full_shape)
-            )
+            out.max_rel, out.max_rel_index = _better(out.max_rel, out.max_rel_index, rmax, where.index(j))
         if policy.atol == 0 and policy.rtol == 0:
             out.mismatches += int(np.count_nonzero(d))
         elif float(d[i]) <= policy.atol:
@@ -352,10 +348,7 @@ def _tile_stats(
     exact: bool,
     cdt: np.dtype,
     out: LeafStats,
-    offset: int,
-    block_shape: tuple[int, ...],
-    start: tuple[int, ...],
-    full_shape: tuple[int, ...],
+    where: _Placement,
 ) -> None:
     with np.errstate(all="ignore"):  # inf/nan arithmetic is expected here, not an error
         xa = ta.astype(cdt)
@@ -400,7 +393,7 @@ def _tile_stats(
             _record_max(
                 out,
                 float(dz[i]),
-                _global(offset + i, block_shape, start, full_shape),
+                where.index(i),
                 _value(ta, xa, i, exact),
                 _value(tb, xb, i, exact),
             )
@@ -409,9 +402,7 @@ def _tile_stats(
         rel[np.isnan(rel)] = np.inf  # inf / inf: an infinite difference relative to an infinite value
         j = int(np.argmax(rel))
         if rel[j] > 0:
-            out.max_rel, out.max_rel_index = _better(
-                out.max_rel, out.max_rel_index, float(rel[j]), _global(offset + j, block_shape, start, full_shape)
-            )
+            out.max_rel, out.max_rel_index = _better(out.max_rel, out.max_rel_index, float(rel[j]), where.index(j))
 
 
 def _wide_int_abs_diff(ta: np.ndarray, tb: np.ndarray) -> np.ndarray | None:
@@ -487,9 +478,19 @@ def _value(t: np.ndarray, x: np.ndarray, i: int, exact: bool) -> Any:
     return float(v)
 
 
-def _global(local_flat: int, block_shape: tuple[int, ...], start: tuple[int, ...], full_shape: tuple[int, ...]) -> int:
-    """Flat index in the whole array of a flat index within a block placed at `start`."""
-    if not block_shape:
-        return 0
-    local = np.unravel_index(local_flat, block_shape)
-    return int(np.ravel_multi_index(tuple(int(s) + int(i) for s, i in zip(start, local)), full_shape))
+@dataclass(frozen=True, slots=True)
+class _Placement:
+    """Where a tile sits: at flat `offset` of a block of `block_shape` placed at `start` in an
+    array of `full_shape`. Statistics report indices in the whole array."""
+
+    offset: int
+    block_shape: tuple[int, ...]
+    start: tuple[int, ...]
+    full_shape: tuple[int, ...]
+
+    def index(self, in_tile: int) -> int:
+        """Flat index in the whole array of a flat index within the tile."""
+        if not self.block_shape:
+            return 0
+        local = np.unravel_index(self.offset + in_tile, self.block_shape)
+        return int(np.ravel_multi_index(tuple(int(s) + int(i) for s, i in zip(self.start, local)), self.full_shape))
