@@ -503,6 +503,8 @@ def render(
         for n in notes:
             out(f"     {_as_typed(n, path)}", "dim")
 
+    if r.sample is not None:
+        out(f"  sampled: {percent(r.sample)} of each leaf's blocks (at least one); figures are of those only", "dim")
     for side, ignored in (("A", r.ignored_a), ("B", r.ignored_b)):
         if ignored:
             shown = ignored if verbose else ignored[:5]

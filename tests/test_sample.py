@@ -263,3 +263,20 @@ def test_sampled_diff_on_dask_compares_the_same_blocks_as_on_threads(marked):
     assert compared_chunks(dask) == compared_chunks(threads) and len(compared_chunks(threads)) == 3
     assert json.dumps(leaf(dask).stats, sort_keys=True) == json.dumps(leaf(threads).stats, sort_keys=True)
     assert dask.exit_code == threads.exit_code == 1
+
+
+def test_terminal_report_says_the_statistics_are_of_the_sampled_elements(many_chunks):
+    a, _, plus1 = many_chunks
+    r = run_cli(a, plus1, "--sample", "0.01")
+    assert r.code == 1
+    lines = r.out.splitlines()
+    assert lines[0].startswith("1 of 1 leaves differ (in the 1.0% sampled)")
+    assert "  sampled: 1.0% of each leaf's blocks (at least one); figures are of those only" in lines
+
+
+def test_big_chunks_streamed_in_slabs_are_sampled_chunk_by_chunk(marked):
+    a, b = marked
+    r = streamdiff.diff(str(a), str(b), block_bytes=2048, sample=0.3)  # a chunk (4 KiB a side) exceeds a block
+    s = leaf(r).stats
+    assert s.get("streamed") is True and (s["blocks"], s["sampled_count"]) == (10, 3)
+    assert len(compared_chunks(r)) == 3 and s["count"] == 3 * 1024
