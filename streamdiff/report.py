@@ -48,9 +48,11 @@ def verdict(r: Report) -> str:
 
 
 def percent(fraction: float) -> str:
-    """A sampled fraction as the verdict says it: 0.01 is '1.0%', 0.0005 is '0.05%'."""
+    """A sampled fraction as the verdict says it: 0.01 is '1.0%', 0.0005 is '0.05%', 0.9999 is
+    '99.99%' (never a '100.0%' that was not everything)."""
     p = 100.0 * fraction
-    return f"{p:.1f}%" if p >= 0.1 else f"{p:.2g}%"
+    text = f"{p:.1f}" if p >= 0.1 else f"{p:.2g}"
+    return f"{p:.6g}%" if text == "100.0" and fraction < 1 else f"{text}%"
 
 
 # ---------------------------------------------------------------------------------------------- JSON

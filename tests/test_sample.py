@@ -280,3 +280,12 @@ def test_big_chunks_streamed_in_slabs_are_sampled_chunk_by_chunk(marked):
     s = leaf(r).stats
     assert s.get("streamed") is True and (s["blocks"], s["sampled_count"]) == (10, 3)
     assert len(compared_chunks(r)) == 3 and s["count"] == 3 * 1024
+
+
+@pytest.mark.parametrize(
+    "fraction,text", [(0.01, "1.0%"), (0.1, "10.0%"), (0.125, "12.5%"), (0.0005, "0.05%"), (0.9999, "99.99%")]
+)
+def test_the_sampled_fraction_is_printed_without_rounding_to_everything(fraction, text):
+    from streamdiff.report import percent
+
+    assert percent(fraction) == text
