@@ -18,7 +18,7 @@ from .errors import NotACheckpointError, UsageError
 from .layouts import align, detect, load_preset
 from .locate import Item, choose_items, locate
 from .pair import VALUE_KINDS, pair_trees
-from .plan import DEFAULT_MAX_MEMORY, check_max_memory, default_jobs, memory_plan
+from .plan import DEFAULT_MAX_MEMORY, DEFAULT_SAMPLE_SEED, Sample, check_max_memory, default_jobs, memory_plan
 from .rules import Mapped, Pattern, apply_rules, dtype_allowed, load_rules_file, tolerance_for
 from .stats import Policy
 from .storage import DEFAULT_TIMEOUT, configure_http, io_counters
@@ -74,6 +74,8 @@ def diff(
     only: Sequence[str] = (),
     exclude: Sequence[str] = (),
     per_layer: bool = False,
+    sample: float | None = None,
+    sample_seed: int = DEFAULT_SAMPLE_SEED,
 ) -> Report:
     """Compare two checkpoints leaf by leaf. Raises `StreamdiffError` for unusable input.
 
@@ -95,8 +97,11 @@ def diff(
     `only` / `exclude` are rules' path patterns ('params/**', '**/kernel') matched against the
     canonical paths: leaves outside the selection are not read and are listed in `Report.excluded`.
     `per_layer` adds statistics per index of the layer axis of scanned leaves (`stats['layers']`).
+    `sample` (a fraction in (0, 1]) compares only that share of each leaf's blocks, at least one,
+    picked by `sample_seed` (see `plan.Sample`); 1 compares everything, as without it.
     """
     check_tolerance(atol, rtol)
+    sampling = _sampling(sample, sample_seed, structure_only)
     max_memory = parse_size(max_memory, "max_memory")
     check_max_memory(max_memory)
     selection = Selection.compile(only, exclude)
@@ -114,13 +119,18 @@ def diff(
         layers = LayerAxes.of(pairs, layer_axis) if per_layer else None
         policies = [_policy(p, atol, rtol, nan_equal, m, layers) for p in pairs]
         mem = memory_plan(max_memory, jobs or default_jobs(), block_bytes)
-        if progress:
-            progress.start(sum(p.a.nbytes + p.b.nbytes for p in pairs if p.status == "compare"))
+        if progress:  # sampled: about that share (a leaf's one block may be more)
+            total = sum(p.a.nbytes + p.b.nbytes for p in pairs if p.status == "compare")
+            progress.start(int(total * sampling.fraction) if sampling else total)
         ctx = (matched[0][1].dir.storage.context, matched[0][2].dir.storage.context)
         advance = progress.advance if progress else None
-        outcomes, remote_io = compare_values(pairs, policies, ctx, mem, advance, shortcut, scheduler, timeout)
+        outcomes, remote_io = compare_values(
+            pairs, policies, ctx, mem, advance, shortcut, scheduler, timeout, sample=sampling
+        )
 
-    results = tuple(_result(p, outcomes.get(i), structure_only, m, policies[i], nan_equal) for i, p in enumerate(pairs))
+    results = tuple(
+        _result(p, outcomes.get(i), structure_only, m, policies[i], nan_equal, sampling) for i, p in enumerate(pairs)
+    )
     io1 = io_counters()
     return Report(
         a=a,
@@ -138,7 +148,18 @@ def diff(
         bytes_read=io1[0] - io0[0] + remote_io[0],
         requests=io1[1] - io0[1] + remote_io[1],
         seconds=time.perf_counter() - t0,
+        sample=sampling.fraction if sampling else None,
     )
+
+
+def _sampling(sample: float | None, seed: int, structure_only: bool) -> Sample | None:
+    """The `Sample` to plan with, or None: no `sample`, or 1 (every block: an ordinary diff)."""
+    if sample is None:
+        return None
+    if structure_only:
+        raise UsageError("--sample compares a share of the values; --structure-only reads none: drop one")
+    s = Sample(sample, seed)  # validates both
+    return None if s.fraction == 1 else s
 
 
 def explain(
@@ -403,6 +424,7 @@ def _result(
     m: Mapping,
     policy: Policy | None = None,
     nan_equal: bool = True,
+    sample: Sample | None = None,
 ) -> LeafResult:
     a, b = p.a, p.b
     ref = a or b
@@ -455,6 +477,8 @@ def _result(
         stats["streamed"] = True
     if outcome.grid is not None:
         stats["blocks"] = outcome.grid.count
+        if sample is not None:  # the blocks read and compared; `count` is their elements
+            stats["sampled_count"] = sample.count(outcome.grid.count)
         amp = max(outcome.grid.amplification_a, outcome.grid.amplification_b)
         if amp > 1.0:
             stats["read_amplification"] = amp

@@ -22,7 +22,7 @@ from .api import diff
 from .errors import StreamdiffError
 from .layouts import PRESETS
 from .native_log import filtered_native_stderr, mute
-from .plan import DEFAULT_MAX_MEMORY, default_jobs
+from .plan import DEFAULT_MAX_MEMORY, DEFAULT_SAMPLE_SEED, default_jobs
 from .storage import DEFAULT_IO_CONCURRENCY, DEFAULT_TIMEOUT
 from .units import human, parse_size
 
@@ -138,6 +138,22 @@ class _Bar:
     "--structure-only", is_flag=True, help="Compare metadata only: paths, shapes, dtypes. Reads no array data."
 )
 @click.option("--nan-unequal", is_flag=True, help="Count NaN vs NaN at the same position as a mismatch.")
+@click.option(
+    "--sample",
+    type=float,
+    default=None,
+    metavar="FRACTION",
+    help="Quick mode: compare only this fraction of each leaf's blocks (0.01 = 1%, at least one block a leaf), "
+    "spread over the leaf. Exit 0 then means no difference in the sample, never identical. 1 compares everything.",
+)
+@click.option(
+    "--sample-seed",
+    type=int,
+    default=DEFAULT_SAMPLE_SEED,
+    show_default=True,
+    metavar="N",
+    help="Which blocks --sample picks: the same seed picks the same blocks on every run.",
+)
 @click.option(
     "--step",
     "steps",
@@ -280,6 +296,8 @@ def cli(
     rtol,
     structure_only,
     nan_unequal,
+    sample,
+    sample_seed,
     steps,
     step_a,
     step_b,
@@ -343,6 +361,8 @@ def cli(
             only=only,
             exclude=exclude,
             per_layer=per_layer,
+            sample=sample,
+            sample_seed=sample_seed,
         )
     finally:
         if bar:

@@ -51,13 +51,15 @@ class Verdict(StrEnum):
     IDENTICAL = "identical"  # every value compared, bit for bit equal
     EQUAL = "equal"  # every value compared, equal within tolerance
     SAME_STRUCTURE = "same_structure"  # --structure-only: paths, shapes, dtypes match
+    #: --sample: nothing differs in the blocks compared; the rest was not read, so never "identical"
+    NO_DIFFERENCES_SAMPLED = "no_differences_sampled"
     DIFFERENT = "different"
     INCOMPLETE = "incomplete"  # something stored was not compared: never 0
     ERROR = "error"
 
     @property
     def exit_code(self) -> int:
-        if self in (Verdict.IDENTICAL, Verdict.EQUAL, Verdict.SAME_STRUCTURE):
+        if self in (Verdict.IDENTICAL, Verdict.EQUAL, Verdict.SAME_STRUCTURE, Verdict.NO_DIFFERENCES_SAMPLED):
             return 0
         return 1 if self is Verdict.DIFFERENT else 2
 
@@ -222,6 +224,9 @@ class Report:
     bytes_read: int = 0
     requests: int = 0
     seconds: float = 0.0
+    #: --sample: the fraction of each leaf's blocks compared (None: every value compared). Leaf
+    #: statistics then describe the sampled elements only.
+    sample: float | None = None
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.leaves if r.status == status)
@@ -249,8 +254,9 @@ class Report:
 
     @property
     def equal(self) -> bool:
-        """True when every path is on both sides and equal within tolerance."""
-        return self.verdict in (Verdict.IDENTICAL, Verdict.EQUAL, Verdict.SAME_STRUCTURE)
+        """True when every path is on both sides and equal within tolerance (with --structure-only:
+        same structure; with --sample: nothing sampled differs), i.e. exit 0."""
+        return self.verdict.exit_code == 0
 
     @property
     def identical(self) -> bool:
@@ -261,7 +267,9 @@ class Report:
     def verdict(self) -> Verdict:
         """The one place that decides what exit 0 promises: every value stored under both inputs
         was compared (rules' exclusions are listed in `ignored_*`) and found equal. Anything not
-        compared, any error, or nothing to compare at all, and the answer is not "equal"."""
+        compared, any error, or nothing to compare at all, and the answer is not "equal". The one
+        promise made with less: --sample, asked for by the user, whose exit 0 says only that nothing
+        in the sampled blocks differs (`NO_DIFFERENCES_SAMPLED`, never `IDENTICAL` or `EQUAL`)."""
         if self.errors:
             return Verdict.ERROR
         if self.not_compared:
@@ -272,6 +280,8 @@ class Report:
             return Verdict.ERROR  # zero leaves holding data: nothing was compared
         if self.structure_only:
             return Verdict.SAME_STRUCTURE
+        if self.sample is not None:
+            return Verdict.NO_DIFFERENCES_SAMPLED
         if all(r.stats is None or r.stats.get("identical", True) for r in self.leaves):
             return Verdict.IDENTICAL
         return Verdict.EQUAL

@@ -27,7 +27,7 @@ import warnings
 from typing import Any
 
 from .errors import StreamdiffError, UsageError
-from .plan import MemoryPlan
+from .plan import MemoryPlan, Sample
 from .stats import LeafStats
 from .storage import DEFAULT_TIMEOUT, configure_http, io_counters, make_context
 from .stream import ProgressFn, _Engine, _one_line, _Task
@@ -162,9 +162,10 @@ def compare_on_dask(
     shortcut: bool,
     scheduler,
     timeout: float = DEFAULT_TIMEOUT,
+    sample: Sample | None = None,
 ):
     """Returns the outcomes by pair index and the workers' (bytes read, requests)."""
-    engine = _Engine(pairs, policies, contexts, mem, shortcut, None)
+    engine = _Engine(pairs, policies, contexts, mem, shortcut, None, sample=sample)  # picks sampled blocks here
     todo = [t for t in engine.tasks() if not engine.outcomes[t.pair_index].error]
     remote = tuple(_remote(side) for side in next(iter(engine.sides.values()), (None, None)))
     client, cluster = _client(scheduler, mem, timeout)

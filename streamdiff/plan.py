@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+import random
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from .errors import UsageError
@@ -149,10 +150,17 @@ class BlockGrid:
         """Blocks in the grid: 1 for a scalar, 0 for an array with no elements (a zero extent)."""
         return math.prod(-(-n // max(1, b)) for n, b in zip(self.shape, self.block_shape)) if self.shape else 1
 
-    def boxes(self) -> Iterator[tuple[tuple[int, ...], tuple[int, ...]]]:
-        """(start, stop) of every block in C order, so reads walk the chunks in key order."""
+    def boxes(self, picks: Iterable[int] | None = None) -> Iterator[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """(start, stop) of every block in C order, so reads walk the chunks in key order; only the
+        blocks numbered `picks` (C-order numbers, ascending: a `Sample`'s) when given."""
+        for _, start, stop in self.cells(picks):
+            yield start, stop
+
+    def cells(self, picks: Iterable[int] | None = None) -> Iterator[tuple[tuple[int, ...], ...]]:
+        """(grid index, start, stop) of every block in C order, or of the blocks numbered `picks`.
+        Index arithmetic per block: no list of the grid's blocks is ever built."""
         counts = [-(-n // max(1, b)) for n, b in zip(self.shape, self.block_shape)]
-        for i in range(self.count):
+        for i in range(self.count) if picks is None else picks:
             idx = []
             for c in reversed(counts):
                 idx.append(i % c)
@@ -160,7 +168,7 @@ class BlockGrid:
             idx.reverse()
             start = tuple(k * b for k, b in zip(idx, self.block_shape))
             stop = tuple(min(s + b, n) for s, b, n in zip(start, self.block_shape, self.shape))
-            yield start, stop
+            yield tuple(idx), start, stop
 
 
 def block_grid(
@@ -305,3 +313,46 @@ def _slab_amplification(shape: tuple[int, ...], walk: tuple[int, ...], rows: int
     hits = [((k * c) % w) % rows == 0 for k in range(1, period + 1)]
     shared = (inner // period) * sum(hits) + sum(hits[: inner % period])
     return (slabs + inner - shared) / -(-n // c) * rest
+
+
+#: `--sample-seed` when none is given: the same blocks every run, so two quick runs agree.
+DEFAULT_SAMPLE_SEED = 0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """`--sample`: compare a `fraction` of each leaf's blocks, spread over the leaf, chosen by `seed`.
+
+    Stratified: the grid's n blocks (C order) are cut into k = ceil(fraction * n) strata of n/k
+    consecutive blocks, and one block is drawn in each, so every region of the leaf is visited and
+    no two picks fall in one stratum. The draw depends only on the seed, the leaf's path and the
+    stratum (Python's `random` seeded with a string is the same in every process), so a Dask worker,
+    a rerun or another machine picks the same blocks. Picks are computed one at a time: sampling a
+    grid of 10**9 blocks builds no list of them.
+    """
+
+    fraction: float
+    seed: int = DEFAULT_SAMPLE_SEED
+
+    def __post_init__(self) -> None:
+        f = self.fraction
+        if not isinstance(f, (int, float)) or isinstance(f, bool) or not (math.isfinite(f) and 0 < f <= 1):
+            raise UsageError(f"--sample must be a fraction in (0, 1] (0.01 for 1%), got {f!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise UsageError(f"--sample-seed must be an integer >= 0, got {self.seed!r}")
+
+    def count(self, blocks: int) -> int:
+        """Blocks compared out of a grid of `blocks`: at least one (a leaf is never skipped), at
+        most all. Rounded to 9 digits first so that 0.1 of 100 blocks is 10, not 11."""
+        if blocks <= 0:
+            return 0
+        return min(blocks, max(1, math.ceil(round(self.fraction * blocks, 9))))
+
+    def picks(self, blocks: int, key: str) -> Iterator[int]:
+        """The C-order numbers of the blocks to compare, ascending (reads stay in key order);
+        `key` (the leaf's path) varies the draw between leaves of the same grid."""
+        k = self.count(blocks)
+        rng = random.Random(f"streamdiff-sample:{self.seed}:{key}")
+        for j in range(k):
+            lo, hi = j * blocks // k, (j + 1) * blocks // k  # hi > lo since k <= blocks
+            yield lo + rng.randrange(hi - lo)

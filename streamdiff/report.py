@@ -40,7 +40,19 @@ def verdict(r: Report) -> str:
         return f"identical: {n} leaves, bit for bit"
     if v is Verdict.EQUAL:
         return f"equal within tolerance (atol={r.atol:g}, rtol={r.rtol:g}): {n} leaves"
+    if v is Verdict.NO_DIFFERENCES_SAMPLED:
+        return f"no differences in the {percent(r.sample)} sampled: {n} leaves (not a full comparison)"
+    if r.sample is not None:
+        return f"{r.different} of {n} leaves differ (in the {percent(r.sample)} sampled)"
     return f"{r.different} of {n} leaves differ"
+
+
+def percent(fraction: float) -> str:
+    """A sampled fraction as the verdict says it: 0.01 is '1.0%', 0.0005 is '0.05%', 0.9999 is
+    '99.99%' (never a '100.0%' that was not everything)."""
+    p = 100.0 * fraction
+    text = f"{p:.1f}" if p >= 0.1 else f"{p:.2g}"
+    return f"{p:.6g}%" if text == "100.0" and fraction < 1 else f"{text}%"
 
 
 # ---------------------------------------------------------------------------------------------- JSON
@@ -90,6 +102,7 @@ def to_json(r: Report, stat_depth: int | None = None) -> dict[str, Any]:
         "identical": r.identical,
         "verdict": verdict(r),
         "structure_only": r.structure_only,
+        "sampled": r.sample,
         "tolerance": {"atol": r.atol, "rtol": r.rtol, "nan_equal": r.nan_equal},
         "summary": r.summary,
         "notes": {"a": list(r.notes_a), "b": list(r.notes_b)},
@@ -492,6 +505,8 @@ def render(
         for n in notes:
             out(f"     {_as_typed(n, path)}", "dim")
 
+    if r.sample is not None:
+        out(f"  sampled: {percent(r.sample)} of each leaf's blocks (at least one); figures are of those only", "dim")
     for side, ignored in (("A", r.ignored_a), ("B", r.ignored_b)):
         if ignored:
             shown = ignored if verbose else ignored[:5]

@@ -28,10 +28,10 @@ import tensorstore as ts
 
 from . import malloc
 from .chunks import PIECE_BYTES, ItemSizes, RawStore, chunk_format, stream_chunk
-from .datatypes import Leaf, Pair
+from .datatypes import Leaf, Pair, format_path
 from .dtypes import family
 from .encoding import Encoding, audit_chunk_files, encoding_of, plausible, plausible_ends
-from .plan import BlockGrid, MemoryPlan, RowsPlan, block_grid, refuse_leaf, rows_plan
+from .plan import BlockGrid, MemoryPlan, RowsPlan, Sample, block_grid, refuse_leaf, rows_plan
 from .rules import view_of
 from .stats import LeafStats, Policy, block_stats, layers_settled
 from .storage import DEFAULT_TIMEOUT, describe
@@ -175,8 +175,10 @@ class _Engine:
         shortcut: bool,
         progress: ProgressFn | None,
         only: set[int] | None = None,
+        sample: Sample | None = None,
     ):
         self.pairs = pairs
+        self.sample = sample
         self.policies = policies
         self.mem = mem
         self.progress = progress
@@ -245,18 +247,17 @@ class _Engine:
             o = self.outcomes[i]
             if o.error:
                 continue
+            # --sample: only the blocks the planner picks for this leaf (all of them without it)
+            picks = self.sample.picks(o.grid.count, format_path(self.pairs[i].path)) if self.sample else None
             bpe = _itemsize(self.pairs[i].a) + _itemsize(self.pairs[i].b)
             if o.rows is not None:
-                counts = [-(-n // c) for n, c in zip(o.grid.shape, o.grid.block_shape)]
                 slab = o.rows.slab_rows * math.prod(o.grid.block_shape[1:]) * bpe
                 depth = _prefetch_depth(self.sides[i][0])
                 hold = 2 * slab + depth * self._piece() * (o.rows.stream_a + o.rows.stream_b)
-                for idx in itertools.product(*[range(c) for c in counts]):
-                    start = tuple(k * c for k, c in zip(idx, o.grid.block_shape))
-                    stop = tuple(min(s + c, n) for s, c, n in zip(start, o.grid.block_shape, o.grid.shape))
+                for idx, start, stop in o.grid.cells(picks):
                     yield _Task(i, start, stop, hold, math.prod(e - s for s, e in zip(start, stop)) * bpe, idx)
             else:
-                for start, stop in o.grid.boxes():
+                for start, stop in o.grid.boxes(picks):
                     n = math.prod(e - s for s, e in zip(start, stop)) * bpe
                     yield _Task(i, start, stop, n, n)
 
@@ -460,18 +461,20 @@ def compare_values(
     shortcut: bool = True,
     scheduler: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    sample: Sample | None = None,
 ) -> tuple[dict[int, PairOutcome], tuple[int, int]]:
     """Stream every pair with status 'compare' whose kinds are numeric.
 
     Returns the outcomes by pair index, and the (bytes, requests) that other processes read.
     With `scheduler` ('tcp://host:port' or 'local:N') the tasks run on Dask workers instead of
-    local threads; the statistics, merged the same way, are the same.
+    local threads; the statistics, merged the same way, are the same. With `sample`, only the blocks
+    it picks are read (the client picks them; Dask workers run the tasks they are given).
     """
     if scheduler:
         from .distributed import compare_on_dask
 
-        return compare_on_dask(pairs, policies, contexts, mem, progress, shortcut, scheduler, timeout)
-    return _Engine(pairs, policies, contexts, mem, shortcut, progress).run(), (0, 0)
+        return compare_on_dask(pairs, policies, contexts, mem, progress, shortcut, scheduler, timeout, sample)
+    return _Engine(pairs, policies, contexts, mem, shortcut, progress, sample=sample).run(), (0, 0)
 
 
 def _same_fill(a: Leaf, b: Leaf) -> bool:
