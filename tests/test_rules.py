@@ -16,7 +16,7 @@ from reference import assert_stats_match, expected_stats
 from test_maxtext import load
 
 import streamdiff
-from streamdiff.rules import Pattern, fill
+from streamdiff.mapping.patterns import Pattern, fill
 
 LINEN = MAXTEXT / "v024_linen_scan/checkpoints"
 LINEN_NOSCAN = MAXTEXT / "v024_linen_noscan/checkpoints"
