@@ -2,7 +2,7 @@
 
 A mapped leaf is a tree of tensorstore index transforms and `ts.stack` over stored leaves, never a
 copy, so streaming and the memory budget work through it. Rules (`rules.py`) and alignment
-(`layouts.py`) build views only through `stacked` and `transposed` here.
+(`layouts.py`) stack layers and move axes only through `stacked`, `move_axis` and `transposed` here.
 """
 
 from __future__ import annotations
