@@ -17,12 +17,12 @@ from reference import assert_stats_match, expected_stats
 from test_maxtext import load
 
 import streamdiff
-from streamdiff.datatypes import format_path
+from streamdiff.datatypes import Kind, Leaf, format_path
 from streamdiff.locate import locate
 from streamdiff.mapping.layouts import PRESETS, load_preset
 from streamdiff.mapping.patterns import Pattern, RulesError, fill
 from streamdiff.mapping.rules import PRESET_DIR, apply_rules, parse_rules, read_preset
-from streamdiff.mapping.views import source_of
+from streamdiff.mapping.views import move_axis, source_of, stacked
 from streamdiff.tree import read_item
 
 LINEN = MAXTEXT / "v024_linen_scan/checkpoints"
@@ -457,3 +457,29 @@ def test_preset_included_twice_without_a_cycle_is_expanded_twice(tmp_path):
         (tmp_path / f"{name}.toml").write_text(f'include = [{inc}]\n[[rule]]\nop = "ignore"\npath = "{name}"\n')
     assert [r.args["path"] for r in read_preset("a", tmp_path).rules] == ["d", "b", "d", "c", "a"]
     assert [r.origin for r in read_preset("b", tmp_path).rules] == ["preset d rule 1", "preset b rule 1"]
+
+
+# --------------------------------------------------------------------- the view helpers, directly
+
+
+def test_move_axis_permutes_as_numpy_moveaxis_for_every_source_and_destination():
+    for rank in range(1, 5):
+        x = np.arange(np.prod(range(2, rank + 2))).reshape(range(2, rank + 2))
+        for src in range(rank):
+            for dst in range(rank):
+                np.testing.assert_array_equal(np.transpose(x, move_axis(rank, src, dst)), np.moveaxis(x, src, dst))
+
+
+def test_stacked_views_a_clean_run_and_refuses_gaps_and_unequal_shapes():
+    def leaf(i: int, shape=(2, 3)) -> Leaf:
+        return Leaf(("l", str(i)), Kind.ARRAY, "np.ndarray", shape, "float32", value=np.full(shape, i, np.float32))
+
+    got = stacked({1: leaf(1), 0: leaf(0), 2: leaf(2)}, ("layers",), lambda shape, n: 1)
+    assert got.path == ("layers",) and got.shape == (2, 3, 3)
+    assert got.view.describe() == "stack([l/0, l/1, l/2], axis 1)"
+    want = np.stack([np.full((2, 3), i) for i in range(3)], 1)
+    np.testing.assert_array_equal(got.view.open(None).read().result(), want)
+    assert stacked({0: leaf(0), 2: leaf(2)}, ("layers",), lambda shape, n: 1) is None  # gap at 1
+    assert stacked({1: leaf(1), 2: leaf(2)}, ("layers",), lambda shape, n: 1) is None  # no layer 0
+    assert stacked({0: leaf(0), 1: leaf(1, (3, 2))}, ("layers",), lambda shape, n: 1) is None
+    assert stacked({0: leaf(0), 1: leaf(1)}, ("layers",), lambda shape, n: None) is None  # no axis fits

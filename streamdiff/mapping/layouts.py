@@ -1,8 +1,10 @@
-"""Which layout each side is in, which presets map it, and how two mapped sides are aligned.
+"""Which layout each side is in, which presets map it, how two mapped sides are aligned, and
+where a scanned leaf's layer axis is.
 
-Presets (TOML in `presets/`) rename every MaxText layout to one canonical form: `model/<module
-path>` for parameters (and NNX rng state), `optimizer/opt_state/<i>/<count|mu|nu>/<module path>`,
-`optimizer/step`, unscanned layers as `layers_<i>`. Detection looks only at paths.
+Presets (TOML in `presets/`, read by `rules.read_preset`, which expands their `include`s)
+rename every MaxText layout to one canonical form: `model/<module path>` for parameters (and NNX
+rng state), `optimizer/opt_state/<i>/<count|mu|nu>/<module path>`, `optimizer/step`, unscanned
+layers as `layers_<i>`. Detection looks only at paths.
 
 Alignment then handles what depends on both sides at once:
 
@@ -14,6 +16,8 @@ Alignment then handles what depends on both sides at once:
 * both scanned with the layer axis in different places (param_scan_axis 1 vs 0): the second
   side's layer axis is moved to where the first side has it, for leaves under a `layers` key
   whose shapes differ by exactly that move.
+
+After pairing, `LayerAxes` finds the layer axis of each scanned leaf for per-layer statistics.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ UNSCANNED = (
 
 
 def load_preset(name: str) -> RuleSet:
+    """The rules of a preset the user can name (`--preset`) or detection can pick."""
     if name not in PRESETS:
         raise RulesError(f"unknown preset {name!r} (presets: {', '.join(PRESETS)})")
     return read_preset(name)
