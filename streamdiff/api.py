@@ -7,19 +7,20 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from .datatypes import KeyPath, Leaf, LeafResult, Pair, Report, Status, Tree, format_path, json_equal
+from .datatypes import KeyPath, LeafResult, Pair, Report, Status, Tree, format_path, json_equal
 from .errors import NotACheckpointError, UsageError
-from .layouts import align, detect, load_preset
 from .locate import Item, choose_items, locate
+from .mapping.layouts import LayerAxes
+from .mapping.patterns import Pattern
+from .mapping.stage import MapResult, map_trees
+from .mapping.views import moved_source, source_of
 from .pair import VALUE_KINDS, pair_trees
 from .plan import DEFAULT_MAX_MEMORY, DEFAULT_SAMPLE_SEED, Sample, check_max_memory, default_jobs, memory_plan
-from .rules import Mapped, Pattern, apply_rules, dtype_allowed, load_rules_file, tolerance_for
 from .stats import Policy
 from .storage import DEFAULT_TIMEOUT, configure_http, io_counters
 from .stream import PairOutcome, compare_values
@@ -33,18 +34,6 @@ class Progress(Protocol):
     def start(self, total_bytes: int) -> None: ...
 
     def advance(self, nbytes: int) -> None: ...
-
-
-@dataclass(frozen=True)
-class Mapping:
-    """How the two sides were brought to one canonical tree (the `map` stage)."""
-
-    a: Mapped
-    b: Mapped
-    layout_a: str | None
-    layout_b: str | None
-    notes_a: tuple[str, ...]
-    notes_b: tuple[str, ...]
 
 
 def diff(
@@ -174,29 +163,16 @@ def explain(
     preset: str | None = None,
     auto: bool = True,
     layer_axis: int | None = None,
-) -> tuple[Mapping, list[tuple[KeyPath, str | None, str | None]]]:
+) -> tuple[MapResult, list[tuple[KeyPath, str | None, str | None]]]:
     """Metadata only: each canonical path with the stored path(s) and transform behind it per side."""
     _, _, matched, trees_a, trees_b = _resolve(a, b, _Steps(step, step_a, step_b), item)
     m, pairs = _map_and_pair(trees_a, trees_b, matched, rules, preset, auto, layer_axis)
-    return m, [(p.path, _source(p.a), _source(p.b)) for p in pairs]
+    return m, [(p.path, source_of(p.a), source_of(p.b)) for p in pairs]
 
 
-def _map_and_pair(trees_a, trees_b, matched, rules, preset, auto, layer_axis) -> tuple[Mapping, list[Pair]]:
+def _map_and_pair(trees_a, trees_b, matched, rules, preset, auto, layer_axis) -> tuple[MapResult, list[Pair]]:
     m = map_trees(trees_a, trees_b, [x[0] for x in matched], rules, preset, auto, layer_axis)
     return m, pair_trees(m.a.leaves, m.b.leaves)
-
-
-def _moved(leaf: Leaf | None) -> str | None:
-    """The stored path (or view) behind a leaf that rules moved; None when it is where it was."""
-    if leaf is None or (leaf.view is None and (leaf.source_path is None or leaf.source_path == leaf.path)):
-        return None
-    return _source(leaf)
-
-
-def _source(leaf: Leaf | None) -> str | None:
-    if leaf is None:
-        return None
-    return leaf.view.describe() if leaf.view is not None else format_path(leaf.source_path or leaf.path)
 
 
 def check_tolerance(atol: float, rtol: float) -> None:
@@ -258,46 +234,6 @@ def _resolve(
     return la, lb, matched, trees_a, trees_b
 
 
-def map_trees(
-    trees_a: list[Tree],
-    trees_b: list[Tree],
-    prefixes: list[str],
-    rules: Sequence[str],
-    preset: str | None,
-    auto: bool,
-    layer_axis: int | None,
-) -> Mapping:
-    """The `map` stage: presets and rules per side, then alignment of the two sides."""
-    leaves_a = _merge_items(list(zip(prefixes, trees_a)))
-    leaves_b = _merge_items(list(zip(prefixes, trees_b)))
-    user = [load_rules_file(f) for f in rules]
-    detected = [detect(list(x)) if auto else None for x in (leaves_a, leaves_b)]
-    # Presets rename to the canonical form; needed only when the two layouts differ, so a diff of
-    # two checkpoints in one layout keeps their own paths.
-    layouts = [preset, preset] if preset else (detected if detected[0] != detected[1] else [None, None])
-    out = []
-    for leaves, layout in zip((leaves_a, leaves_b), layouts):
-        sets = ([load_preset(layout)] if layout else []) + user
-        out.append((layout, apply_rules(leaves, sets)))
-    (layout_a, ma), (layout_b, mb) = out
-    aligned = align(ma, mb, layer_axis) if auto or layer_axis is not None else ([], [])
-    notes = []
-    for layout, found, m in ((layout_a, detected[0], ma), (layout_b, detected[1], mb)):
-        n = []
-        if layout:
-            n.append(f"layout {layout} ({'preset' if preset else 'detected'}): mapped to the canonical form")
-        elif found:
-            n.append(f"layout {found} (detected, same on both sides: paths kept as stored)")
-        if rules:
-            n.append("rules: " + ", ".join(rules))
-        if m.ignored:
-            n.append(f"{len(m.ignored)} path(s) ignored by rules")
-        notes.append(n)
-    notes[0] += aligned[0]
-    notes[1] += aligned[1]
-    return Mapping(ma, mb, layout_a, layout_b, tuple(notes[0]), tuple(notes[1]))
-
-
 def _notes(located: tuple[str, ...], trees: list[Tree]) -> tuple[str, ...]:
     """What was decided for the user: step picked, item dirs read, their layout, any caveats."""
     out = list(located)
@@ -315,77 +251,15 @@ def _build_trees(matched: list[tuple[str, Item, Item]]) -> tuple[list[Tree], lis
         return [f.result() for f in fa], [f.result() for f in fb]
 
 
-def _merge_items(trees: list[tuple[str, Tree]]) -> dict[KeyPath, Leaf]:
-    """One tree for a side: several items (matched by name) go under their item names. Every leaf
-    remembers its path as it was, so the report can say where rules moved it from."""
-    out: dict[KeyPath, Leaf] = {}
-    for prefix, t in trees:
-        for path, leaf in t.leaves.items():
-            # A root-level leaf (a single array, a JSON item holding one value, an item not read)
-            # keeps the empty path: named after its directory, two sides named differently would
-            # never pair.
-            new = (prefix,) + path if prefix else path
-            out[new] = replace(leaf, path=new, source_path=new)
-    return out
-
-
-def _policy(p: Pair, atol: float, rtol: float, nan_equal: bool, m: Mapping, layers: LayerAxes | None = None) -> Policy:
+def _policy(
+    p: Pair, atol: float, rtol: float, nan_equal: bool, m: MapResult, layers: LayerAxes | None = None
+) -> Policy:
     exact = p.a is not None and p.b is not None and "scalar" in (p.a.kind, p.b.kind)
-    tol = tolerance_for(p.path, [m.a, m.b])
+    tol = m.tolerance_for(p.path)
     if tol is not None:
         atol, rtol = tol
     layer = layers.axis(p) if layers is not None else None
     return Policy(atol=atol, rtol=rtol, nan_equal=nan_equal, exact=exact, layer_axis=layer)
-
-
-@dataclass(frozen=True)
-class LayerAxes:
-    """Where the stacked layer axis of each scanned leaf is, for `per_layer`.
-
-    A scanned leaf is an array under a `layers` key (MaxText's and nn.scan's name for the stack).
-    Its layer axis is `forced` (--layer-axis) when given; else the axis on which alignment stacked
-    unscanned layers; else the axis holding the layer count: the count is the size most scanned
-    leaves have on axis 1 (MaxText's param_scan_axis), and a leaf whose axis 1 is not that size
-    (a vector, a PRNG key stacked on axis 0) uses its first axis of that size."""
-
-    forced: int | None
-    count: int | None
-
-    @staticmethod
-    def of(pairs: list[Pair], forced: int | None) -> LayerAxes:
-        scanned = [p for p in pairs if _scanned(p)]
-        if forced is not None and scanned and not any(forced < len(p.a.shape) for p in scanned):
-            # Every scanned leaf would be left without per-layer statistics: a silent "no layer
-            # differs" next to differing leaves. Say what is wrong instead.
-            most = max(len(p.a.shape) for p in scanned)
-            raise UsageError(f"--layer-axis {forced}: no scanned leaf has that axis (they have at most {most} axes)")
-        sizes = Counter(p.a.shape[1] for p in scanned if len(p.a.shape) >= 2 and p.a.kind == "array")
-        return LayerAxes(forced, sizes.most_common(1)[0][0] if sizes else None)
-
-    def axis(self, p: Pair) -> int | None:
-        if not _scanned(p):
-            return None
-        shape = p.a.shape
-        if self.forced is not None:
-            return self.forced if self.forced < len(shape) else None
-        for leaf in (p.a, p.b):
-            if leaf.view is not None and leaf.view.op == "stack":
-                return leaf.view.axis
-        if self.count is None:
-            return 1 if len(shape) >= 2 else 0
-        if len(shape) >= 2 and shape[1] == self.count and p.a.kind == "array":
-            return 1
-        return next((k for k, n in enumerate(shape) if n == self.count), None)
-
-
-def _scanned(p: Pair) -> bool:
-    return (
-        p.status == "compare"
-        and p.a is not None
-        and bool(p.a.shape)
-        and p.a.kind in ("array", "prng_key")
-        and "layers" in p.path
-    )
 
 
 @dataclass(frozen=True)
@@ -421,7 +295,7 @@ def _result(
     p: Pair,
     outcome: PairOutcome | None,
     structure_only: bool,
-    m: Mapping,
+    m: MapResult,
     policy: Policy | None = None,
     nan_equal: bool = True,
     sample: Sample | None = None,
@@ -433,13 +307,13 @@ def _result(
         kind=ref.kind,
         shape=ref.shape,
         dtype=ref.dtype,
-        source_a=_moved(a),
-        source_b=_moved(b),
+        source_a=moved_source(a),
+        source_b=moved_source(b),
     )
     if b is not None and a is not None:
         if a.dtype != b.dtype and a.dtype and b.dtype:
             common["dtype_b"] = b.dtype
-            common["dtype_allowed"] = dtype_allowed(p.path, a.dtype, b.dtype, [m.a, m.b])
+            common["dtype_allowed"] = m.dtype_allowed(p.path, a.dtype, b.dtype)
         if a.kind != b.kind:
             common["kind_b"] = b.kind
     if p.status in ("only_a", "only_b"):

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from . import __version__, api, malloc, report
 from .api import diff
 from .errors import StreamdiffError
-from .layouts import PRESETS
+from .mapping.layouts import PRESETS
 from .native_log import filtered_native_stderr, mute
 from .plan import DEFAULT_MAX_MEMORY, DEFAULT_SAMPLE_SEED, default_jobs
 from .storage import DEFAULT_IO_CONCURRENCY, DEFAULT_TIMEOUT

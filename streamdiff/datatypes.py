@@ -1,6 +1,6 @@
 """The data that flows between pipeline stages, in one place.
 
-locate -> tree (`Tree` of `Leaf`) -> map (`Leaf` with a `rules.View`) -> pair (`Pair`) -> plan
+locate -> tree (`Tree` of `Leaf`) -> map (`Leaf` with a `mapping.views.View`) -> pair (`Pair`) -> plan
 (`plan.BlockGrid`) -> stream/stats (`stats.LeafStats`) -> report (`LeafResult`, `Report`).
 Everything here is a frozen dataclass; the planner's grids, the lazy views and the mergeable
 statistics accumulator live next to the code that makes them.
@@ -133,7 +133,7 @@ class Leaf:
     #: The reader found this stored but cannot compare it (unknown item type, unreadable format):
     #: reported with status `not_compared`, never silently skipped.
     not_compared: str | None = None
-    #: Mapped leaves (rules.View): a lazy transform of stored arrays; None for a stored leaf as is.
+    #: Mapped leaves (mapping.views.View): a lazy transform of stored arrays; None for a stored leaf as is.
     view: Any = field(default=None, compare=False)
     #: The leaf's path in its checkpoint before rules renamed it (None: not renamed).
     source_path: KeyPath | None = None

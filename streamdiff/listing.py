@@ -18,8 +18,8 @@ from rich.text import Text
 from .chunks import ItemSizes
 from .datatypes import Leaf, format_path
 from .errors import NotFoundError
-from .layouts import detect
 from .locate import STEP_NAME, Item, locate
+from .mapping.layouts import detect
 from .report import FULL_WIDTH, PATH_MIN, _Out, shorten
 from .tree import read_item
 from .units import human

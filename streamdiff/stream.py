@@ -31,8 +31,8 @@ from .chunks import PIECE_BYTES, ItemSizes, RawStore, chunk_format, stream_chunk
 from .datatypes import Leaf, Pair, format_path
 from .dtypes import family
 from .encoding import Encoding, audit_chunk_files, encoding_of, plausible, plausible_ends
+from .mapping.views import view_of
 from .plan import BlockGrid, MemoryPlan, RowsPlan, Sample, block_grid, refuse_leaf, rows_plan
-from .rules import view_of
 from .stats import LeafStats, Policy, block_stats, layers_settled
 from .storage import DEFAULT_TIMEOUT, describe
 

@@ -13,8 +13,8 @@ from rich.console import Console
 from test_maxtext import load
 
 from streamdiff import diff
+from streamdiff.mapping.patterns import Pattern
 from streamdiff.report import distinct, fmt_number, group_paths, render, severity, shorten
-from streamdiff.rules import Pattern
 
 RUN = MAXTEXT / "v024_linen_scan/checkpoints"
 NNX_NOSCAN = MAXTEXT / "pr283f88b_nnx_noscan/checkpoints"

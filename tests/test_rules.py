@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,7 +17,13 @@ from reference import assert_stats_match, expected_stats
 from test_maxtext import load
 
 import streamdiff
-from streamdiff.rules import Pattern, fill
+from streamdiff.datatypes import Kind, Leaf, format_path
+from streamdiff.locate import locate
+from streamdiff.mapping.layouts import PRESETS, load_preset
+from streamdiff.mapping.patterns import Pattern, RulesError, fill
+from streamdiff.mapping.rules import PRESET_DIR, apply_rules, parse_rules, read_preset
+from streamdiff.mapping.views import move_axis, source_of, stacked
+from streamdiff.tree import read_item
 
 LINEN = MAXTEXT / "v024_linen_scan/checkpoints"
 LINEN_NOSCAN = MAXTEXT / "v024_linen_noscan/checkpoints"
@@ -191,6 +198,10 @@ def test_tolerance_allow_dtype_and_ignore_rules_turn_exit_1_into_exit_0(tmp_path
         ('[[rule]]\nop = "strip"\nkey = 5\n', "key must be a string"),
         ('[[rule]]\nop = "allow_dtype"\npath = "**"\ndtypes = "float32"\n', "dtypes must be a list"),
         ('[[rule]]\nop = "moveaxis"\npath = "**/kernel"\nsource = 9\ndestination = 0\n', "out of range"),
+        ("rule = 5\n", "'rule' must be [[rule]] tables"),
+        ('include = "maxtext-linen"\n', "include must be a list of preset names"),
+        ('include = ["no-such"]\n', "include 'no-such' is not a preset (presets: flax-linen, "),
+        ('include = ["../maxtext-linen"]\n', "include '../maxtext-linen' is not a preset"),
     ],
 )
 def test_bad_rules_file_is_one_line_exit_2(tmp_path, text, needle):
@@ -342,3 +353,144 @@ def test_allow_dtype_int64_against_float64_differing_by_one_above_2_53_exits_1(t
     r = run_cli(tmp_path / "a", tmp_path / "b", "--rules", rules, "--json", "-", "-q")
     leaf = r.json["leaves"][0]
     assert (r.code, leaf["status"], leaf["mismatches"], leaf["max_abs_diff"]) == (1, "different", 1, 1.0)
+
+
+# ------------------------------------------------------------------------------- preset includes
+
+#: streamdiff/presets/maxtext-nnx-released.toml as it was before it included maxtext-linen (d518ffe).
+OLD_RELEASED = """
+name = "maxtext-nnx-released"
+description = "MaxText released NNX (pure_nnx=True, 0.2.x): the Linen layout plus nnx_aux/model/... rng state"
+
+[[rule]]
+op = "rename"
+from = "params/params/{rest:**}"
+to = "model/{rest}"
+
+[[rule]]
+op = "rename"
+from = "nnx_aux/model/{rest:**}"
+to = "model/{rest}"
+
+[[rule]]
+op = "rename"
+from = "opt_state/{i}/{moment}/params/{rest:**}"
+to = "optimizer/opt_state/{i}/{moment}/{rest}"
+
+[[rule]]
+op = "rename"
+from = "opt_state/{rest:**}"
+to = "optimizer/opt_state/{rest}"
+
+[[rule]]
+op = "rename"
+from = "step"
+to = "optimizer/step"
+
+[[rule]]
+op = "ignore"
+path = "optimizer/opt_state/*"
+kind = "empty"
+
+[[rule]]
+op = "allow_dtype"
+path = "optimizer/step"
+dtypes = ["int32", "uint32"]
+
+# Unscanned rng state under nnx_aux keeps NNX's layers/<i> dict keys; the canonical form is layers_<i>.
+[[rule]]
+op = "rename"
+from = "{pre:**}/layers/{i:int}/{rest:**}"
+to = "{pre}/layers_{i}/{rest}"
+"""
+
+
+def test_released_preset_includes_linen_and_holds_the_rules_the_old_file_repeated():
+    old = [r.args for r in parse_rules(OLD_RELEASED, "old").rules]
+    new = [r.args for r in load_preset("maxtext-nnx-released").rules]
+    assert new[:6] == [r.args for r in load_preset("maxtext-linen").rules]  # the included file, first
+    # The same 8 rules; the nnx_aux rename now runs after the Linen ones instead of second.
+    assert len(new) == len(old) == 8 and new == old[:1] + old[2:7] + [old[1]] + old[7:]
+
+
+def test_released_preset_maps_the_released_corpus_exactly_as_the_old_file_did():
+    """Moving the nnx_aux rename after the Linen rules changes nothing: no Linen rule matches an
+    nnx_aux/ path before it is renamed, nor a model/ path after."""
+    tree = read_item(locate(str(NNX_RELEASED)).items[0])
+    leaves = {p: replace(leaf, source_path=p) for p, leaf in tree.leaves.items()}
+    got = [apply_rules(leaves, [rs]) for rs in (parse_rules(OLD_RELEASED, "old"), load_preset("maxtext-nnx-released"))]
+    old, new = ({format_path(p): (source_of(x), x.shape, x.dtype, x.kind) for p, x in m.leaves.items()} for m in got)
+    assert new == old and list(new) == list(old) and len(new) == 69
+    rng = "decoder/layers/mlp/dropout/rngs/aqt/key"
+    assert new[f"model/{rng}"][0] == f"nnx_aux/model/{rng}"  # renamed by the rule that moved
+    assert got[1].ignored == got[0].ignored == ["opt_state/1"]
+    assert [(p.text, d) for p, d in got[1].allow_dtypes] == [(p.text, d) for p, d in got[0].allow_dtypes]
+
+
+def test_every_shipped_preset_loads_with_its_includes():
+    for name in PRESETS:
+        assert load_preset(name).rules, name
+    shipped = sorted(f.name for f in PRESET_DIR.iterdir() if f.name.endswith(".toml"))
+    assert shipped == sorted(f"{n}.toml" for n in PRESETS)
+
+
+def test_a_rules_file_can_include_a_preset(tmp_path):
+    """--no-auto turns the presets off; a user file including maxtext-linen maps both sides to model/..."""
+    rules = tmp_path / "r.toml"
+    rules.write_text('include = ["maxtext-linen"]\n')
+    r = run_cli(LINEN, LINEN, "--no-auto", "--rules", rules, "--json", "-", "-q", "--structure-only")
+    s = statuses(r)
+    assert r.code == 0 and len(s) == 39 and "optimizer/step" in s and not any(p.startswith("params/") for p in s)
+    assert r.json["ignored"] == {"a": ["opt_state/1"], "b": ["opt_state/1"]}
+
+
+@pytest.mark.parametrize(
+    "files,needle",
+    [
+        ({"a": ["b"], "b": ["a"]}, "preset b: include cycle a -> b -> a"),
+        ({"a": ["a"]}, "preset a: include cycle a -> a"),
+        ({"a": ["b"], "b": ["c"], "c": ["b"]}, "preset c: include cycle a -> b -> c -> b"),
+    ],
+)
+def test_preset_include_cycle_is_refused_in_one_line(tmp_path, files, needle):
+    for name, includes in files.items():
+        inc = ", ".join(f'"{x}"' for x in includes)
+        (tmp_path / f"{name}.toml").write_text(f'include = [{inc}]\n[[rule]]\nop = "ignore"\npath = "{name}"\n')
+    with pytest.raises(RulesError) as e:
+        read_preset("a", tmp_path)
+    assert str(e.value) == needle
+
+
+def test_preset_included_twice_without_a_cycle_is_expanded_twice(tmp_path):
+    """a includes b and c, both include d: a diamond, not a cycle."""
+    for name, includes in {"a": ["b", "c"], "b": ["d"], "c": ["d"], "d": []}.items():
+        inc = ", ".join(f'"{x}"' for x in includes)
+        (tmp_path / f"{name}.toml").write_text(f'include = [{inc}]\n[[rule]]\nop = "ignore"\npath = "{name}"\n')
+    assert [r.args["path"] for r in read_preset("a", tmp_path).rules] == ["d", "b", "d", "c", "a"]
+    assert [r.origin for r in read_preset("b", tmp_path).rules] == ["preset d rule 1", "preset b rule 1"]
+
+
+# --------------------------------------------------------------------- the view helpers, directly
+
+
+def test_move_axis_permutes_as_numpy_moveaxis_for_every_source_and_destination():
+    for rank in range(1, 5):
+        x = np.arange(np.prod(range(2, rank + 2))).reshape(range(2, rank + 2))
+        for src in range(rank):
+            for dst in range(rank):
+                np.testing.assert_array_equal(np.transpose(x, move_axis(rank, src, dst)), np.moveaxis(x, src, dst))
+
+
+def test_stacked_views_a_clean_run_and_refuses_gaps_and_unequal_shapes():
+    def leaf(i: int, shape=(2, 3)) -> Leaf:
+        return Leaf(("l", str(i)), Kind.ARRAY, "np.ndarray", shape, "float32", value=np.full(shape, i, np.float32))
+
+    got = stacked({1: leaf(1), 0: leaf(0), 2: leaf(2)}, ("layers",), lambda shape, n: 1)
+    assert got.path == ("layers",) and got.shape == (2, 3, 3)
+    assert got.view.describe() == "stack([l/0, l/1, l/2], axis 1)"
+    want = np.stack([np.full((2, 3), i) for i in range(3)], 1)
+    np.testing.assert_array_equal(got.view.open(None).read().result(), want)
+    assert stacked({0: leaf(0), 2: leaf(2)}, ("layers",), lambda shape, n: 1) is None  # gap at 1
+    assert stacked({1: leaf(1), 2: leaf(2)}, ("layers",), lambda shape, n: 1) is None  # no layer 0
+    assert stacked({0: leaf(0), 1: leaf(1, (3, 2))}, ("layers",), lambda shape, n: 1) is None
+    assert stacked({0: leaf(0), 1: leaf(1)}, ("layers",), lambda shape, n: None) is None  # no axis fits

@@ -17,13 +17,10 @@ with an `op`; they run in order over every leaf of the side they apply to:
     op = "tolerance"  path = "opt_state/**", atol = 1e-5, rtol = 1e-3
     op = "allow_dtype" path = "step", dtypes = ["int32", "uint32"]
 
-Patterns are '/'-separated key paths. In a segment, `{name}` captures one key, `{name:int}` one
-key made of digits, `*` matches one key; a whole segment `{name:**}` captures one or more keys and
-`**` matches any number. Captures can be reused in `to`. A key that itself contains '/' (Haiku's
-`mlp/~/linear_0`) is matched as the keys it spells, so `mlp/~/linear_{i}/w` matches it.
-
-Mapped leaves are lazy views of the stored arrays (tensorstore index transforms and `ts.stack`),
-never copies, so streaming and the memory budget work through them.
+A top-level `include = ["maxtext-linen"]` runs the rules of those presets (files of the presets
+directory, by name, themselves expanded) before the file's own, so a preset that extends another
+does not repeat it. Paths are written in the pattern language of `patterns.py`. Transposes and
+stacks are lazy views (`views.py`), never copies.
 """
 
 from __future__ import annotations
@@ -32,197 +29,17 @@ import math
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
+from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any
 
-import tensorstore as ts
-
-from .datatypes import KeyPath, Leaf, format_path
-from .errors import StreamdiffError
+from ..datatypes import KeyPath, Leaf, format_path
+from .patterns import Pattern, RulesError, fill
+from .views import View, move_axis, stacked, transposed, view_of, with_view
 
 OPS = ("rename", "ignore", "strip", "transpose", "moveaxis", "unstack", "stack", "tolerance", "allow_dtype")
-
-
-class RulesError(StreamdiffError):
-    """A rules file that cannot be read or does not make sense."""
-
-
-# ------------------------------------------------------------------------------------ patterns
-
-
-@dataclass(frozen=True)
-class Pattern:
-    """A compiled path pattern (see the module docstring for the syntax)."""
-
-    text: str
-    segments: tuple[Any, ...]  # '**' | ('**', name) | compiled regex of one segment
-
-    @staticmethod
-    def compile(text: str) -> Pattern:
-        segs: list[Any] = []
-        for seg in text.strip("/").split("/") if text.strip("/") else []:
-            m = re.fullmatch(r"\{(\w+):\*\*\}", seg)
-            if seg == "**":
-                segs.append("**")
-            elif m:
-                segs.append(("**", m.group(1)))
-            else:
-                segs.append(_segment_regex(seg, text))
-        return Pattern(text, tuple(segs))
-
-    def match(self, path: KeyPath) -> dict[str, Any] | None:
-        # Keys containing '/' (Haiku's 'mlp/~/linear_0') are matched as the keys they spell.
-        flat = tuple(seg for key in path for seg in key.split("/")) if any("/" in k for k in path) else path
-        return _match(self.segments, 0, flat, 0, {})
-
-    @property
-    def names(self) -> set[str]:
-        return set(re.findall(r"\{(\w+)(?::[^}]*)?\}", self.text))
-
-
-def _segment_regex(seg: str, text: str) -> re.Pattern:
-    out = ""
-    pos = 0
-    for m in re.finditer(r"\{(\w+)(?::(int))?\}|\*", seg):
-        out += re.escape(seg[pos : m.start()])
-        if m.group(0) == "*":
-            out += ".*"
-        else:
-            out += f"(?P<{m.group(1)}>{'[0-9]+' if m.group(2) else '.+'})"
-        pos = m.end()
-    out += re.escape(seg[pos:])
-    try:
-        return re.compile(out, re.DOTALL)
-    except re.error as e:
-        raise RulesError(f"bad pattern {text!r}: {e}") from e
-
-
-def _match(segs, i, path, j, caps) -> dict[str, Any] | None:
-    if i == len(segs):
-        return dict(caps) if j == len(path) else None
-    s = segs[i]
-    if s == "**" or isinstance(s, tuple):
-        lo = 0 if s == "**" else 1
-        for k in range(len(path), j + lo - 1, -1):  # greedy, then backtrack
-            new = dict(caps)
-            if isinstance(s, tuple):
-                new[s[1]] = tuple(path[j:k])
-            r = _match(segs, i + 1, path, k, new)
-            if r is not None:
-                return r
-        return None
-    if j >= len(path):
-        return None
-    m = s.fullmatch(path[j])
-    if not m:
-        return None
-    new = dict(caps)
-    for k, v in m.groupdict().items():
-        if k in new and new[k] != v:
-            return None
-        new[k] = v
-    return _match(segs, i + 1, path, j + 1, new)
-
-
-def fill(template: str, caps: dict[str, Any]) -> KeyPath:
-    """Build a path from a template and captures: `{rest}` expands a multi-key capture in place."""
-    out: list[str] = []
-    for seg in template.strip("/").split("/") if template.strip("/") else []:
-        m = re.fullmatch(r"\{(\w+)(?::[^}]*)?\}", seg)
-        if m and isinstance(caps.get(m.group(1)), tuple):
-            out.extend(caps[m.group(1)])
-            continue
-
-        def sub(mm: re.Match) -> str:
-            v = caps.get(mm.group(1))
-            if v is None:
-                raise RulesError(f"{template!r} uses {{{mm.group(1)}}}, which its pattern does not capture")
-            return "/".join(v) if isinstance(v, tuple) else str(v)
-
-        out.append(re.sub(r"\{(\w+)(?::[^}]*)?\}", sub, seg))
-    return tuple(out)
-
-
-# --------------------------------------------------------------------------------------- views
-
-
-@dataclass(frozen=True)
-class View:
-    """How to see a canonical leaf through stored arrays: a tree of lazy tensorstore transforms."""
-
-    op: str  # 'base' | 'transpose' | 'index' | 'stack'
-    leaf: Leaf | None = None  # base
-    children: tuple[View, ...] = ()
-    axes: tuple[int, ...] = ()  # transpose: result axis k = child axis axes[k]
-    axis: int = 0  # index / stack
-    index: int = 0  # index
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        if self.op == "base":
-            return self.leaf.shape
-        c = self.children[0].shape
-        if self.op == "transpose":
-            return tuple(c[a] for a in self.axes)
-        if self.op == "index":
-            return c[: self.axis] + c[self.axis + 1 :]
-        return c[: self.axis] + (len(self.children),) + c[self.axis :]
-
-    @property
-    def chunks(self) -> tuple[int, ...] | None:
-        """Smallest decodable unit seen through the transform (for block planning)."""
-        if self.op == "base":
-            if self.leaf.source is None:
-                return None
-            return self.leaf.source.read_chunk_shape
-        c = self.children[0].chunks
-        if c is None:
-            return None
-        if self.op == "transpose":
-            return tuple(c[a] for a in self.axes)
-        if self.op == "index":
-            return c[: self.axis] + c[self.axis + 1 :]
-        return c[: self.axis] + (1,) + c[self.axis :]
-
-    def open(self, context: ts.Context) -> ts.TensorStore:
-        if self.op == "base":
-            if self.leaf.source is None:
-                import numpy as np
-
-                return ts.array(np.asarray(self.leaf.value))
-            return ts.open(self.leaf.source.spec, context=context, read=True, assume_metadata=True).result()
-        if self.op == "stack":
-            return ts.stack([c.open(context) for c in self.children], axis=self.axis)
-        child = self.children[0].open(context)
-        if self.op == "transpose":
-            return child[ts.d[list(self.axes)].transpose[:]]
-        return child[ts.d[self.axis][self.index]]
-
-    def describe(self) -> str:
-        if self.op == "base":
-            return format_path(self.leaf.path)
-        if self.op == "transpose":
-            return f"transpose({self.children[0].describe()}, {list(self.axes)})"
-        if self.op == "index":
-            return f"{self.children[0].describe()}[axis {self.axis} = {self.index}]"
-        parts = [c.describe() for c in self.children]
-        inner = ", ".join(parts) if len(parts) <= 3 else f"{parts[0]}, ..., {parts[-1]}"
-        return f"stack([{inner}], axis {self.axis})"
-
-
-def base_view(leaf: Leaf) -> View:
-    return View("base", leaf=leaf)
-
-
-def view_of(leaf: Leaf) -> View:
-    return leaf.view if leaf.view is not None else base_view(leaf)
-
-
-def with_view(leaf: Leaf, path: KeyPath, view: View) -> Leaf:
-    """A canonical leaf seen through `view` (shape follows the view; storage hidden behind it)."""
-    return replace(leaf, path=path, shape=view.shape, view=view, source=None, value=None)
-
-
-# --------------------------------------------------------------------------------------- rules
+#: Where presets live, and where `include` names are looked up (the wheel ships them as package data).
+PRESET_DIR: Traversable = resources.files("streamdiff.mapping").joinpath("presets")
 
 
 @dataclass(frozen=True)
@@ -247,22 +64,45 @@ class RuleSet:
     rules: tuple[Rule, ...]
 
 
-def parse_rules(text: str, name: str) -> RuleSet:
+def parse_rules(text: str, name: str, presets: Traversable = PRESET_DIR, chain: tuple[str, ...] = ()) -> RuleSet:
+    """A rules file's text as a RuleSet named `name`, its `include`s read from `presets` and
+    expanded in front of its own rules. `chain` holds the presets being expanded (cycle check)."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise RulesError(f"{name}: not valid TOML ({e})") from e
-    unknown = set(doc) - {"rule", "name", "description"}
+    unknown = set(doc) - {"rule", "name", "description", "include"}
     if unknown:
         raise RulesError(f"{name}: unknown top-level key(s) {sorted(unknown)}; rules are [[rule]] tables")
-    rules = []
-    for k, r in enumerate(doc.get("rule", []), 1):
+    include = doc.get("include", [])
+    if not (isinstance(include, list) and all(isinstance(x, str) for x in include)):
+        raise RulesError(f"{name}: include must be a list of preset names, got {include!r}")
+    rules = [r for inc in include for r in _included(inc, name, presets, chain).rules]
+    tables = doc.get("rule", [])
+    if not isinstance(tables, list):
+        raise RulesError(f"{name}: 'rule' must be [[rule]] tables, got {tables!r}")
+    for k, r in enumerate(tables, 1):
         origin = f"{name} rule {k}"
         if not isinstance(r, dict) or r.get("op") not in OPS:
             raise RulesError(f"{origin}: 'op' must be one of {', '.join(OPS)}")
         rules.append(Rule(r["op"], dict(r), origin))
         _validate(rules[-1])
     return RuleSet(doc.get("name", name), tuple(rules))
+
+
+def read_preset(name: str, presets: Traversable = PRESET_DIR, chain: tuple[str, ...] = ()) -> RuleSet:
+    """The preset `<presets>/<name>.toml`, its includes expanded. The caller checks the name."""
+    text = presets.joinpath(f"{name}.toml").read_text(encoding="utf-8")
+    return parse_rules(text, f"preset {name}", presets, chain + (name,))
+
+
+def _included(name: str, by: str, presets: Traversable, chain: tuple[str, ...]) -> RuleSet:
+    if name in chain:
+        raise RulesError(f"{by}: include cycle {' -> '.join(chain + (name,))}")
+    if not re.fullmatch(r"[\w-]+", name) or not presets.joinpath(f"{name}.toml").is_file():
+        known = sorted(f.name[: -len(".toml")] for f in presets.iterdir() if f.name.endswith(".toml"))
+        raise RulesError(f"{by}: include {name!r} is not a preset (presets: {', '.join(known)})")
+    return read_preset(name, presets, chain)
 
 
 _REQUIRED = {
@@ -327,8 +167,9 @@ def load_rules_file(path: str) -> RuleSet:
 
 
 @dataclass
-class Mapped:
-    """One side after its rules: canonical leaves, plus what happened to get there."""
+class MappedSide:
+    """One side after its rules: canonical leaves, plus what happened to get there (rules
+    applied, paths ignored) and the per-path tolerances and allowed dtypes its rules declared."""
 
     leaves: dict[KeyPath, Leaf]
     ignored: list[str] = field(default_factory=list)
@@ -337,8 +178,8 @@ class Mapped:
     allow_dtypes: list[tuple[Pattern, frozenset[str]]] = field(default_factory=list)
 
 
-def apply_rules(leaves: dict[KeyPath, Leaf], rulesets: list[RuleSet]) -> Mapped:
-    out = Mapped(dict(leaves))
+def apply_rules(leaves: dict[KeyPath, Leaf], rulesets: list[RuleSet]) -> MappedSide:
+    out = MappedSide(dict(leaves))
     for rs in rulesets:
         for r in rs.rules:
             n = _apply(r, out)
@@ -347,7 +188,7 @@ def apply_rules(leaves: dict[KeyPath, Leaf], rulesets: list[RuleSet]) -> Mapped:
     return out
 
 
-def _apply(r: Rule, m: Mapped) -> int:
+def _apply(r: Rule, m: MappedSide) -> int:
     op = r.op
     if op == "tolerance":
         m.tolerances.append((r.pattern, float(r.args.get("atol", 0.0)), float(r.args.get("rtol", 0.0))))
@@ -404,19 +245,14 @@ def _transposed(leaf: Leaf, r: Rule) -> Leaf:
     if r.op == "transpose":
         axes = [int(a) for a in r.args["axes"]]
     else:
-        axes = list(range(n))
         src, dst = int(r.args["source"]), int(r.args["destination"])
         if not (-n <= src < n and -n <= dst < n):
             where = format_path(leaf.path)
             raise RulesError(f"{r.origin}: moveaxis {src} -> {dst} out of range for {where} of rank {n}")
-        src, dst = src % n, dst % n
-        axes.insert(dst, axes.pop(src))
+        axes = list(move_axis(n, src % n, dst % n))
     if sorted(axes) != list(range(n)):
         raise RulesError(f"{r.origin}: axes {axes} are not a permutation for {format_path(leaf.path)} of rank {n}")
-    if axes == list(range(n)):
-        return leaf
-    v = View("transpose", children=(view_of(leaf),), axes=tuple(axes))
-    return with_view(leaf, leaf.path, v)
+    return transposed(leaf, tuple(axes))
 
 
 def _unstacked(leaf: Leaf, r: Rule, caps: dict[str, Any]):
@@ -431,7 +267,7 @@ def _unstacked(leaf: Leaf, r: Rule, caps: dict[str, Any]):
         yield dst, with_view(leaf, dst, v)
 
 
-def _stack(r: Rule, m: Mapped) -> int:
+def _stack(r: Rule, m: MappedSide) -> int:
     pat = r.pattern
     groups: dict[KeyPath, dict[int, Leaf]] = {}
     rest: dict[KeyPath, Leaf] = {}
@@ -449,38 +285,15 @@ def _stack(r: Rule, m: Mapped) -> int:
                 f"{format_path(dst)} at index {i}"
             )
         members[i] = leaf
+    axis = int(r.args["axis"])
     count = 0
     for dst, members in groups.items():
-        idx = sorted(members)
-        parts = [members[i] for i in idx]
-        if idx != list(range(len(idx))) or len({p.shape for p in parts}) != 1 or parts[0].shape is None:
-            # Not a clean 0..L-1 run of equal shapes: leave the leaves as they are.
-            for p in parts:
-                _put(rest, p.path, p, r)
+        leaf = stacked(members, dst, lambda shape, _count: axis % (len(shape) + 1))
+        if leaf is None:  # not a clean 0..L-1 run of equal shapes: leave the leaves as they are
+            for i in sorted(members):
+                _put(rest, members[i].path, members[i], r)
             continue
-        axis = r.args["axis"]
-        n = len(parts[0].shape)
-        axis = int(axis) % (n + 1)
-        v = View("stack", children=tuple(view_of(p) for p in parts), axis=axis)
-        _put(rest, dst, with_view(parts[0], dst, v), r)
-        count += len(parts)
+        _put(rest, dst, leaf, r)
+        count += len(members)
     m.leaves = rest
     return count
-
-
-def tolerance_for(path: KeyPath, mapped: list[Mapped]) -> tuple[float, float] | None:
-    """The last matching tolerance rule of either side, if any."""
-    found = None
-    for m in mapped:
-        for pat, atol, rtol in m.tolerances:
-            if pat.match(path) is not None:
-                found = (atol, rtol)
-    return found
-
-
-def dtype_allowed(path: KeyPath, a: str, b: str, mapped: list[Mapped]) -> bool:
-    for m in mapped:
-        for pat, allowed in m.allow_dtypes:
-            if pat.match(path) is not None and {a, b} <= allowed:
-                return True
-    return False

@@ -1,8 +1,10 @@
-"""Which layout each side is in, which presets map it, and how two mapped sides are aligned.
+"""Which layout each side is in, which presets map it, how two mapped sides are aligned, and
+where a scanned leaf's layer axis is.
 
-Presets (TOML in `presets/`) rename every MaxText layout to one canonical form: `model/<module
-path>` for parameters (and NNX rng state), `optimizer/opt_state/<i>/<count|mu|nu>/<module path>`,
-`optimizer/step`, unscanned layers as `layers_<i>`. Detection looks only at paths.
+Presets (TOML in `presets/`, read by `rules.read_preset`, which expands their `include`s)
+rename every MaxText layout to one canonical form: `model/<module path>` for parameters (and NNX
+rng state), `optimizer/opt_state/<i>/<count|mu|nu>/<module path>`, `optimizer/step`, unscanned
+layers as `layers_<i>`. Detection looks only at paths.
 
 Alignment then handles what depends on both sides at once:
 
@@ -14,14 +16,20 @@ Alignment then handles what depends on both sides at once:
 * both scanned with the layer axis in different places (param_scan_axis 1 vs 0): the second
   side's layer axis is moved to where the first side has it, for leaves under a `layers` key
   whose shapes differ by exactly that move.
+
+After pairing, `LayerAxes` finds the layer axis of each scanned leaf for per-layer statistics.
 """
 
 from __future__ import annotations
 
-from importlib import resources
+from collections import Counter
+from dataclasses import dataclass
 
-from .datatypes import KeyPath, Leaf, format_path
-from .rules import Mapped, Pattern, RulesError, RuleSet, View, parse_rules, view_of, with_view
+from ..datatypes import KeyPath, Leaf, Pair, format_path
+from ..errors import UsageError
+from .patterns import Pattern, RulesError
+from .rules import MappedSide, RuleSet, read_preset
+from .views import move_axis, stacked, transposed
 
 PRESETS = (
     "maxtext-linen",
@@ -41,10 +49,10 @@ UNSCANNED = (
 
 
 def load_preset(name: str) -> RuleSet:
+    """The rules of a preset the user can name (`--preset`) or detection can pick."""
     if name not in PRESETS:
         raise RulesError(f"unknown preset {name!r} (presets: {', '.join(PRESETS)})")
-    text = resources.files("streamdiff.presets").joinpath(f"{name}.toml").read_text(encoding="utf-8")
-    return parse_rules(text, f"preset {name}")
+    return read_preset(name)
 
 
 def detect(paths: list[KeyPath]) -> str | None:
@@ -72,7 +80,7 @@ def detect(paths: list[KeyPath]) -> str | None:
     return None
 
 
-def align(a: Mapped, b: Mapped, layer_axis: int | None) -> tuple[list[str], list[str]]:
+def align(a: MappedSide, b: MappedSide, layer_axis: int | None) -> tuple[list[str], list[str]]:
     """Align the two mapped sides in place; returns what was done, as notes for A and for B."""
     notes: tuple[list[str], list[str]] = ([], [])
     for side_notes, this, other in ((notes[0], a, b), (notes[1], b, a)):
@@ -85,7 +93,7 @@ def align(a: Mapped, b: Mapped, layer_axis: int | None) -> tuple[list[str], list
     return notes
 
 
-def _stack_to_match(this: Mapped, other: Mapped, layer_axis: int | None) -> int:
+def _stack_to_match(this: MappedSide, other: MappedSide, layer_axis: int | None) -> int:
     groups: dict[KeyPath, dict[int, Leaf]] = {}
     for path, leaf in this.leaves.items():
         caps = next((c for c in (p.match(path) for p in UNSCANNED) if c is not None), None)
@@ -96,20 +104,16 @@ def _stack_to_match(this: Mapped, other: Mapped, layer_axis: int | None) -> int:
             groups.setdefault(target, {})[int(caps["i"])] = leaf
     count = 0
     for target, members in groups.items():
-        idx = sorted(members)
-        parts = [members[i] for i in idx]
-        shapes = {p.shape for p in parts}
-        if idx != list(range(len(idx))) or len(shapes) != 1 or parts[0].shape is None:
-            continue
-        axis = _stack_axis(parts[0].shape, len(parts), other.leaves[target].shape, layer_axis)
-        if axis is None:
-            continue  # the shapes do not show a stacking (e.g. only layers_0 exists): leave one-sided
-        view = View("stack", children=tuple(view_of(p) for p in parts), axis=axis)
-        for p in parts:
+        want = other.leaves[target].shape
+        leaf = stacked(members, target, lambda shape, n, want=want: _stack_axis(shape, n, want, layer_axis))
+        if leaf is None:
+            continue  # not one stack, or the shapes do not show one (e.g. only layers_0 exists): leave one-sided
+        for p in members.values():
             del this.leaves[p.path]
-        this.leaves[target] = with_view(parts[0], target, view)
-        this.applied.append(f"align: stack {len(parts)} x {format_path(parts[0].path)} ... on axis {axis}")
-        count += len(parts)
+        this.leaves[target] = leaf
+        first = format_path(members[0].path)
+        this.applied.append(f"align: stack {len(members)} x {first} ... on axis {leaf.view.axis}")
+        count += len(members)
     return count
 
 
@@ -131,7 +135,7 @@ def _stack_axis(member: tuple[int, ...], n: int, other: tuple[int, ...] | None, 
 MIN_MOVE_EVIDENCE = 2
 
 
-def _move_layer_axis(a: Mapped, b: Mapped, layer_axis: int | None = None) -> int:
+def _move_layer_axis(a: MappedSide, b: MappedSide, layer_axis: int | None = None) -> int:
     """View B's scanned leaves with the layer axis where A has it, when the two saves put it at
     different positions (MaxText's param_scan_axis 0 vs 1).
 
@@ -156,8 +160,7 @@ def _move_layer_axis(a: Mapped, b: Mapped, layer_axis: int | None = None) -> int
     ):
         return 0
     for path, lb, perm, _ in moves:
-        v = View("transpose", children=(view_of(lb),), axes=tuple(perm))
-        b.leaves[path] = with_view(lb, path, v)
+        b.leaves[path] = transposed(lb, tuple(perm))
         b.applied.append(f"align: {format_path(path)} axes {list(perm)}")
     return len(moves)
 
@@ -166,14 +169,57 @@ def _single_move(src: tuple[int, ...], dst: tuple[int, ...]) -> list[int] | None
     """The permutation moving one axis of `src` that yields `dst`, if exactly one does."""
     if len(src) != len(dst) or sorted(src) != sorted(dst):
         return None
-    found = []
     n = len(src)
-    for i in range(n):
-        for j in range(n):
-            if i == j:
-                continue
-            axes = list(range(n))
-            axes.insert(j, axes.pop(i))
-            if tuple(src[k] for k in axes) == dst and axes not in found:
-                found.append(axes)
-    return found[0] if len(found) == 1 else None
+    moves = {move_axis(n, i, j) for i in range(n) for j in range(n) if i != j}
+    found = [axes for axes in moves if tuple(src[k] for k in axes) == dst]
+    return list(found[0]) if len(found) == 1 else None
+
+
+@dataclass(frozen=True)
+class LayerAxes:
+    """Where the stacked layer axis of each scanned leaf is, for `per_layer`.
+
+    A scanned leaf is an array under a `layers` key (MaxText's and nn.scan's name for the stack).
+    Its layer axis is `forced` (--layer-axis) when given; else the axis on which alignment stacked
+    unscanned layers; else the axis holding the layer count: the count is the size most scanned
+    leaves have on axis 1 (MaxText's param_scan_axis), and a leaf whose axis 1 is not that size
+    (a vector, a PRNG key stacked on axis 0) uses its first axis of that size."""
+
+    forced: int | None
+    count: int | None
+
+    @staticmethod
+    def of(pairs: list[Pair], forced: int | None) -> LayerAxes:
+        scanned = [p for p in pairs if _scanned(p)]
+        if forced is not None and scanned and not any(forced < len(p.a.shape) for p in scanned):
+            # Every scanned leaf would be left without per-layer statistics: a silent "no layer
+            # differs" next to differing leaves. Say what is wrong instead.
+            most = max(len(p.a.shape) for p in scanned)
+            raise UsageError(f"--layer-axis {forced}: no scanned leaf has that axis (they have at most {most} axes)")
+        sizes = Counter(p.a.shape[1] for p in scanned if len(p.a.shape) >= 2 and p.a.kind == "array")
+        return LayerAxes(forced, sizes.most_common(1)[0][0] if sizes else None)
+
+    def axis(self, p: Pair) -> int | None:
+        if not _scanned(p):
+            return None
+        shape = p.a.shape
+        if self.forced is not None:
+            return self.forced if self.forced < len(shape) else None
+        for leaf in (p.a, p.b):
+            if leaf.view is not None and leaf.view.op == "stack":
+                return leaf.view.axis
+        if self.count is None:
+            return 1 if len(shape) >= 2 else 0
+        if len(shape) >= 2 and shape[1] == self.count and p.a.kind == "array":
+            return 1
+        return next((k for k, n in enumerate(shape) if n == self.count), None)
+
+
+def _scanned(p: Pair) -> bool:
+    return (
+        p.status == "compare"
+        and p.a is not None
+        and bool(p.a.shape)
+        and p.a.kind in ("array", "prng_key")
+        and "layers" in p.path
+    )
