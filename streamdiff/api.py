@@ -94,7 +94,7 @@ def diff(
     `max_memory` takes what `--max-memory` takes ('4G', '512M') or bytes.
     `only` / `exclude` are rules' path patterns ('params/**', '**/kernel') matched against the
     canonical paths: leaves outside the selection are not read and are listed in `Report.excluded`.
-    `per_layer` adds statistics per index of the layer axis of scanned leaves (`stats['layers']`).
+    `per_layer` adds statistics per index of the layer axis of scanned leaves (`LeafResult.stats.layers`).
     """
     check_tolerance(atol, rtol)
     max_memory = parse_size(max_memory, "max_memory")
@@ -448,17 +448,17 @@ def _result(
         return LeafResult(status=Status.NOT_COMPARED, message="values were not read", **common)
     if outcome.error:
         return LeafResult(status="error", message=f"reading values failed: {outcome.error}", **common)
-    stats = outcome.stats.to_dict(a.shape)
-    if policy is not None and stats.get("max_abs_diff_values") is not None:
-        stats["max_abs_diff_allowed"] = _allowed(policy, stats["max_abs_diff_values"][1])
-    if outcome.rows is not None:
-        stats["streamed"] = True
+    acc = outcome.stats
+    found: dict[str, object] = {"streamed": outcome.rows is not None}
+    if policy is not None and acc.max_abs_values is not None:
+        found["max_abs_diff_allowed"] = _allowed(policy, acc.max_abs_values[1])
     if outcome.grid is not None:
-        stats["blocks"] = outcome.grid.count
+        found["blocks"] = outcome.grid.count
         amp = max(outcome.grid.amplification_a, outcome.grid.amplification_b)
         if amp > 1.0:
-            stats["read_amplification"] = amp
-    differs = stats["mismatches"] > 0 or dtype_differs
+            found["read_amplification"] = amp
+    stats = acc.result(a.shape, **found)
+    differs = stats.mismatches > 0 or dtype_differs
     msg = "; ".join(outcome.warnings) or None
     return LeafResult(status="different" if differs else "equal", stats=stats, message=msg, **common)
 

@@ -7,13 +7,13 @@ import math
 import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from rich.console import Console
 from rich.text import Text
 
-from .datatypes import KeyPath, LeafResult, Report, Verdict, format_path
+from .datatypes import WHEN_SET, KeyPath, LeafResult, Report, ValueStats, Verdict, format_path
 
 SCHEMA = "streamdiff/1"
 #: Rows of the differing-leaves table shown without --verbose.
@@ -69,8 +69,8 @@ def leaf_json(r: LeafResult) -> dict[str, Any]:
         d["dtype"] = r.dtype
     if r.dtype_b is not None:
         d["dtype_b"] = r.dtype_b
-    if r.stats:
-        d.update({k: _num(v) for k, v in r.stats.items()})
+    if r.stats is not None:
+        d.update(stats_json(r.stats))
     if r.message is not None:
         d["message"] = r.message
     if r.source_a is not None:
@@ -78,6 +78,22 @@ def leaf_json(r: LeafResult) -> dict[str, Any]:
     if r.source_b is not None:
         d["source_b"] = r.source_b
     return d
+
+
+def stats_json(s: ValueStats) -> dict[str, Any]:
+    """A leaf's statistics as the JSON writes them: every field by name in declaration order, those
+    marked `WHEN_SET` only when set; tuples as lists, inf/nan as strings."""
+    out: dict[str, Any] = {}
+    for f in fields(s):
+        v = getattr(s, f.name)
+        if f.metadata == WHEN_SET and (v is None or v is False):
+            continue
+        if f.name == "layers":
+            v = [{g.name: _num(getattr(x, g.name)) for g in fields(x)} for x in v]
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = _num(v)
+    return out
 
 
 def to_json(r: Report, stat_depth: int | None = None) -> dict[str, Any]:
@@ -138,14 +154,12 @@ def subtrees(r: Report, depth: int) -> list[Subtree]:
     for x in r.leaves:
         key = format_path(x.path[:depth])
         g = groups.setdefault(key, Subtree(key))
-        s = x.stats or {}
         g.leaves += 1
         g.different += x.status != "equal"
-        g.mismatches += s.get("mismatches", 0)
-        g.elements += s.get("count", 0)
-        d = s.get("max_abs_diff") or 0.0
-        if d > g.max_abs_diff:
-            g.max_abs_diff = d
+        if x.stats is not None:
+            g.mismatches += x.stats.mismatches
+            g.elements += x.stats.count
+            g.max_abs_diff = max(g.max_abs_diff, x.stats.max_abs_diff)
     return sorted(groups.values(), key=lambda g: (-g.mismatches, -g.max_abs_diff, -g.different, g.path))
 
 
@@ -291,11 +305,12 @@ def verdict_line(r: Report) -> str:
 def severity(r: LeafResult) -> tuple:
     """Errors and structure first, then the leaves with the most mismatching elements (a counter
     that is off by one matters less than a kernel that differs everywhere), then by max |a-b|."""
-    s = r.stats or {}
     rank = {"error": 0, "not_compared": 0, "shape_mismatch": 1, "only_a": 2, "only_b": 2, "different": 3, "equal": 4}[
         r.status
     ]
-    return (rank, -s.get("mismatches", 0), -(s.get("max_abs_diff") or 0.0))
+    if r.stats is None:
+        return (rank, 0, 0.0)
+    return (rank, -r.stats.mismatches, -r.stats.max_abs_diff)
 
 
 @dataclass(frozen=True)
@@ -307,24 +322,24 @@ class _Col:
 
 def _mismatches(x: LeafResult, full: bool) -> str:
     s = x.stats
-    pct = f"{100.0 * s['mismatches'] / s['count']:.3g}%" if s["count"] else "-"
-    return f"{s['mismatches']}/{s['count']} ({pct})" if full else f"{s['mismatches']} ({pct})"
+    pct = f"{100.0 * s.mismatches / s.count:.3g}%" if s.count else "-"
+    return f"{s.mismatches}/{s.count} ({pct})" if full else f"{s.mismatches} ({pct})"
 
 
-def _at(index: list[int] | None) -> str:
+def _at(index: tuple[int, ...] | None) -> str:
     return "-" if index is None else "[" + ",".join(map(str, index)) + "]"
 
 
 #: Columns in order of importance: narrower terminals drop them from the end of this list.
 _COLUMNS = (
     _Col("mismatches", True, _mismatches),
-    _Col("max |a-b|", True, lambda x, f: fmt_number(x.stats["max_abs_diff"])),
-    _Col("max rel", True, lambda x, f: fmt_number(x.stats["max_rel_diff"])),
-    _Col("at", False, lambda x, f: _at(x.stats["max_abs_diff_index"])),
-    _Col("rms", True, lambda x, f: fmt_number(x.stats["rms_diff"])),
+    _Col("max |a-b|", True, lambda x, f: fmt_number(x.stats.max_abs_diff)),
+    _Col("max rel", True, lambda x, f: fmt_number(x.stats.max_rel_diff)),
+    _Col("at", False, lambda x, f: _at(x.stats.max_abs_diff_index)),
+    _Col("rms", True, lambda x, f: fmt_number(x.stats.rms_diff)),
     _Col("dtype", False, lambda x, f: x.dtype + (f"/{x.dtype_b}" if x.dtype_b else "")),
     _Col("shape", False, lambda x, f: "x".join(map(str, x.shape)) or "()"),
-    _Col("NaN a/b", True, lambda x, f: f"{fmt_number(x.stats['nan_a'])}/{fmt_number(x.stats['nan_b'])}"),
+    _Col("NaN a/b", True, lambda x, f: f"{fmt_number(x.stats.nan_a)}/{fmt_number(x.stats.nan_b)}"),
 )
 #: The order columns are displayed in, whichever are shown.
 _DISPLAY = ("dtype", "shape", "mismatches", "max |a-b|", "at", "max rel", "rms", "NaN a/b")
@@ -392,14 +407,14 @@ def distinct(a: float, b: float) -> tuple[str, str]:
 def worst_values_line(x: LeafResult, width: int) -> str | None:
     """`path: a=0.0123 b=0.0138 at [56,0,21], allowed 1.1e-07` (numpy's and torch's way of
     showing the worst element), None when the leaf has no nonzero difference."""
-    s = x.stats or {}
-    values = s.get("max_abs_diff_values")
+    s = x.stats
+    values = None if s is None else s.max_abs_diff_values
     if values is None:
         return None
     a, b = distinct(*values) if all(isinstance(v, float) for v in values) else (str(v) for v in values)
-    tail = f": a={a} b={b} at {_at(s.get('max_abs_diff_index'))}"
-    if s.get("max_abs_diff_allowed") is not None:
-        tail += f", allowed {fmt_number(s['max_abs_diff_allowed'])}"
+    tail = f": a={a} b={b} at {_at(s.max_abs_diff_index)}"
+    if s.max_abs_diff_allowed is not None:
+        tail += f", allowed {fmt_number(s.max_abs_diff_allowed)}"
     return shorten(format_path(x.path), max(8, width - len(tail))) + tail
 
 
@@ -527,7 +542,7 @@ def _render_problems(r: Report, out: _Out, verbose: bool) -> None:
     problems += [
         x
         for x in r.leaves
-        if x.status == "different" and (x.kind_b or (x.dtype_b and not x.dtype_allowed) or not x.stats)
+        if x.status == "different" and (x.kind_b or (x.dtype_b and not x.dtype_allowed) or x.stats is None)
     ]
     one_sided = {s: [x for x in r.leaves if x.status == s] for s in ("only_a", "only_b")}
     if not problems and not any(one_sided.values()):
@@ -555,7 +570,7 @@ def _render_problems(r: Report, out: _Out, verbose: bool) -> None:
 
 
 def _render_values(r: Report, out: _Out, width: int, verbose: bool) -> None:
-    rows = [x for x in r.leaves if x.stats and (verbose or x.status != "equal")]
+    rows = [x for x in r.leaves if x.stats is not None and (verbose or x.status != "equal")]
     if not rows:
         return
     rows.sort(key=severity)
@@ -633,7 +648,7 @@ def sparkline(values: list[float], width: int) -> str:
 
 def _render_layers(r: Report, out: _Out, width: int, verbose: bool) -> None:
     """`--per-layer`: one line per scanned leaf, a sparkline of max |a-b| over its layers."""
-    rows = [x for x in r.leaves if x.stats and x.stats.get("layers") and (verbose or x.status != "equal")]
+    rows = [x for x in r.leaves if x.stats is not None and x.stats.layers and (verbose or x.status != "equal")]
     out("per layer (max |a-b| by layer index, · = unchanged):", "bold")
     if not rows:
         out("  no scanned leaf differs" if not verbose else "  no scanned leaves", "dim")
@@ -641,13 +656,13 @@ def _render_layers(r: Report, out: _Out, width: int, verbose: bool) -> None:
     rows.sort(key=severity)
     tails, maxes = [], []
     for x in rows:
-        layers = x.stats["layers"]
-        m = [float(layer["max_abs_diff"]) for layer in layers]
-        moved = sum(1 for layer in layers if layer["mismatches"])
+        layers = x.stats.layers
+        m = [float(layer.max_abs_diff) for layer in layers]
+        moved = sum(1 for layer in layers if layer.mismatches)
         worst = max(range(len(m)), key=lambda i: m[i])
         tail = f"{moved}/{len(layers)} moved"
         if m[worst] > 0:
-            tail += f", max {fmt_number(m[worst])} at layer {layers[worst]['layer']}"
+            tail += f", max {fmt_number(m[worst])} at layer {layers[worst].layer}"
         tails.append(tail)
         maxes.append(m)
     tail_w = max(len(t) for t in tails)

@@ -425,7 +425,7 @@ def test_big_chunks_streamed_still_settle_by_valid_bytes(tmp_path, layout):
     save(tmp_path / "b", {"w": BIG}, **LAYOUTS[layout])
     r = streamdiff.diff(str(tmp_path / "a"), str(tmp_path / "b"), block_bytes=4096)
     s = r.leaves[0].stats
-    assert r.exit_code == 0 and s["streamed"] and s["shortcut_chunks"] == 1, s
+    assert r.exit_code == 0 and s.streamed and s.shortcut_chunks == 1, s
 
 
 def test_big_chunk_cut_short_the_same_way_on_both_sides_is_an_error(tmp_path):
@@ -464,7 +464,7 @@ def test_unstreamable_chunk_within_the_budget_is_decoded_whole_with_a_warning(pa
     write_with_tensorstore(b / "w", md, False, y)
     r = streamdiff.diff(str(a), str(b), block_bytes=4096)
     leaf = next(x for x in r.leaves if x.path == ("w",))
-    assert leaf.status == "different" and leaf.stats["mismatches"] == int((W != y).sum())
+    assert leaf.status == "different" and leaf.stats.mismatches == int((W != y).sum())
     assert "cannot be streamed" in leaf.message and "within --max-memory" in leaf.message
 
 

@@ -305,7 +305,7 @@ def test_rules_undo_random_renames_transposes_and_stacking(case, block_bytes):
         r = streamdiff.diff(f"{tmp}/a", f"{tmp}/b", rules=[f"{tmp}/undo.toml"], auto=False, block_bytes=block_bytes)
         assert r.exit_code == 0, [(x.path, x.status, x.message) for x in r.leaves]
         assert sorted("/".join(x.path) for x in r.leaves) == ["params/embed", "params/layers/kernel"]
-        assert all(x.stats["identical"] for x in r.leaves)
+        assert all(x.stats.identical for x in r.leaves)
 
 
 @pytest.mark.parametrize(
