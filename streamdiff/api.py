@@ -5,7 +5,6 @@ locate -> tree -> (map) -> pair -> plan -> stream/stats -> Report.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -17,8 +16,9 @@ from .datatypes import KeyPath, Leaf, LeafResult, Pair, Report, Status, Tree, fo
 from .errors import NotACheckpointError, UsageError
 from .layouts import align, detect, load_preset
 from .locate import Item, choose_items, locate
+from .options import Budget, DiffOptions, MapOptions, Steps, Tolerance
 from .pair import VALUE_KINDS, pair_trees
-from .plan import DEFAULT_MAX_MEMORY, check_max_memory, default_jobs, memory_plan
+from .plan import DEFAULT_MAX_MEMORY, default_jobs, memory_plan
 from .rules import Mapped, Pattern, apply_rules, dtype_allowed, load_rules_file, tolerance_for
 from .stats import Policy
 from .storage import DEFAULT_TIMEOUT, configure_http, io_counters
@@ -95,40 +95,62 @@ def diff(
     `only` / `exclude` are rules' path patterns ('params/**', '**/kernel') matched against the
     canonical paths: leaves outside the selection are not read and are listed in `Report.excluded`.
     `per_layer` adds statistics per index of the layer axis of scanned leaves (`LeafResult.stats.layers`).
+
+    The keyword arguments become one `options.DiffOptions` (validated as it is built); `compare` takes it.
     """
-    check_tolerance(atol, rtol)
-    max_memory = parse_size(max_memory, "max_memory")
-    check_max_memory(max_memory)
-    selection = Selection.compile(only, exclude)
-    configure_http(timeout)  # validates it too, before any work
+    options = DiffOptions(
+        tolerance=Tolerance(atol, rtol, nan_equal),
+        steps=Steps(step, step_a, step_b),
+        item=item,
+        mapping=MapOptions(tuple(rules), preset, auto, layer_axis),
+        budget=Budget(parse_size(max_memory, "max_memory"), jobs, block_bytes, io_concurrency, timeout),
+        structure_only=structure_only,
+        shortcut=shortcut,
+        scheduler=scheduler,
+        only=only,
+        exclude=exclude,
+        per_layer=per_layer,
+    )
+    return compare(a, b, options, progress)
+
+
+def compare(a: str, b: str, o: DiffOptions, progress: Progress | None = None) -> Report:
+    """The pipeline behind `diff`, for callers that hold a `DiffOptions` already (the CLI)."""
+    selection = Selection.compile(o.only, o.exclude)
+    configure_http(o.budget.timeout)  # validates it too, before any work
     t0 = time.perf_counter()
     io0 = io_counters()
-    la, lb, matched, trees_a, trees_b = _resolve(a, b, _Steps(step, step_a, step_b), item, io_concurrency, timeout)
-    m, pairs = _map_and_pair(trees_a, trees_b, matched, rules, preset, auto, layer_axis)
+    la, lb, matched, trees_a, trees_b = _resolve(a, b, o.steps, o.item, o.budget.io_concurrency, o.budget.timeout)
+    m, pairs = _map_and_pair(trees_a, trees_b, matched, o.mapping)
     pairs, excluded = selection.split(pairs)
 
     outcomes: dict[int, PairOutcome] = {}
     policies: list[Policy | None] = [None] * len(pairs)
     remote_io = (0, 0)
-    if not structure_only:
-        layers = LayerAxes.of(pairs, layer_axis) if per_layer else None
-        policies = [_policy(p, atol, rtol, nan_equal, m, layers) for p in pairs]
-        mem = memory_plan(max_memory, jobs or default_jobs(), block_bytes)
+    tol = o.tolerance
+    if not o.structure_only:
+        layers = LayerAxes.of(pairs, o.mapping.layer_axis) if o.per_layer else None
+        policies = [_policy(p, tol.atol, tol.rtol, tol.nan_equal, m, layers) for p in pairs]
+        mem = memory_plan(o.budget.max_memory, o.budget.jobs or default_jobs(), o.budget.block_bytes)
         if progress:
             progress.start(sum(p.a.nbytes + p.b.nbytes for p in pairs if p.status == "compare"))
         ctx = (matched[0][1].dir.storage.context, matched[0][2].dir.storage.context)
         advance = progress.advance if progress else None
-        outcomes, remote_io = compare_values(pairs, policies, ctx, mem, advance, shortcut, scheduler, timeout)
+        outcomes, remote_io = compare_values(
+            pairs, policies, ctx, mem, advance, o.shortcut, o.scheduler, o.budget.timeout
+        )
 
-    results = tuple(_result(p, outcomes.get(i), structure_only, m, policies[i], nan_equal) for i, p in enumerate(pairs))
+    results = tuple(
+        _result(p, outcomes.get(i), o.structure_only, m, policies[i], tol.nan_equal) for i, p in enumerate(pairs)
+    )
     io1 = io_counters()
     return Report(
         a=a,
         b=b,
-        atol=atol,
-        rtol=rtol,
-        nan_equal=nan_equal,
-        structure_only=structure_only,
+        atol=tol.atol,
+        rtol=tol.rtol,
+        nan_equal=tol.nan_equal,
+        structure_only=o.structure_only,
         leaves=results,
         notes_a=_notes(la.notes, trees_a) + m.notes_a,
         notes_b=_notes(lb.notes, trees_b) + m.notes_b,
@@ -141,27 +163,16 @@ def diff(
     )
 
 
-def explain(
-    a: str,
-    b: str,
-    *,
-    step: int | None = None,
-    step_a: int | None = None,
-    step_b: int | None = None,
-    item: str | None = None,
-    rules: Sequence[str] = (),
-    preset: str | None = None,
-    auto: bool = True,
-    layer_axis: int | None = None,
-) -> tuple[Mapping, list[tuple[KeyPath, str | None, str | None]]]:
-    """Metadata only: each canonical path with the stored path(s) and transform behind it per side."""
-    _, _, matched, trees_a, trees_b = _resolve(a, b, _Steps(step, step_a, step_b), item)
-    m, pairs = _map_and_pair(trees_a, trees_b, matched, rules, preset, auto, layer_axis)
+def explain(a: str, b: str, o: DiffOptions) -> tuple[Mapping, list[tuple[KeyPath, str | None, str | None]]]:
+    """Metadata only: each canonical path with the stored path(s) and transform behind it per side
+    (the steps, item and mapping of `o`; nothing about values is read)."""
+    _, _, matched, trees_a, trees_b = _resolve(a, b, o.steps, o.item)
+    m, pairs = _map_and_pair(trees_a, trees_b, matched, o.mapping)
     return m, [(p.path, _source(p.a), _source(p.b)) for p in pairs]
 
 
-def _map_and_pair(trees_a, trees_b, matched, rules, preset, auto, layer_axis) -> tuple[Mapping, list[Pair]]:
-    m = map_trees(trees_a, trees_b, [x[0] for x in matched], rules, preset, auto, layer_axis)
+def _map_and_pair(trees_a, trees_b, matched, mo: MapOptions) -> tuple[Mapping, list[Pair]]:
+    m = map_trees(trees_a, trees_b, [x[0] for x in matched], mo.rules, mo.preset, mo.auto, mo.layer_axis)
     return m, pair_trees(m.a.leaves, m.b.leaves)
 
 
@@ -178,33 +189,8 @@ def _source(leaf: Leaf | None) -> str | None:
     return leaf.view.describe() if leaf.view is not None else format_path(leaf.source_path or leaf.path)
 
 
-def check_tolerance(atol: float, rtol: float) -> None:
-    """NaN passes `atol < 0` and makes every comparison true: refuse it, and infinities, here."""
-    for name, v in (("atol", atol), ("rtol", rtol)):
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-            raise UsageError(f"--{name} must be a finite number >= 0, got {v!r}")
-
-
-@dataclass(frozen=True)
-class _Steps:
-    """`step` for every side that is a manager root; `a` / `b` for one side only."""
-
-    both: int | None = None
-    a: int | None = None
-    b: int | None = None
-
-    def __post_init__(self) -> None:
-        for name, v in (("step", self.both), ("step_a", self.a), ("step_b", self.b)):
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
-                raise UsageError(f"{name} must be a step number (an int >= 0), got {v!r}")
-
-    def side(self, which: str) -> int | None:
-        own = self.a if which == "A" else self.b
-        return own if own is not None else self.both
-
-
 def _resolve(
-    a: str, b: str, steps: _Steps, item: str | None, io_concurrency: int | None = None, timeout: float = DEFAULT_TIMEOUT
+    a: str, b: str, steps: Steps, item: str | None, io_concurrency: int | None = None, timeout: float = DEFAULT_TIMEOUT
 ):
     with ThreadPoolExecutor(2) as pool:
         fa = pool.submit(locate, a, steps.side("A"), io_concurrency, timeout)
@@ -376,8 +362,6 @@ class Selection:
 
     @staticmethod
     def compile(only: Sequence[str], exclude: Sequence[str]) -> Selection:
-        if isinstance(only, str) or isinstance(exclude, str):
-            raise UsageError("only / exclude take a list of patterns, not a string")
         return Selection(tuple(Pattern.compile(x) for x in only), tuple(Pattern.compile(x) for x in exclude))
 
     def wants(self, path: KeyPath) -> bool:

@@ -18,10 +18,10 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from . import __version__, api, malloc, report
-from .api import diff
 from .errors import StreamdiffError
 from .layouts import PRESETS
 from .native_log import filtered_native_stderr, mute
+from .options import Budget, DiffOptions, MapOptions, Steps, Tolerance
 from .plan import DEFAULT_MAX_MEMORY, default_jobs
 from .storage import DEFAULT_IO_CONCURRENCY, DEFAULT_TIMEOUT
 from .units import human, parse_size
@@ -312,38 +312,27 @@ def cli(
     streamdiff ls CKPT lists one checkpoint from its metadata (see streamdiff ls --help).
     """
     _refuse_output_inside(json_path, {"A": a, "B": b})
-    budget = parse_size(max_memory, "--max-memory")
-    step = _steps(steps, step_a, step_b)
-    api.check_tolerance(atol, rtol)
-    mapping = dict(rules=rules_files, preset=preset, auto=not no_auto, layer_axis=layer_axis)
+    options = DiffOptions(
+        tolerance=Tolerance(atol, rtol, not nan_unequal),
+        steps=_steps(steps, step_a, step_b),
+        item=item,
+        mapping=MapOptions(rules_files, preset, not no_auto, layer_axis),
+        budget=Budget(parse_size(max_memory, "--max-memory"), jobs, None, io_concurrency, timeout),
+        structure_only=structure_only,
+        shortcut=not no_shortcut,
+        scheduler=scheduler,
+        only=only,
+        exclude=exclude,
+        per_layer=per_layer,
+    )
     if explain:
-        m, rows = api.explain(a, b, **step, item=item, **mapping)
+        m, rows = api.explain(a, b, options)
         report.render_explain(m, rows, _plain_console(False))
         return 0
     err = Console(stderr=True)
     bar = _Bar(err) if err.is_terminal and not quiet and not structure_only else None
     try:
-        r = diff(
-            a,
-            b,
-            atol=atol,
-            rtol=rtol,
-            structure_only=structure_only,
-            nan_equal=not nan_unequal,
-            **step,
-            item=item,
-            max_memory=budget,
-            **mapping,
-            jobs=jobs,
-            shortcut=not no_shortcut,
-            io_concurrency=io_concurrency,
-            scheduler=scheduler,
-            timeout=timeout,
-            progress=bar,
-            only=only,
-            exclude=exclude,
-            per_layer=per_layer,
-        )
+        r = api.compare(a, b, options, progress=bar)
     finally:
         if bar:
             bar.stop()
@@ -365,7 +354,7 @@ def cli(
     return r.exit_code
 
 
-def _steps(steps: tuple[int, ...], step_a: int | None, step_b: int | None) -> dict[str, int | None]:
+def _steps(steps: tuple[int, ...], step_a: int | None, step_b: int | None) -> Steps:
     """`--step N` (every root side), `--step A --step B` (one each), `--step-a` / `--step-b`; a
     combination that says two things about one side is refused rather than guessed."""
     if len(steps) > 2:
@@ -373,10 +362,10 @@ def _steps(steps: tuple[int, ...], step_a: int | None, step_b: int | None) -> di
     if len(steps) == 2:
         if step_a is not None or step_b is not None:
             raise click.UsageError("--step given twice already sets both sides; drop --step-a/--step-b")
-        return {"step_a": steps[0], "step_b": steps[1]}
+        return Steps(a=steps[0], b=steps[1])
     if steps and step_a is not None and step_b is not None:
         raise click.UsageError("--step-a and --step-b already set both sides; drop --step")
-    return {"step": steps[0] if steps else None, "step_a": step_a, "step_b": step_b}
+    return Steps(steps[0] if steps else None, step_a, step_b)
 
 
 def _write_json(path: str, text: str) -> None:
