@@ -23,7 +23,8 @@ import numpy as np
 
 from .datatypes import ArraySource
 from .errors import CorruptCheckpointError
-from .localfs import human, walk_files
+from .localfs import walk_files
+from .units import human_bytes
 
 #: Slack allowed over the decoded size: n/8 + 64 KiB covers the worst-case expansion of zstd, blosc,
 #: zlib, gzip, lz4 and bz2 (all under 1% plus a few hundred bytes of headers).
@@ -206,6 +207,6 @@ def audit_chunk_files(source: ArraySource, enc: Encoding) -> None:
     for key, size in walk_files(root, root, lambda rel: pattern.match(rel) is not None):
         if size > limit:
             raise CorruptCheckpointError(
-                f"{root}/{key}: {human(size)} on disk, more than a chunk of {enc.decoded * enc.per_value} decoded "
-                f"bytes with codec {enc.codec} can take ({human(limit)}): corrupt chunk"
+                f"{root}/{key}: {human_bytes(size)} on disk, more than a chunk of {enc.decoded * enc.per_value} "
+                f"decoded bytes with codec {enc.codec} can take ({human_bytes(limit)}): corrupt chunk"
             )

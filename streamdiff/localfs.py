@@ -14,6 +14,7 @@ import stat
 from collections.abc import Callable, Iterator
 
 from .errors import CorruptCheckpointError
+from .units import human_bytes
 
 #: Deepest directory nesting walked (chunk keys nest at most one level per dimension, 32 at most).
 MAX_DEPTH = 40
@@ -34,14 +35,6 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def human(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n} {unit}" if unit == "bytes" else f"{n:.4g} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def check_file(path: str, display: str, max_bytes: int | None = None) -> int | None:
     """Size of the regular file at `path`, None when it does not exist; refuses anything else, and
     regular files over `max_bytes`."""
@@ -59,7 +52,7 @@ def check_file(path: str, display: str, max_bytes: int | None = None) -> int | N
         raise CorruptCheckpointError(f"{display}: {_kind(st.st_mode)}, not a regular file; refusing to read it")
     if max_bytes is not None and st.st_size > max_bytes:
         raise CorruptCheckpointError(
-            f"{display}: {human(st.st_size)}, over the {human(max_bytes)} limit for a metadata file"
+            f"{display}: {human_bytes(st.st_size)}, over the {human_bytes(max_bytes)} limit for a metadata file"
         )
     return st.st_size
 

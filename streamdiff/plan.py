@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .errors import UsageError
-from .localfs import human
+from .units import human_bytes
 
 #: Resident memory of the interpreter with numpy, tensorstore and rich loaded (measured ~90 MB).
 BASE_RSS = 110 << 20
@@ -83,15 +83,15 @@ def refuse_leaf(
         if row > max(mem.whole_chunk_bytes, mem.budget // ROW_SHARE):
             return (
                 f"refused by the planner: checkpoint {side}: one row of a chunk of {list(c)} elements is "
-                f"{human(row)} decoded; chunks stream a row at a time, and one row needs more than --max-memory "
-                f"{human(mem.budget)} allows"
+                f"{human_bytes(row)} decoded; chunks stream a row at a time, and one row needs more than --max-memory "
+                f"{human_bytes(mem.budget)} allows"
             )
         if whole > mem.whole_chunk_bytes:
             return (
-                f"refused by the planner: checkpoint {side}: one chunk of {list(c)} elements is {human(whole)} "
+                f"refused by the planner: checkpoint {side}: one chunk of {list(c)} elements is {human_bytes(whole)} "
                 f"decoded and codec {codec} cannot be streamed (only zstd and raw can); "
                 f"decoding it whole needs more than --max-memory "
-                f"{human(mem.budget)} allows"
+                f"{human_bytes(mem.budget)} allows"
             )
         if c is not None and len(c) == len(shape) and shape:
             n = chunk_count(shape, c)

@@ -25,10 +25,22 @@ def parse_size(text: str | int, name: str = "--max-memory") -> int:
     return int(value)
 
 
-def human(n: float) -> str:
-    """Bytes as a short binary-unit string: 2G, 512M, 1.5K, 100."""
-    for unit in ("", "K", "M", "G", "T"):
-        if n < 1024 or unit == "T":
-            return f"{n:g}{unit}" if unit == "" else f"{n:.4g}{unit}"
+def _scaled(n: float) -> tuple[float, str]:
+    """`n` bytes in the largest binary unit ('', 'K', 'M', 'G', 'T') that keeps it at least 1."""
+    for unit in ("", "K", "M", "G"):
+        if n < 1024:
+            return n, unit
         n /= 1024
-    return str(n)
+    return n, "T"
+
+
+def human(n: float) -> str:
+    """Bytes as `--max-memory` takes them (and `streamdiff ls` shows them): 2G, 512M, 1.5K, 100."""
+    v, unit = _scaled(n)
+    return f"{v:g}" if unit == "" else f"{v:.4g}{unit}"
+
+
+def human_bytes(n: int) -> str:
+    """Bytes in prose (error messages): '100 bytes', '1.5 KiB', '64 MiB'."""
+    v, unit = _scaled(n)
+    return f"{v} bytes" if unit == "" else f"{v:.4g} {unit}iB"
