@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import MAXTEXT, run_cli
-from helpers import save
+from helpers import one_error_line, save
 
 ROOT = Path(__file__).resolve().parent.parent
 W = np.arange(64 * 32, dtype=np.float32).reshape(64, 32) / 7
@@ -61,14 +61,6 @@ def run_sub(*args, timeout: float = DEADLINE) -> Sub:
         return Sub(
             p.returncode, out.read().decode(), err.read().decode(), usage.ru_maxrss * 1024, time.monotonic() - t0
         )
-
-
-def one_line_error(r, *needles: str) -> None:
-    assert r.code == 2, (r.code, r.out, r.err)
-    lines = r.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("streamdiff: error: "), r.err
-    for n in needles:
-        assert n in r.err, (n, r.err)
 
 
 def bounded(r: Sub) -> None:
@@ -157,7 +149,7 @@ def test_huge_unstreamable_chunk_is_refused_by_the_planner(pair, zarr3):
             md.update(compressor={"id": "zlib", "level": 1}, fill_value=0, order="C", filters=None)
             (side / "w/.zarray").write_text(json.dumps(md))
     r = run_sub(a, b, "-q")
-    one_line_error(r, "cannot be streamed", "--max-memory")
+    one_error_line(r, "cannot be streamed", "--max-memory")
     bounded(r)
 
 
@@ -215,7 +207,7 @@ def test_absurd_chunk_grid_is_refused_within_the_deadline_and_budget(pair, shape
     for side in (a, b):
         edit_json(side / "w/.zarray", lambda md: md.update(shape=shape, chunks=chunks))
     r = run_sub(a, b, "-q", "--max-memory", "2G")
-    one_line_error(r, needle)
+    one_error_line(r, needle)
     bounded(r)
 
 
@@ -258,7 +250,7 @@ def test_metadata_file_grown_to_5_gib_is_refused_by_size(pair):
     a, b = pair("z2")
     os.truncate(a / "_METADATA", 5 << 30)
     r = run_sub(a, b, "-q")
-    one_line_error(r, "_METADATA: 5 GiB, over the 64 MiB limit")
+    one_error_line(r, "_METADATA: 5 GiB, over the 64 MiB limit")
     bounded(r)
 
 
@@ -267,7 +259,7 @@ def test_ocdbt_manifest_grown_to_5_gib_is_refused_by_size(tmp_path):
     shutil.copytree(MAXTEXT_STEP, a)
     os.truncate(a / "items/manifest.ocdbt", 5 << 30)
     r = run_sub(a, MAXTEXT_STEP, "-q")
-    one_line_error(r, "manifest.ocdbt: 5 GiB, over the 64 MiB limit")
+    one_error_line(r, "manifest.ocdbt: 5 GiB, over the 64 MiB limit")
     bounded(r)
 
 
@@ -386,14 +378,14 @@ def test_metadata_symlink_to_dev_zero_is_an_error_not_missing(pair):
     (a / "_METADATA").unlink()
     (a / "_METADATA").symlink_to("/dev/zero")
     r = run_sub(a, b, "-q")
-    one_line_error(r, "_METADATA: a character device, not a regular file")
+    one_error_line(r, "_METADATA: a character device, not a regular file")
 
 
 def test_dangling_metadata_symlink_is_an_error(pair):
     a, b = pair("z2")
     (a / "_METADATA").unlink()
     (a / "_METADATA").symlink_to(a / "nowhere")
-    one_line_error(run_cli(a, b, "-q"), "_METADATA: a broken symbolic link")
+    one_error_line(run_cli(a, b, "-q"), "_METADATA: a broken symbolic link")
 
 
 # ------------------------------------------------------------------- row 13: --max-memory minimum
@@ -401,7 +393,7 @@ def test_dangling_metadata_symlink_is_an_error(pair):
 
 @pytest.mark.parametrize("size", ["0", "1", "1K", "63M"])
 def test_max_memory_below_the_planner_minimum_is_refused(size):
-    one_line_error(run_cli(MAXTEXT_STEP, MAXTEXT_STEP, "--max-memory", size), "--max-memory must be at least 64M")
+    one_error_line(run_cli(MAXTEXT_STEP, MAXTEXT_STEP, "--max-memory", size), "--max-memory must be at least 64M")
 
 
 def test_max_memory_minimum_holds_for_the_python_api():
@@ -447,7 +439,7 @@ def test_streamable_chunk_with_a_row_too_big_for_the_budget_is_refused(pair):
     for side in (a, b):
         edit_json(side / "w/.zarray", lambda md: md.update(shape=[2, 10**10], chunks=[2, 10**10]))
     r = run_sub(a, b, "-q")
-    one_line_error(r, "one row of a chunk", "--max-memory")
+    one_error_line(r, "one row of a chunk", "--max-memory")
     bounded(r)
 
 
@@ -539,7 +531,7 @@ def test_fifo_among_the_step_files_of_a_flax_folder_is_refused_not_a_hang(tmp_pa
     (root / "checkpoint_1").write_bytes(serialization.to_bytes({"w": np.ones(2, np.float32)}))
     os.mkfifo(root / "checkpoint_2")
     r = run_sub(root, root, "-q")
-    one_line_error(r, "checkpoint_2", "FIFO")
+    one_error_line(r, "checkpoint_2", "FIFO")
 
 
 def test_fifo_as_an_n5_chunk_is_an_error_not_a_hang(tmp_path):
@@ -553,4 +545,4 @@ def test_fifo_as_an_n5_chunk_is_an_error_not_a_hang(tmp_path):
     chunk.unlink()
     os.mkfifo(chunk)
     r = run_sub(tmp_path / "a", tmp_path / "b", "-q")
-    one_line_error(r, "FIFO")
+    one_error_line(r, "FIFO")
