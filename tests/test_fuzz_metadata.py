@@ -6,7 +6,7 @@ Every run must end with exit 0, 1 or 2, no traceback, only `streamdiff: error: `
 within a bounded time. Exit 0 is checked against an oracle that does not use streamdiff: for a
 mutated `.zarray` / `zarr.json`, tensorstore itself reads the mutated array, which must hold the
 original's shape, dtype and values; for a mutated `_METADATA`, the tree it describes (key paths, and
-which entries are empty nodes, as orbax-format.md §4 defines them) must be the original's. Documents
+which entries are empty nodes: None, {}, [] and () values) must be the original's. Documents
 that cannot change values (`array_metadatas`, `_CHECKPOINT_METADATA`) need no oracle.
 
 `make test` runs a few hundred examples; `pytest --hypothesis-profile=long` runs thousands.
