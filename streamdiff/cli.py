@@ -23,7 +23,7 @@ from .layouts import PRESETS
 from .native_log import filtered_native_stderr, mute
 from .options import Budget, DiffOptions, MapOptions, Steps, Tolerance
 from .plan import DEFAULT_MAX_MEMORY, default_jobs
-from .storage import DEFAULT_IO_CONCURRENCY, DEFAULT_TIMEOUT
+from .storage import DEFAULT_IO_CONCURRENCY, DEFAULT_TIMEOUT, MAX_IO_CONCURRENCY
 from .units import human, parse_size
 
 __all__ = ["cli", "main", "parse_size", "run"]
@@ -200,7 +200,7 @@ class _Bar:
 )
 @click.option(
     "--io-concurrency",
-    type=click.IntRange(1, 4096),
+    type=click.IntRange(1, MAX_IO_CONCURRENCY),
     default=None,
     metavar="N",
     help=f"Parallel requests to remote storage (gs://); default {DEFAULT_IO_CONCURRENCY}.",
@@ -561,7 +561,11 @@ def run() -> None:
 @click.option("--item", default=None, metavar="NAME", help="Only this PyTree item of a step.")
 @click.option("--json", "json_path", default=None, metavar="PATH", help="Write the listing as JSON ('-' for stdout).")
 @click.option(
-    "--io-concurrency", type=click.IntRange(1, 4096), default=None, metavar="N", help="Parallel requests (gs://)."
+    "--io-concurrency",
+    type=click.IntRange(1, MAX_IO_CONCURRENCY),
+    default=None,
+    metavar="N",
+    help="Parallel requests (gs://).",
 )
 def ls_command(ckpt, step, item, json_path, io_concurrency):
     """List one checkpoint from its metadata only: path, kind, dtype, shape, chunk shape, stored bytes,

@@ -28,9 +28,10 @@ import numpy as np
 
 from .datatypes import LayerStats, ValueStats
 from .dtypes import compute_dtype, is_exact
+from .plan import DEFAULT_TILE
 
-#: Elements per compute tile: bounds float64 temporaries to a few MB per thread, whatever the block.
-DEFAULT_TILE = 1 << 18
+#: Bytes compared first by `_bytes_equal`: differing blocks almost always differ early.
+EQUAL_PREFIX_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -225,12 +226,12 @@ def _block_stats(
 
 
 def _bytes_equal(fa: np.ndarray, fb: np.ndarray) -> bool:
-    """Bitwise equality; a 4 KiB prefix first, since differing blocks almost always differ early."""
+    """Bitwise equality; a prefix first (EQUAL_PREFIX_BYTES), since differing blocks almost always differ early."""
     if fa.dtype.itemsize != fb.dtype.itemsize:
         return False
     ba = fa.view(np.uint8)
     bb = fb.view(np.uint8)
-    if not np.array_equal(ba[:4096], bb[:4096]):
+    if not np.array_equal(ba[:EQUAL_PREFIX_BYTES], bb[:EQUAL_PREFIX_BYTES]):
         return False
     return bool(np.array_equal(ba, bb))
 

@@ -9,6 +9,8 @@ from .errors import UsageError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 _SCALE = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+#: Sizes from this up are refused as typos: an exbibyte of memory or of blocks is no real request.
+MAX_SIZE = 1 << 60
 
 
 def parse_size(text: str | int, name: str = "--max-memory") -> int:
@@ -20,7 +22,7 @@ def parse_size(text: str | int, name: str = "--max-memory") -> int:
     if not m:
         raise UsageError(f"{name}: {text!r} is not a size (examples: 512M, 4G, 1.5GiB)")
     value = float(m.group(1)) * _SCALE[m.group(2).lower()]
-    if not math.isfinite(value) or value >= 1 << 60:  # '1e400' would overflow int()
+    if not math.isfinite(value) or value >= MAX_SIZE:  # '1e400' would overflow int()
         raise UsageError(f"{name}: {text!r} is too large")
     return int(value)
 
