@@ -461,8 +461,9 @@ def _common_prefix(keys: list[tuple[str, ...]]) -> tuple[str, ...]:
     return first[:n]
 
 
-class _Out:
-    """Counts printed lines, so a long report can repeat its verdict at the end."""
+class LinePrinter:
+    """Prints logical lines fitted to the console (the diff report and `streamdiff ls`) and counts
+    them, so a long report can repeat its verdict at the end."""
 
     def __init__(self, console: Console):
         self.console = console
@@ -498,7 +499,7 @@ def render(
     """The terminal report: verdict, inputs, structure problems, the differing leaves (one line
     each, fitted to the console width), the worst values, and --stat / --per-layer on request."""
     width = console.width
-    out = _Out(console)
+    out = LinePrinter(console)
     v = verdict_line(r)
     style = "bold red" if r.exit_code == 2 else ("bold green" if r.equal else "bold yellow")
     out(v, style)
@@ -537,7 +538,7 @@ def render(
         out(v, style)
 
 
-def _render_problems(r: Report, out: _Out, verbose: bool) -> None:
+def _render_problems(r: Report, out: LinePrinter, verbose: bool) -> None:
     problems = [x for x in r.leaves if x.status in ("shape_mismatch", "error", "not_compared")]
     problems += [
         x
@@ -569,7 +570,7 @@ def _render_problems(r: Report, out: _Out, verbose: bool) -> None:
                 out(f"  only in {side}: {len(members)} paths matching {pattern} (--verbose lists them)")
 
 
-def _render_values(r: Report, out: _Out, width: int, verbose: bool) -> None:
+def _render_values(r: Report, out: LinePrinter, width: int, verbose: bool) -> None:
     rows = [x for x in r.leaves if x.stats is not None and (verbose or x.status != "equal")]
     if not rows:
         return
@@ -588,7 +589,7 @@ def _render_values(r: Report, out: _Out, width: int, verbose: bool) -> None:
             out(f"  ... {len(worst) - WORST_ROWS} more (--verbose or --json)", "dim")
 
 
-def _render_stat(r: Report, out: _Out, width: int, depth: int) -> None:
+def _render_stat(r: Report, out: LinePrinter, width: int, depth: int) -> None:
     """`--stat`: one line per subtree, worst first, with a bar of mismatching elements (of
     differing leaves when no values were compared)."""
     groups = subtrees(r, depth)
@@ -646,7 +647,7 @@ def sparkline(values: list[float], width: int) -> str:
     return out
 
 
-def _render_layers(r: Report, out: _Out, width: int, verbose: bool) -> None:
+def _render_layers(r: Report, out: LinePrinter, width: int, verbose: bool) -> None:
     """`--per-layer`: one line per scanned leaf, a sparkline of max |a-b| over its layers."""
     rows = [x for x in r.leaves if x.stats is not None and x.stats.layers and (verbose or x.status != "equal")]
     out("per layer (max |a-b| by layer index, · = unchanged):", "bold")
