@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from .datatypes import KeyPath, Leaf, LeafResult, Pair, Report, Status, Tree, format_path, json_equal
+from .datatypes import KeyPath, Kind, Leaf, LeafResult, Pair, PairStatus, Report, Status, Tree, format_path, json_equal
 from .errors import NotACheckpointError, UsageError
 from .layouts import align, detect, load_preset
 from .locate import Item, choose_items, locate
@@ -133,7 +133,7 @@ def compare(a: str, b: str, o: DiffOptions, progress: Progress | None = None) ->
         policies = [_policy(p, tol.atol, tol.rtol, tol.nan_equal, m, layers) for p in pairs]
         mem = memory_plan(o.budget.max_memory, o.budget.jobs or default_jobs(), o.budget.block_bytes)
         if progress:
-            progress.start(sum(p.a.nbytes + p.b.nbytes for p in pairs if p.status == "compare"))
+            progress.start(sum(p.a.nbytes + p.b.nbytes for p in pairs if p.status == PairStatus.COMPARE))
         ctx = (matched[0][1].dir.storage.context, matched[0][2].dir.storage.context)
         advance = progress.advance if progress else None
         outcomes, remote_io = compare_values(
@@ -214,7 +214,7 @@ def _resolve(
                     lb = replace(lb, notes=lb.notes + (note,))
     trees_a, trees_b = _build_trees(matched)
     for side, url, trees in (("A", a, trees_a), ("B", b, trees_b)):
-        if not any(leaf.kind != "empty" for t in trees for leaf in t.leaves.values()):
+        if not any(leaf.kind != Kind.EMPTY for t in trees for leaf in t.leaves.values()):
             where = ", ".join(t.location for t in trees) or url
             raise NotACheckpointError(f"no arrays or values found in {side} ({where}): nothing to compare")
     if [i.display for _, i, _ in matched] == [i.display for _, _, i in matched]:
@@ -295,7 +295,7 @@ def _merge_items(trees: list[tuple[str, Tree]]) -> dict[KeyPath, Leaf]:
 
 
 def _policy(p: Pair, atol: float, rtol: float, nan_equal: bool, m: Mapping, layers: LayerAxes | None = None) -> Policy:
-    exact = p.a is not None and p.b is not None and "scalar" in (p.a.kind, p.b.kind)
+    exact = p.a is not None and p.b is not None and Kind.SCALAR in (p.a.kind, p.b.kind)
     tol = tolerance_for(p.path, [m.a, m.b])
     if tol is not None:
         atol, rtol = tol
@@ -324,7 +324,7 @@ class LayerAxes:
             # differs" next to differing leaves. Say what is wrong instead.
             most = max(len(p.a.shape) for p in scanned)
             raise UsageError(f"--layer-axis {forced}: no scanned leaf has that axis (they have at most {most} axes)")
-        sizes = Counter(p.a.shape[1] for p in scanned if len(p.a.shape) >= 2 and p.a.kind == "array")
+        sizes = Counter(p.a.shape[1] for p in scanned if len(p.a.shape) >= 2 and p.a.kind == Kind.ARRAY)
         return LayerAxes(forced, sizes.most_common(1)[0][0] if sizes else None)
 
     def axis(self, p: Pair) -> int | None:
@@ -338,17 +338,17 @@ class LayerAxes:
                 return leaf.view.axis
         if self.count is None:
             return 1 if len(shape) >= 2 else 0
-        if len(shape) >= 2 and shape[1] == self.count and p.a.kind == "array":
+        if len(shape) >= 2 and shape[1] == self.count and p.a.kind == Kind.ARRAY:
             return 1
         return next((k for k, n in enumerate(shape) if n == self.count), None)
 
 
 def _scanned(p: Pair) -> bool:
     return (
-        p.status == "compare"
+        p.status == PairStatus.COMPARE
         and p.a is not None
         and bool(p.a.shape)
-        and p.a.kind in ("array", "prng_key")
+        and p.a.kind in (Kind.ARRAY, Kind.PRNG_KEY)
         and "layers" in p.path
     )
 
@@ -404,19 +404,19 @@ def _result(
             common["dtype_allowed"] = dtype_allowed(p.path, a.dtype, b.dtype, [m.a, m.b])
         if a.kind != b.kind:
             common["kind_b"] = b.kind
-    if p.status in ("only_a", "only_b"):
+    if p.status in (PairStatus.ONLY_A, PairStatus.ONLY_B):
         return LeafResult(status=Status(p.status), **common)
-    if p.status == "not_compared":
+    if p.status is PairStatus.NOT_COMPARED:
         return LeafResult(status=Status.NOT_COMPARED, message=p.message, **common)
-    if p.status == "shape_mismatch":
-        return LeafResult(status="shape_mismatch", shape_b=b.shape, message=p.message, **common)
-    if p.status == "kind_mismatch":
-        return LeafResult(status="different", message=p.message, **common)
-    if p.status == "error":
-        return LeafResult(status="error", message=p.message, **common)
-    if p.status == "equal":
-        return LeafResult(status="equal", **common)
-    # status 'compare'
+    if p.status is PairStatus.SHAPE_MISMATCH:
+        return LeafResult(status=Status.SHAPE_MISMATCH, shape_b=b.shape, message=p.message, **common)
+    if p.status is PairStatus.KIND_MISMATCH:
+        return LeafResult(status=Status.DIFFERENT, message=p.message, **common)
+    if p.status is PairStatus.ERROR:
+        return LeafResult(status=Status.ERROR, message=p.message, **common)
+    if p.status is PairStatus.EQUAL:
+        return LeafResult(status=Status.EQUAL, **common)
+    # PairStatus.COMPARE
     dtype_differs = "dtype_b" in common and not common["dtype_allowed"]
     if a.kind in VALUE_KINDS:
         # Non-numeric arrays (strings, datetimes) compare by value; a dtype no rule allows still differs.
@@ -424,14 +424,15 @@ def _result(
         msg = None if same else f"{_short(a.value)} vs {_short(b.value)}"
         if dtype_differs:
             msg = "; ".join(x for x in (f"dtype {a.dtype} vs {b.dtype}", msg) if x)
-        return LeafResult(status="equal" if same and not dtype_differs else "different", message=msg, **common)
+        status = Status.EQUAL if same and not dtype_differs else Status.DIFFERENT
+        return LeafResult(status=status, message=msg, **common)
     if structure_only:
-        return LeafResult(status="different" if dtype_differs else "equal", **common)
+        return LeafResult(status=Status.DIFFERENT if dtype_differs else Status.EQUAL, **common)
     if outcome is None:
         # A pair the value stage did not stream: never vouch for values nobody looked at.
         return LeafResult(status=Status.NOT_COMPARED, message="values were not read", **common)
     if outcome.error:
-        return LeafResult(status="error", message=f"reading values failed: {outcome.error}", **common)
+        return LeafResult(status=Status.ERROR, message=f"reading values failed: {outcome.error}", **common)
     acc = outcome.stats
     found: dict[str, object] = {"streamed": outcome.rows is not None}
     if policy is not None and acc.max_abs_values is not None:
@@ -444,7 +445,8 @@ def _result(
     stats = acc.result(a.shape, **found)
     differs = stats.mismatches > 0 or dtype_differs
     msg = "; ".join(outcome.warnings) or None
-    return LeafResult(status="different" if differs else "equal", stats=stats, message=msg, **common)
+    status = Status.DIFFERENT if differs else Status.EQUAL
+    return LeafResult(status=status, stats=stats, message=msg, **common)
 
 
 def _allowed(policy: Policy, b: object) -> float:

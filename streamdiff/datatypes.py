@@ -163,6 +163,21 @@ class Tree:
     notes: tuple[str, ...] = ()  # what the reader decided on the user's behalf
 
 
+class PairStatus(StrEnum):
+    """What pairing decided for one path, before any value is read. `COMPARE`: values still to be
+    diffed; `EQUAL`: settled without reading data (two empty nodes of one type); `KIND_MISMATCH`
+    is reported as `Status.DIFFERENT`; the others become the `Status` of the same name."""
+
+    COMPARE = "compare"
+    EQUAL = "equal"
+    ONLY_A = "only_a"
+    ONLY_B = "only_b"
+    SHAPE_MISMATCH = "shape_mismatch"
+    KIND_MISMATCH = "kind_mismatch"
+    ERROR = "error"
+    NOT_COMPARED = "not_compared"
+
+
 @dataclass(frozen=True)
 class Pair:
     """The two sides of one canonical path after pairing (either may be missing)."""
@@ -170,10 +185,7 @@ class Pair:
     path: KeyPath
     a: Leaf | None
     b: Leaf | None
-    #: 'compare' (values still to be diffed), 'only_a', 'only_b', 'shape_mismatch',
-    #: 'kind_mismatch', 'error', 'not_compared', or 'equal' (settled without reading data, e.g. two
-    #: empty nodes).
-    status: str
+    status: PairStatus
     message: str | None = None
 
 
