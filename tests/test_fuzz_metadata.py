@@ -28,7 +28,7 @@ import tensorstore as ts
 from conftest import DATA, MAXTEXT, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_hostile import _save
+from test_hostile import save_chunked_w_and_v
 
 #: Examples per run: the `long` profile (tests/conftest.py) raises it to thousands.
 FUZZ_EXAMPLES = max(150, settings.default.max_examples)
@@ -114,7 +114,7 @@ def documents(tmp_path_factory) -> list[Doc]:
     out += _legacy_docs()
     base = tmp_path_factory.mktemp("fuzz")
     for name, zarr3 in (("z2", False), ("z3", True)):
-        _save(base / name, zarr3)
+        save_chunked_w_and_v(base / name, zarr3)
         meta = "zarr.json" if zarr3 else ".zarray"
         out += [Doc(base / name, "", "_METADATA", False, "tree")]
         out += [Doc(base / name, "", f"{leaf}/{meta}", False, "zarr3" if zarr3 else "zarr2") for leaf in ("w", "v")]

@@ -67,7 +67,7 @@ def bounded(r: Sub) -> None:
     assert r.peak_rss < RSS_LIMIT, f"peak RSS {r.peak_rss >> 20} MiB"
 
 
-def _save(path: Path, zarr3: bool) -> None:
+def save_chunked_w_and_v(path: Path, zarr3: bool) -> None:
     import orbax.checkpoint as ocp
 
     tree = {"w": W, "v": V}
@@ -84,7 +84,7 @@ def saved(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hostile")
     out = {}
     for name, zarr3 in (("z2", False), ("z3", True)):
-        _save(root / name, zarr3)
+        save_chunked_w_and_v(root / name, zarr3)
         out[name] = root / name
     return out
 
