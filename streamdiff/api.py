@@ -165,8 +165,9 @@ def compare(a: str, b: str, o: DiffOptions, progress: Progress | None = None) ->
 
 def explain(a: str, b: str, o: DiffOptions) -> tuple[Mapping, list[tuple[KeyPath, str | None, str | None]]]:
     """Metadata only: each canonical path with the stored path(s) and transform behind it per side
-    (the steps, item and mapping of `o`; nothing about values is read)."""
-    _, _, matched, trees_a, trees_b = _resolve(a, b, o.steps, o.item)
+    (the steps, item, mapping and remote I/O limits of `o`; nothing about values is read)."""
+    configure_http(o.budget.timeout)
+    _, _, matched, trees_a, trees_b = _resolve(a, b, o.steps, o.item, o.budget.io_concurrency, o.budget.timeout)
     m, pairs = _map_and_pair(trees_a, trees_b, matched, o.mapping)
     return m, [(p.path, _source(p.a), _source(p.b)) for p in pairs]
 
