@@ -12,12 +12,14 @@ import os
 import signal
 import sys
 import urllib.parse
+from dataclasses import dataclass
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from . import __version__, api, malloc, report
+from .datatypes import Report, Status
 from .errors import StreamdiffError
 from .layouts import PRESETS
 from .native_log import filtered_native_stderr, mute
@@ -337,21 +339,38 @@ def cli(
         if bar:
             bar.stop()
     _verdict_code.append(r.exit_code)  # what a closed pipe ends with (see main)
-    if json_path:
-        _write_json(json_path, report.dumps(r, stat_depth))
-    if not quiet:
-        console = _plain_console(json_path == "-")  # keep stdout pure JSON
-        report.render(r, console, verbose=verbose, stat_depth=stat_depth, per_layer=per_layer)
-    if show_stats:
-        mb = r.bytes_read / 1e6
-        rate = f", {mb / r.seconds:.0f} MB/s" if r.seconds > 0 else ""
-        click.echo(f"storage: {r.requests} requests, {mb:.1f} MB read in {r.seconds:.2f} s{rate}", err=True)
-    for x in r.leaves:
-        if x.status == "error":
-            click.echo(f"streamdiff: error: {report.format_path(x.path)}: {x.message}", err=True)
-    if r.exit_code == 2 and not r.errors:
-        click.echo(f"streamdiff: error: {report.verdict(r).removeprefix('error: ')}", err=True)
+    Output(json_path, stat_depth, per_layer, verbose, quiet, show_stats).emit(r)
     return r.exit_code
+
+
+@dataclass(frozen=True)
+class Output:
+    """What the CLI shows of a report, and where: --json, --stat, --per-layer, --verbose, --quiet, --stats."""
+
+    json_path: str | None = None
+    stat_depth: int | None = None
+    per_layer: bool = False
+    verbose: bool = False
+    quiet: bool = False
+    show_stats: bool = False
+
+    def emit(self, r: Report) -> None:
+        """The JSON, the terminal report (on stderr when the JSON goes to stdout), the storage line,
+        then one `streamdiff: error:` line per unreadable leaf, or one for the verdict of exit 2."""
+        if self.json_path:
+            _write_json(self.json_path, report.dumps(r, self.stat_depth))
+        if not self.quiet:
+            console = _plain_console(self.json_path == "-")  # keep stdout pure JSON
+            report.render(r, console, verbose=self.verbose, stat_depth=self.stat_depth, per_layer=self.per_layer)
+        if self.show_stats:
+            mb = r.bytes_read / 1e6
+            rate = f", {mb / r.seconds:.0f} MB/s" if r.seconds > 0 else ""
+            click.echo(f"storage: {r.requests} requests, {mb:.1f} MB read in {r.seconds:.2f} s{rate}", err=True)
+        for x in r.leaves:
+            if x.status == Status.ERROR:
+                click.echo(f"streamdiff: error: {report.format_path(x.path)}: {x.message}", err=True)
+        if r.exit_code == 2 and not r.errors:
+            click.echo(f"streamdiff: error: {report.verdict(r).removeprefix('error: ')}", err=True)
 
 
 def _steps(steps: tuple[int, ...], step_a: int | None, step_b: int | None) -> Steps:
