@@ -28,7 +28,7 @@ MAXTEXT = HERE.parent / "maxtext"
 #: Each case: report file name -> CLI arguments (paths relative to tests/data).
 CASES: dict[str, list[str]] = {
     # ints and floats that differ, NaN and inf, complex, a leaf settled mostly by equal chunks (rms null),
-    # zarr attributes (json leaves), only_a / only_b, a shape mismatch, a stray file (not_compared),
+    # zarr attributes (json leaves), only_a / only_b, a shape mismatch, a dtype and a kind mismatch, a stray file (not_compared),
     # a truncated chunk file (error); --stat adds subtrees.
     "zarr_default.json": ["reports/pairs/a.zarr", "reports/pairs/b.zarr", "--stat"],
     # Tolerances (max_abs_diff_allowed > 0), NaN unequal, every chunk decoded (no shortcut).
@@ -107,6 +107,11 @@ def write_pairs() -> None:
         regrid = np.linspace(-1, 1, 320, dtype=np.float32).reshape(40, 8) * (1 if side == "a" else 1.001)
         z = group.create_array("regrid", shape=regrid.shape, dtype=regrid.dtype, chunks=(40, 8) if side == "a" else (5, 8))
         z[...] = regrid
+        # A dtype only B changes (dtype_b), and a leaf that holds text in B (a kind mismatch).
+        cast = group.create_array("cast", shape=(4,), dtype="float32" if side == "a" else "float16", chunks=(4,))
+        cast[...] = np.arange(4)
+        kind = group.create_array("kind", shape=(2,), dtype="int32" if side == "a" else str, chunks=(2,))
+        kind[...] = np.arange(2) if side == "a" else np.array(["x", "y"])
         group.attrs.update({"epoch": 3 if side == "a" else 4, "name": "run", "lr": [0.1, 0.01]})
         (path / "notes.txt").write_text("a stray file: in no format streamdiff reads\n")
         path.rename(PAIRS / f"{side}.zarr")
