@@ -5,22 +5,22 @@ locate -> tree -> (map) -> pair -> plan -> stream/stats -> Report.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from .datatypes import KeyPath, LeafResult, Pair, Report, Status, Tree, format_path, json_equal
+from .datatypes import KeyPath, Kind, LeafResult, Pair, PairStatus, Report, Status, Tree, format_path, json_equal
 from .errors import NotACheckpointError, UsageError
 from .locate import Item, choose_items, locate
 from .mapping.layouts import LayerAxes
 from .mapping.patterns import Pattern
 from .mapping.stage import MapResult, map_trees
 from .mapping.views import moved_source, source_of
+from .options import Budget, DiffOptions, MapOptions, Steps, Tolerance
 from .pair import VALUE_KINDS, pair_trees
-from .plan import DEFAULT_MAX_MEMORY, DEFAULT_SAMPLE_SEED, Sample, check_max_memory, default_jobs, memory_plan
+from .plan import DEFAULT_MAX_MEMORY, DEFAULT_SAMPLE_SEED, Sample, default_jobs, memory_plan
 from .stats import Policy
 from .storage import DEFAULT_TIMEOUT, configure_http, io_counters
 from .stream import PairOutcome, compare_values
@@ -85,49 +85,70 @@ def diff(
     `max_memory` takes what `--max-memory` takes ('4G', '512M') or bytes.
     `only` / `exclude` are rules' path patterns ('params/**', '**/kernel') matched against the
     canonical paths: leaves outside the selection are not read and are listed in `Report.excluded`.
-    `per_layer` adds statistics per index of the layer axis of scanned leaves (`stats['layers']`).
+    `per_layer` adds statistics per index of the layer axis of scanned leaves (`LeafResult.stats.layers`).
     `sample` (a fraction in (0, 1]) compares only that share of each leaf's blocks, at least one,
     picked by `sample_seed` (see `plan.Sample`); 1 compares everything, as without it.
+
+    The keyword arguments become one `options.DiffOptions` (validated as it is built); `compare` takes it.
     """
-    check_tolerance(atol, rtol)
-    sampling = _sampling(sample, sample_seed, structure_only)
-    max_memory = parse_size(max_memory, "max_memory")
-    check_max_memory(max_memory)
-    selection = Selection.compile(only, exclude)
-    configure_http(timeout)  # validates it too, before any work
+    options = DiffOptions(
+        tolerance=Tolerance(atol, rtol, nan_equal),
+        steps=Steps(step, step_a, step_b),
+        item=item,
+        mapping=MapOptions(tuple(rules), preset, auto, layer_axis),
+        budget=Budget(parse_size(max_memory, "max_memory"), jobs, block_bytes, io_concurrency, timeout),
+        structure_only=structure_only,
+        shortcut=shortcut,
+        scheduler=scheduler,
+        only=only,
+        exclude=exclude,
+        per_layer=per_layer,
+        sample=sample,
+        sample_seed=sample_seed,
+    )
+    return compare(a, b, options, progress)
+
+
+def compare(a: str, b: str, o: DiffOptions, progress: Progress | None = None) -> Report:
+    """The pipeline behind `diff`, for callers that hold a `DiffOptions` already (the CLI)."""
+    sampling = _sampling(o.sample, o.sample_seed, o.structure_only)
+    selection = Selection.compile(o.only, o.exclude)
+    configure_http(o.budget.timeout)  # validates it too, before any work
     t0 = time.perf_counter()
     io0 = io_counters()
-    la, lb, matched, trees_a, trees_b = _resolve(a, b, _Steps(step, step_a, step_b), item, io_concurrency, timeout)
-    m, pairs = _map_and_pair(trees_a, trees_b, matched, rules, preset, auto, layer_axis)
+    la, lb, matched, trees_a, trees_b = _resolve(a, b, o.steps, o.item, o.budget.io_concurrency, o.budget.timeout)
+    m, pairs = _map_and_pair(trees_a, trees_b, matched, o.mapping)
     pairs, excluded = selection.split(pairs)
 
     outcomes: dict[int, PairOutcome] = {}
     policies: list[Policy | None] = [None] * len(pairs)
     remote_io = (0, 0)
-    if not structure_only:
-        layers = LayerAxes.of(pairs, layer_axis) if per_layer else None
-        policies = [_policy(p, atol, rtol, nan_equal, m, layers) for p in pairs]
-        mem = memory_plan(max_memory, jobs or default_jobs(), block_bytes)
+    tol = o.tolerance
+    if not o.structure_only:
+        layers = LayerAxes.of(pairs, o.mapping.layer_axis) if o.per_layer else None
+        policies = [_policy(p, tol.atol, tol.rtol, tol.nan_equal, m, layers) for p in pairs]
+        mem = memory_plan(o.budget.max_memory, o.budget.jobs or default_jobs(), o.budget.block_bytes)
         if progress:  # sampled: about that share (a leaf's one block may be more)
-            total = sum(p.a.nbytes + p.b.nbytes for p in pairs if p.status == "compare")
+            total = sum(p.a.nbytes + p.b.nbytes for p in pairs if p.status == PairStatus.COMPARE)
             progress.start(int(total * sampling.fraction) if sampling else total)
         ctx = (matched[0][1].dir.storage.context, matched[0][2].dir.storage.context)
         advance = progress.advance if progress else None
         outcomes, remote_io = compare_values(
-            pairs, policies, ctx, mem, advance, shortcut, scheduler, timeout, sample=sampling
+            pairs, policies, ctx, mem, advance, o.shortcut, o.scheduler, o.budget.timeout, sample=sampling
         )
 
     results = tuple(
-        _result(p, outcomes.get(i), structure_only, m, policies[i], nan_equal, sampling) for i, p in enumerate(pairs)
+        _result(p, outcomes.get(i), o.structure_only, m, policies[i], tol.nan_equal, sampling)
+        for i, p in enumerate(pairs)
     )
     io1 = io_counters()
     return Report(
         a=a,
         b=b,
-        atol=atol,
-        rtol=rtol,
-        nan_equal=nan_equal,
-        structure_only=structure_only,
+        atol=tol.atol,
+        rtol=tol.rtol,
+        nan_equal=tol.nan_equal,
+        structure_only=o.structure_only,
         leaves=results,
         notes_a=_notes(la.notes, trees_a) + m.notes_a,
         notes_b=_notes(lb.notes, trees_b) + m.notes_b,
@@ -151,57 +172,22 @@ def _sampling(sample: float | None, seed: int, structure_only: bool) -> Sample |
     return None if s.fraction == 1 else s
 
 
-def explain(
-    a: str,
-    b: str,
-    *,
-    step: int | None = None,
-    step_a: int | None = None,
-    step_b: int | None = None,
-    item: str | None = None,
-    rules: Sequence[str] = (),
-    preset: str | None = None,
-    auto: bool = True,
-    layer_axis: int | None = None,
-) -> tuple[MapResult, list[tuple[KeyPath, str | None, str | None]]]:
-    """Metadata only: each canonical path with the stored path(s) and transform behind it per side."""
-    _, _, matched, trees_a, trees_b = _resolve(a, b, _Steps(step, step_a, step_b), item)
-    m, pairs = _map_and_pair(trees_a, trees_b, matched, rules, preset, auto, layer_axis)
+def explain(a: str, b: str, o: DiffOptions) -> tuple[MapResult, list[tuple[KeyPath, str | None, str | None]]]:
+    """Metadata only: each canonical path with the stored path(s) and transform behind it per side
+    (the steps, item, mapping and remote I/O limits of `o`; nothing about values is read)."""
+    configure_http(o.budget.timeout)
+    _, _, matched, trees_a, trees_b = _resolve(a, b, o.steps, o.item, o.budget.io_concurrency, o.budget.timeout)
+    m, pairs = _map_and_pair(trees_a, trees_b, matched, o.mapping)
     return m, [(p.path, source_of(p.a), source_of(p.b)) for p in pairs]
 
 
-def _map_and_pair(trees_a, trees_b, matched, rules, preset, auto, layer_axis) -> tuple[MapResult, list[Pair]]:
-    m = map_trees(trees_a, trees_b, [x[0] for x in matched], rules, preset, auto, layer_axis)
+def _map_and_pair(trees_a, trees_b, matched, mo: MapOptions) -> tuple[MapResult, list[Pair]]:
+    m = map_trees(trees_a, trees_b, [x[0] for x in matched], mo.rules, mo.preset, mo.auto, mo.layer_axis)
     return m, pair_trees(m.a.leaves, m.b.leaves)
 
 
-def check_tolerance(atol: float, rtol: float) -> None:
-    """NaN passes `atol < 0` and makes every comparison true: refuse it, and infinities, here."""
-    for name, v in (("atol", atol), ("rtol", rtol)):
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-            raise UsageError(f"--{name} must be a finite number >= 0, got {v!r}")
-
-
-@dataclass(frozen=True)
-class _Steps:
-    """`step` for every side that is a manager root; `a` / `b` for one side only."""
-
-    both: int | None = None
-    a: int | None = None
-    b: int | None = None
-
-    def __post_init__(self) -> None:
-        for name, v in (("step", self.both), ("step_a", self.a), ("step_b", self.b)):
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
-                raise UsageError(f"{name} must be a step number (an int >= 0), got {v!r}")
-
-    def side(self, which: str) -> int | None:
-        own = self.a if which == "A" else self.b
-        return own if own is not None else self.both
-
-
 def _resolve(
-    a: str, b: str, steps: _Steps, item: str | None, io_concurrency: int | None = None, timeout: float = DEFAULT_TIMEOUT
+    a: str, b: str, steps: Steps, item: str | None, io_concurrency: int | None = None, timeout: float = DEFAULT_TIMEOUT
 ):
     with ThreadPoolExecutor(2) as pool:
         fa = pool.submit(locate, a, steps.side("A"), io_concurrency, timeout)
@@ -225,7 +211,7 @@ def _resolve(
                     lb = replace(lb, notes=lb.notes + (note,))
     trees_a, trees_b = _build_trees(matched)
     for side, url, trees in (("A", a, trees_a), ("B", b, trees_b)):
-        if not any(leaf.kind != "empty" for t in trees for leaf in t.leaves.values()):
+        if not any(leaf.kind != Kind.EMPTY for t in trees for leaf in t.leaves.values()):
             where = ", ".join(t.location for t in trees) or url
             raise NotACheckpointError(f"no arrays or values found in {side} ({where}): nothing to compare")
     if [i.display for _, i, _ in matched] == [i.display for _, _, i in matched]:
@@ -254,7 +240,7 @@ def _build_trees(matched: list[tuple[str, Item, Item]]) -> tuple[list[Tree], lis
 def _policy(
     p: Pair, atol: float, rtol: float, nan_equal: bool, m: MapResult, layers: LayerAxes | None = None
 ) -> Policy:
-    exact = p.a is not None and p.b is not None and "scalar" in (p.a.kind, p.b.kind)
+    exact = p.a is not None and p.b is not None and Kind.SCALAR in (p.a.kind, p.b.kind)
     tol = m.tolerance_for(p.path)
     if tol is not None:
         atol, rtol = tol
@@ -271,8 +257,6 @@ class Selection:
 
     @staticmethod
     def compile(only: Sequence[str], exclude: Sequence[str]) -> Selection:
-        if isinstance(only, str) or isinstance(exclude, str):
-            raise UsageError("only / exclude take a list of patterns, not a string")
         return Selection(tuple(Pattern.compile(x) for x in only), tuple(Pattern.compile(x) for x in exclude))
 
     def wants(self, path: KeyPath) -> bool:
@@ -316,19 +300,19 @@ def _result(
             common["dtype_allowed"] = m.dtype_allowed(p.path, a.dtype, b.dtype)
         if a.kind != b.kind:
             common["kind_b"] = b.kind
-    if p.status in ("only_a", "only_b"):
+    if p.status in (PairStatus.ONLY_A, PairStatus.ONLY_B):
         return LeafResult(status=Status(p.status), **common)
-    if p.status == "not_compared":
+    if p.status is PairStatus.NOT_COMPARED:
         return LeafResult(status=Status.NOT_COMPARED, message=p.message, **common)
-    if p.status == "shape_mismatch":
-        return LeafResult(status="shape_mismatch", shape_b=b.shape, message=p.message, **common)
-    if p.status == "kind_mismatch":
-        return LeafResult(status="different", message=p.message, **common)
-    if p.status == "error":
-        return LeafResult(status="error", message=p.message, **common)
-    if p.status == "equal":
-        return LeafResult(status="equal", **common)
-    # status 'compare'
+    if p.status is PairStatus.SHAPE_MISMATCH:
+        return LeafResult(status=Status.SHAPE_MISMATCH, shape_b=b.shape, message=p.message, **common)
+    if p.status is PairStatus.KIND_MISMATCH:
+        return LeafResult(status=Status.DIFFERENT, message=p.message, **common)
+    if p.status is PairStatus.ERROR:
+        return LeafResult(status=Status.ERROR, message=p.message, **common)
+    if p.status is PairStatus.EQUAL:
+        return LeafResult(status=Status.EQUAL, **common)
+    # PairStatus.COMPARE
     dtype_differs = "dtype_b" in common and not common["dtype_allowed"]
     if a.kind in VALUE_KINDS:
         # Non-numeric arrays (strings, datetimes) compare by value; a dtype no rule allows still differs.
@@ -336,29 +320,31 @@ def _result(
         msg = None if same else f"{_short(a.value)} vs {_short(b.value)}"
         if dtype_differs:
             msg = "; ".join(x for x in (f"dtype {a.dtype} vs {b.dtype}", msg) if x)
-        return LeafResult(status="equal" if same and not dtype_differs else "different", message=msg, **common)
+        status = Status.EQUAL if same and not dtype_differs else Status.DIFFERENT
+        return LeafResult(status=status, message=msg, **common)
     if structure_only:
-        return LeafResult(status="different" if dtype_differs else "equal", **common)
+        return LeafResult(status=Status.DIFFERENT if dtype_differs else Status.EQUAL, **common)
     if outcome is None:
         # A pair the value stage did not stream: never vouch for values nobody looked at.
         return LeafResult(status=Status.NOT_COMPARED, message="values were not read", **common)
     if outcome.error:
-        return LeafResult(status="error", message=f"reading values failed: {outcome.error}", **common)
-    stats = outcome.stats.to_dict(a.shape)
-    if policy is not None and stats.get("max_abs_diff_values") is not None:
-        stats["max_abs_diff_allowed"] = _allowed(policy, stats["max_abs_diff_values"][1])
-    if outcome.rows is not None:
-        stats["streamed"] = True
+        return LeafResult(status=Status.ERROR, message=f"reading values failed: {outcome.error}", **common)
+    acc = outcome.stats
+    found: dict[str, object] = {"streamed": outcome.rows is not None}
+    if policy is not None and acc.max_abs_values is not None:
+        found["max_abs_diff_allowed"] = _allowed(policy, acc.max_abs_values[1])
     if outcome.grid is not None:
-        stats["blocks"] = outcome.grid.count
+        found["blocks"] = outcome.grid.count
         if sample is not None:  # the blocks read and compared; `count` is their elements
-            stats["sampled_count"] = sample.count(outcome.grid.count)
+            found["sampled_count"] = sample.count(outcome.grid.count)
         amp = max(outcome.grid.amplification_a, outcome.grid.amplification_b)
         if amp > 1.0:
-            stats["read_amplification"] = amp
-    differs = stats["mismatches"] > 0 or dtype_differs
+            found["read_amplification"] = amp
+    stats = acc.result(a.shape, **found)
+    differs = stats.mismatches > 0 or dtype_differs
     msg = "; ".join(outcome.warnings) or None
-    return LeafResult(status="different" if differs else "equal", stats=stats, message=msg, **common)
+    status = Status.DIFFERENT if differs else Status.EQUAL
+    return LeafResult(status=status, stats=stats, message=msg, **common)
 
 
 def _allowed(policy: Policy, b: object) -> float:

@@ -12,18 +12,20 @@ import os
 import signal
 import sys
 import urllib.parse
+from dataclasses import dataclass
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from . import __version__, api, malloc, report
-from .api import diff
+from .datatypes import Report, Status
 from .errors import StreamdiffError
 from .mapping.layouts import PRESETS
 from .native_log import filtered_native_stderr, mute
+from .options import Budget, DiffOptions, MapOptions, Steps, Tolerance
 from .plan import DEFAULT_MAX_MEMORY, DEFAULT_SAMPLE_SEED, default_jobs
-from .storage import DEFAULT_IO_CONCURRENCY, DEFAULT_TIMEOUT
+from .storage import DEFAULT_IO_CONCURRENCY, DEFAULT_TIMEOUT, MAX_IO_CONCURRENCY
 from .units import human, parse_size
 
 __all__ = ["cli", "main", "parse_size", "run"]
@@ -216,7 +218,7 @@ class _Bar:
 )
 @click.option(
     "--io-concurrency",
-    type=click.IntRange(1, 4096),
+    type=click.IntRange(1, MAX_IO_CONCURRENCY),
     default=None,
     metavar="N",
     help=f"Parallel requests to remote storage (gs://); default {DEFAULT_IO_CONCURRENCY}.",
@@ -330,62 +332,68 @@ def cli(
     streamdiff ls CKPT lists one checkpoint from its metadata (see streamdiff ls --help).
     """
     _refuse_output_inside(json_path, {"A": a, "B": b})
-    budget = parse_size(max_memory, "--max-memory")
-    step = _steps(steps, step_a, step_b)
-    api.check_tolerance(atol, rtol)
-    mapping = dict(rules=rules_files, preset=preset, auto=not no_auto, layer_axis=layer_axis)
+    options = DiffOptions(
+        tolerance=Tolerance(atol, rtol, not nan_unequal),
+        steps=_steps(steps, step_a, step_b),
+        item=item,
+        mapping=MapOptions(rules_files, preset, not no_auto, layer_axis),
+        budget=Budget(parse_size(max_memory, "--max-memory"), jobs, None, io_concurrency, timeout),
+        structure_only=structure_only,
+        shortcut=not no_shortcut,
+        scheduler=scheduler,
+        only=only,
+        exclude=exclude,
+        per_layer=per_layer,
+        sample=sample,
+        sample_seed=sample_seed,
+    )
     if explain:
-        m, rows = api.explain(a, b, **step, item=item, **mapping)
+        m, rows = api.explain(a, b, options)
         report.render_explain(m, rows, _plain_console(False))
         return 0
     err = Console(stderr=True)
     bar = _Bar(err) if err.is_terminal and not quiet and not structure_only else None
     try:
-        r = diff(
-            a,
-            b,
-            atol=atol,
-            rtol=rtol,
-            structure_only=structure_only,
-            nan_equal=not nan_unequal,
-            **step,
-            item=item,
-            max_memory=budget,
-            **mapping,
-            jobs=jobs,
-            shortcut=not no_shortcut,
-            io_concurrency=io_concurrency,
-            scheduler=scheduler,
-            timeout=timeout,
-            progress=bar,
-            only=only,
-            exclude=exclude,
-            per_layer=per_layer,
-            sample=sample,
-            sample_seed=sample_seed,
-        )
+        r = api.compare(a, b, options, progress=bar)
     finally:
         if bar:
             bar.stop()
     _verdict_code.append(r.exit_code)  # what a closed pipe ends with (see main)
-    if json_path:
-        _write_json(json_path, report.dumps(r, stat_depth))
-    if not quiet:
-        console = _plain_console(json_path == "-")  # keep stdout pure JSON
-        report.render(r, console, verbose=verbose, stat_depth=stat_depth, per_layer=per_layer)
-    if show_stats:
-        mb = r.bytes_read / 1e6
-        rate = f", {mb / r.seconds:.0f} MB/s" if r.seconds > 0 else ""
-        click.echo(f"storage: {r.requests} requests, {mb:.1f} MB read in {r.seconds:.2f} s{rate}", err=True)
-    for x in r.leaves:
-        if x.status == "error":
-            click.echo(f"streamdiff: error: {report.format_path(x.path)}: {x.message}", err=True)
-    if r.exit_code == 2 and not r.errors:
-        click.echo(f"streamdiff: error: {report.verdict(r).removeprefix('error: ')}", err=True)
+    Output(json_path, stat_depth, per_layer, verbose, quiet, show_stats).emit(r)
     return r.exit_code
 
 
-def _steps(steps: tuple[int, ...], step_a: int | None, step_b: int | None) -> dict[str, int | None]:
+@dataclass(frozen=True)
+class Output:
+    """What the CLI shows of a report, and where: --json, --stat, --per-layer, --verbose, --quiet, --stats."""
+
+    json_path: str | None = None
+    stat_depth: int | None = None
+    per_layer: bool = False
+    verbose: bool = False
+    quiet: bool = False
+    show_stats: bool = False
+
+    def emit(self, r: Report) -> None:
+        """The JSON, the terminal report (on stderr when the JSON goes to stdout), the storage line,
+        then one `streamdiff: error:` line per unreadable leaf, or one for the verdict of exit 2."""
+        if self.json_path:
+            _write_json(self.json_path, report.dumps(r, self.stat_depth))
+        if not self.quiet:
+            console = _plain_console(self.json_path == "-")  # keep stdout pure JSON
+            report.render(r, console, verbose=self.verbose, stat_depth=self.stat_depth, per_layer=self.per_layer)
+        if self.show_stats:
+            mb = r.bytes_read / 1e6
+            rate = f", {mb / r.seconds:.0f} MB/s" if r.seconds > 0 else ""
+            click.echo(f"storage: {r.requests} requests, {mb:.1f} MB read in {r.seconds:.2f} s{rate}", err=True)
+        for x in r.leaves:
+            if x.status == Status.ERROR:
+                click.echo(f"streamdiff: error: {report.format_path(x.path)}: {x.message}", err=True)
+        if r.exit_code == 2 and not r.errors:
+            click.echo(f"streamdiff: error: {report.verdict(r).removeprefix('error: ')}", err=True)
+
+
+def _steps(steps: tuple[int, ...], step_a: int | None, step_b: int | None) -> Steps:
     """`--step N` (every root side), `--step A --step B` (one each), `--step-a` / `--step-b`; a
     combination that says two things about one side is refused rather than guessed."""
     if len(steps) > 2:
@@ -393,10 +401,10 @@ def _steps(steps: tuple[int, ...], step_a: int | None, step_b: int | None) -> di
     if len(steps) == 2:
         if step_a is not None or step_b is not None:
             raise click.UsageError("--step given twice already sets both sides; drop --step-a/--step-b")
-        return {"step_a": steps[0], "step_b": steps[1]}
+        return Steps(a=steps[0], b=steps[1])
     if steps and step_a is not None and step_b is not None:
         raise click.UsageError("--step-a and --step-b already set both sides; drop --step")
-    return {"step": steps[0] if steps else None, "step_a": step_a, "step_b": step_b}
+    return Steps(steps[0] if steps else None, step_a, step_b)
 
 
 def _write_json(path: str, text: str) -> None:
@@ -592,7 +600,11 @@ def run() -> None:
 @click.option("--item", default=None, metavar="NAME", help="Only this PyTree item of a step.")
 @click.option("--json", "json_path", default=None, metavar="PATH", help="Write the listing as JSON ('-' for stdout).")
 @click.option(
-    "--io-concurrency", type=click.IntRange(1, 4096), default=None, metavar="N", help="Parallel requests (gs://)."
+    "--io-concurrency",
+    type=click.IntRange(1, MAX_IO_CONCURRENCY),
+    default=None,
+    metavar="N",
+    help="Parallel requests (gs://).",
 )
 def ls_command(ckpt, step, item, json_path, io_concurrency):
     """List one checkpoint from its metadata only: path, kind, dtype, shape, chunk shape, stored bytes,

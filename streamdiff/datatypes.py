@@ -165,6 +165,21 @@ class Tree:
     notes: tuple[str, ...] = ()  # what the reader decided on the user's behalf
 
 
+class PairStatus(StrEnum):
+    """What pairing decided for one path, before any value is read. `COMPARE`: values still to be
+    diffed; `EQUAL`: settled without reading data (two empty nodes of one type); `KIND_MISMATCH`
+    is reported as `Status.DIFFERENT`; the others become the `Status` of the same name."""
+
+    COMPARE = "compare"
+    EQUAL = "equal"
+    ONLY_A = "only_a"
+    ONLY_B = "only_b"
+    SHAPE_MISMATCH = "shape_mismatch"
+    KIND_MISMATCH = "kind_mismatch"
+    ERROR = "error"
+    NOT_COMPARED = "not_compared"
+
+
 @dataclass(frozen=True)
 class Pair:
     """The two sides of one canonical path after pairing (either may be missing)."""
@@ -172,11 +187,60 @@ class Pair:
     path: KeyPath
     a: Leaf | None
     b: Leaf | None
-    #: 'compare' (values still to be diffed), 'only_a', 'only_b', 'shape_mismatch',
-    #: 'kind_mismatch', 'error', 'not_compared', or 'equal' (settled without reading data, e.g. two
-    #: empty nodes).
-    status: str
+    status: PairStatus
     message: str | None = None
+
+
+#: Field metadata of the `ValueStats` entries the JSON writes only when they are set (not None, not
+#: False); every other statistic is always written, null included.
+WHEN_SET = {"json": "when_set"}
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """`--per-layer`: the statistics of one index along a scanned leaf's layer axis."""
+
+    layer: int
+    count: int
+    mismatches: int
+    max_abs_diff: float
+    rms_diff: float | None
+
+
+@dataclass(frozen=True)
+class ValueStats:
+    """What comparing the values of one leaf found (README "Statistics per leaf"); the JSON writes
+    each field under its own name, in this order (`report.stats_json`).
+
+    Indices are positions in the whole array (C order), None when the maximum is 0. The NaN/Inf
+    counts are None when chunks settled by equal stored bytes were not decoded, and `rms_diff` when
+    that leaves it unknown (see `stats.LeafStats.rms_reported`)."""
+
+    count: int
+    mismatches: int
+    max_abs_diff: float
+    max_abs_diff_index: tuple[int, ...] | None
+    #: The two values (as compared: float, int, or complex written as text) at max_abs_diff_index.
+    max_abs_diff_values: tuple[Any, Any] | None
+    max_rel_diff: float
+    max_rel_diff_index: tuple[int, ...] | None
+    rms_diff: float | None
+    nan_a: int | None
+    nan_b: int | None
+    inf_a: int | None
+    inf_b: int | None
+    nan_mismatch: int
+    identical: bool  # bit for bit: same dtype, same bytes
+    shortcut_chunks: int  # chunks settled by equal stored bytes, without decoding
+    shortcut_bytes: int
+    layers: tuple[LayerStats, ...] | None = field(default=None, metadata=WHEN_SET)
+    #: What the tolerance allowed at max_abs_diff_index: atol + rtol * |b| (0 for exact comparisons).
+    max_abs_diff_allowed: float | None = field(default=None, metadata=WHEN_SET)
+    streamed: bool = field(default=False, metadata=WHEN_SET)  # read in slabs smaller than a chunk
+    blocks: int | None = field(default=None, metadata=WHEN_SET)  # blocks the planner cut the leaf into
+    sampled_count: int | None = field(default=None, metadata=WHEN_SET)  # --sample: blocks read and compared
+    #: Stored bytes decoded per stored byte, when above 1 (blocks that cut across the read chunks).
+    read_amplification: float | None = field(default=None, metadata=WHEN_SET)
 
 
 @dataclass(frozen=True)
@@ -194,7 +258,7 @@ class LeafResult:
     dtype_allowed: bool = False  # the dtypes differ in a way a rule allows
     source_a: str | None = None  # where the leaf comes from, when rules mapped it (path or view)
     source_b: str | None = None
-    stats: dict[str, Any] | None = field(default=None, compare=False)
+    stats: ValueStats | None = field(default=None, compare=False)  # leaves whose values were compared
     message: str | None = None
 
     @property
@@ -282,7 +346,7 @@ class Report:
             return Verdict.SAME_STRUCTURE
         if self.sample is not None:
             return Verdict.NO_DIFFERENCES_SAMPLED
-        if all(r.stats is None or r.stats.get("identical", True) for r in self.leaves):
+        if all(r.stats is None or r.stats.identical for r in self.leaves):
             return Verdict.IDENTICAL
         return Verdict.EQUAL
 
@@ -301,7 +365,7 @@ class Report:
     @property
     def summary(self) -> dict[str, Any]:
         """The counts of the JSON's `summary`, by name."""
-        stats = [r.stats or {} for r in self.leaves]
+        stats = [r.stats for r in self.leaves if r.stats is not None]
         return {
             "leaves": len(self.leaves),
             "equal": self.count(Status.EQUAL),
@@ -314,8 +378,8 @@ class Report:
             "not_compared": self.not_compared,
             "bytes_read": self.bytes_read,
             "requests": self.requests,
-            "shortcut_chunks": sum(s.get("shortcut_chunks", 0) for s in stats),
-            "shortcut_bytes": sum(s.get("shortcut_bytes", 0) for s in stats),
+            "shortcut_chunks": sum(s.shortcut_chunks for s in stats),
+            "shortcut_bytes": sum(s.shortcut_bytes for s in stats),
             "seconds": round(self.seconds, 6),
             "excluded": len(self.excluded),
         }

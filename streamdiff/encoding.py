@@ -29,6 +29,8 @@ from .units import human_bytes
 #: Slack allowed over the decoded size: n/8 + 64 KiB covers the worst-case expansion of zstd, blosc,
 #: zlib, gzip, lz4 and bz2 (all under 1% plus a few hundred bytes of headers).
 SLACK_BYTES = 64 << 10
+#: Largest zstd block (RFC 8878 §3.1.1.2.3: Block_Maximum_Size is 128 KiB).
+ZSTD_MAX_BLOCK = 128 << 10
 #: Filters (zarr v2) may widen the dtype before compression (astype, fixedscaleoffset).
 FILTER_FACTOR = 8
 _ZSTD_MAGIC = 0xFD2FB528
@@ -164,7 +166,7 @@ def _zstd_frame_ok(data: bytes, size: int, n: int) -> bool:
             return False
         header = int.from_bytes(data[pos : pos + 3], "little")
         last, kind, bsize = header & 1, (header >> 1) & 3, header >> 3
-        if kind == 3 or bsize > 128 << 10:
+        if kind == 3 or bsize > ZSTD_MAX_BLOCK:
             return False
         pos += 3 + (1 if kind == 1 else bsize)
         if last:
@@ -207,7 +209,6 @@ def audit_chunk_files(source: ArraySource, enc: Encoding) -> None:
     for key, size in walk_files(root, root, lambda rel: pattern.match(rel) is not None):
         if size > limit:
             raise CorruptCheckpointError(
-                f"{root}/{key}: {human_bytes(size)} on disk, more than a chunk of "
-                f"{enc.decoded * enc.per_value} decoded bytes with codec {enc.codec} can take "
-                f"({human_bytes(limit)}): corrupt chunk"
+                f"{root}/{key}: {human_bytes(size)} on disk, more than a chunk of {enc.decoded * enc.per_value} "
+                f"decoded bytes with codec {enc.codec} can take ({human_bytes(limit)}): corrupt chunk"
             )

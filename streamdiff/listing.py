@@ -20,7 +20,7 @@ from .datatypes import Leaf, format_path
 from .errors import NotFoundError
 from .locate import STEP_NAME, Item, locate
 from .mapping.layouts import detect
-from .report import FULL_WIDTH, PATH_MIN, _Out, shorten
+from .report import FULL_WIDTH, PATH_MIN, LinePrinter, shorten
 from .tree import read_item
 from .units import human
 
@@ -55,7 +55,7 @@ class ItemListing:
 @dataclass(frozen=True)
 class Listing:
     url: str
-    layout: str | None  # MaxText layout detected from the paths, or None
+    model_layout: str | None  # the model layout detected from the paths ('maxtext-linen'), or None
     step: int | None  # the step listed, when the URL is a CheckpointManager root
     steps: tuple[int, ...]  # every step the root holds (committed or not)
     notes: tuple[str, ...]
@@ -134,7 +134,7 @@ def to_json(lst: Listing) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "url": lst.url,
-        "layout": lst.layout,
+        "layout": lst.model_layout,  # streamdiff-ls/1 names it "layout"
         "step": lst.step,
         "steps": list(lst.steps),
         "notes": list(lst.notes),
@@ -169,12 +169,12 @@ def dumps(lst: Listing) -> str:
 def render(lst: Listing, console: Console) -> None:
     """One line per leaf, fitted to the console width (the path is shortened in the middle)."""
     width = console.width
-    out = _Out(console)
+    out = LinePrinter(console)
     out(Text(lst.url, style="bold"))
     if lst.step is not None:
         others = [s for s in lst.steps if s != lst.step]
         out(f"  step {lst.step}; other steps: {_ranges(others) or 'none'}")
-    out(f"  layout: {lst.layout or 'none detected'}")
+    out(f"  layout: {lst.model_layout or 'none detected'}")
     for n in lst.notes:
         if lst.step is None or not n.startswith(f"step {lst.step}"):  # said on the line above
             out(f"  {n}", "dim")

@@ -1,6 +1,6 @@
 """Turn what the user typed into the PyTree item directories to read.
 
-Accepts an item directory, a step directory, or a CheckpointManager root (orbax-format.md §2, §12.A),
+Accepts an item directory, a step directory, or a CheckpointManager root (`<root>/<step>/<item>/`),
 and flax msgpack files (alone, or as `checkpoint_<step>` files of a `flax.training.checkpoints` folder).
 A step's children are PyTree items, JSON items (`JsonSave`, orbax v1 `data.json`), known files that
 hold no data, or something else, which becomes an item that is reported as not compared: nothing a
@@ -126,7 +126,7 @@ def _resolve(d: Dir, step: int | None, children: dict[str, str]) -> Located:
     if not steps:
         _refuse_foreign(d, children)
         if any(classify(d.child(n).list_children()) != "other" for n, k in children.items() if k == "dir"):
-            # A step of an older CheckpointManager: items inside, no _CHECKPOINT_METADATA (§2).
+            # A step of an older CheckpointManager: items inside, no _CHECKPOINT_METADATA.
             items, inner = _step_items(d, children)
             return Located(items, ("step directory without _CHECKPOINT_METADATA (older CheckpointManager)",) + inner)
         raise NotACheckpointError(
@@ -179,7 +179,7 @@ def _resolve(d: Dir, step: int | None, children: dict[str, str]) -> Located:
 
 
 def classify(children: dict[str, str]) -> str:
-    """'item', 'unfinished_item', 'json_item', 'step' or 'other' from a directory's children (§12.A)."""
+    """'item', 'unfinished_item', 'json_item', 'step' or 'other' from a directory's children."""
     files = {n for n, k in children.items() if k == "file"}
     if files & PYTREE_FILES:
         return "item"
@@ -256,7 +256,7 @@ def _step(root: Dir, name: str, children: dict[str, str]) -> tuple[tuple[Item, .
 
 
 def _check_item_finished(d: Dir, children: dict[str, str]) -> None:
-    """Per-process OCDBT stores are merged into the root manifest as the save's last act (§7)."""
+    """Per-process OCDBT stores are merged into the root manifest as the save's last act."""
     files = {n for n, k in children.items() if k == "file"}
     if "manifest.ocdbt" not in files and any(n.startswith("ocdbt.process_") for n in children):
         raise UnfinishedCheckpointError(f"{d.display}: unfinished save (per-process OCDBT data but no manifest.ocdbt)")

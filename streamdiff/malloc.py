@@ -1,10 +1,9 @@
 """glibc allocator settings that keep resident memory close to live memory (Linux; no-op elsewhere).
 
-Measured here (bench/): with glibc's defaults, chunk buffers freed by tensorstore's threads linger
-in per-thread arenas and in holes of the heap, so peak RSS drifts with checkpoint size although
-live memory does not (144 MB vs 180 MB for the same budget at 1x and 2x the size). One arena
-plus an occasional `malloc_trim` keeps it flat without the page-fault cost of mmapping every
-large buffer (a fixed 1 MiB mmap threshold also flattened RSS but doubled the wall time).
+With glibc's defaults, chunk buffers freed by tensorstore's threads linger in per-thread arenas and
+in holes of the heap, so peak RSS grows with checkpoint size although live memory does not (`make
+bench` shows it). One arena plus an occasional `malloc_trim` keeps it flat without the page-fault
+cost of mmapping every large buffer (a fixed mmap threshold also flattens RSS, but slows the run).
 """
 
 from __future__ import annotations
@@ -23,8 +22,8 @@ if sys.platform.startswith("linux"):
 
 
 def limit_arenas(n: int = 1) -> None:
-    """At most `n` malloc arenas; call before threads start (the CLI does). Reading 3.4 GiB of
-    chunks took 3.2 s with the default arenas and 1.3 s with one."""
+    """At most `n` malloc arenas; call before threads start (the CLI does). Fewer arenas also
+    means fewer fresh pages to fault in, so reading is faster, not slower."""
     if _libc is not None:
         _libc.mallopt(_M_ARENA_MAX, n)
 

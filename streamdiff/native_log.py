@@ -70,6 +70,10 @@ def filtered_native_stderr() -> Iterator[None]:
             os.close(saved)
 
 
+#: Bytes read from the log pipe at a time: Linux's default pipe capacity, so one read drains it.
+PIPE_READ_BYTES = 1 << 16
+
+
 def _is_fd2(stream: object) -> bool:
     try:
         return stream is sys.__stderr__ and sys.__stderr__ is not None and sys.__stderr__.fileno() == 2
@@ -81,7 +85,7 @@ def _pump(r: int, out: int) -> None:
     rest = b""
     while True:
         try:
-            data = os.read(r, 65536)
+            data = os.read(r, PIPE_READ_BYTES)
         except OSError:
             break
         if not data:

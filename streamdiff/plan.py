@@ -17,8 +17,17 @@ from dataclasses import dataclass
 from .errors import UsageError
 from .units import human_bytes
 
-#: Resident memory of the interpreter with numpy, tensorstore and rich loaded (measured ~90 MB).
+#: Memory the process holds besides blocks and tiles: the interpreter with numpy, tensorstore, click
+#: and rich loaded, plus headroom for what grows with the tree (metadata, tensorstore's caches, thread
+#: stacks). Measured once (Linux, Python 3.11, numpy 2.4, tensorstore 0.1.86; peak RSS in KiB):
+#:     /usr/bin/time -f %M python -m streamdiff A A -q      # A: one 8-element zarr v3 array: 73 MiB
+#:     /usr/bin/time -f %M python -c "import streamdiff.cli"   # the imports alone: 59 MiB
+#: The README's memory figures refer here.
 BASE_RSS = 110 << 20
+#: Elements per compute tile: bounds float64 temporaries to a few MB per thread, whatever the block;
+#: `memory_plan` halves it (down to MIN_TILE) when many jobs share a small budget.
+DEFAULT_TILE = 1 << 18
+MIN_TILE = 1 << 12
 #: Bytes of float64/bool temporaries per element while a tile is compared (see stats._tile_stats).
 TILE_BYTES_PER_ELEMENT = 112
 #: Cap on one block: large enough to amortise per-read overhead, small enough to pipeline.
@@ -27,8 +36,10 @@ MIN_BLOCK_BYTES = 1 << 20
 #: Blocks made of many small chunks grow to about this size (both sides together).
 GROW_TARGET_BYTES = 8 << 20
 DEFAULT_MAX_MEMORY = 2 << 30
-#: Smallest --max-memory the planner works in: its floor of 16 MiB for blocks and tiles, plus room for
-#: the interpreter. Below about 128 MiB the interpreter itself (~90-110 MB) exceeds the budget.
+#: What `memory_plan` leaves for blocks and tiles however small the budget: below BASE_RSS plus this
+#: the budget is planned for but cannot be kept (the process alone holds about BASE_RSS).
+MIN_BLOCKS_AND_TILES = 16 << 20
+#: Smallest --max-memory the planner accepts.
 MIN_MAX_MEMORY = 64 << 20
 #: Chunks one block may span on either side: each chunk read costs tensorstore bookkeeping of its own,
 #: so a block of a million one-element chunks would cost gigabytes whatever its decoded size.
@@ -124,9 +135,9 @@ def memory_plan(budget: int, jobs: int, block_bytes: int | None = None) -> Memor
     A budget under MIN_MAX_MEMORY is a `UsageError`.
     """
     check_max_memory(budget)
-    avail = max(budget - BASE_RSS, 16 << 20)
-    tile = 1 << 18
-    while tile > 1 << 12 and jobs * tile * TILE_BYTES_PER_ELEMENT > avail // 4:
+    avail = max(budget - BASE_RSS, MIN_BLOCKS_AND_TILES)
+    tile = DEFAULT_TILE
+    while tile > MIN_TILE and jobs * tile * TILE_BYTES_PER_ELEMENT > avail // 4:
         tile //= 2
     in_flight = 2 * jobs + 2  # keep tensorstore decoding ahead while the threads compare
     for_blocks = avail - jobs * tile * TILE_BYTES_PER_ELEMENT

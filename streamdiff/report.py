@@ -7,13 +7,13 @@ import math
 import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from rich.console import Console
 from rich.text import Text
 
-from .datatypes import KeyPath, LeafResult, Report, Verdict, format_path
+from .datatypes import WHEN_SET, KeyPath, LeafResult, Report, ValueStats, Verdict, format_path
 
 SCHEMA = "streamdiff/1"
 #: Rows of the differing-leaves table shown without --verbose.
@@ -81,8 +81,8 @@ def leaf_json(r: LeafResult) -> dict[str, Any]:
         d["dtype"] = r.dtype
     if r.dtype_b is not None:
         d["dtype_b"] = r.dtype_b
-    if r.stats:
-        d.update({k: _num(v) for k, v in r.stats.items()})
+    if r.stats is not None:
+        d.update(stats_json(r.stats))
     if r.message is not None:
         d["message"] = r.message
     if r.source_a is not None:
@@ -90,6 +90,22 @@ def leaf_json(r: LeafResult) -> dict[str, Any]:
     if r.source_b is not None:
         d["source_b"] = r.source_b
     return d
+
+
+def stats_json(s: ValueStats) -> dict[str, Any]:
+    """A leaf's statistics as the JSON writes them: every field by name in declaration order, those
+    marked `WHEN_SET` only when set; tuples as lists, inf/nan as strings."""
+    out: dict[str, Any] = {}
+    for f in fields(s):
+        v = getattr(s, f.name)
+        if f.metadata == WHEN_SET and (v is None or v is False):
+            continue
+        if f.name == "layers":
+            v = [{g.name: _num(getattr(x, g.name)) for g in fields(x)} for x in v]
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = _num(v)
+    return out
 
 
 def to_json(r: Report, stat_depth: int | None = None) -> dict[str, Any]:
@@ -151,14 +167,12 @@ def subtrees(r: Report, depth: int) -> list[Subtree]:
     for x in r.leaves:
         key = format_path(x.path[:depth])
         g = groups.setdefault(key, Subtree(key))
-        s = x.stats or {}
         g.leaves += 1
         g.different += x.status != "equal"
-        g.mismatches += s.get("mismatches", 0)
-        g.elements += s.get("count", 0)
-        d = s.get("max_abs_diff") or 0.0
-        if d > g.max_abs_diff:
-            g.max_abs_diff = d
+        if x.stats is not None:
+            g.mismatches += x.stats.mismatches
+            g.elements += x.stats.count
+            g.max_abs_diff = max(g.max_abs_diff, x.stats.max_abs_diff)
     return sorted(groups.values(), key=lambda g: (-g.mismatches, -g.max_abs_diff, -g.different, g.path))
 
 
@@ -304,11 +318,12 @@ def verdict_line(r: Report) -> str:
 def severity(r: LeafResult) -> tuple:
     """Errors and structure first, then the leaves with the most mismatching elements (a counter
     that is off by one matters less than a kernel that differs everywhere), then by max |a-b|."""
-    s = r.stats or {}
     rank = {"error": 0, "not_compared": 0, "shape_mismatch": 1, "only_a": 2, "only_b": 2, "different": 3, "equal": 4}[
         r.status
     ]
-    return (rank, -s.get("mismatches", 0), -(s.get("max_abs_diff") or 0.0))
+    if r.stats is None:
+        return (rank, 0, 0.0)
+    return (rank, -r.stats.mismatches, -r.stats.max_abs_diff)
 
 
 @dataclass(frozen=True)
@@ -320,24 +335,24 @@ class _Col:
 
 def _mismatches(x: LeafResult, full: bool) -> str:
     s = x.stats
-    pct = f"{100.0 * s['mismatches'] / s['count']:.3g}%" if s["count"] else "-"
-    return f"{s['mismatches']}/{s['count']} ({pct})" if full else f"{s['mismatches']} ({pct})"
+    pct = f"{100.0 * s.mismatches / s.count:.3g}%" if s.count else "-"
+    return f"{s.mismatches}/{s.count} ({pct})" if full else f"{s.mismatches} ({pct})"
 
 
-def _at(index: list[int] | None) -> str:
+def _at(index: tuple[int, ...] | None) -> str:
     return "-" if index is None else "[" + ",".join(map(str, index)) + "]"
 
 
 #: Columns in order of importance: narrower terminals drop them from the end of this list.
 _COLUMNS = (
     _Col("mismatches", True, _mismatches),
-    _Col("max |a-b|", True, lambda x, f: fmt_number(x.stats["max_abs_diff"])),
-    _Col("max rel", True, lambda x, f: fmt_number(x.stats["max_rel_diff"])),
-    _Col("at", False, lambda x, f: _at(x.stats["max_abs_diff_index"])),
-    _Col("rms", True, lambda x, f: fmt_number(x.stats["rms_diff"])),
+    _Col("max |a-b|", True, lambda x, f: fmt_number(x.stats.max_abs_diff)),
+    _Col("max rel", True, lambda x, f: fmt_number(x.stats.max_rel_diff)),
+    _Col("at", False, lambda x, f: _at(x.stats.max_abs_diff_index)),
+    _Col("rms", True, lambda x, f: fmt_number(x.stats.rms_diff)),
     _Col("dtype", False, lambda x, f: x.dtype + (f"/{x.dtype_b}" if x.dtype_b else "")),
     _Col("shape", False, lambda x, f: "x".join(map(str, x.shape)) or "()"),
-    _Col("NaN a/b", True, lambda x, f: f"{fmt_number(x.stats['nan_a'])}/{fmt_number(x.stats['nan_b'])}"),
+    _Col("NaN a/b", True, lambda x, f: f"{fmt_number(x.stats.nan_a)}/{fmt_number(x.stats.nan_b)}"),
 )
 #: The order columns are displayed in, whichever are shown.
 _DISPLAY = ("dtype", "shape", "mismatches", "max |a-b|", "at", "max rel", "rms", "NaN a/b")
@@ -405,14 +420,14 @@ def distinct(a: float, b: float) -> tuple[str, str]:
 def worst_values_line(x: LeafResult, width: int) -> str | None:
     """`path: a=0.0123 b=0.0138 at [56,0,21], allowed 1.1e-07` (numpy's and torch's way of
     showing the worst element), None when the leaf has no nonzero difference."""
-    s = x.stats or {}
-    values = s.get("max_abs_diff_values")
+    s = x.stats
+    values = None if s is None else s.max_abs_diff_values
     if values is None:
         return None
     a, b = distinct(*values) if all(isinstance(v, float) for v in values) else (str(v) for v in values)
-    tail = f": a={a} b={b} at {_at(s.get('max_abs_diff_index'))}"
-    if s.get("max_abs_diff_allowed") is not None:
-        tail += f", allowed {fmt_number(s['max_abs_diff_allowed'])}"
+    tail = f": a={a} b={b} at {_at(s.max_abs_diff_index)}"
+    if s.max_abs_diff_allowed is not None:
+        tail += f", allowed {fmt_number(s.max_abs_diff_allowed)}"
     return shorten(format_path(x.path), max(8, width - len(tail))) + tail
 
 
@@ -459,8 +474,9 @@ def _common_prefix(keys: list[tuple[str, ...]]) -> tuple[str, ...]:
     return first[:n]
 
 
-class _Out:
-    """Counts printed lines, so a long report can repeat its verdict at the end."""
+class LinePrinter:
+    """Prints logical lines fitted to the console (the diff report and `streamdiff ls`) and counts
+    them, so a long report can repeat its verdict at the end."""
 
     def __init__(self, console: Console):
         self.console = console
@@ -496,7 +512,7 @@ def render(
     """The terminal report: verdict, inputs, structure problems, the differing leaves (one line
     each, fitted to the console width), the worst values, and --stat / --per-layer on request."""
     width = console.width
-    out = _Out(console)
+    out = LinePrinter(console)
     v = verdict_line(r)
     style = "bold red" if r.exit_code == 2 else ("bold green" if r.equal else "bold yellow")
     out(v, style)
@@ -537,12 +553,12 @@ def render(
         out(v, style)
 
 
-def _render_problems(r: Report, out: _Out, verbose: bool) -> None:
+def _render_problems(r: Report, out: LinePrinter, verbose: bool) -> None:
     problems = [x for x in r.leaves if x.status in ("shape_mismatch", "error", "not_compared")]
     problems += [
         x
         for x in r.leaves
-        if x.status == "different" and (x.kind_b or (x.dtype_b and not x.dtype_allowed) or not x.stats)
+        if x.status == "different" and (x.kind_b or (x.dtype_b and not x.dtype_allowed) or x.stats is None)
     ]
     one_sided = {s: [x for x in r.leaves if x.status == s] for s in ("only_a", "only_b")}
     if not problems and not any(one_sided.values()):
@@ -569,8 +585,8 @@ def _render_problems(r: Report, out: _Out, verbose: bool) -> None:
                 out(f"  only in {side}: {len(members)} paths matching {pattern} (--verbose lists them)")
 
 
-def _render_values(r: Report, out: _Out, width: int, verbose: bool) -> None:
-    rows = [x for x in r.leaves if x.stats and (verbose or x.status != "equal")]
+def _render_values(r: Report, out: LinePrinter, width: int, verbose: bool) -> None:
+    rows = [x for x in r.leaves if x.stats is not None and (verbose or x.status != "equal")]
     if not rows:
         return
     rows.sort(key=severity)
@@ -588,7 +604,7 @@ def _render_values(r: Report, out: _Out, width: int, verbose: bool) -> None:
             out(f"  ... {len(worst) - WORST_ROWS} more (--verbose or --json)", "dim")
 
 
-def _render_stat(r: Report, out: _Out, width: int, depth: int) -> None:
+def _render_stat(r: Report, out: LinePrinter, width: int, depth: int) -> None:
     """`--stat`: one line per subtree, worst first, with a bar of mismatching elements (of
     differing leaves when no values were compared)."""
     groups = subtrees(r, depth)
@@ -646,9 +662,9 @@ def sparkline(values: list[float], width: int) -> str:
     return out
 
 
-def _render_layers(r: Report, out: _Out, width: int, verbose: bool) -> None:
+def _render_layers(r: Report, out: LinePrinter, width: int, verbose: bool) -> None:
     """`--per-layer`: one line per scanned leaf, a sparkline of max |a-b| over its layers."""
-    rows = [x for x in r.leaves if x.stats and x.stats.get("layers") and (verbose or x.status != "equal")]
+    rows = [x for x in r.leaves if x.stats is not None and x.stats.layers and (verbose or x.status != "equal")]
     out("per layer (max |a-b| by layer index, · = unchanged):", "bold")
     if not rows:
         out("  no scanned leaf differs" if not verbose else "  no scanned leaves", "dim")
@@ -656,13 +672,13 @@ def _render_layers(r: Report, out: _Out, width: int, verbose: bool) -> None:
     rows.sort(key=severity)
     tails, maxes = [], []
     for x in rows:
-        layers = x.stats["layers"]
-        m = [float(layer["max_abs_diff"]) for layer in layers]
-        moved = sum(1 for layer in layers if layer["mismatches"])
+        layers = x.stats.layers
+        m = [float(layer.max_abs_diff) for layer in layers]
+        moved = sum(1 for layer in layers if layer.mismatches)
         worst = max(range(len(m)), key=lambda i: m[i])
         tail = f"{moved}/{len(layers)} moved"
         if m[worst] > 0:
-            tail += f", max {fmt_number(m[worst])} at layer {layers[worst]['layer']}"
+            tail += f", max {fmt_number(m[worst])} at layer {layers[worst].layer}"
         tails.append(tail)
         maxes.append(m)
     tail_w = max(len(t) for t in tails)

@@ -26,10 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from .datatypes import LayerStats, ValueStats
 from .dtypes import compute_dtype, is_exact
+from .plan import DEFAULT_TILE
 
-#: Elements per compute tile: bounds float64 temporaries to a few MB per thread, whatever the block.
-DEFAULT_TILE = 1 << 18
+#: Bytes compared first by `_bytes_equal`: differing blocks almost always differ early.
+EQUAL_PREFIX_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -115,42 +117,41 @@ class LeafStats:
             return None
         return self.rms
 
-    def to_dict(self, shape: tuple[int, ...]) -> dict[str, Any]:
-        def idx(flat: int) -> list[int] | None:
+    def result(self, shape: tuple[int, ...], **found: Any) -> ValueStats:
+        """The report's record of these statistics for an array of `shape`; `found` sets what the
+        driver adds (`max_abs_diff_allowed`, `streamed`, `blocks`, `read_amplification`)."""
+
+        def idx(flat: int) -> tuple[int, ...] | None:
             if flat < 0:
                 return None
-            return [int(i) for i in np.unravel_index(flat, shape)] if shape else []
+            return tuple(int(i) for i in np.unravel_index(flat, shape)) if shape else ()
 
-        out = {
-            "count": self.count,
-            "mismatches": self.mismatches,
-            "max_abs_diff": self.max_abs,
-            "max_abs_diff_index": idx(self.max_abs_index),
-            "max_abs_diff_values": None if self.max_abs_values is None else list(self.max_abs_values),
-            "max_rel_diff": self.max_rel,
-            "max_rel_diff_index": idx(self.max_rel_index),
-            "rms_diff": self.rms_reported,
-            "nan_a": None if self.nan_unknown else self.nan_a,
-            "nan_b": None if self.nan_unknown else self.nan_b,
-            "inf_a": None if self.nan_unknown else self.inf_a,
-            "inf_b": None if self.nan_unknown else self.inf_b,
-            "nan_mismatch": self.nan_mismatch,
-            "identical": self.identical,
-            "shortcut_chunks": self.shortcut_chunks,
-            "shortcut_bytes": self.shortcut_bytes,
-        }
+        unknown = self.nan_unknown
+        layers = None
         if self.layers is not None:
-            out["layers"] = [
-                {
-                    "layer": k,
-                    "count": v.count,
-                    "mismatches": v.mismatches,
-                    "max_abs_diff": v.max_abs,
-                    "rms_diff": v.rms_reported,
-                }
-                for k, v in sorted(self.layers.items())
-            ]
-        return out
+            layers = tuple(
+                LayerStats(k, v.count, v.mismatches, v.max_abs, v.rms_reported) for k, v in sorted(self.layers.items())
+            )
+        return ValueStats(
+            count=self.count,
+            mismatches=self.mismatches,
+            max_abs_diff=self.max_abs,
+            max_abs_diff_index=idx(self.max_abs_index),
+            max_abs_diff_values=None if self.max_abs_values is None else tuple(self.max_abs_values),
+            max_rel_diff=self.max_rel,
+            max_rel_diff_index=idx(self.max_rel_index),
+            rms_diff=self.rms_reported,
+            nan_a=None if unknown else self.nan_a,
+            nan_b=None if unknown else self.nan_b,
+            inf_a=None if unknown else self.inf_a,
+            inf_b=None if unknown else self.inf_b,
+            nan_mismatch=self.nan_mismatch,
+            identical=self.identical,
+            shortcut_chunks=self.shortcut_chunks,
+            shortcut_bytes=self.shortcut_bytes,
+            layers=layers,
+            **found,
+        )
 
 
 def _better(v1: float, i1: int, v2: float, i2: int) -> tuple[float, int]:
@@ -232,12 +233,12 @@ def _block_stats(
 
 
 def _bytes_equal(fa: np.ndarray, fb: np.ndarray) -> bool:
-    """Bitwise equality; a 4 KiB prefix first, since differing blocks almost always differ early."""
+    """Bitwise equality; a prefix first (EQUAL_PREFIX_BYTES), since differing blocks almost always differ early."""
     if fa.dtype.itemsize != fb.dtype.itemsize:
         return False
     ba = fa.view(np.uint8)
     bb = fb.view(np.uint8)
-    if not np.array_equal(ba[:4096], bb[:4096]):
+    if not np.array_equal(ba[:EQUAL_PREFIX_BYTES], bb[:EQUAL_PREFIX_BYTES]):
         return False
     return bool(np.array_equal(ba, bb))
 

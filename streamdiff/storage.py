@@ -63,6 +63,8 @@ META_CACHE_BYTES = 16 << 20
 #: Parallel requests to a remote store. tensorstore's default is 32; a GCS bucket serves far more,
 #: and every round trip (20-100 ms) that is not overlapped is lost time.
 DEFAULT_IO_CONCURRENCY = 64
+#: Largest --io-concurrency the CLI takes (tensorstore opens that many connections).
+MAX_IO_CONCURRENCY = 4096
 
 
 def make_context(remote: bool, io_concurrency: int | None = None) -> ts.Context:

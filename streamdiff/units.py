@@ -9,6 +9,8 @@ from .errors import UsageError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 _SCALE = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+#: Sizes from this up are refused as typos: an exbibyte of memory or of blocks is no real request.
+MAX_SIZE = 1 << 60
 
 
 def parse_size(text: str | int, name: str = "--max-memory") -> int:
@@ -20,31 +22,27 @@ def parse_size(text: str | int, name: str = "--max-memory") -> int:
     if not m:
         raise UsageError(f"{name}: {text!r} is not a size (examples: 512M, 4G, 1.5GiB)")
     value = float(m.group(1)) * _SCALE[m.group(2).lower()]
-    if not math.isfinite(value) or value >= 1 << 60:  # '1e400' would overflow int()
+    if not math.isfinite(value) or value >= MAX_SIZE:  # '1e400' would overflow int()
         raise UsageError(f"{name}: {text!r} is too large")
     return int(value)
 
 
-_SHORT = ("", "K", "M", "G", "T")
-_LONG = ("bytes", "KiB", "MiB", "GiB", "TiB")
+def _scaled(n: float) -> tuple[float, str]:
+    """`n` bytes in the largest binary unit ('', 'K', 'M', 'G', 'T') that keeps it at least 1."""
+    for unit in ("", "K", "M", "G"):
+        if n < 1024:
+            return n, unit
+        n /= 1024
+    return n, "T"
 
 
 def human(n: float) -> str:
-    """Bytes in binary units as options take them: 2G, 512M, 1.5K, 100."""
-    return _scaled(n, long=False)
+    """Bytes as `--max-memory` takes them (and `streamdiff ls` shows them): 2G, 512M, 1.5K, 100."""
+    v, unit = _scaled(n)
+    return f"{v:g}" if unit == "" else f"{v:.4g}{unit}"
 
 
-def human_bytes(n: float) -> str:
-    """Bytes in binary units for sentences: 2 GiB, 1.5 KiB, 100 bytes."""
-    return _scaled(n, long=True)
-
-
-def _scaled(n: float, long: bool) -> str:
-    names = _LONG if long else _SHORT
-    for i, unit in enumerate(names):
-        if n < 1024 or i == len(names) - 1:
-            if i == 0:
-                return f"{n} {unit}" if long else f"{n:g}"
-            return f"{n:.4g} {unit}" if long else f"{n:.4g}{unit}"
-        n /= 1024
-    return str(n)
+def human_bytes(n: int) -> str:
+    """Bytes in prose (error messages): '100 bytes', '1.5 KiB', '64 MiB'."""
+    v, unit = _scaled(n)
+    return f"{v} bytes" if unit == "" else f"{v:.4g} {unit}iB"

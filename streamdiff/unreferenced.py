@@ -7,7 +7,7 @@ OCDBT store outside any array, every tree entry that says "no data" while data i
 name, and every file or folder that is not Orbax's own bookkeeping becomes a `not_compared` leaf.
 
 Orbax's bookkeeping is what real orbax (0.3.5, 0.5.10, 0.12.8, MaxText) writes into an item
-directory, listed from the test corpus (tests/orbax_corpus.py) and orbax-format.md §2: it is matched
+directory, listed from the test corpus (tests/orbax_corpus.py): it is matched
 by exact name. Only listings the reader already has are used, except for a folder that is not
 bookkeeping (listed once, to tell an empty leftover folder from one holding data) and a folder
 that holds arrays only below it (keys with '/', listed to find arrays there no entry names).

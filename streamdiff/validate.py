@@ -254,7 +254,7 @@ def check_tree_metadata(doc: Any, where: str) -> None:
 
 
 def check_array_metadatas(doc: Any, where: str) -> None:
-    """An orbax `array_metadatas/process_N` document (PRNG key implementations, §8.1)."""
+    """An orbax `array_metadatas/process_N` document (PRNG key implementations)."""
     d = _Doc(where)
     d.obj(doc, "(document)")
     for i, entry in enumerate(d.lst(doc.get("array_metadatas", []), "array_metadatas")):

@@ -1,5 +1,5 @@
 """Helpers shared by the tests (and bench/gcs through gcs_emulator): one way to save a tree with
-real orbax, one way to find a free local port."""
+real orbax, one way to find a free local port, one way to check the project's error contract."""
 
 from __future__ import annotations
 
@@ -28,3 +28,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def one_error_line(r, *needles: str) -> str:
+    """The bad-input contract: exit 2, exactly one stderr line starting `streamdiff: error: ` and
+    holding every needle, no traceback. `r` is any run with `code`, `out` and `err`; returns the line."""
+    assert r.code == 2, (r.code, r.out, r.err)
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("streamdiff: error: "), r.err
+    assert "Traceback" not in r.err
+    for n in needles:
+        assert n in lines[0], (n, r.err)
+    return lines[0]
+
+
+def error_lines(r, *needles: str) -> list[str]:
+    """Exit 2 and every stderr line a `streamdiff: error: ` line (one per unreadable leaf), no
+    traceback, every needle somewhere on them."""
+    assert r.code == 2, (r.code, r.out, r.err)
+    lines = r.err.strip().splitlines()
+    assert lines and all(line.startswith("streamdiff: error: ") for line in lines), r.err
+    assert "Traceback" not in r.err
+    for n in needles:
+        assert n in r.err, (n, r.err)
+    return lines

@@ -6,7 +6,7 @@ Used by the test suite (session fixture) and runnable by hand:
 
 Every checkpoint is written by real orbax / flax / jax (test-only dependencies). The expected leaves
 are computed from the in-memory pytree at save time, independently of streamdiff's reader. The
-variants follow orbax-format.md: OCDBT on/off, zarr v2/v3, arrays sharded over 8 host CPU devices,
+variants cover what orbax writes: OCDBT on/off, zarr v2/v3, arrays sharded over 8 host CPU devices,
 ml_dtypes, PRNG keys, strings, empty nodes, odd keys, chunking, manager layouts, unfinished saves,
 flax NNX / Linen states, the orbax v1 API, and a real 2-process save.
 """

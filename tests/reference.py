@@ -109,8 +109,14 @@ def expected_stats(a, b, atol=0.0, rtol=0.0, nan_equal=True, exact=False) -> dic
 UNKNOWN_WITH_SHORTCUT = {"nan_a", "nan_b", "inf_a", "inf_b"}
 
 
-def assert_stats_match(got: dict, exp: dict, where: str = "") -> None:
-    """Exact for counts, maxima and indices; 1e-12 relative for the RMS (a sum in another order)."""
+def assert_stats_match(got, exp: dict, where: str = "") -> None:
+    """Exact for counts, maxima and indices; 1e-12 relative for the RMS (a sum in another order).
+    `got` is a leaf's statistics as the JSON writes them, or the `ValueStats` they are written from."""
+    from streamdiff.datatypes import ValueStats
+    from streamdiff.report import stats_json
+
+    if isinstance(got, ValueStats):
+        got = stats_json(got)
     for k, v in exp.items():
         g = got[k]
         if g is None and k in UNKNOWN_WITH_SHORTCUT and got.get("shortcut_chunks"):

@@ -20,7 +20,7 @@ from streamdiff.report import TABLE_ROWS
 LINEN = MAXTEXT / "v024_linen_scan/checkpoints"
 SEED1 = MAXTEXT / "v024_linen_scan_seed1/checkpoints"
 
-#: Statistics every compared leaf carries (README "JSON contract"; report.leaf_json of LeafStats.to_dict + blocks).
+#: Statistics every compared leaf carries (README "JSON contract"; the ValueStats fields not marked WHEN_SET).
 ALWAYS = {
     "count": int,
     "mismatches": int,

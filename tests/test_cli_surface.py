@@ -6,11 +6,11 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import warnings
 
 import numpy as np
 import pytest
 from conftest import MAXTEXT, run_cli
+from helpers import save
 from reference import expected_stats
 from rich.console import Console
 from test_maxtext import items_of, load
@@ -22,14 +22,6 @@ from streamdiff.report import render
 
 RUN = MAXTEXT / "v024_linen_scan/checkpoints"
 SEED1 = MAXTEXT / "v024_linen_scan_seed1/checkpoints"
-
-
-def save(path, tree, **kw):
-    import orbax.checkpoint as ocp
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ocp.Checkpointer(ocp.PyTreeCheckpointHandler(**kw)).save(path, args=ocp.args.PyTreeSave(tree))
 
 
 # ------------------------------------------------------------------------------------- item 4: API

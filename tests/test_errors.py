@@ -9,37 +9,29 @@ import sys
 
 import pytest
 from conftest import MAXTEXT, run_cli
+from helpers import error_lines
 
 GOOD = MAXTEXT / "v024_linen_scan/checkpoints"
 
 
-def one_line_error(r, *needles: str) -> None:
-    assert r.code == 2, (r.code, r.out, r.err)
-    lines = r.err.strip().splitlines()
-    assert lines and all(line.startswith("streamdiff: error: ") for line in lines), r.err
-    assert "Traceback" not in r.err
-    for n in needles:
-        assert n in r.err, (n, r.err)
-
-
 def test_missing_path():
-    one_line_error(run_cli("/no/such/ckpt", GOOD), "no such file or directory")
+    error_lines(run_cli("/no/such/ckpt", GOOD), "no such file or directory")
 
 
 def test_empty_dir(tmp_path):
-    one_line_error(run_cli(tmp_path, GOOD), "empty directory")
+    error_lines(run_cli(tmp_path, GOOD), "empty directory")
 
 
 def test_plain_file(tmp_path):
     f = tmp_path / "notes.txt"
     f.write_text("hello")
-    one_line_error(run_cli(f, GOOD), "a file, not an Orbax checkpoint")
+    error_lines(run_cli(f, GOOD), "a file, not an Orbax checkpoint")
 
 
 def test_directory_that_is_not_a_checkpoint(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "x.txt").write_text("x")
-    one_line_error(run_cli(tmp_path, GOOD), "not an Orbax checkpoint")
+    error_lines(run_cli(tmp_path, GOOD), "not an Orbax checkpoint")
 
 
 @pytest.mark.parametrize(
@@ -55,36 +47,36 @@ def test_directory_that_is_not_a_checkpoint(tmp_path):
     ],
 )
 def test_bad_options(args, needle):
-    one_line_error(run_cli(GOOD, GOOD, *args), needle)
+    error_lines(run_cli(GOOD, GOOD, *args), needle)
 
 
 def test_missing_argument():
-    one_line_error(run_cli(GOOD), "Missing argument")
+    error_lines(run_cli(GOOD), "Missing argument")
 
 
 def test_unsupported_scheme():
-    one_line_error(run_cli("s3://bucket/x", GOOD), "unsupported URL scheme")
+    error_lines(run_cli("s3://bucket/x", GOOD), "unsupported URL scheme")
 
 
 def test_unreadable_metadata_json(corpus, copy_ckpt):
     root, _ = corpus
     ckpt = copy_ckpt(root / "chunked_zarr3")
     (ckpt / "_METADATA").write_text("{not json")
-    one_line_error(run_cli(ckpt, root / "chunked_zarr3"), "_METADATA: unreadable JSON")
+    error_lines(run_cli(ckpt, root / "chunked_zarr3"), "_METADATA: unreadable JSON")
 
 
 def test_unreadable_zarray(corpus, copy_ckpt):
     root, _ = corpus
     ckpt = copy_ckpt(root / "std_noocdbt_zarr2")
     (ckpt / "sharded/.zarray").write_text("{bad")
-    one_line_error(run_cli(ckpt, root / "std_noocdbt_zarr2"), "sharded/.zarray: unreadable JSON")
+    error_lines(run_cli(ckpt, root / "std_noocdbt_zarr2"), "sharded/.zarray: unreadable JSON")
 
 
 def test_corrupt_ocdbt_manifest(corpus, copy_ckpt):
     root, _ = corpus
     ckpt = copy_ckpt(root / "chunked_zarr3")
     (ckpt / "manifest.ocdbt").write_bytes(b"garbage")
-    one_line_error(run_cli(ckpt, root / "chunked_zarr3"), "manifest.ocdbt")
+    error_lines(run_cli(ckpt, root / "chunked_zarr3"), "manifest.ocdbt")
 
 
 def _largest_data_file(ckpt):
@@ -102,7 +94,7 @@ def test_corrupt_chunk_names_the_leaf(corpus, copy_ckpt):
         data[i] ^= 0xFF
     open(path, "wb").write(bytes(data))
     r = run_cli(ckpt, root / "chunked_zarr2", "-q", "--json", "-")
-    one_line_error(r, "reading values failed")
+    error_lines(r, "reading values failed")
     errors = {x["path"] for x in r.json["leaves"] if x["status"] == "error"}
     assert errors and errors <= {"np_big", "jax_big", "sharded_big"}
     assert any(f"streamdiff: error: {p}: " in r.err for p in errors)
@@ -113,7 +105,7 @@ def test_truncated_chunk(corpus, copy_ckpt):
     root, _ = corpus
     ckpt = copy_ckpt(root / "chunked_zarr3")
     os.truncate(_largest_data_file(ckpt), 1000)
-    one_line_error(run_cli(ckpt, root / "chunked_zarr3", "-q"), "reading values failed")
+    error_lines(run_cli(ckpt, root / "chunked_zarr3", "-q"), "reading values failed")
 
 
 def test_truncated_and_missing_chunk_files_per_leaf_layout(corpus, copy_ckpt):
@@ -122,7 +114,7 @@ def test_truncated_and_missing_chunk_files_per_leaf_layout(corpus, copy_ckpt):
     os.truncate(ckpt / "np_big/0.0", 100)
     os.remove(ckpt / "jax_big/1.1")
     r = run_cli(ckpt, root / "chunked_noocdbt", "-q")
-    one_line_error(r, "np_big: reading values failed", "jax_big: reading values failed")
+    error_lines(r, "np_big: reading values failed", "jax_big: reading values failed")
 
 
 def test_missing_process_dir_is_an_error_not_zeros(corpus, copy_ckpt):
@@ -132,7 +124,7 @@ def test_missing_process_dir_is_an_error_not_zeros(corpus, copy_ckpt):
     for d, _, fs in os.walk(ckpt / "ocdbt.process_0"):
         for f in fs:
             os.remove(os.path.join(d, f))
-    one_line_error(run_cli(ckpt, root / "chunked_zarr3", "-q"), "reading values failed")
+    error_lines(run_cli(ckpt, root / "chunked_zarr3", "-q"), "reading values failed")
 
 
 def _snapshot(root) -> dict[str, tuple[str, float]]:

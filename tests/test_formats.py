@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import DATA, run_cli
+from helpers import one_error_line
 from writers_msgpack import (
     open_t5x_array,
     t5x_specs,
@@ -41,14 +42,6 @@ def _copy(src: Path, dst: Path) -> Path:
 
 def _leaves(r) -> dict[str, dict]:
     return {x["path"]: x for x in r.json["leaves"]}
-
-
-def _one_line(r, *needles: str) -> None:
-    assert r.code == 2, (r.code, r.out, r.err)
-    lines = r.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("streamdiff: error: ") and "Traceback" not in r.err, r.err
-    for n in needles:
-        assert n in r.err, (n, r.err)
 
 
 def _assert_numbers(leaf: dict, a: np.ndarray, b: np.ndarray) -> None:
@@ -334,7 +327,7 @@ def test_flax_training_checkpoints_folder_picks_the_latest_step_file(tmp_path):
     ],
 )
 def test_tensorflow_and_pytorch_checkpoints_are_refused_by_name(path, needle):
-    _one_line(run_cli(FOREIGN / path, FOREIGN / path), needle)
+    one_error_line(run_cli(FOREIGN / path, FOREIGN / path), needle)
 
 
 def test_safetensors_file_is_refused_by_name(tmp_path):
@@ -342,8 +335,8 @@ def test_safetensors_file_is_refused_by_name(tmp_path):
 
     f = tmp_path / "model.safetensors"
     save_file({"w": np.ones((2, 3), np.float32)}, str(f))
-    _one_line(run_cli(f, f), "a safetensors file, not supported")
-    _one_line(run_cli(tmp_path, tmp_path), "safetensors files, not supported")
+    one_error_line(run_cli(f, f), "a safetensors file, not supported")
+    one_error_line(run_cli(tmp_path, tmp_path), "safetensors files, not supported")
 
 
 # ------------------------------------------------------------------------------------ smaller
@@ -366,7 +359,7 @@ def test_unfinished_ocdbt_save_with_metadata_says_unfinished(tmp_path):
     )
     assert (tmp_path / "ck/_METADATA").exists() and (tmp_path / "ck/ocdbt.process_0").is_dir()
     (tmp_path / "ck/manifest.ocdbt").unlink()  # the merge into the root manifest never happened
-    _one_line(run_cli(tmp_path / "ck", tmp_path / "ck"), "unfinished save")
+    one_error_line(run_cli(tmp_path / "ck", tmp_path / "ck"), "unfinished save")
 
 
 # --------------------------------------------------------------------------------- Flax NNX

@@ -6,7 +6,7 @@ Every run must end with exit 0, 1 or 2, no traceback, only `streamdiff: error: `
 within a bounded time. Exit 0 is checked against an oracle that does not use streamdiff: for a
 mutated `.zarray` / `zarr.json`, tensorstore itself reads the mutated array, which must hold the
 original's shape, dtype and values; for a mutated `_METADATA`, the tree it describes (key paths, and
-which entries are empty nodes, as orbax-format.md §4 defines them) must be the original's. Documents
+which entries are empty nodes: None, {}, [] and () values) must be the original's. Documents
 that cannot change values (`array_metadatas`, `_CHECKPOINT_METADATA`) need no oracle.
 
 `make test` runs a few hundred examples; `pytest --hypothesis-profile=long` runs thousands.
@@ -28,7 +28,7 @@ import tensorstore as ts
 from conftest import DATA, MAXTEXT, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_hostile import _save
+from test_hostile import save_chunked_w_and_v
 
 #: Examples per run: the `long` profile (tests/conftest.py) raises it to thousands.
 FUZZ_EXAMPLES = max(150, settings.default.max_examples)
@@ -114,7 +114,7 @@ def documents(tmp_path_factory) -> list[Doc]:
     out += _legacy_docs()
     base = tmp_path_factory.mktemp("fuzz")
     for name, zarr3 in (("z2", False), ("z3", True)):
-        _save(base / name, zarr3)
+        save_chunked_w_and_v(base / name, zarr3)
         meta = "zarr.json" if zarr3 else ".zarray"
         out += [Doc(base / name, "", "_METADATA", False, "tree")]
         out += [Doc(base / name, "", f"{leaf}/{meta}", False, "zarr3" if zarr3 else "zarr2") for leaf in ("w", "v")]

@@ -77,7 +77,7 @@ def test_streams_big_chunks_over_gcs(gcs, corpus):
     import streamdiff
 
     r = streamdiff.diff(gs("chunked_zarr3"), str(root / "chunked_zarr3"), block_bytes=4096, shortcut=False)
-    assert r.exit_code == 0 and any(x.stats and x.stats.get("streamed") for x in r.leaves)
+    assert r.exit_code == 0 and any(x.stats and x.stats.streamed for x in r.leaves)
 
 
 def test_unfinished_step_on_gcs(gcs):

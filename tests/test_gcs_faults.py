@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from fault_proxy import Fault, FaultProxy
 from gcs_emulator import Emulator, tensorstore_env, upload
+from helpers import one_error_line
 
 BUCKET = "faults"
 TIMEOUT = 2  # seconds: each try gets 1 s without progress, 4 tries
@@ -97,13 +98,6 @@ def gs(name: str) -> str:
     return f"gs://{BUCKET}/{name}"
 
 
-def assert_one_line(r: Run, *needles: str) -> None:
-    assert r.code == 2, (r.code, r.err)
-    assert len(r.lines) == 1 and r.lines[0].startswith("streamdiff: error: "), r.err
-    for n in needles:
-        assert n in r.lines[0], (n, r.err)
-
-
 #: A chunk of leaf `w` in checkpoint `a` (zarr2 key `w/0.0`), as it appears in the request line.
 W_CHUNK = "a%2Fw%2F0.0?"
 
@@ -119,14 +113,14 @@ def test_full_stall_fails_in_seconds_not_minutes(proxy, fault):
     """The endpoint accepts and then says nothing: not 242 s, but ~2x --timeout (+ start-up)."""
     fault("stall")
     r = run(proxy, gs("a"), gs("same"))
-    assert_one_line(r, "gs://faults/", "stalled", "--timeout 2")
+    one_error_line(r, "gs://faults/", "stalled", "--timeout 2")
     assert r.seconds < 2 * TIMEOUT + 35, r.seconds
 
 
 def test_stalled_chunk_fails_its_leaf_and_names_it(proxy, fault):
     fault("stall", W_CHUNK)
     r = run(proxy, gs("a"), gs("same"), "--json", "-", "-q")
-    assert_one_line(r, "w:", "stalled")
+    one_error_line(r, "w:", "stalled")
     by_path = {x["path"]: x["status"] for x in r.json["leaves"]}
     assert by_path == {"w": "error", "b": "equal"}
     assert r.seconds < 2 * TIMEOUT + 35, r.seconds
@@ -137,7 +131,7 @@ def test_stall_mid_body_fails_its_leaf(proxy, fault):
     history) adds to each try, so the bound is looser than for a silent endpoint."""
     fault("stall_body", W_CHUNK)
     r = run(proxy, gs("a"), gs("same"), "--json", "-", "-q")
-    assert_one_line(r, "w:", "stalled")
+    one_error_line(r, "w:", "stalled")
     assert r.seconds < 60, r.seconds
 
 
@@ -145,7 +139,7 @@ def test_stall_mid_body_fails_its_leaf(proxy, fault):
 def test_broken_connections_that_persist_fail_the_leaf(proxy, fault, mode):
     fault(mode, W_CHUNK)
     r = run(proxy, gs("a"), gs("same"))
-    assert_one_line(r, "w:", "unreachable after 4 tries")
+    one_error_line(r, "w:", "unreachable after 4 tries")
     assert r.seconds < 30, r.seconds
 
 
@@ -175,7 +169,7 @@ def test_permission_denied_is_not_reported_as_missing(proxy, fault):
     """tensorstore's gcs listing turns a 403 into an empty listing; it must not read as 'no objects'."""
     fault("status", status=403)
     r = run(proxy, gs("a"), gs("same"))
-    assert_one_line(r, "gs://faults/a", "permission denied (HTTP 403)")
+    one_error_line(r, "gs://faults/a", "permission denied (HTTP 403)")
     assert "no objects" not in r.err
 
 
@@ -187,13 +181,13 @@ def test_transient_listing_404_is_listed_again(proxy, fault):
 
 def test_missing_path_is_still_no_objects(proxy):
     r = run(proxy, gs("nothing/here"), gs("same"))
-    assert_one_line(r, "gs://faults/nothing/here", "no objects under this path")
+    one_error_line(r, "gs://faults/nothing/here", "no objects under this path")
 
 
 def test_server_errors_that_persist_fail_in_seconds(proxy, fault):
     fault("status", W_CHUNK, status=503)
     r = run(proxy, gs("a"), gs("same"))
-    assert_one_line(r, "w:", "HTTP 503")
+    one_error_line(r, "w:", "HTTP 503")
     assert r.seconds < 30, r.seconds
 
 
@@ -218,7 +212,7 @@ def test_no_credentials_is_one_line_without_native_log_lines(proxy, fault, tmp_p
     )
     proxy.requests.clear()
     r = run(proxy, gs("a"), gs("same"), env=env)
-    assert_one_line(r, "gs://faults/a", "permission denied (HTTP 401)", "credentials")
+    one_error_line(r, "gs://faults/a", "permission denied (HTTP 401)", "credentials")
     assert any("/computeMetadata/" in line for line in proxy.requests), proxy.requests  # the GCE probe came here
     assert r.seconds < 60
     raw = run(proxy, gs("a"), gs("same"), env=dict(env, STREAMDIFF_NATIVE_LOGS="1"))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import MAXTEXT, run_cli
-from helpers import save
+from helpers import one_error_line, save
 
 ROOT = Path(__file__).resolve().parent.parent
 W = np.arange(64 * 32, dtype=np.float32).reshape(64, 32) / 7
@@ -63,19 +63,11 @@ def run_sub(*args, timeout: float = DEADLINE) -> Sub:
         )
 
 
-def one_line_error(r, *needles: str) -> None:
-    assert r.code == 2, (r.code, r.out, r.err)
-    lines = r.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("streamdiff: error: "), r.err
-    for n in needles:
-        assert n in r.err, (n, r.err)
-
-
 def bounded(r: Sub) -> None:
     assert r.peak_rss < RSS_LIMIT, f"peak RSS {r.peak_rss >> 20} MiB"
 
 
-def _save(path: Path, zarr3: bool) -> None:
+def save_chunked_w_and_v(path: Path, zarr3: bool) -> None:
     import orbax.checkpoint as ocp
 
     tree = {"w": W, "v": V}
@@ -92,7 +84,7 @@ def saved(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hostile")
     out = {}
     for name, zarr3 in (("z2", False), ("z3", True)):
-        _save(root / name, zarr3)
+        save_chunked_w_and_v(root / name, zarr3)
         out[name] = root / name
     return out
 
@@ -157,7 +149,7 @@ def test_huge_unstreamable_chunk_is_refused_by_the_planner(pair, zarr3):
             md.update(compressor={"id": "zlib", "level": 1}, fill_value=0, order="C", filters=None)
             (side / "w/.zarray").write_text(json.dumps(md))
     r = run_sub(a, b, "-q")
-    one_line_error(r, "cannot be streamed", "--max-memory")
+    one_error_line(r, "cannot be streamed", "--max-memory")
     bounded(r)
 
 
@@ -215,7 +207,7 @@ def test_absurd_chunk_grid_is_refused_within_the_deadline_and_budget(pair, shape
     for side in (a, b):
         edit_json(side / "w/.zarray", lambda md: md.update(shape=shape, chunks=chunks))
     r = run_sub(a, b, "-q", "--max-memory", "2G")
-    one_line_error(r, needle)
+    one_error_line(r, needle)
     bounded(r)
 
 
@@ -258,7 +250,7 @@ def test_metadata_file_grown_to_5_gib_is_refused_by_size(pair):
     a, b = pair("z2")
     os.truncate(a / "_METADATA", 5 << 30)
     r = run_sub(a, b, "-q")
-    one_line_error(r, "_METADATA: 5 GiB, over the 64 MiB limit")
+    one_error_line(r, "_METADATA: 5 GiB, over the 64 MiB limit")
     bounded(r)
 
 
@@ -267,7 +259,7 @@ def test_ocdbt_manifest_grown_to_5_gib_is_refused_by_size(tmp_path):
     shutil.copytree(MAXTEXT_STEP, a)
     os.truncate(a / "items/manifest.ocdbt", 5 << 30)
     r = run_sub(a, MAXTEXT_STEP, "-q")
-    one_line_error(r, "manifest.ocdbt: 5 GiB, over the 64 MiB limit")
+    one_error_line(r, "manifest.ocdbt: 5 GiB, over the 64 MiB limit")
     bounded(r)
 
 
@@ -386,14 +378,14 @@ def test_metadata_symlink_to_dev_zero_is_an_error_not_missing(pair):
     (a / "_METADATA").unlink()
     (a / "_METADATA").symlink_to("/dev/zero")
     r = run_sub(a, b, "-q")
-    one_line_error(r, "_METADATA: a character device, not a regular file")
+    one_error_line(r, "_METADATA: a character device, not a regular file")
 
 
 def test_dangling_metadata_symlink_is_an_error(pair):
     a, b = pair("z2")
     (a / "_METADATA").unlink()
     (a / "_METADATA").symlink_to(a / "nowhere")
-    one_line_error(run_cli(a, b, "-q"), "_METADATA: a broken symbolic link")
+    one_error_line(run_cli(a, b, "-q"), "_METADATA: a broken symbolic link")
 
 
 # ------------------------------------------------------------------- row 13: --max-memory minimum
@@ -401,7 +393,7 @@ def test_dangling_metadata_symlink_is_an_error(pair):
 
 @pytest.mark.parametrize("size", ["0", "1", "1K", "63M"])
 def test_max_memory_below_the_planner_minimum_is_refused(size):
-    one_line_error(run_cli(MAXTEXT_STEP, MAXTEXT_STEP, "--max-memory", size), "--max-memory must be at least 64M")
+    one_error_line(run_cli(MAXTEXT_STEP, MAXTEXT_STEP, "--max-memory", size), "--max-memory must be at least 64M")
 
 
 def test_max_memory_minimum_holds_for_the_python_api():
@@ -425,7 +417,7 @@ def test_big_chunks_streamed_still_settle_by_valid_bytes(tmp_path, layout):
     save(tmp_path / "b", {"w": BIG}, **LAYOUTS[layout])
     r = streamdiff.diff(str(tmp_path / "a"), str(tmp_path / "b"), block_bytes=4096)
     s = r.leaves[0].stats
-    assert r.exit_code == 0 and s["streamed"] and s["shortcut_chunks"] == 1, s
+    assert r.exit_code == 0 and s.streamed and s.shortcut_chunks == 1, s
 
 
 def test_big_chunk_cut_short_the_same_way_on_both_sides_is_an_error(tmp_path):
@@ -447,7 +439,7 @@ def test_streamable_chunk_with_a_row_too_big_for_the_budget_is_refused(pair):
     for side in (a, b):
         edit_json(side / "w/.zarray", lambda md: md.update(shape=[2, 10**10], chunks=[2, 10**10]))
     r = run_sub(a, b, "-q")
-    one_line_error(r, "one row of a chunk", "--max-memory")
+    one_error_line(r, "one row of a chunk", "--max-memory")
     bounded(r)
 
 
@@ -464,7 +456,7 @@ def test_unstreamable_chunk_within_the_budget_is_decoded_whole_with_a_warning(pa
     write_with_tensorstore(b / "w", md, False, y)
     r = streamdiff.diff(str(a), str(b), block_bytes=4096)
     leaf = next(x for x in r.leaves if x.path == ("w",))
-    assert leaf.status == "different" and leaf.stats["mismatches"] == int((W != y).sum())
+    assert leaf.status == "different" and leaf.stats.mismatches == int((W != y).sum())
     assert "cannot be streamed" in leaf.message and "within --max-memory" in leaf.message
 
 
@@ -539,7 +531,7 @@ def test_fifo_among_the_step_files_of_a_flax_folder_is_refused_not_a_hang(tmp_pa
     (root / "checkpoint_1").write_bytes(serialization.to_bytes({"w": np.ones(2, np.float32)}))
     os.mkfifo(root / "checkpoint_2")
     r = run_sub(root, root, "-q")
-    one_line_error(r, "checkpoint_2", "FIFO")
+    one_error_line(r, "checkpoint_2", "FIFO")
 
 
 def test_fifo_as_an_n5_chunk_is_an_error_not_a_hang(tmp_path):
@@ -553,4 +545,4 @@ def test_fifo_as_an_n5_chunk_is_an_error_not_a_hang(tmp_path):
     chunk.unlink()
     os.mkfifo(chunk)
     r = run_sub(tmp_path / "a", tmp_path / "b", "-q")
-    one_line_error(r, "FIFO")
+    one_error_line(r, "FIFO")

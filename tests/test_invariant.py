@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from conftest import MAXTEXT, run_cli
 
-from streamdiff.datatypes import Kind, LeafResult, Report, Status, Verdict, json_equal
+from streamdiff.datatypes import Kind, LeafResult, Report, Status, ValueStats, Verdict, json_equal
 
 RUN = MAXTEXT / "v024_linen_scan/checkpoints"
 SEED1 = MAXTEXT / "v024_linen_scan_seed1/checkpoints"
@@ -17,7 +17,9 @@ def _report(*leaves: LeafResult, structure_only: bool = False) -> Report:
 
 
 def _leaf(status: Status, kind: Kind = Kind.ARRAY, identical: bool = True) -> LeafResult:
-    stats = {"identical": identical, "mismatches": 0} if kind == Kind.ARRAY else None
+    if kind != Kind.ARRAY:
+        return LeafResult(("x",), status, kind)
+    stats = ValueStats(1, 0, 0.0, None, None, 0.0, None, 0.0, 0, 0, 0, 0, 0, identical, 0, 0)
     return LeafResult(("x",), status, kind, stats=stats)
 
 

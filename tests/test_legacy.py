@@ -75,9 +75,9 @@ def test_multi_chunk_shards_stream_per_inner_chunk():
     inner_chunk_bytes = 32 * 64 * 4 * 2  # float32, both sides
     r = streamdiff.diff(str(item), str(item), block_bytes=inner_chunk_bytes // 4, shortcut=False)
     stats = next(x for x in r.leaves if x.path == ("a",)).stats
-    assert r.exit_code == 0 and stats["streamed"] is True
-    assert stats["blocks"] == (256 // 32) * (256 // 64)
+    assert r.exit_code == 0 and stats.streamed is True
+    assert stats.blocks == (256 // 32) * (256 // 64)
     a = load(item, "a")
     assert_stats_match(stats, expected_stats(a, a))
     roomy = streamdiff.diff(str(item), str(item), shortcut=False)  # default budget: no streaming
-    assert "streamed" not in next(x for x in roomy.leaves if x.path == ("a",)).stats
+    assert not next(x for x in roomy.leaves if x.path == ("a",)).stats.streamed

@@ -10,18 +10,9 @@ import sys
 import numpy as np
 import pytest
 from conftest import MAXTEXT, run_cli
+from helpers import one_error_line
 
 GOOD = MAXTEXT / "v024_linen_scan/checkpoints"
-
-
-def one_line(r, *needles: str) -> str:
-    assert r.code == 2, (r.code, r.out, r.err)
-    lines = r.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("streamdiff: error: "), r.err
-    assert "Traceback" not in r.err
-    for n in needles:
-        assert n in lines[0], (n, r.err)
-    return lines[0]
 
 
 @pytest.mark.parametrize(
@@ -44,7 +35,7 @@ def one_line(r, *needles: str) -> str:
     ],
 )
 def test_option_values_that_cannot_be_honoured(args, needle):
-    one_line(run_cli(GOOD, GOOD, *args), needle)
+    one_error_line(run_cli(GOOD, GOOD, *args), needle)
 
 
 def test_scheduler_local_zero_fails_at_once():
@@ -52,14 +43,14 @@ def test_scheduler_local_zero_fails_at_once():
     import time
 
     t0 = time.monotonic()
-    one_line(run_cli(GOOD, GOOD, "--scheduler", "local:0"), "local:N")
+    one_error_line(run_cli(GOOD, GOOD, "--scheduler", "local:0"), "local:N")
     assert time.monotonic() - t0 < 10
 
 
 def test_binary_rules_file(tmp_path):
     rules = tmp_path / "rules.toml"
     rules.write_bytes(b"[[rule]]\nmatch = '\xff\xfe\x00\x01'\n")
-    one_line(run_cli(GOOD, GOOD, "--rules", rules), "rules.toml is not TOML text", "byte 18")
+    one_error_line(run_cli(GOOD, GOOD, "--rules", rules), "rules.toml is not TOML text", "byte 18")
 
 
 def test_file_url_with_percent_encoded_space(tmp_path):
@@ -90,7 +81,7 @@ def test_zarr2_shape_not_a_list_names_the_field(tmp_path):
     bad = _per_leaf(tmp_path / "bad", zarr3=False)
     _edit(bad / "w/.zarray", lambda d: d.update(shape=6))
     r = run_cli(bad, ref)
-    line = one_line(
+    line = one_error_line(
         r, "w: checkpoint A: unreadable zarr metadata", "w/.zarray: `shape` must be a list of integers >= 0, got 6"
     )
     assert "not iterable" not in line
@@ -100,7 +91,7 @@ def test_zarr3_missing_configuration_names_the_field(tmp_path):
     ref = _per_leaf(tmp_path / "ref", zarr3=True)
     bad = _per_leaf(tmp_path / "bad", zarr3=True)
     _edit(bad / "w/zarr.json", lambda d: d["chunk_grid"].pop("configuration"))
-    line = one_line(run_cli(bad, ref), "w/zarr.json: `chunk_grid.configuration` must be an object, got null")
+    line = one_error_line(run_cli(bad, ref), "w/zarr.json: `chunk_grid.configuration` must be an object, got null")
     assert ": 'configuration'" not in line
 
 

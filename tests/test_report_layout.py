@@ -54,10 +54,10 @@ def test_every_differing_leaf_is_one_line_with_its_numbers_whole_and_no_line_wid
         tokens = row.split()
         s = leaf.stats
         assert tokens[0].split("/")[-1] == leaf.path[-1]  # the last key always stays: it names the leaf
-        assert any(t == str(s["mismatches"]) or t.startswith(f"{s['mismatches']}/") for t in tokens), row
-        assert fmt_number(s["max_abs_diff"]) in tokens, row  # second in importance: present at every width
+        assert any(t == str(s.mismatches) or t.startswith(f"{s.mismatches}/") for t in tokens), row
+        assert fmt_number(s.max_abs_diff) in tokens, row  # second in importance: present at every width
         if width >= 200:  # the whole table, with rows that still read distinct
-            assert ("x".join(map(str, leaf.shape)) or "()") in tokens and fmt_number(s["rms_diff"]) in tokens, row
+            assert ("x".join(map(str, leaf.shape)) or "()") in tokens and fmt_number(s.rms_diff) in tokens, row
     if width >= 80:
         names = [row.split("  ")[0] for row in rows]
         assert len(set(names)) == len(names), names  # no two rows read the same (mu vs nu of one kernel)
@@ -124,16 +124,16 @@ def test_values_at_max_abs_diff_equal_numpy_and_allowed_is_the_tolerance_there(s
     checked = 0
     for leaf in steps_report.leaves:
         s = leaf.stats
-        if not s or s["max_abs_diff_index"] is None:
+        if not s or s.max_abs_diff_index is None:
             continue
         a = load(RUN / "0/items", leaf.name)
         b = load(RUN / "1/items", leaf.name)
-        k = tuple(s["max_abs_diff_index"])
+        k = tuple(s.max_abs_diff_index)
         exact = a.dtype.kind in "iub"
-        want = [a[k].item(), b[k].item()] if exact else [float(a[k]), float(b[k])]
-        assert s["max_abs_diff_values"] == want, leaf.name
+        want = (a[k].item(), b[k].item()) if exact else (float(a[k]), float(b[k]))
+        assert s.max_abs_diff_values == want, leaf.name
         allowed = 0.0 if exact else 1e-6 + 1e-5 * abs(float(b[k]))
-        assert s["max_abs_diff_allowed"] == pytest.approx(allowed, rel=1e-12), leaf.name
+        assert s.max_abs_diff_allowed == pytest.approx(allowed, rel=1e-12), leaf.name
         checked += 1
         if leaf.status == "equal":
             continue

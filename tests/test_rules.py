@@ -134,6 +134,15 @@ def test_explain_reads_no_data_and_lists_sources(copy_ckpt):
     assert "39 canonical paths; only in A: 0; only in B: 0" in r.out
 
 
+def test_explain_takes_the_remote_io_options_and_refuses_a_bad_timeout():
+    """--explain reads metadata with the diff's --io-concurrency and --timeout (it dropped them once):
+    a timeout outside its range is the diff's one-line error, a good one and a concurrency work."""
+    ok = run_cli(LINEN, CONVERTED, "--explain", "--io-concurrency", "3", "--timeout", "30")
+    assert ok.code == 0 and "39 canonical paths" in ok.out, ok.err
+    bad = run_cli(LINEN, CONVERTED, "--explain", "--timeout", "0")
+    assert bad.code == 2 and bad.err.startswith("streamdiff: error: --timeout must be"), bad.err
+
+
 # ------------------------------------------------------------------------------ user rules files
 
 
@@ -316,7 +325,7 @@ def test_rules_undo_random_renames_transposes_and_stacking(case, block_bytes):
         r = streamdiff.diff(f"{tmp}/a", f"{tmp}/b", rules=[f"{tmp}/undo.toml"], auto=False, block_bytes=block_bytes)
         assert r.exit_code == 0, [(x.path, x.status, x.message) for x in r.leaves]
         assert sorted("/".join(x.path) for x in r.leaves) == ["params/embed", "params/layers/kernel"]
-        assert all(x.stats["identical"] for x in r.leaves)
+        assert all(x.stats.identical for x in r.leaves)
 
 
 @pytest.mark.parametrize(

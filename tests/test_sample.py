@@ -9,7 +9,6 @@ distinct powers of two, names the chunks that were compared.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -83,7 +82,7 @@ def leaf(r: Report, name: str = "w") -> LeafResult:
 
 def compared_chunks(r: Report) -> set[int]:
     """The chunks of the `marked` pair a report compared, from its mismatch count (see module doc)."""
-    m = leaf(r).stats["mismatches"]
+    m = leaf(r).stats.mismatches
     return {c for c in range(10) if m >> c & 1}
 
 
@@ -96,9 +95,9 @@ def test_bytes_read_scale_with_the_fraction_one_chunk_per_sampled_block(many_chu
     assert 0 <= metadata < stored / 100
     for fraction, blocks in ((0.1, 20), (0.5, 100), (0.001, 1)):
         r = streamdiff.diff(str(a), str(same), block_bytes=ONE_CHUNK, sample=fraction)
-        assert leaf(r).stats["sampled_count"] == blocks and leaf(r).stats["blocks"] == 200
+        assert leaf(r).stats.sampled_count == blocks and leaf(r).stats.blocks == 200
         assert r.bytes_read - metadata == 2 * blocks * chunk, fraction
-        assert leaf(r).stats["count"] == blocks * ROWS_PER_CHUNK * COLS
+        assert leaf(r).stats.count == blocks * ROWS_PER_CHUNK * COLS
 
 
 def test_at_a_tiny_fraction_every_leaf_compares_one_block(tmp_path):
@@ -110,7 +109,7 @@ def test_at_a_tiny_fraction_every_leaf_compares_one_block(tmp_path):
     assert r.exit_code == 0 and r.verdict is Verdict.NO_DIFFERENCES_SAMPLED
     for name in arrays:
         s = leaf(r, name).stats
-        assert (s["blocks"], s["sampled_count"], s["count"]) == (10, 1, 4 * 100)
+        assert (s.blocks, s.sampled_count, s.count) == (10, 1, 4 * 100)
 
 
 def test_a_pair_differing_everywhere_is_caught_at_one_percent(many_chunks):
@@ -120,9 +119,9 @@ def test_a_pair_differing_everywhere_is_caught_at_one_percent(many_chunks):
     r = streamdiff.diff(str(a), str(plus1), block_bytes=ONE_CHUNK, sample=0.01)
     assert r.exit_code == 1 and r.verdict_text == "1 of 1 leaves differ (in the 1.0% sampled)"
     s = leaf(r).stats
-    assert (s["blocks"], s["sampled_count"]) == (200, 2)
-    assert s["mismatches"] == s["count"] == 2 * ROWS_PER_CHUNK * COLS
-    assert s["max_abs_diff"] == pytest.approx(np.abs(va - vb).max(), rel=1e-6)
+    assert (s.blocks, s.sampled_count) == (200, 2)
+    assert s.mismatches == s.count == 2 * ROWS_PER_CHUNK * COLS
+    assert s.max_abs_diff == pytest.approx(np.abs(va - vb).max(), rel=1e-6)
 
 
 def test_cli_sampled_run_reports_sampled_fraction_and_sampled_count_in_the_json(many_chunks):
@@ -146,8 +145,8 @@ def test_orbax_pair_differing_everywhere_is_caught_at_one_percent_in_every_leaf(
     assert r.exit_code == 1 and r.sample == 0.01
     for name in ("dense/kernel", "bias"):
         s = leaf(r, name).stats
-        assert leaf(r, name).status == Status.DIFFERENT and s["blocks"] > 1 and s["sampled_count"] == 1
-        assert s["mismatches"] == s["count"] > 0
+        assert leaf(r, name).status == Status.DIFFERENT and s.blocks > 1 and s.sampled_count == 1
+        assert s.mismatches == s.count > 0
 
 
 def test_a_difference_in_one_unsampled_chunk_is_missed_and_the_verdict_says_sampled_never_identical(tmp_path):
@@ -173,17 +172,17 @@ def test_same_seed_compares_the_same_chunks_in_another_process_and_other_seeds_o
     r = streamdiff.diff(str(a), str(b), block_bytes=1024 * 4 * 2, sample=0.3)
     chosen = compared_chunks(r)
     # three chunks, one in each third of the leaf (strata [0, 3), [3, 6), [6, 10))
-    assert len(chosen) == 3 and leaf(r).stats["sampled_count"] == 3
+    assert len(chosen) == 3 and leaf(r).stats.sampled_count == 3
     assert sorted(c * 3 // 10 for c in chosen) == [0, 1, 2]
     code = (
         "import streamdiff, sys; "
         f"r = streamdiff.diff({str(a)!r}, {str(b)!r}, block_bytes=8192, sample=0.3); "
-        "print(next(x for x in r.leaves if x.name == 'w').stats['mismatches'])"
+        "print(next(x for x in r.leaves if x.name == 'w').stats.mismatches)"
     )
     env = dict(os.environ, PYTHONHASHSEED="12345", PYTHONPATH=str(Path(__file__).parents[1]))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert int(out.stdout.split()[-1]) == leaf(r).stats["mismatches"]
+    assert int(out.stdout.split()[-1]) == leaf(r).stats.mismatches
     again = streamdiff.diff(str(a), str(b), block_bytes=8192, sample=0.3, sample_seed=0)
     assert compared_chunks(again) == chosen  # 0 is the default seed
     seeds = {
@@ -200,7 +199,7 @@ def test_json_leaves_are_compared_in_full_when_sampling(tmp_path):
     r = streamdiff.diff(str(a), str(b), block_bytes=80, sample=0.01)
     attr = next(x for x in r.leaves if x.kind == Kind.JSON)
     assert attr.status == Status.DIFFERENT and attr.stats is None
-    assert r.exit_code == 1 and leaf(r).status == Status.EQUAL and leaf(r).stats["sampled_count"] == 1
+    assert r.exit_code == 1 and leaf(r).status == Status.EQUAL and leaf(r).stats.sampled_count == 1
 
 
 def test_sample_of_one_is_an_ordinary_full_diff(marked):
@@ -233,7 +232,10 @@ def test_bad_sample_options_are_one_line_usage_errors(marked, args, needle):
 
 
 def test_sampled_verdict_exits_0_only_when_nothing_else_keeps_it_from_0():
-    eq = LeafResult(path=("w",), status=Status.EQUAL, kind=Kind.ARRAY, stats={"identical": True})
+    from streamdiff.stats import LeafStats
+
+    same = LeafStats(count=4, n_defined=4).result((4,))  # what an equal leaf's statistics are
+    eq = LeafResult(path=("w",), status=Status.EQUAL, kind=Kind.ARRAY, stats=same)
     bad = LeafResult(path=("x",), status=Status.ERROR, kind=Kind.ARRAY, message="boom")
     odd = LeafResult(path=("y",), status=Status.NOT_COMPARED, kind=Kind.ARRAY, message="?")
     base = dict(a="A", b="B", atol=0.0, rtol=0.0, nan_equal=True, structure_only=False, sample=0.05)
@@ -261,7 +263,7 @@ def test_sampled_diff_on_dask_compares_the_same_blocks_as_on_threads(marked):
     threads = streamdiff.diff(str(a), str(b), block_bytes=8192, sample=0.3, sample_seed=3)
     dask = streamdiff.diff(str(a), str(b), block_bytes=8192, sample=0.3, sample_seed=3, scheduler="local:2")
     assert compared_chunks(dask) == compared_chunks(threads) and len(compared_chunks(threads)) == 3
-    assert json.dumps(leaf(dask).stats, sort_keys=True) == json.dumps(leaf(threads).stats, sort_keys=True)
+    assert leaf(dask).stats == leaf(threads).stats
     assert dask.exit_code == threads.exit_code == 1
 
 
@@ -278,8 +280,8 @@ def test_big_chunks_streamed_in_slabs_are_sampled_chunk_by_chunk(marked):
     a, b = marked
     r = streamdiff.diff(str(a), str(b), block_bytes=2048, sample=0.3)  # a chunk (4 KiB a side) exceeds a block
     s = leaf(r).stats
-    assert s.get("streamed") is True and (s["blocks"], s["sampled_count"]) == (10, 3)
-    assert len(compared_chunks(r)) == 3 and s["count"] == 3 * 1024
+    assert s.streamed is True and (s.blocks, s.sampled_count) == (10, 3)
+    assert len(compared_chunks(r)) == 3 and s.count == 3 * 1024
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from hypothesis.extra import numpy as hnp
 from reference import assert_stats_match, expected_stats
 
 from streamdiff.plan import BlockGrid
+from streamdiff.report import stats_json
 from streamdiff.stats import LeafStats, Policy, block_stats
 
 SPECIAL = [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-30, 1e30, 1.0, -1.0]
@@ -31,7 +32,7 @@ def blockwise(a, b, policy, block_shape, tile, seed=0):
     acc = LeafStats()
     for p in parts:
         acc.merge(p)
-    return acc.to_dict(a.shape)
+    return stats_json(acc.result(a.shape))
 
 
 @st.composite
@@ -138,9 +139,9 @@ def test_infinite_b_against_another_value_is_an_infinite_relative_difference():
     """d / |b| with d and |b| both infinite (README leaves it open): inf, at the first such position."""
     a = np.array([2.0, 1.0, -np.inf, 3.0])
     b = np.array([2.0, np.inf, np.inf, 3.0])
-    s = block_stats(a, b, Policy(), (0,), a.shape).to_dict(a.shape)
-    assert (s["max_rel_diff"], s["max_rel_diff_index"]) == (np.inf, [1])
-    assert (s["max_abs_diff"], s["max_abs_diff_index"], s["mismatches"]) == (np.inf, [1], 2)
+    s = block_stats(a, b, Policy(), (0,), a.shape).result(a.shape)
+    assert (s.max_rel_diff, s.max_rel_diff_index) == (np.inf, (1,))
+    assert (s.max_abs_diff, s.max_abs_diff_index, s.mismatches) == (np.inf, (1,), 2)
     assert_stats_match(s, expected_stats(a, b))
 
 
@@ -164,7 +165,7 @@ def test_large_int64_compare_exactly():
 )
 def test_64_bit_integer_abs_diff_is_exact_before_float64(a, b):
     """max |a-b|, its index and values, max rel and rms equal numpy's on Python-int differences."""
-    got = block_stats(a, b, Policy(), (0,), a.shape).to_dict(a.shape)
+    got = stats_json(block_stats(a, b, Policy(), (0,), a.shape).result(a.shape))
     assert_stats_match(got, expected_stats(a, b))
     exact = [abs(int(x) - int(y)) for x, y in zip(a.tolist(), b.tolist())]
     assert got["max_abs_diff"] == float(max(exact))
@@ -217,7 +218,7 @@ def test_64_bit_integer_against_float_counts_every_unequal_value(a, b):
     (float64 upcasts make 2**62 + 1 equal to 2**62)."""
     from fractions import Fraction
 
-    got = block_stats(a, b, Policy(), (0,), a.shape).to_dict(a.shape)
+    got = stats_json(block_stats(a, b, Policy(), (0,), a.shape).result(a.shape))
     pairs = [(x, y) for x, y in zip(a.tolist(), b.tolist()) if not (math.isnan(x) or math.isnan(y))]
     exact = [abs(Fraction(x) - Fraction(y)) for x, y in pairs]
     assert got["mismatches"] == sum(1 for d in exact if d != 0) + (len(a) - len(pairs))
@@ -245,8 +246,8 @@ def test_per_layer_block_stats_equal_numpy_for_the_block_and_for_every_layer(axi
     placed = expected_stats(whole_a, whole_b, atol=0.1)  # indices in the whole array
     alone = expected_stats(a, b, atol=0.1)  # count and RMS over the block's own values
     placed |= {k: alone[k] for k in ("count", "rms_diff")}
-    assert_stats_match(got.to_dict(full), placed)
-    layers = got.to_dict(full)["layers"]
+    assert_stats_match(stats_json(got.result(full)), placed)
+    layers = stats_json(got.result(full))["layers"]
     assert [x["layer"] for x in layers] == [start[axis] + k for k in range(a.shape[axis])]
     for k, x in enumerate(layers):
         exp = expected_stats(np.take(a, k, axis), np.take(b, k, axis), atol=0.1)

@@ -48,7 +48,7 @@ def test_big_single_chunk_streams_in_slabs(tmp_path, layout, block_bytes):
     save(tmp_path / "b", {"w": b}, **LAYOUTS[layout])
     r = streamdiff.diff(str(tmp_path / "a"), str(tmp_path / "b"), atol=1e-6, rtol=1e-5, block_bytes=block_bytes)
     leaf = r.leaves[0]
-    assert leaf.stats.get("streamed"), "the chunk should exceed the block budget and stream"
+    assert leaf.stats.streamed, "the chunk should exceed the block budget and stream"
     assert_stats_match(leaf.stats, expected_stats(BIG, b, 1e-6, 1e-5))
 
 
@@ -69,8 +69,8 @@ def test_stream_one_side_against_a_different_grid(tmp_path):
     for x, y, arrs in (("a", "b", (BIG, b)), ("b", "a", (b, BIG))):
         r = streamdiff.diff(str(tmp_path / x), str(tmp_path / y), block_bytes=8192)
         leaf = r.leaves[0]
-        assert leaf.stats["streamed"]
-        assert leaf.stats["read_amplification"] == pytest.approx(amplification, rel=1e-12)
+        assert leaf.stats.streamed
+        assert leaf.stats.read_amplification == pytest.approx(amplification, rel=1e-12)
         assert_stats_match(leaf.stats, expected_stats(*arrs))
 
 
@@ -151,9 +151,9 @@ def test_shortcut_only_settles_chunks_that_are_equal(tmp_path):
     grid, stored, _ = stored_chunks(tmp_path / "a", "x")
     # The shortcut settles whole blocks: the one block holding [40, 7] is decoded, every chunk of the
     # other (equal-sized, 64 divides evenly) blocks is settled.
-    assert grid == stored and s["blocks"] > 1 and grid % s["blocks"] == 0
-    assert s["shortcut_chunks"] == grid - grid // s["blocks"]
-    assert s["mismatches"] == 1 and s["max_abs_diff_index"] == [40, 7]
+    assert grid == stored and s.blocks > 1 and grid % s.blocks == 0
+    assert s.shortcut_chunks == grid - grid // s.blocks
+    assert s.mismatches == 1 and s.max_abs_diff_index == (40, 7)
     assert_stats_match(s, expected_stats(x, y))
 
 
@@ -162,4 +162,4 @@ def test_nan_unequal_disables_the_shortcut_for_floats(tmp_path):
     save(tmp_path / "a", {"x": x})
     save(tmp_path / "b", {"x": x})
     r = streamdiff.diff(str(tmp_path / "a"), str(tmp_path / "b"), nan_equal=False)
-    assert r.exit_code == 1 and r.leaves[0].stats["mismatches"] == 100
+    assert r.exit_code == 1 and r.leaves[0].stats.mismatches == 100

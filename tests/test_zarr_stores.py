@@ -249,7 +249,7 @@ def test_missing_fill_chunk_equals_stored_fill_chunk(tmp_path, block_bytes, shor
         r = streamdiff.diff(str(x), str(y), block_bytes=block_bytes, shortcut=shortcut)
         assert r.exit_code == 0, r.leaves
         if block_bytes:
-            assert r.leaves[0].stats.get("streamed")
+            assert r.leaves[0].stats.streamed
 
 
 @pytest.mark.parametrize("block_bytes", [None, 8])
@@ -351,7 +351,7 @@ def test_chunks_stored_on_neither_side_are_settled_only_when_fill_values_agree(t
     a, same, other = write(tmp_path / "a", 0.0), write(tmp_path / "same", 0.0), write(tmp_path / "other", 1.0)
     assert len([f for f in (a / "w").iterdir() if not f.name.startswith(".")]) == 1
     r = streamdiff.diff(str(a), str(same))
-    assert r.exit_code == 0 and r.leaves[0].stats["shortcut_chunks"] == 16
+    assert r.exit_code == 0 and r.leaves[0].stats.shortcut_chunks == 16
     r = diff(a, other)
     assert r.code == 1 and not_equal(r) == ["w"]
     x, y = (zarr.open_array(str(p / "w"), mode="r")[...] for p in (a, other))
@@ -430,7 +430,7 @@ def test_zero_size_arrays_compare_equal_with_count_0(tmp_path, writer, block_byt
     (res,) = rep.leaves
     assert res.status == "equal"
     assert_stats_match(res.stats, expected_stats(ra, rb))
-    assert res.stats["count"] == 0
+    assert res.stats.count == 0
 
 
 def test_zero_size_array_against_a_non_empty_one_is_a_shape_mismatch(tmp_path):

@@ -18,6 +18,7 @@ import pytest
 import tensorstore as ts
 import zarr
 from conftest import run_cli
+from helpers import one_error_line
 
 
 def diff(a, b, *extra):
@@ -30,12 +31,6 @@ def statuses(r) -> dict[str, str]:
 
 def leaf(r, path: str) -> dict:
     return next(x for x in r.json["leaves"] if x["path"] == path)
-
-
-def one_error_line(r) -> None:
-    lines = r.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("streamdiff: error: "), r.err
-    assert "Traceback" not in r.err
 
 
 # ---------------------------------------------------------------- 1. non-numeric arrays and chunk keys
