@@ -159,6 +159,7 @@ def compare(a: str, b: str, o: DiffOptions, progress: Progress | None = None) ->
         requests=io1[1] - io0[1] + remote_io[1],
         seconds=time.perf_counter() - t0,
         sample=sampling.fraction if sampling else None,
+        sample_seed=sampling.seed if sampling else None,
     )
 
 

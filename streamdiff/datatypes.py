@@ -291,6 +291,8 @@ class Report:
     #: --sample: the fraction of each leaf's blocks compared (None: every value compared). Leaf
     #: statistics then describe the sampled elements only.
     sample: float | None = None
+    #: --sample-seed: which blocks were drawn (None when not sampling); the same seed draws the same.
+    sample_seed: int | None = None
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.leaves if r.status == status)

@@ -119,6 +119,7 @@ def to_json(r: Report, stat_depth: int | None = None) -> dict[str, Any]:
         "verdict": verdict(r),
         "structure_only": r.structure_only,
         "sampled": r.sample,
+        "sample_seed": r.sample_seed,
         "tolerance": {"atol": r.atol, "rtol": r.rtol, "nan_equal": r.nan_equal},
         "summary": r.summary,
         "notes": {"a": list(r.notes_a), "b": list(r.notes_b)},

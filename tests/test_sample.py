@@ -124,12 +124,14 @@ def test_a_pair_differing_everywhere_is_caught_at_one_percent(many_chunks):
     assert s.max_abs_diff == pytest.approx(np.abs(va - vb).max(), rel=1e-6)
 
 
-def test_cli_sampled_run_reports_sampled_fraction_and_sampled_count_in_the_json(many_chunks):
+def test_cli_sampled_run_reports_sampled_fraction_seed_and_sampled_count_in_the_json(many_chunks):
     a, _, plus1 = many_chunks
-    r = run_cli(a, plus1, "--sample", "0.01", "--json", "-", "-q")
+    r = run_cli(a, plus1, "--sample", "0.01", "--sample-seed", "7", "--json", "-", "-q")
     assert r.code == 1, r.err
     d = r.json
-    assert d["sampled"] == 0.01 and d["verdict"] == "1 of 1 leaves differ (in the 1.0% sampled)"
+    assert (d["sampled"], d["sample_seed"]) == (0.01, 7)
+    assert run_cli(a, plus1, "--json", "-", "-q").json["sample_seed"] is None
+    assert d["verdict"] == "1 of 1 leaves differ (in the 1.0% sampled)"
     (w,) = d["leaves"]
     # the CLI's default blocks group chunks (here the whole leaf is one block): at least one is read
     assert w["status"] == "different" and w["sampled_count"] == 1 and w["blocks"] >= 1
