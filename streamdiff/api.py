@@ -1,6 +1,6 @@
 """`streamdiff.diff(a, b, ...) -> Report`: the whole pipeline, which the CLI only wraps.
 
-locate -> tree -> (map) -> pair -> plan -> stream/stats -> Report.
+locate -> tree -> (map) -> pair -> plan -> engine/stats -> Report.
 """
 
 from __future__ import annotations
@@ -13,7 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from . import malloc
 from .datatypes import KeyPath, Leaf, LeafResult, Pair, Report, Status, Tree, format_path, json_equal
+from .engine.dask import run_dask
+from .engine.plans import PairOutcome
+from .engine.threads import run_threads
 from .errors import NotACheckpointError, UsageError
 from .layouts import align, detect, load_preset
 from .locate import Item, choose_items, locate
@@ -22,7 +26,6 @@ from .plan import DEFAULT_MAX_MEMORY, check_max_memory, default_jobs, memory_pla
 from .rules import Mapped, Pattern, apply_rules, dtype_allowed, load_rules_file, tolerance_for
 from .stats import Policy
 from .storage import DEFAULT_TIMEOUT, configure_http, io_counters
-from .stream import PairOutcome, compare_values
 from .tree import read_item
 from .units import parse_size
 
@@ -118,7 +121,13 @@ def diff(
             progress.start(sum(p.a.nbytes + p.b.nbytes for p in pairs if p.status == "compare"))
         ctx = (matched[0][1].dir.storage.context, matched[0][2].dir.storage.context)
         advance = progress.advance if progress else None
-        outcomes, remote_io = compare_values(pairs, policies, ctx, mem, advance, shortcut, scheduler, timeout)
+        trim = malloc.trim_enabled()  # the CLI's choice; library calls leave the allocator alone
+        if scheduler:
+            outcomes, remote_io = run_dask(
+                pairs, policies, mem, advance, shortcut, scheduler, timeout, io_concurrency, trim
+            )
+        else:
+            outcomes = run_threads(pairs, policies, ctx, mem, advance, shortcut, trim)
 
     results = tuple(_result(p, outcomes.get(i), structure_only, m, policies[i], nan_equal) for i, p in enumerate(pairs))
     io1 = io_counters()
@@ -153,9 +162,13 @@ def explain(
     preset: str | None = None,
     auto: bool = True,
     layer_axis: int | None = None,
+    io_concurrency: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> tuple[Mapping, list[tuple[KeyPath, str | None, str | None]]]:
-    """Metadata only: each canonical path with the stored path(s) and transform behind it per side."""
-    _, _, matched, trees_a, trees_b = _resolve(a, b, _Steps(step, step_a, step_b), item)
+    """Metadata only: each canonical path with the stored path(s) and transform behind it per side.
+    `io_concurrency` and `timeout` as for `diff`."""
+    configure_http(timeout)
+    _, _, matched, trees_a, trees_b = _resolve(a, b, _Steps(step, step_a, step_b), item, io_concurrency, timeout)
     m, pairs = _map_and_pair(trees_a, trees_b, matched, rules, preset, auto, layer_axis)
     return m, [(p.path, _source(p.a), _source(p.b)) for p in pairs]
 

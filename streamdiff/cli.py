@@ -317,7 +317,7 @@ def cli(
     api.check_tolerance(atol, rtol)
     mapping = dict(rules=rules_files, preset=preset, auto=not no_auto, layer_axis=layer_axis)
     if explain:
-        m, rows = api.explain(a, b, **step, item=item, **mapping)
+        m, rows = api.explain(a, b, **step, item=item, **mapping, io_concurrency=io_concurrency, timeout=timeout)
         report.render_explain(m, rows, _plain_console(False))
         return 0
     err = Console(stderr=True)
@@ -447,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     Native libraries' log lines (tensorstore's absl logging) are kept off stderr.
     """
     malloc.limit_arenas(1)
+    malloc.enable_trim()  # a long diff keeps RSS at live memory (see malloc.py)
     _verdict_code.clear()
     previous = _interrupt_on_signals()
     if sys.stdout is None:  # started with stdout closed (`>&-`)

@@ -11,7 +11,7 @@ from conftest import MAXTEXT
 from helpers import free_port
 
 import streamdiff
-from streamdiff.distributed import batches
+from streamdiff.engine.dask import batches
 
 pytest.importorskip("dask.distributed")
 
@@ -101,8 +101,8 @@ class Task(NamedTuple):
 
 def test_batches_group_consecutive_tasks_until_target_bytes_and_keep_order():
     tasks = [Task(i, 100) for i in range(25)]
-    out = batches(tasks, target=1000)
+    out = list(batches(tasks, target=1000))
     assert [len(b) for b in out] == [10, 10, 5]
     assert [t for b in out for t in b] == tasks
-    uneven = batches([Task(0, 900), Task(1, 200), Task(2, 5000), Task(3, 1)], target=1000)
+    uneven = list(batches([Task(0, 900), Task(1, 200), Task(2, 5000), Task(3, 1)], target=1000))
     assert [[t.name for t in b] for b in uneven] == [[0, 1], [2], [3]]
