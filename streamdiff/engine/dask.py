@@ -32,7 +32,7 @@ from ..stats import LeafStats, Policy
 from ..storage import DEFAULT_TIMEOUT, configure_http, io_counters, make_context
 from .cluster import batch_error, connect, lost
 from .plans import PairOutcome, plan_pair, plan_pairs
-from .sides import STORAGE_ERRORS, OpenSide, Side, stored_bases
+from .sides import STORAGE_ERRORS, ItemStores, OpenSide, Side, stored_bases
 from .tasks import pair_tasks
 from .threads import ProgressFn, ThreadRun
 
@@ -166,6 +166,7 @@ class WorkerCache:
         a, b = state.remote
         self.contexts = (make_context(a, state.io_concurrency), make_context(b, state.io_concurrency))
         self.sizes = ItemSizes()
+        self.items = ItemStores()
         self.opened: OrderedDict[int, tuple[OpenSide, OpenSide]] = OrderedDict()
         self.lock = threading.Lock()  # workers with several threads run batches side by side
 
@@ -178,7 +179,8 @@ class WorkerCache:
             self.opened.move_to_end(i)
             return self.opened[i]
         p = self.state.pairs[i]
-        sides = OpenSide(Side(p.a), self.contexts[0], self.sizes), OpenSide(Side(p.b), self.contexts[1], self.sizes)
+        a, b = self.contexts
+        sides = OpenSide(Side(p.a), a, self.sizes, self.items), OpenSide(Side(p.b), b, self.sizes, self.items)
         self.opened[i] = sides
         while len(self.opened) > CACHED_PAIRS:
             self.opened.popitem(last=False)

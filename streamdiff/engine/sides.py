@@ -95,7 +95,8 @@ class OpenSide:
     """A side with its handles: the tensorstore (opened asynchronously: the open of the next pair is
     in flight while this one is read), raw stored bytes on demand, and the fill value."""
 
-    def __init__(self, side: Side, context: ts.Context, sizes: ItemSizes, audit: bool = True):
+    def __init__(self, side: Side, context: ts.Context, sizes: ItemSizes, items: ItemStores):
+        items.hold(side.leaf, context)
         self.side = side
         self.leaf = side.leaf
         self.format = side.format
@@ -104,9 +105,8 @@ class OpenSide:
         self._raw: RawStore | None = None
         self._lock = threading.Lock()
         self.encoding: Encoding | None = encoding_of(self.leaf.source, self.leaf.dtype) if side.stored else None
-        if audit:
-            for base in stored_bases(self.leaf):
-                audit_chunk_files(base.source, encoding_of(base.source, base.dtype))
+        for base in stored_bases(self.leaf):
+            audit_chunk_files(base.source, encoding_of(base.source, base.dtype))
         if side.stored:
             self._future = ts.open(self.leaf.source.spec, context=context, read=True, assume_metadata=True)
             self._store: ts.TensorStore | None = None
@@ -140,6 +140,27 @@ class OpenSide:
             return None
         value = self.store.fill_value
         return np.zeros((), self.leaf.dtype) if value is None else np.asarray(value)
+
+
+class ItemStores:
+    """One open kvstore per OCDBT item for a whole run. tensorstore drops an OCDBT driver, and the
+    manifest and B-tree nodes it cached, when its last handle goes: with stores opened per pair,
+    every pair would read them again. Held per item, not per leaf."""
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[int, str], ts.KvStore] = {}
+        self._lock = threading.Lock()
+
+    def hold(self, leaf: Leaf, context: ts.Context) -> None:
+        for base in stored_bases(leaf):
+            kv = base.source.spec["kvstore"]
+            if kv.get("driver") != "ocdbt":
+                continue
+            item = {k: v for k, v in kv.items() if k != "path"}
+            key = (id(context), json.dumps(item, sort_keys=True))
+            with self._lock:
+                if key not in self._held:
+                    self._held[key] = ts.KvStore.open(item, context=context).result()
 
 
 def same_fill(a: Leaf, b: Leaf) -> bool:

@@ -20,7 +20,7 @@ from ..datatypes import Pair
 from ..plan import MemoryPlan
 from ..stats import Policy
 from .plans import PairOutcome, plan_pairs
-from .sides import STORAGE_ERRORS, OpenSide, Side, one_line
+from .sides import STORAGE_ERRORS, ItemStores, OpenSide, Side, one_line
 from .tasks import Task, tasks
 from .work import PairWork, start_task
 
@@ -45,12 +45,13 @@ class FreshOpener:
         self.pairs = pairs
         self.contexts = contexts
         self.sizes = ItemSizes()  # one OCDBT B-tree dump per item for the whole run
+        self.items = ItemStores()
 
     def open(self, i: int) -> tuple[OpenSide, OpenSide]:
         p = self.pairs[i]
         return (
-            OpenSide(Side(p.a), self.contexts[0], self.sizes),
-            OpenSide(Side(p.b), self.contexts[1], self.sizes),
+            OpenSide(Side(p.a), self.contexts[0], self.sizes, self.items),
+            OpenSide(Side(p.b), self.contexts[1], self.sizes, self.items),
         )
 
     def release(self, i: int) -> None:
