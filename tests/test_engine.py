@@ -4,6 +4,9 @@ not of the whole tree; the heap is trimmed only when the program asked for it.""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import weakref
 
 import numpy as np
@@ -74,12 +77,30 @@ def test_stores_open_at_once_stay_within_the_pairs_in_flight(many_leaves, monkey
     assert len(live) == 0  # nothing kept after the run
 
 
-def test_the_heap_is_trimmed_only_when_the_program_enabled_it(many_leaves, monkeypatch):
+def test_a_library_call_in_a_fresh_process_never_trims_the_heap(many_leaves):
+    """The flag is process-wide and the CLI sets it, so the library default is checked in a new process."""
+    code = (
+        "import sys, streamdiff\n"
+        "from streamdiff import malloc\n"
+        "calls = []\n"
+        "malloc.trim = lambda: calls.append(1)\n"
+        "streamdiff.diff(sys.argv[1], sys.argv[2], shortcut=False)\n"
+        "print(malloc.trim_enabled(), len(calls))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(many_leaves / "a"), str(many_leaves / "b")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout.split()
+    assert out == ["False", "0"]
+
+
+def test_with_trim_enabled_the_heap_is_trimmed_every_trim_every_tasks(many_leaves, monkeypatch):
     calls = []
     monkeypatch.setattr(malloc, "trim", lambda: calls.append(1))
-    a, b = str(many_leaves / "a"), str(many_leaves / "b")
-    streamdiff.diff(a, b, shortcut=False)
-    assert calls == []
     monkeypatch.setattr(malloc, "trim_enabled", lambda: True)
-    streamdiff.diff(a, b, shortcut=False)
+    streamdiff.diff(str(many_leaves / "a"), str(many_leaves / "b"), shortcut=False)
     assert len(calls) == 30 // threads.TRIM_EVERY  # one task per leaf, one trim every TRIM_EVERY settled
