@@ -1,7 +1,7 @@
 """Run the value diff on Dask distributed: one diff, many machines, the same answer.
 
 The client plans every pair from metadata, as for a local run, and cuts the task stream into
-batches of decoded data (small enough that every worker gets several: none idles at the tail).
+batches of decoded data (every worker gets at least BATCHES_PER_WORKER of them).
 Each batch is a Dask task naming spans of task indices per pair; a worker re-plans the pairs it
 touches (plans are deterministic), reads straight from storage with tensorstore, and returns only
 mergeable statistics, merged on the client with the same code the threads use. No array data passes
@@ -39,10 +39,11 @@ from .threads import ProgressFn, ThreadRun
 #: Decoded bytes (both sides) per Dask task at most: tens to hundreds of MB keeps scheduler overhead
 #: (a few ms per task) far below the time a task spends reading.
 BATCH_BYTES = 256 << 20
-#: ... and at least, unless the whole diff is smaller.
-MIN_BATCH_BYTES = 16 << 20
-#: Batches per worker thread aimed at: the last batches are small, so workers finish together.
-BATCHES_PER_WORKER = 8
+#: ... and at least, unless the whole diff is smaller: a batch issues its first reads at once and
+#: drains its last ones alone, so a batch of a few blocks spends most of its time filling and draining.
+MIN_BATCH_BYTES = 64 << 20
+#: Batches per worker thread at least, so that a small diff still spreads over every worker.
+BATCHES_PER_WORKER = 2
 RETRIES = 2
 #: Opened pairs a worker keeps between batches (a batch boundary may split a pair's tasks).
 CACHED_PAIRS = 256
