@@ -204,6 +204,11 @@ def _worker_cache(state: RunState) -> WorkerCache:
         return _cache[0]
 
 
+def worker_cache() -> WorkerCache | None:
+    """This worker process's cache (None before its first batch): what it holds for the current run."""
+    return _cache[0] if _cache else None
+
+
 def run_batch(state: RunState, spans: tuple[Span, ...]) -> list[tuple[int, LeafStats | None, str | None]]:
     """On a worker: plan the batch's pairs, run its tasks with local threads, return statistics."""
     cache = _worker_cache(state)
