@@ -2,12 +2,17 @@
 (no speed-up is possible here; the point is what Dask costs), plus the scheduler's per-task
 overhead, and a paper extrapolation to a 5 TB checkpoint pair on 64 workers.
 
-    python bench/dask_bench.py [--layers 8] [--repeat 3]
+    python bench/dask_bench.py [--layers 8] [--repeat 3] [--scheduler tcp://host:port]
+
+With --scheduler, the "running cluster" row uses that cluster (e.g. `dask scheduler` and
+`dask worker --nworkers 2 --nthreads 1` started by hand, with streamdiff importable) instead of a
+LocalCluster started by this script.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -35,15 +40,21 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
     ap.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"))
+    ap.add_argument("--scheduler", default=None, help="an already running cluster for the tcp row")
     args = ap.parse_args()
     d = ensure_pair(args.out, "sharded", args.layers)
     a, b = os.path.join(d, "a"), os.path.join(d, "b")
     from dask.distributed import LocalCluster
 
     # An existing cluster (what --scheduler tcp://... meets), and local:2, which also starts one.
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    if args.scheduler:
+        own = contextlib.nullcontext()
+    else:
+        own = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with own as cluster:
+        address = args.scheduler or cluster.scheduler_address
         threads = Measure("threads", streamdiff(a, b, "1G"))
-        dask = Measure("dask tcp", streamdiff(a, b, "1G", "--scheduler", cluster.scheduler_address))
+        dask = Measure("dask tcp", streamdiff(a, b, "1G", "--scheduler", address))
         local = Measure("dask local:2", streamdiff(a, b, "1G", "--scheduler", "local:2"))
         for _ in range(args.repeat):
             for m in (threads, dask, local):

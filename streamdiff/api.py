@@ -1,6 +1,6 @@
 """`streamdiff.diff(a, b, ...) -> Report`: the whole pipeline, which the CLI only wraps.
 
-locate -> tree -> (map) -> pair -> plan -> stream/stats -> Report.
+locate -> tree -> (map) -> pair -> plan -> engine/stats -> Report.
 """
 
 from __future__ import annotations
@@ -11,7 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from . import malloc
 from .datatypes import KeyPath, Kind, LeafResult, Pair, PairStatus, Report, Status, Tree, format_path, json_equal
+from .engine.dask import run_dask
+from .engine.plans import PairOutcome
+from .engine.threads import run_threads
 from .errors import NotACheckpointError, UsageError
 from .locate import Item, choose_items, locate
 from .mapping.layouts import LayerAxes
@@ -23,7 +27,6 @@ from .pair import VALUE_KINDS, pair_trees
 from .plan import DEFAULT_MAX_MEMORY, DEFAULT_SAMPLE_SEED, Sample, default_jobs, memory_plan
 from .stats import Policy
 from .storage import DEFAULT_TIMEOUT, configure_http, io_counters
-from .stream import PairOutcome, compare_values
 from .tree import read_item
 from .units import parse_size
 
@@ -133,9 +136,23 @@ def compare(a: str, b: str, o: DiffOptions, progress: Progress | None = None) ->
             progress.start(int(total * sampling.fraction) if sampling else total)
         ctx = (matched[0][1].dir.storage.context, matched[0][2].dir.storage.context)
         advance = progress.advance if progress else None
-        outcomes, remote_io = compare_values(
-            pairs, policies, ctx, mem, advance, o.shortcut, o.scheduler, o.budget.timeout, sample=sampling
-        )
+        trim = malloc.trim_enabled()  # the CLI's choice; library calls leave the allocator alone
+        if o.scheduler:
+            budget = o.budget
+            outcomes, remote_io = run_dask(
+                pairs,
+                policies,
+                mem,
+                advance,
+                o.shortcut,
+                o.scheduler,
+                budget.timeout,
+                budget.io_concurrency,
+                trim,
+                sampling,
+            )
+        else:
+            outcomes = run_threads(pairs, policies, ctx, mem, advance, o.shortcut, trim, sampling)
 
     results = tuple(
         _result(p, outcomes.get(i), o.structure_only, m, policies[i], tol.nan_equal, sampling)

@@ -475,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     Native libraries' log lines (tensorstore's absl logging) are kept off stderr.
     """
     malloc.limit_arenas(1)
+    malloc.enable_trim()  # a long diff keeps RSS at live memory (see malloc.py)
     _verdict_code.clear()
     previous = _interrupt_on_signals()
     if sys.stdout is None:  # started with stdout closed (`>&-`)

@@ -12,6 +12,7 @@ import ctypes
 import sys
 
 _M_ARENA_MAX = -8
+_trim_enabled = [False]  # set by the program (the CLI), never by a library call
 _libc = None
 if sys.platform.startswith("linux"):
     try:
@@ -32,3 +33,13 @@ def trim() -> None:
     """Return free heap pages to the OS (cheap: a few hundred microseconds)."""
     if _libc is not None:
         _libc.malloc_trim(0)
+
+
+def enable_trim() -> None:
+    """Let the engine trim the heap every few tasks (the CLI does; a program embedding streamdiff
+    decides for itself, since trimming costs time and touches the whole process's allocator)."""
+    _trim_enabled[0] = True
+
+
+def trim_enabled() -> bool:
+    return _trim_enabled[0]

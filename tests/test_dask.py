@@ -11,7 +11,7 @@ from conftest import MAXTEXT
 from helpers import free_port
 
 import streamdiff
-from streamdiff.distributed import batches
+from streamdiff.engine.dask import RunState, WorkerCache, batches, worker_cache
 
 pytest.importorskip("dask.distributed")
 
@@ -101,8 +101,25 @@ class Task(NamedTuple):
 
 def test_batches_group_consecutive_tasks_until_target_bytes_and_keep_order():
     tasks = [Task(i, 100) for i in range(25)]
-    out = batches(tasks, target=1000)
+    out = list(batches(tasks, target=1000))
     assert [len(b) for b in out] == [10, 10, 5]
     assert [t for b in out for t in b] == tasks
-    uneven = batches([Task(0, 900), Task(1, 200), Task(2, 5000), Task(3, 1)], target=1000)
+    uneven = list(batches([Task(0, 900), Task(1, 200), Task(2, 5000), Task(3, 1)], target=1000))
     assert [[t.name for t in b] for b in uneven] == [[0, 1], [2], [3]]
+
+
+def test_io_concurrency_reaches_the_workers_and_their_remote_contexts(cluster):
+    from dask.distributed import Client
+
+    a = str(MAXTEXT / "v024_linen_scan/checkpoints/0")
+    streamdiff.diff(a, a, scheduler=cluster, io_concurrency=7)
+
+    def seen() -> int | None:
+        c = worker_cache()
+        return None if c is None else c.state.io_concurrency  # None: this worker ran no batch
+
+    with Client(cluster) as client:
+        per_worker = [v for v in client.run(seen).values() if v is not None]
+    assert per_worker and all(v == 7 for v in per_worker)
+    remote = WorkerCache(RunState("r", [], [], None, True, (True, True), 30.0, 7, False))
+    assert [c["gcs_request_concurrency"].to_json() for c in remote.contexts] == [{"limit": 7}] * 2

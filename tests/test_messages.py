@@ -102,7 +102,7 @@ def test_dask_batch_errors_in_words():
 
     from distributed.scheduler import KilledWorker
 
-    from streamdiff.distributed import batch_error
+    from streamdiff.engine.cluster import batch_error
 
     killed = batch_error(KilledWorker("('batch-1', 0)", "tcp://127.0.0.1:1", 3))
     assert "workers" in killed and "dying" in killed and "batch-1" not in killed

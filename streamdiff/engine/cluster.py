@@ -1,44 +1,24 @@
-"""Run the value diff on Dask distributed: one diff, many machines, the same answer.
-
-The client builds the trees and the plan from metadata, as for a local run, and cuts the task
-list into batches of about BATCH_BYTES of decoded data. Each batch is a Dask task. A worker
-re-plans only the pairs its batch touches (plans are deterministic), reads the blocks straight
-from storage with tensorstore, and returns only mergeable statistics. The client merges them with
-the same code the threads use. No array data passes through the client or the scheduler.
+"""Connecting to Dask: an existing scheduler, or a local cluster started for one run, with Dask's own
+log noise kept off the user's terminal and its failures put in words.
 
     --scheduler tcp://host:8786     an existing cluster (its workers need streamdiff installed)
     --scheduler local:N             a local cluster of N worker processes
-
-`--max-memory` applies per worker process. A batch that raises is retried by Dask (a worker that
-dies has its tasks rescheduled). A block that still fails to read marks its leaf `error`, and the
-rest of the diff completes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
-import uuid
 import warnings
 from typing import Any
 
-from .errors import StreamdiffError, UsageError
-from .plan import MemoryPlan, Sample
-from .stats import LeafStats
-from .storage import DEFAULT_TIMEOUT, configure_http, io_counters, make_context
-from .stream import ProgressFn, _Engine, _one_line, _Task
-
-#: Decoded bytes (both sides) per Dask task: tens to hundreds of MB keeps scheduler overhead
-#: (a few ms per task) far below the time a task spends reading.
-BATCH_BYTES = 256 << 20
-RETRIES = 2
-
-_CONTEXTS: dict[tuple[bool, bool], Any] = {}
-
+from ..errors import StreamdiffError, UsageError
+from ..plan import MemoryPlan
+from ..storage import DEFAULT_TIMEOUT
+from .sides import one_line
 
 #: Loggers of Dask that report, on stderr, what streamdiff already reports per leaf (a task
 #: retried or lost with its worker, "cancelled for reason: already forgotten", a worker killed).
@@ -56,7 +36,7 @@ def quiet_dask_logs() -> None:
     os.environ.setdefault("PYTHONWARNINGS", "ignore:::distributed.node")
 
 
-def _client(scheduler: str, mem: MemoryPlan, timeout: float = DEFAULT_TIMEOUT):
+def connect(scheduler: str, mem: MemoryPlan, timeout: float = DEFAULT_TIMEOUT):
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError as e:
@@ -92,7 +72,7 @@ def _client(scheduler: str, mem: MemoryPlan, timeout: float = DEFAULT_TIMEOUT):
         finally:
             _restore_fd2(stderr_fd)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-    return _connect(Client, scheduler, timeout), None
+    return _bounded_client(Client, scheduler, timeout), None
 
 
 def _silence_fd2() -> int | None:
@@ -114,7 +94,7 @@ def _restore_fd2(saved: int | None) -> None:
         os.close(saved)
 
 
-def _connect(client_cls, scheduler: str, timeout: float):
+def _bounded_client(client_cls, scheduler: str, timeout: float):
     """Client(scheduler) with a hard bound: an address that accepts TCP and never completes
     Dask's handshake makes Client() wait far past its own `timeout`, so it runs in a daemon thread
     that is abandoned after the timeout."""
@@ -137,65 +117,15 @@ def _connect(client_cls, scheduler: str, timeout: float):
     raise UsageError(f"cannot reach Dask scheduler {scheduler}: no answer within {timeout:g} s (--timeout)")
 
 
-def batches(tasks: list[_Task], target: int = BATCH_BYTES) -> list[list[_Task]]:
-    """Consecutive tasks grouped until about `target` decoded bytes (reads stay in key order)."""
-    out: list[list[_Task]] = []
-    cur: list[_Task] = []
-    size = 0
-    for t in tasks:
-        cur.append(t)
-        size += t.progress
-        if size >= target:
-            out.append(cur)
-            cur, size = [], 0
-    if cur:
-        out.append(cur)
-    return out
-
-
-def compare_on_dask(
-    pairs,
-    policies,
-    contexts,
-    mem: MemoryPlan,
-    progress: ProgressFn | None,
-    shortcut: bool,
-    scheduler,
-    timeout: float = DEFAULT_TIMEOUT,
-    sample: Sample | None = None,
-):
-    """Returns the outcomes by pair index and the workers' (bytes read, requests)."""
-    engine = _Engine(pairs, policies, contexts, mem, shortcut, None, sample=sample)  # picks sampled blocks here
-    todo = [t for t in engine.tasks() if not engine.outcomes[t.pair_index].error]
-    remote = tuple(_remote(side) for side in next(iter(engine.sides.values()), (None, None)))
-    client, cluster = _client(scheduler, mem, timeout)
-    try:
-        from dask.distributed import as_completed
-
-        before = client.run(io_counters)
-        state = client.scatter((uuid.uuid4().hex, pairs, policies, mem, shortcut, remote, timeout), broadcast=True)
-        futures = {client.submit(_run_batch, state, b, pure=False, retries=RETRIES): b for b in batches(todo)}
-        for fut in as_completed(futures):
-            batch = futures[fut]
-            try:
-                results = fut.result()
-            except Exception as e:  # noqa: BLE001 - the batch failed after Dask's retries
-                results = [(t.pair_index, None, batch_error(e)) for t in batch]
-            for i, stats, error in results:
-                engine.outcomes[i].absorb(stats, error)
-            if progress:
-                progress(sum(t.progress for t in batch))
-        after = client.run(io_counters)
-        worker_io = tuple(sum(after[w][k] - before.get(w, (0, 0))[k] for w in after) for k in (0, 1))
-    except Exception as e:  # noqa: BLE001 - the scheduler or the cluster itself failed mid-run
-        raise StreamdiffError(f"the Dask run failed: {batch_error(e)}") from e
-    finally:
-        with contextlib.suppress(Exception):
-            client.close()
-        if cluster is not None:
-            with contextlib.suppress(Exception):
-                cluster.close()
-    return engine.outcomes, worker_io
+def lost(e: BaseException) -> bool:
+    """A batch Dask itself lost (its worker died, the scheduler forgot it), not one that raised."""
+    name = type(e).__name__
+    text = str(e)
+    return (
+        name in ("KilledWorker", "CancelledError", "FutureCancelledError")
+        or "cancelled" in text
+        or ("already forgotten" in text)
+    )
 
 
 def batch_error(e: BaseException) -> str:
@@ -206,22 +136,4 @@ def batch_error(e: BaseException) -> str:
         return "the Dask workers running this leaf's batch kept dying (killed, or out of memory?)"
     if name in ("CancelledError", "FutureCancelledError") or "already forgotten" in str(e) or "cancelled" in str(e):
         return "the Dask batch holding this leaf was lost (its worker died or the scheduler went away)"
-    return _one_line(e)
-
-
-def _remote(side) -> bool:
-    return side is not None and side.leaf.source is not None and not side.leaf.source.is_local
-
-
-def _run_batch(state, batch: list[_Task]) -> list[tuple[int, LeafStats | None, str | None]]:
-    """On a worker: plan the batch's pairs, run its tasks with local threads, return statistics."""
-    _, pairs, policies, mem, shortcut, remote, timeout = state
-    if any(remote):
-        configure_http(timeout)  # before this worker's first remote request
-    key = tuple(remote) if len(remote) == 2 else (False, False)
-    if key not in _CONTEXTS:
-        _CONTEXTS[key] = (make_context(key[0]), make_context(key[1]))
-    only = {t.pair_index for t in batch}
-    engine = _Engine(pairs, policies, _CONTEXTS[key], mem, shortcut, None, only=only)
-    outcomes = engine.run(batch)
-    return [(i, None if outcomes[i].error else outcomes[i].stats, outcomes[i].error) for i in sorted(only)]
+    return one_line(e)

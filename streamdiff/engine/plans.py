@@ -1,0 +1,102 @@
+"""Each pair's plan, from metadata only: blocks or streamed chunks within the budget, whether the
+equal-bytes shortcut applies, or why the pair cannot be compared. Deterministic: a Dask worker
+plans a pair exactly as the client did."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..datatypes import Pair
+from ..dtypes import family
+from ..plan import BlockGrid, MemoryPlan, RowsPlan, block_grid, refuse_leaf, rows_plan
+from ..stats import LeafStats, Policy
+from .sides import STORAGE_ERRORS, Side, itemsize, one_line, same_fill
+
+
+@dataclass
+class PairOutcome:
+    """What streaming found for one pair: merged statistics, or the first error."""
+
+    stats: LeafStats
+    grid: BlockGrid | None = None
+    rows: RowsPlan | None = None
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    shortcut: bool = False
+    misses: int = 0  # consecutive shortcut misses (see work.SHORTCUT_GIVE_UP)
+    #: A chunk stored on neither side holds the same fill value on both (plain zarr stores).
+    both_missing_equal: bool = False
+
+    def absorb(self, stats: LeafStats | None, error: str | None) -> None:
+        """Fold in one task's result (from a thread or a Dask worker); the first error sticks."""
+        if error is not None:
+            if self.error is None:
+                self.error = error
+        elif stats is not None:
+            self.stats.merge(stats)
+
+
+def streams_values(p: Pair) -> bool:
+    """Pairs the engine reads: numeric values still to compare (strings and JSON compare by value)."""
+    return p.status == "compare" and p.a.kind not in ("string", "json")
+
+
+def plan_pairs(
+    pairs: list[Pair],
+    policies: list[Policy],
+    mem: MemoryPlan,
+    shortcut: bool,
+    only: Iterable[int] | None = None,
+) -> dict[int, PairOutcome]:
+    """The plan of every pair the engine reads (or of `only` those indices), by pair index."""
+    indices = range(len(pairs)) if only is None else sorted(only)
+    return {i: plan_pair(pairs[i], policies[i], mem, shortcut) for i in indices if streams_values(pairs[i])}
+
+
+def plan_pair(p: Pair, policy: Policy, mem: MemoryPlan, shortcut: bool) -> PairOutcome:
+    try:
+        sa, sb = Side(p.a), Side(p.b)
+    except STORAGE_ERRORS as e:  # metadata the chunk format cannot be read from
+        return PairOutcome(LeafStats(), error=one_line(e))
+    bpe = itemsize(p.a) + itemsize(p.b)
+    # A chunk bigger than a whole block is streamed; smaller ones are decoded by tensorstore.
+    limit = mem.block_bytes
+    big_a, big_b = sa.chunk_bytes() > limit, sb.chunk_bytes() > limit
+    out = PairOutcome(LeafStats())
+    whole = tuple(s.whole_decode_bytes(big) for s, big in ((sa, big_a), (sb, big_b)))
+    rows = tuple(s.row_bytes() if big and s.streamable else 0 for s, big in ((sa, big_a), (sb, big_b)))
+    codecs = tuple(x.source.codec if x.source else "-" for x in (p.a, p.b))
+    out.error = refuse_leaf(p.a.shape, (sa.chunks, sb.chunks), whole, codecs, mem, rows)
+    if out.error:
+        return out
+    out.shortcut = shortcut and shortcut_applies(p, sa, sb, policy)
+    out.both_missing_equal = out.shortcut and same_fill(p.a, p.b)
+    if p.a.shape and 0 not in p.a.shape and (big_a or big_b):
+        can_a = not big_a or sa.streamable
+        can_b = not big_b or sb.streamable
+        if can_a and can_b:
+            out.rows = rows_plan(p.a.shape, sa.chunks, sb.chunks, big_a, big_b, bpe, mem.block_bytes)
+            out.grid = out.rows.grid
+            return out
+        for name, leaf, s, can in (("A", p.a, sa, can_a), ("B", p.b, sb, can_b)):
+            if not can:
+                need = s.chunk_bytes() >> 20
+                out.warnings.append(
+                    f"checkpoint {name}: codec {leaf.source.codec} cannot be streamed; "
+                    f"decoding whole {need} MiB chunks (over the block size, within --max-memory)"
+                )
+    out.grid = block_grid(p.a.shape, sa.chunks, sb.chunks, bpe, mem.block_bytes)
+    return out
+
+
+def shortcut_applies(p: Pair, sa: Side, sb: Side, policy: Policy) -> bool:
+    """Equal stored bytes imply equal values only for the same format, chunk for chunk."""
+    fa, fb = sa.format, sb.format
+    if fa is None or fb is None or not fa.signature or fa.signature != fb.signature or p.a.dtype != p.b.dtype:
+        return False
+    if fa.chunk_shape != fa.inner_shape or fb.chunk_shape != fb.inner_shape:
+        return False  # multi-chunk shards: decoded per inner chunk instead
+    if family(p.a.dtype) in ("float", "complex") and not policy.nan_equal:
+        return False  # NaN == NaN bytes would hide --nan-unequal mismatches
+    return True

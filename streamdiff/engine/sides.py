@@ -1,0 +1,196 @@
+"""One side of a pair: what its metadata says (chunk grid, stored format, sizes), and, once opened,
+its tensorstore, its stored bytes and its fill value.
+
+Planning needs only the metadata (`Side`); reading needs handles (`OpenSide`). Handles are opened when
+a pair's first task is submitted and dropped when its last task has settled, so a run holds handles
+for the pairs in flight, not for every leaf of the tree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import threading
+
+import numpy as np
+import tensorstore as ts
+import zstandard
+
+from ..chunks import PIECE_BYTES, ChunkFormat, ItemSizes, RawStore, chunk_format
+from ..datatypes import Leaf
+from ..encoding import Encoding, audit_chunk_files, encoding_of
+from ..errors import StreamdiffError
+from ..mapping.views import view_of
+from ..plan import MemoryPlan
+from ..storage import describe
+
+#: What reading and decoding stored data raises: tensorstore statuses (ValueError, TimeoutError), the
+#: file system (OSError), corrupt bytes (zstd, struct, MissingChunk), our own refusals (StreamdiffError)
+#: and an allocation a corrupt size asked for. The engine marks the leaf `error` on these; anything
+#: else is a bug in streamdiff and keeps its traceback.
+STORAGE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ValueError,
+    StreamdiffError,
+    zstandard.ZstdError,
+    struct.error,
+    MemoryError,
+)
+
+#: Range reads kept in flight per streamed chunk, local and remote: remote stores need several round
+#: trips' worth in flight to fill the link (a bandwidth-delay product of ~10 MB at 200 MB/s, 50 ms).
+PREFETCH_LOCAL = 2
+PREFETCH_REMOTE = 4
+
+
+def piece_bytes(mem: MemoryPlan) -> int:
+    """Bytes per range read when streaming a chunk: large enough to amortise a round trip."""
+    return max(1 << 20, min(PIECE_BYTES, mem.block_bytes // 4))
+
+
+def prefetch_depth(leaf: Leaf) -> int:
+    """Range reads kept in flight per streamed chunk of `leaf` (see PREFETCH_LOCAL / PREFETCH_REMOTE)."""
+    return PREFETCH_LOCAL if leaf.source is None or leaf.source.is_local else PREFETCH_REMOTE
+
+
+class Side:
+    """One side of a pair as metadata: the stored array, a lazy view (rules), or an in-memory value
+    (legacy aggregated leaves). Nothing is opened or read."""
+
+    def __init__(self, leaf: Leaf):
+        self.leaf = leaf
+        self.stored = leaf.view is None and leaf.source is not None
+        self.format: ChunkFormat | None = chunk_format(leaf.source) if self.stored else None
+
+    @property
+    def chunks(self) -> tuple[int, ...] | None:
+        if self.leaf.view is not None:
+            return self.leaf.view.chunks
+        return self.leaf.source.read_chunk_shape if self.leaf.source else None
+
+    @property
+    def streamable(self) -> bool:
+        return self.format is not None and self.format.streamable
+
+    def whole_decode_bytes(self, big: bool) -> int:
+        """Decoded bytes of one stored chunk that tensorstore will decode whole: a big chunk that
+        cannot stream, or any chunk behind a view (views are read through tensorstore only)."""
+        if self.leaf.view is not None:
+            bases = stored_bases(self.leaf)
+            return max((math.prod(b.source.read_chunk_shape) * itemsize(b) for b in bases), default=0)
+        return self.chunk_bytes() if big and not self.streamable else 0
+
+    def row_bytes(self) -> int:
+        """Decoded bytes of one row (first-axis index) of a chunk: what streaming holds at least."""
+        return math.prod(self.chunks[1:]) * itemsize(self.leaf)
+
+    def chunk_bytes(self) -> int:
+        if self.leaf.source is None:
+            return 0  # in-memory values and views: never stream-decoded from stored bytes
+        return math.prod(self.chunks) * itemsize(self.leaf)
+
+
+class OpenSide:
+    """A side with its handles: the tensorstore (opened asynchronously: the open of the next pair is
+    in flight while this one is read), raw stored bytes on demand, and the fill value."""
+
+    def __init__(self, side: Side, context: ts.Context, sizes: ItemSizes, items: ItemStores):
+        items.hold(side.leaf, context)
+        self.side = side
+        self.leaf = side.leaf
+        self.format = side.format
+        self.context = context
+        self._sizes = sizes
+        self._raw: RawStore | None = None
+        self._lock = threading.Lock()
+        self.encoding: Encoding | None = encoding_of(self.leaf.source, self.leaf.dtype) if side.stored else None
+        for base in stored_bases(self.leaf):
+            audit_chunk_files(base.source, encoding_of(base.source, base.dtype))
+        if side.stored:
+            self._future = ts.open(self.leaf.source.spec, context=context, read=True, assume_metadata=True)
+            self._store: ts.TensorStore | None = None
+        else:
+            self._future = None
+            self._store = view_of(self.leaf).open(context)
+
+    @property
+    def store(self) -> ts.TensorStore:
+        if self._store is None:
+            self._store = self._future.result()
+        return self._store
+
+    def read(self, start: tuple[int, ...], stop: tuple[int, ...]) -> ts.Future:
+        box = tuple(slice(s, e) for s, e in zip(start, stop))
+        return self.store[box].read() if box else self.store.read()
+
+    @property
+    def raw(self) -> RawStore:
+        with self._lock:
+            if self._raw is None:
+                sizes = self._sizes.for_source(self.leaf.source, self.context)
+                self._raw = RawStore(self.leaf.source, self.context, sizes)
+            return self._raw
+
+    @property
+    def fill(self) -> np.ndarray | None:
+        """What a chunk that is not stored holds: the fill value where the store's writer skips
+        fill-valued chunks (plain zarr / n5), None where a missing chunk is lost data (Orbax)."""
+        if not self.leaf.source.spec.get("fill_missing_data_reads", True):
+            return None
+        value = self.store.fill_value
+        return np.zeros((), self.leaf.dtype) if value is None else np.asarray(value)
+
+
+class ItemStores:
+    """One open kvstore per OCDBT item for a whole run. tensorstore drops an OCDBT driver, and the
+    manifest and B-tree nodes it cached, when its last handle goes: with stores opened per pair,
+    every pair would read them again. Held per item, not per leaf."""
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[int, str], ts.KvStore] = {}
+        self._lock = threading.Lock()
+
+    def hold(self, leaf: Leaf, context: ts.Context) -> None:
+        for base in stored_bases(leaf):
+            kv = base.source.spec["kvstore"]
+            if kv.get("driver") != "ocdbt":
+                continue
+            item = {k: v for k, v in kv.items() if k != "path"}
+            key = (id(context), json.dumps(item, sort_keys=True))
+            with self._lock:
+                if key not in self._held:
+                    self._held[key] = ts.KvStore.open(item, context=context).result()
+
+
+def same_fill(a: Leaf, b: Leaf) -> bool:
+    """Both stores read a chunk they do not hold as their fill value, and it is the same value
+    (same dtype: the caller checked). Orbax sources refuse missing chunks: never equal."""
+    sa, sb = a.source.spec, b.source.spec
+    if not (sa.get("fill_missing_data_reads", True) and sb.get("fill_missing_data_reads", True)):
+        return False
+    fa, fb = sa["metadata"].get("fill_value"), sb["metadata"].get("fill_value")
+    return fa is not None and json.dumps(fa) == json.dumps(fb)
+
+
+def stored_bases(leaf: Leaf) -> list[Leaf]:
+    """The stored leaves a leaf reads: itself, or every base of its view."""
+    if leaf.view is None:
+        return [leaf] if leaf.source is not None else []
+    out, stack = [], [leaf.view]
+    while stack:
+        v = stack.pop()
+        if v.op == "base" and v.leaf is not None and v.leaf.source is not None:
+            out.append(v.leaf)
+        stack.extend(v.children)
+    return out
+
+
+def itemsize(leaf: Leaf) -> int:
+    return np.dtype(leaf.dtype).itemsize
+
+
+def one_line(e: BaseException) -> str:
+    """A task's failure as one line: storage statuses in words (see storage.describe), anything
+    else by its first line, and a bare exception (no text) by its type rather than nothing."""
+    return describe(e, with_object=True)

@@ -1,0 +1,54 @@
+"""The work of a run as a deterministic, lazy stream of tasks, pair after pair.
+
+A *block* task compares one box of a pair; a *chunk* task compares one stored chunk larger than the
+block budget, slab by slab. Tasks of a pair are consecutive, so an executor can open a pair's stores
+at its first task and drop them after its last. Nothing here holds a per-chunk list: a checkpoint of
+a million chunks is generated block by block.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from ..datatypes import Pair, format_path
+from ..plan import MemoryPlan, Sample
+from .plans import PairOutcome
+from .sides import itemsize, piece_bytes, prefetch_depth
+
+
+@dataclass(frozen=True)
+class Task:
+    pair_index: int
+    start: tuple[int, ...]
+    stop: tuple[int, ...]
+    nbytes: int  # memory the task holds while in flight
+    progress: int  # decoded bytes of both sides it accounts for
+    chunk: tuple[int, ...] | None = None  # chunk tasks: index in the walked grid
+
+
+def tasks(
+    pairs: list[Pair], plans: Mapping[int, PairOutcome], mem: MemoryPlan, sample: Sample | None = None
+) -> Iterator[Task]:
+    """Every task of every planned pair without an error, in pair order, then in block order."""
+    for i in sorted(plans):
+        if not plans[i].error:
+            yield from pair_tasks(i, pairs[i], plans[i], mem, sample)
+
+
+def pair_tasks(i: int, p: Pair, o: PairOutcome, mem: MemoryPlan, sample: Sample | None = None) -> Iterator[Task]:
+    """The tasks of one pair, in C order of its blocks (reads walk the chunks in key order); with a
+    `sample`, only the blocks it picks (the same in every process: a Dask worker re-derives them)."""
+    bpe = itemsize(p.a) + itemsize(p.b)
+    picks = sample.picks(o.grid.count, format_path(p.path)) if sample is not None else None
+    if o.rows is None:
+        for start, stop in o.grid.boxes(picks):
+            n = math.prod(e - s for s, e in zip(start, stop)) * bpe
+            yield Task(i, start, stop, n, n)
+        return
+    grid = o.grid
+    slab = o.rows.slab_rows * math.prod(grid.block_shape[1:]) * bpe
+    hold = 2 * slab + prefetch_depth(p.a) * piece_bytes(mem) * (o.rows.stream_a + o.rows.stream_b)
+    for idx, start, stop in grid.cells(picks):
+        yield Task(i, start, stop, hold, math.prod(e - s for s, e in zip(start, stop)) * bpe, idx)

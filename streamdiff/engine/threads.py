@@ -1,0 +1,178 @@
+"""Run tasks on a thread pool with a bounded total of bytes in flight, and merge their statistics.
+
+Each task reduces to a `LeafStats`; the calling thread merges them in whatever order they finish.
+Merging is order-independent, so the numbers do not depend on scheduling. A pair's stores are
+opened when its first task is submitted and dropped when its last task has settled (tasks of a
+pair are consecutive), so memory follows the pairs in flight, not the size of the tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Protocol
+
+import tensorstore as ts
+
+from .. import malloc
+from ..chunks import ItemSizes
+from ..datatypes import Pair
+from ..plan import MemoryPlan, Sample
+from ..stats import Policy
+from .plans import PairOutcome, plan_pairs
+from .sides import STORAGE_ERRORS, ItemStores, OpenSide, Side, one_line
+from .tasks import Task, tasks
+from .work import PairWork, start_task
+
+ProgressFn = Callable[[int], None]
+
+#: Return freed heap memory to the OS after this many tasks, when asked to (see malloc.py).
+TRIM_EVERY = 8
+
+
+class Opener(Protocol):
+    """Opens a pair's two sides for reading, and is told when the pair's last task has settled."""
+
+    def open(self, i: int) -> tuple[OpenSide, OpenSide]: ...
+
+    def release(self, i: int) -> None: ...
+
+
+class FreshOpener:
+    """Opens each pair when asked and keeps nothing after it (one run, one process)."""
+
+    def __init__(self, pairs: list[Pair], contexts: tuple[ts.Context, ts.Context]):
+        self.pairs = pairs
+        self.contexts = contexts
+        self.sizes = ItemSizes()  # one OCDBT B-tree dump per item for the whole run
+        self.items = ItemStores()
+
+    def open(self, i: int) -> tuple[OpenSide, OpenSide]:
+        p = self.pairs[i]
+        return (
+            OpenSide(Side(p.a), self.contexts[0], self.sizes, self.items),
+            OpenSide(Side(p.b), self.contexts[1], self.sizes, self.items),
+        )
+
+    def release(self, i: int) -> None:
+        pass
+
+
+def run_threads(
+    pairs: list[Pair],
+    policies: list[Policy],
+    contexts: tuple[ts.Context, ts.Context],
+    mem: MemoryPlan,
+    progress: ProgressFn | None = None,
+    shortcut: bool = True,
+    trim_memory: bool = False,
+    sample: Sample | None = None,
+) -> dict[int, PairOutcome]:
+    """Stream every pair the engine reads (plans.streams_values) on `mem.jobs` threads; returns the
+    outcomes by pair index. `trim_memory` returns freed heap to the OS every TRIM_EVERY tasks."""
+    plans = plan_pairs(pairs, policies, mem, shortcut)
+    run = ThreadRun(pairs, policies, plans, mem, FreshOpener(pairs, contexts), progress, trim_memory)
+    run.execute(tasks(pairs, plans, mem, sample))
+    return plans
+
+
+class ThreadRun:
+    """One execution of a stream of tasks over planned pairs; results are merged into `plans`."""
+
+    def __init__(
+        self,
+        pairs: list[Pair],
+        policies: list[Policy],
+        plans: dict[int, PairOutcome],
+        mem: MemoryPlan,
+        opener: Opener,
+        progress: ProgressFn | None = None,
+        trim_memory: bool = False,
+    ):
+        self.pairs = pairs
+        self.policies = policies
+        self.plans = plans
+        self.mem = mem
+        self.opener = opener
+        self.progress = progress
+        self.trim_memory = trim_memory
+        self.opened: dict[int, PairWork] = {}
+        self.pending_of: dict[int, int] = {}  # tasks submitted and not settled, per opened pair
+        self.current: int | None = None  # the pair whose tasks are being submitted
+        self.settled = 0
+
+    def execute(self, todo: Iterable[Task]) -> None:
+        """Run `todo` with bounded bytes in flight; merge each result into its pair's outcome."""
+        pending: dict[Future, Task] = {}
+        held = 0
+        with ThreadPoolExecutor(max_workers=self.mem.jobs, thread_name_prefix="streamdiff") as pool:
+            for t in todo:
+                self._enter(t.pair_index)
+                if self.plans[t.pair_index].error:
+                    self._advance(t)
+                    continue
+                while pending and (len(pending) >= self.mem.in_flight or held + t.nbytes > self.mem.in_flight_bytes):
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        d = pending.pop(fut)
+                        held -= d.nbytes
+                        self._settle(fut, d)
+                fut = self._submit(pool, t)
+                if fut is None:
+                    self._advance(t)
+                    continue
+                pending[fut] = t
+                held += t.nbytes
+            self._enter(None)
+            for fut in list(pending):
+                self._settle(fut, pending.pop(fut))
+        for i in list(self.opened):
+            self._drop(i)
+
+    def _enter(self, i: int | None) -> None:
+        """Tasks of pair `i` start (None: no more tasks): the pair before it gets no more tasks."""
+        if i != self.current:
+            before, self.current = self.current, i
+            if before is not None and not self.pending_of.get(before):
+                self._drop(before)
+
+    def _submit(self, pool: ThreadPoolExecutor, t: Task) -> Future | None:
+        """Open the pair at its first task, issue the task's reads, hand the rest to the pool. A
+        storage failure marks the pair (its later tasks are skipped); None when nothing was submitted."""
+        i = t.pair_index
+        try:
+            w = self.opened.get(i)
+            if w is None:
+                a, b = self.opener.open(i)
+                w = self.opened[i] = PairWork(self.pairs[i], self.policies[i], self.plans[i], a, b, self.mem)
+            rest = start_task(t, w)
+        except STORAGE_ERRORS as e:  # e.g. the store failed to open, a chunk file is corrupt
+            self.plans[i].absorb(None, one_line(e))
+            return None
+        self.pending_of[i] = self.pending_of.get(i, 0) + 1
+        return pool.submit(rest)
+
+    def _settle(self, fut: Future, t: Task) -> None:
+        i = t.pair_index
+        self.settled += 1
+        if self.trim_memory and self.settled % TRIM_EVERY == 0:
+            malloc.trim()  # keep RSS at live memory, whatever the checkpoint size
+        try:
+            stats = fut.result()
+        except STORAGE_ERRORS as e:  # a read or decode failure marks the leaf, not the run
+            self.plans[i].absorb(None, one_line(e))
+        else:
+            self.plans[i].absorb(stats, None)
+        self.pending_of[i] -= 1
+        if not self.pending_of[i] and i != self.current:
+            self._drop(i)
+        self._advance(t)
+
+    def _drop(self, i: int) -> None:
+        self.pending_of.pop(i, None)
+        if self.opened.pop(i, None) is not None:
+            self.opener.release(i)
+
+    def _advance(self, t: Task) -> None:
+        if self.progress:
+            self.progress(t.progress)
