@@ -1,10 +1,15 @@
 """Build a checkpoint item's tree from metadata alone (orbax-format.md §12.B). No chunk data is read.
 
-Structure comes from `_METADATA.tree_metadata[*].key_metadata` (never from splitting names on '.'),
-else from the msgpack `checkpoint` file (legacy orbax, or T5X whose leaves are tensorstore specs, see
-formats/msgpack.py), else (ambiguous) from the stored array names.
-Shapes and dtypes come from each array's zarr metadata, which for OCDBT is inline in the B-tree, so
-one listing plus one concurrent batch of small reads describes every array.
+This module orchestrates: which files to read, every read issued at once, and which reader gets the
+bytes. What a file means is in `formats/`: `_METADATA` and `array_metadatas/*` in `formats/orbax.py`,
+each array's zarr metadata in `formats/zarr_metadata.py` (parsed once per distinct document),
+msgpack files in `formats/msgpack.py`.
+
+Structure comes from `_METADATA`'s key metadata (never from splitting names on '.'), else from the
+msgpack `checkpoint` file (legacy orbax, or T5X whose leaves are tensorstore specs), else
+(ambiguous) from the stored array names. Shapes and dtypes come from each array's zarr metadata,
+which for OCDBT is inline in the B-tree, so one listing plus one concurrent batch of small reads
+describes every array.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from .localfs import check_file, walk_files
 from .locate import Item, ItemKind
 from .storage import META_CACHE, Dir, result_bytes, storage_error
 
-EMPTY_TYPES = orbax.EMPTY_VALUE_TYPES
 #: Metadata files Orbax never writes: their presence means a plain zarr / n5 store.
 PLAIN_ONLY = {".zgroup", ".zattrs", "attributes.json"}
 
@@ -160,8 +164,7 @@ def build_tree(item: Dir) -> Tree:
             zmeta[name] = (fmt, parsed[raw_meta])
     specs, leaves_extra = _t5x_arrays(entries, zmeta, children)
     docs = {n: (f, md, f"{item.display}/{_meta_key(n, f)}") for n, (f, md) in zmeta.items()}
-    bad_meta = validate.check_zarr_documents(docs)  # tensorstore parses them all at once
-    arrays = _typed_metadata(zmeta, bad_meta)
+    arrays = _typed_metadata(zmeta, validate.check_zarr_documents(docs))  # tensorstore checks them all at once
     legacy_strings = _legacy_strings(item, [e for e in entries if _needs_array(e) and e.storage_name not in zmeta])
     claimed: dict[KeyPath, str] = {}
     if not specs:  # T5X: `_t5x_arrays` already accounts for every child of its directory
@@ -173,7 +176,7 @@ def build_tree(item: Dir) -> Tree:
             why = f"value_type {e.value_type!r} in the tree (no stored array), {claimed[e.keys]}"
             leaves[e.keys] = Leaf(e.keys, Kind.ARRAY, e.value_type, not_compared=why)
         else:
-            leaves[e.keys] = _make_leaf(e, item, ocdbt, arrays, strings, legacy_strings, prng, bad_meta)
+            leaves[e.keys] = _make_leaf(e, item, ocdbt, arrays, strings, legacy_strings, prng)
     leaves.update(leaves_extra)
     unreferenced.add_leaves(leaves, unnamed)
     fmts = sorted({f for f, _ in zmeta.values()})
@@ -316,29 +319,13 @@ def _entries_from_metadata(
         if packed_entry is not None and packed_entry.placeholder is not None:
             name = packed_entry.placeholder
         has_inline = entry.value.aggregated and packed_entry is not None and packed_entry.placeholder is None
-        conflict = _msgpack_conflict(vt, skip, packed_entry)
+        conflict = orbax.msgpack_conflict(entry.value, packed_entry)
         value = packed_entry.value if has_inline else None
         out.append(_Entry(entry.keys, vt, name, skip, value, has_inline, None, conflict))
     named = {e.keys for e in metadata}
     why = "in the msgpack `checkpoint` file but not in _METADATA: not read"
     only_msgpack = {m.keys: why for m in packed or [] if m.keys not in named}
     return out, only_msgpack
-
-
-def _msgpack_conflict(vt: str, skip: bool, m: msgpack_format.MsgpackEntry | None) -> str | None:
-    """Why the legacy msgpack file's entry contradicts `_METADATA`, or None: an inline value where
-    `_METADATA` says the value is stored as an array, or a value where it says the node is empty."""
-    if m is None or m.placeholder is not None or m.spec is not None:
-        return None
-    v = m.value
-    empty = v is None or (isinstance(v, (dict, list, tuple)) and not v)
-    if vt in EMPTY_TYPES:
-        if empty:
-            return None
-        return f"_METADATA says value_type {vt!r} (no data), the msgpack `checkpoint` file holds a value"
-    if not skip:
-        return f"_METADATA says value_type {vt!r} stored as an array, the msgpack `checkpoint` file holds it inline"
-    return None
 
 
 def _entries_from_msgpack(packed: list[msgpack_format.MsgpackEntry]) -> list[_Entry]:
@@ -359,14 +346,14 @@ def _entries_from_msgpack(packed: list[msgpack_format.MsgpackEntry]) -> list[_En
             vt = "string"
         else:
             vt = "aggregated"
-        out.append(_Entry(m.keys, vt, ".".join(m.keys), True, v, vt not in EMPTY_TYPES))
+        out.append(_Entry(m.keys, vt, ".".join(m.keys), True, v, vt not in orbax.EMPTY_VALUE_TYPES))
     return out
 
 
 def _needs_array(e: _Entry) -> bool:
     if e.spec is not None and e.spec.unsupported():
         return False  # reported as not compared; its path may not even be a key
-    return e.value_type not in EMPTY_TYPES and e.value_type != "string" and not e.has_inline
+    return e.value_type not in orbax.EMPTY_VALUE_TYPES and e.value_type != "string" and not e.has_inline
 
 
 def _probe_per_leaf(item: Dir, names: list[str]) -> tuple[dict[str, int], dict[str, bytes]]:
@@ -429,11 +416,10 @@ def _make_leaf(
     strings: dict[str, Any],
     legacy_strings: dict[str, str],
     prng: dict[str, str],
-    bad_meta: dict[str, str],
 ) -> Leaf:
     if e.conflict:
         return Leaf(e.keys, "array", e.value_type, error=e.conflict)
-    if e.value_type in EMPTY_TYPES:
+    if e.value_type in orbax.EMPTY_VALUE_TYPES:
         return Leaf(e.keys, "empty", e.value_type)
     if e.has_inline:
         return msgpack_format.inline_leaf(e.keys, e.inline, e.value_type)
@@ -453,18 +439,14 @@ def _make_leaf(
             e.value_type,
             error=f"array {e.storage_name!r} is listed in the tree metadata but missing from storage",
         )
-    if e.storage_name in bad_meta:
-        return Leaf(e.keys, "array", e.value_type, error=f"unreadable zarr metadata: {bad_meta[e.storage_name]}")
     md = arrays[e.storage_name]
     if isinstance(md, str):
-        return Leaf(e.keys, "array", e.value_type, error=f"unreadable zarr metadata {e.storage_name}/{md}")
+        return Leaf(e.keys, "array", e.value_type, error=md)
     source, shape, dtype = _array_source(item, ocdbt, e.storage_name, md), md.shape, md.dtype
     impl = prng.get(e.storage_name)
     if impl:
         kind = "prng_key"
-    elif shape == () and e.value_type in ("scalar", "np.ndarray", "unknown"):
-        # Python and numpy scalars (StandardCheckpointHandler stores np scalars as 0-d np.ndarray);
-        # a 0-d jax.Array such as MaxText's `step` stays an array.
+    elif shape == () and e.value_type in orbax.SCALAR_VALUE_TYPES:
         kind = "scalar"
     else:
         kind = "array"
@@ -472,21 +454,23 @@ def _make_leaf(
 
 
 def _typed_metadata(zmeta: dict[str, tuple[int, dict]], bad: dict[str, str]) -> dict[str, ArrayMetadata | str]:
-    """name -> the array's typed metadata, or why it cannot be read ("<file name>: <why>"); each
-    distinct document is parsed once and its object shared by every leaf using it."""
+    """name -> the array's typed metadata, or why it cannot be read (`bad`: name -> what the checks
+    refused); each distinct document is parsed once and its object shared by every leaf using it."""
     out: dict[str, ArrayMetadata | str] = {}
     done: dict[int, ArrayMetadata | str] = {}
     for name, (fmt, md) in zmeta.items():
         if name in bad:
-            out[name] = bad[name]
+            out[name] = f"unreadable zarr metadata: {bad[name]}"
             continue
         if id(md) not in done:
             done[id(md)] = _parse_array(fmt, md)
-        out[name] = done[id(md)]
+        parsed = done[id(md)]
+        out[name] = parsed if isinstance(parsed, ArrayMetadata) else f"unreadable zarr metadata {name}/{parsed}"
     return out
 
 
 def _parse_array(fmt: int, md: Any) -> ArrayMetadata | str:
+    """The typed metadata, or why not as "<file name>: <why>"."""
     where = METADATA_FILE[fmt]
     try:
         if not isinstance(md, dict):

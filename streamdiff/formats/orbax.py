@@ -18,6 +18,7 @@ from typing import Any
 from .. import validate
 from ..datatypes import KeyPath
 from ..errors import CorruptCheckpointError
+from .msgpack import MsgpackEntry
 
 # `_METADATA` keys (orbax `_src/metadata/tree.py` and `value_metadata_entry.py`).
 TREE_METADATA = "tree_metadata"
@@ -44,6 +45,9 @@ RANDOM_KEY_IMPL = "random_key_impl"
 #: value_types of nodes that hold no data: empty containers and unregistered leaf types (§4).
 EMPTY_VALUE_TYPES = frozenset({"None", "Dict", "List", "Tuple", "NamedTuple"})
 UNKNOWN = "unknown"
+#: value_types of a rank-0 array compared as a scalar: Python and numpy scalars (StandardCheckpointHandler
+#: stores numpy scalars as 0-d np.ndarray); a 0-d jax.Array such as MaxText's `step` stays an array.
+SCALAR_VALUE_TYPES = frozenset({"scalar", "np.ndarray", UNKNOWN})
 
 
 class KeyType(IntEnum):
@@ -120,6 +124,22 @@ def without_placeholders(entries: tuple[TreeEntry, ...]) -> list[TreeEntry]:
     containers that later got children (partial saves), dropped as orbax's `as_nested_tree` does."""
     prefixes = {e.keys[:i] for e in entries for i in range(len(e.keys))}
     return [e for e in entries if e.keys not in prefixes]
+
+
+def msgpack_conflict(value: ValueMetadata, m: MsgpackEntry | None) -> str | None:
+    """Why the legacy msgpack `checkpoint` file's entry contradicts `_METADATA`, or None: an inline
+    value where `_METADATA` says the value is stored as an array, or a value where it says the node
+    is empty. Orbax restores from both files, so neither can be trusted over the other."""
+    if m is None or m.placeholder is not None or m.spec is not None:
+        return None
+    v, vt = m.value, value.value_type
+    if value.empty:
+        if v is None or (isinstance(v, (dict, list, tuple)) and not v):
+            return None
+        return f"_METADATA says value_type {vt!r} (no data), the msgpack `checkpoint` file holds a value"
+    if not value.skip_deserialize:
+        return f"_METADATA says value_type {vt!r} stored as an array, the msgpack `checkpoint` file holds it inline"
+    return None
 
 
 def prng_impls(doc: Any, where: str) -> dict[str, str]:

@@ -402,12 +402,11 @@ def _v2_chunk_keys_checked(raw: dict[str, bytes]) -> dict[str, bytes]:
         return raw
     doc = json.loads(raw[".zarray"])
     chunks = [k for k in raw if k not in NODE_FILES]
-    sep = doc.get("dimension_separator")
-    if sep is None:
-        sep = "/" if any("/" in k for k in chunks) else "."
-        raw = dict(raw, **{".zarray": json.dumps(dict(doc, dimension_separator=sep)).encode()})
-    ndim = len(doc.get("shape", ()))
-    odd = [k for k in chunks if len(k.split(sep)) != max(1, ndim) or not all(p.isdigit() for p in k.split(sep))]
+    if doc.get("dimension_separator") is None:
+        doc = dict(doc, dimension_separator="/" if any("/" in k for k in chunks) else ".")
+        raw = dict(raw, **{".zarray": json.dumps(doc).encode()})
+    md = zarr_metadata.parse(Driver.ZARR, doc)
+    odd = [k for k in chunks if not md.is_chunk_key(k)]
     if odd:
         raise ValueError(f"stored keys that are not chunks of this array: {', '.join(sorted(odd)[:3])}")
     return raw
