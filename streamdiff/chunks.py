@@ -29,41 +29,17 @@ import zstandard
 
 from .datatypes import ArraySource
 from .formats import ocdbt
+from .formats.zarr_metadata import ArrayMetadata
 
 #: Bytes fetched per range read when streaming a chunk.
 PIECE_BYTES = 8 << 20
 
 
-@dataclass(frozen=True)
-class ChunkFormat:
-    """What the stored bytes of one array's chunks look like."""
-
-    zarr_format: int
-    dtype: np.dtype  # with the stored byte order
-    chunk_shape: tuple[int, ...]  # storage grid (zarr3: shard shape)
-    inner_shape: tuple[int, ...]  # inner chunk shape (== chunk_shape for zarr2)
-    compressor: str | None  # 'zstd' or 'raw'; None when the codec chain cannot be streamed
-    shard_index_at_end: bool | None  # None: not sharded
-    shard_index_crc: bool
-    separator: str  # chunk key separator
-    prefix: str  # 'c' + separator for zarr3 default keys, '' otherwise
-    #: Equal signatures => equal stored bytes mean equal values. The key encoding is deliberately
-    #: not part of it: it names chunks, it does not change their bytes. Whoever reads a chunk of
-    #: either side must spell its key with that side's own `key()`.
-    signature: str
-
-    def key(self, grid_index: tuple[int, ...]) -> str:
-        if not grid_index:
-            return "c" if self.prefix else "0"
-        return self.prefix + self.separator.join(str(i) for i in grid_index)
-
-    @property
-    def inner_per_shard(self) -> tuple[int, ...]:
-        return tuple(c // i for c, i in zip(self.chunk_shape, self.inner_shape))
-
-    @property
-    def streamable(self) -> bool:
-        return self.compressor is not None
+#: What the stored bytes of one array's chunks look like: the array's typed metadata, which has the
+#: storage grid (`chunk_shape`), the read chunk (`inner_shape`), `key()`, `streamable`, `signature`,
+#: the stored dtype and the shard index (formats/zarr_metadata.py). Whoever reads a chunk of either
+#: side must spell its key with that side's own `key()`: signatures leave the key encoding out.
+ChunkFormat = ArrayMetadata
 
 
 class MissingChunk(ValueError):
@@ -71,55 +47,8 @@ class MissingChunk(ValueError):
 
 
 def chunk_format(source: ArraySource) -> ChunkFormat:
-    md = source.spec["metadata"]
-    if source.spec.get("driver") == "n5":
-        # n5 chunks carry a header of their own: neither streamed nor compared as bytes (signature '').
-        shape = source.chunk_shape
-        return ChunkFormat(0, np.dtype(md["dataType"]), shape, shape, None, None, False, "/", "", "")
-    if source.zarr_format == 2:
-        dtype = np.dtype(md["dtype"])
-        comp = md.get("compressor")
-        ok = not md.get("filters") and md.get("order", "C") == "C"
-        compressor = None
-        if ok and comp is None:
-            compressor = "raw"
-        elif ok and comp.get("id") == "zstd":
-            compressor = "zstd"
-        sep = md.get("dimension_separator", ".")
-        signature = json.dumps([2, md["dtype"], md["chunks"], comp, md.get("filters"), md.get("order")])
-        shape = source.chunk_shape
-        return ChunkFormat(2, dtype, shape, shape, compressor, None, False, sep, "", signature)
-    codecs = md.get("codecs", [])
-    enc = md.get("chunk_key_encoding", {"name": "default"})
-    sep = (enc.get("configuration") or {}).get("separator", "/" if enc.get("name") == "default" else ".")
-    prefix = "c" + sep if enc.get("name") == "default" else ""  # 'c/0/0', or 'c.0.0' with separator '.'
-    signature = json.dumps([3, md["data_type"], source.chunk_shape, codecs], sort_keys=True)
-    at_end, crc, inner = None, False, codecs
-    if len(codecs) == 1 and codecs[0].get("name") == "sharding_indexed":
-        conf = codecs[0]["configuration"]
-        at_end = conf.get("index_location", "end") == "end"
-        crc = any(c.get("name") == "crc32c" for c in conf.get("index_codecs", []))
-        inner = conf.get("codecs", [])
-    compressor, endian = _zarr3_chain(inner)
-    dtype = np.dtype(md["data_type"]).newbyteorder("<" if endian != "big" else ">")
-    if dtype.itemsize == 1:
-        dtype = np.dtype(md["data_type"])
-    return ChunkFormat(
-        3, dtype, source.chunk_shape, source.read_chunk_shape, compressor, at_end, crc, sep, prefix, signature
-    )
-
-
-def _zarr3_chain(codecs: list[dict]) -> tuple[str | None, str]:
-    """('zstd' | 'raw' | None, endian) for a bytes[+zstd] chain; anything else cannot stream."""
-    names = [c.get("name") for c in codecs]
-    endian = "little"
-    if names and names[0] == "bytes":
-        endian = (codecs[0].get("configuration") or {}).get("endian", "little")
-    if names == ["bytes"]:
-        return "raw", endian
-    if names == ["bytes", "zstd"]:
-        return "zstd", endian
-    return None, endian
+    """The chunk format of a stored array: its metadata, parsed once by the reader."""
+    return source.metadata
 
 
 class RawStore:
@@ -264,9 +193,8 @@ class _RangeSource:
 def inner_chunk_range(raw: RawStore, shard_key: str, inner_index: tuple[int, ...]) -> tuple[int, int]:
     """(offset, nbytes) of one inner chunk of a zarr3 shard, from the shard index."""
     f = raw.format
-    n = int(np.prod(f.inner_per_shard)) if f.inner_per_shard else 1
-    index_bytes = 16 * n + (4 if f.shard_index_crc else 0)
-    rng = slice(-index_bytes, None) if f.shard_index_at_end else slice(0, index_bytes)
+    index = f.shard_index
+    rng = slice(-index.nbytes, None) if index.at_end else slice(0, index.nbytes)
     r = raw.kv.read(shard_key, byte_range=rng).result()
     if r.state != "value":
         raise MissingChunk(f"shard {shard_key!r} is missing")
@@ -295,10 +223,10 @@ def stream_chunk(
     f = raw.format
     shape = f.inner_shape
     row_elems = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-    row_bytes = row_elems * f.dtype.itemsize
+    row_bytes = row_elems * f.stored_dtype.itemsize
     total_rows = shape[0] if shape else 1
     # One buffer, reused: each slab is compared before the next is decoded into it.
-    buf = np.empty((min(rows_per_slab, total_rows),) + tuple(shape[1:]), dtype=f.dtype)
+    buf = np.empty((min(rows_per_slab, total_rows),) + tuple(shape[1:]), dtype=f.stored_dtype)
     try:
         key, reader = _chunk_reader(raw, grid_index, piece, depth)
         # The first read tells whether the chunk is stored at all.
@@ -327,7 +255,7 @@ def stream_chunk(
 def _chunk_reader(raw: RawStore, grid_index: tuple[int, ...], piece: int, depth: int):
     """(key, file-like reader of the decoded bytes) of one (inner) chunk."""
     f = raw.format
-    if f.shard_index_at_end is None:
+    if f.shard_index is None:
         key, start, stop = f.key(grid_index), 0, None
     else:
         per = f.inner_per_shard

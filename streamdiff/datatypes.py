@@ -11,7 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .formats.zarr_metadata import ArrayMetadata
 
 #: A leaf's position in the tree: one string per nesting level (dict key, attribute or index).
 KeyPath = tuple[str, ...]
@@ -98,16 +101,35 @@ def parse_path(text: str) -> KeyPath:
     return tuple(p.replace("~1", "/").replace("~0", "~") for p in text.split("/"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ArraySource:
-    """How to open one stored zarr array with tensorstore, and what its storage looks like."""
+    """How to open one stored zarr array with tensorstore, and what its storage looks like.
+
+    `metadata` is the array's parsed metadata (formats/zarr_metadata.py), shared by every leaf
+    whose document is the same; the spec carries its document for tensorstore."""
 
     spec: dict[str, Any] = field(hash=False, compare=False)  # tensorstore spec (metadata assumed)
-    storage_name: str  # orbax param name: the kvstore prefix of the array
-    zarr_format: int  # 2 or 3
-    chunk_shape: tuple[int, ...]  # storage grid (zarr3: the shard shape)
-    read_chunk_shape: tuple[int, ...]  # smallest decodable unit (zarr3: inner chunk shape)
-    codec: str  # human description, e.g. 'zstd(level=1)'
+    metadata: ArrayMetadata
+
+    @property
+    def zarr_format(self) -> int:
+        """2 or 3 (0: n5)."""
+        return self.metadata.zarr_format
+
+    @property
+    def chunk_shape(self) -> tuple[int, ...]:
+        """The storage grid (zarr3 sharded: the shard shape)."""
+        return self.metadata.chunk_shape
+
+    @property
+    def read_chunk_shape(self) -> tuple[int, ...]:
+        """The smallest decodable unit (zarr3 sharded: the inner chunk shape)."""
+        return self.metadata.read_chunk_shape
+
+    @property
+    def codec(self) -> str:
+        """Human description, e.g. 'zstd(level=1)'."""
+        return self.metadata.codec
 
     @property
     def is_local(self) -> bool:

@@ -15,7 +15,6 @@ Two guards use it:
 from __future__ import annotations
 
 import math
-import re
 import struct
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from .datatypes import ArraySource
 from .errors import CorruptCheckpointError
+from .formats.zarr_metadata import Driver
 from .localfs import walk_files
 from .units import human_bytes
 
@@ -59,29 +59,13 @@ class Encoding:
 
 
 def encoding_of(source: ArraySource, dtype: str) -> Encoding:
-    md = source.spec["metadata"]
-    itemsize = np.dtype(dtype).itemsize
-    if source.zarr_format == 2:
-        comp = md.get("compressor")
-        cid = "raw" if comp is None else str(comp.get("id"))
-        codec = cid if cid in ("raw", "zstd", "blosc", "zlib", "gzip") else "other"
-        decoded = math.prod(source.chunk_shape) * itemsize
-        return Encoding(codec, decoded, 1, 0, True, False, bool(md.get("filters")))
-    codecs = md.get("codecs", [])
-    per, index_bytes, at_end = 1, 0, True
-    if len(codecs) == 1 and codecs[0].get("name") == "sharding_indexed":
-        conf = codecs[0].get("configuration") or {}
-        per = math.prod(c // i for c, i in zip(source.chunk_shape, source.read_chunk_shape))
-        crc = any(c.get("name") == "crc32c" for c in conf.get("index_codecs", []))
-        index_bytes = 16 * per + 4 * crc
-        at_end = conf.get("index_location", "end") == "end"
-        codecs = conf.get("codecs", [])
-    names = [c.get("name") for c in codecs if c.get("name") not in ("bytes", "transpose")]
-    crc = bool(names) and names[-1] == "crc32c"
-    names = names[:-1] if crc else names
-    codec = "raw" if not names else names[0] if len(names) == 1 and names[0] in ("zstd", "blosc", "gzip") else "other"
-    decoded = math.prod(source.read_chunk_shape) * itemsize
-    return Encoding(codec, decoded, per, index_bytes, at_end, crc, False)
+    """The encoding facts of a stored array, from its typed metadata."""
+    md = source.metadata
+    decoded = math.prod(md.read_chunk_shape) * np.dtype(dtype).itemsize
+    index = md.shard_index
+    if index is None:
+        return Encoding(md.codec_family, decoded, 1, 0, True, md.chunk_crc, md.filtered)
+    return Encoding(md.codec_family, decoded, index.entries, index.nbytes, index.at_end, md.chunk_crc, md.filtered)
 
 
 def plausible(data: bytes, enc: Encoding) -> bool:
@@ -174,27 +158,6 @@ def _zstd_frame_ok(data: bytes, size: int, n: int) -> bool:
     return pos + (4 if fhd & 0x04 else 0) == size
 
 
-def chunk_key_pattern(source: ArraySource) -> re.Pattern[str]:
-    """Names of stored chunk (or shard) values relative to the array's directory."""
-    md = source.spec["metadata"]
-    nd = len(source.chunk_shape)
-    if source.spec.get("driver") == "n5":  # n5: `0/1/2` under the array's directory
-        return re.compile("/".join([r"\d+"] * max(nd, 1)) + r"\Z")
-    if source.zarr_format == 2:
-        sep = re.escape(md.get("dimension_separator", "."))
-        prefix = ""
-    else:
-        enc = md.get("chunk_key_encoding") or {"name": "default"}
-        default = enc.get("name") == "default"
-        sep = re.escape((enc.get("configuration") or {}).get("separator", "/" if default else "."))
-        prefix = "c" + sep if default else ""
-        if default and nd == 0:
-            return re.compile(r"c\Z")
-    if nd == 0:
-        return re.compile(r"0\Z")
-    return re.compile(prefix + sep.join([r"\d+"] * nd) + r"\Z")
-
-
 def audit_chunk_files(source: ArraySource, enc: Encoding) -> None:
     """Local per-array directories: every stored chunk must be a regular file (a FIFO would block
     tensorstore's read forever) no larger than its encoding allows (a grown chunk would be read
@@ -203,10 +166,10 @@ def audit_chunk_files(source: ArraySource, enc: Encoding) -> None:
     if kv.get("driver") != "file":
         return
     root = kv["path"].rstrip("/")
-    pattern = chunk_key_pattern(source)
+    md = source.metadata
     # n5 chunks carry a header of their own that the encoding's bound does not know: type check only.
-    limit = enc.max_stored if source.spec.get("driver") != "n5" else float("inf")
-    for key, size in walk_files(root, root, lambda rel: pattern.match(rel) is not None):
+    limit = enc.max_stored if md.driver is not Driver.N5 else float("inf")
+    for key, size in walk_files(root, root, lambda rel: md.key_encoding.parse(rel, md.ndim) is not None):
         if size > limit:
             raise CorruptCheckpointError(
                 f"{root}/{key}: {human_bytes(size)} on disk, more than a chunk of {enc.decoded * enc.per_value} "

@@ -1,35 +1,37 @@
 """Build a checkpoint item's tree from metadata alone (orbax-format.md §12.B). No chunk data is read.
 
-Structure comes from `_METADATA.tree_metadata[*].key_metadata` (never from splitting names on '.'),
-else from the msgpack `checkpoint` file (legacy orbax, or T5X whose leaves are tensorstore specs, see
-formats/msgpack.py), else (ambiguous) from the stored array names.
-Shapes and dtypes come from each array's zarr metadata, which for OCDBT is inline in the B-tree, so
-one listing plus one concurrent batch of small reads describes every array.
+This module orchestrates: which files to read, every read issued at once, and which reader gets the
+bytes. What a file means is in `formats/`: `_METADATA` and `array_metadatas/*` in `formats/orbax.py`,
+each array's zarr metadata in `formats/zarr_metadata.py` (parsed once per distinct document),
+msgpack files in `formats/msgpack.py`.
+
+Structure comes from `_METADATA`'s key metadata (never from splitting names on '.'), else from the
+msgpack `checkpoint` file (legacy orbax, or T5X whose leaves are tensorstore specs), else
+(ambiguous) from the stored array names. Shapes and dtypes come from each array's zarr metadata,
+which for OCDBT is inline in the B-tree, so one listing plus one concurrent batch of small reads
+describes every array.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import tensorstore as ts
 
-from . import dtypes, unreferenced, validate
+from . import unreferenced, validate
 from .datatypes import ArraySource, KeyPath, Kind, Leaf, Tree
 from .errors import CorruptCheckpointError, NotACheckpointError, StreamdiffError
-from .formats import foreign, json_item, ocdbt, zarr
+from .formats import foreign, json_item, ocdbt, orbax, zarr, zarr_metadata
 from .formats import msgpack as msgpack_format
+from .formats.zarr_metadata import METADATA_FILE, METADATA_FILES, ArrayMetadata
 from .localfs import check_file, walk_files
 from .locate import Item, ItemKind
 from .storage import META_CACHE, Dir, result_bytes, storage_error
 
-EMPTY_TYPES = {"None", "Dict", "List", "Tuple", "NamedTuple"}
-ZARR_META = {".zarray": 2, "zarr.json": 3}
 #: Metadata files Orbax never writes: their presence means a plain zarr / n5 store.
 PLAIN_ONLY = {".zgroup", ".zattrs", "attributes.json"}
-META_NAME = {fmt: name for name, fmt in ZARR_META.items()}
 
 
 @dataclass(frozen=True)
@@ -102,9 +104,10 @@ def build_tree(item: Dir) -> Tree:
 
     raw = {n: result_bytes(f, f"{item.display}/{n}") for n, f in futures.items()}
     notes: list[str] = []
-    metadata = _parse_json(raw.get("_METADATA"), item, "_METADATA")
+    metadata = None
     if raw.get("_METADATA") is not None:  # present: must be valid (`null` is not "missing")
-        validate.check_tree_metadata(metadata, f"{item.display}/_METADATA")
+        doc = _parse_json(raw["_METADATA"], item, "_METADATA")
+        metadata = orbax.tree_metadata(doc, f"{item.display}/_METADATA")
     msgpack_entries = _parse_msgpack(raw.get("checkpoint"), item)
     strings = _parse_json(raw.get("_strings.json"), item, "_strings.json")
     if raw.get("_strings.json") is not None:
@@ -127,7 +130,7 @@ def build_tree(item: Dir) -> Tree:
 
     unnamed: dict[KeyPath, str] = {}  # stored data no tree entry reads
     if metadata is not None:
-        entries, unnamed = _entries_from_metadata(metadata, item, msgpack_entries)
+        entries, unnamed = _entries_from_metadata(metadata, msgpack_entries)
     elif msgpack_entries is not None:
         entries = _entries_from_msgpack(msgpack_entries)
     else:
@@ -160,12 +163,12 @@ def build_tree(item: Dir) -> Tree:
                 parsed[raw_meta] = _parse_json(raw_meta, item, key)
             zmeta[name] = (fmt, parsed[raw_meta])
     specs, leaves_extra = _t5x_arrays(entries, zmeta, children)
-    docs = {n: (f, md, f"{item.display}/{n + '/' if n else ''}{META_NAME[f]}") for n, (f, md) in zmeta.items()}
-    bad_meta = validate.check_zarr_documents(docs)  # tensorstore parses them all at once
+    docs = {n: (f, md, f"{item.display}/{_meta_key(n, f)}") for n, (f, md) in zmeta.items()}
+    arrays = _typed_metadata(zmeta, validate.check_zarr_documents(docs))  # tensorstore checks them all at once
     legacy_strings = _legacy_strings(item, [e for e in entries if _needs_array(e) and e.storage_name not in zmeta])
     claimed: dict[KeyPath, str] = {}
     if not specs:  # T5X: `_t5x_arrays` already accounts for every child of its directory
-        valid = {n: v for n, v in zmeta.items() if n not in bad_meta}  # a bad document's leaf is an error
+        valid = {n: md for n, md in arrays.items() if isinstance(md, ArrayMetadata)}  # the others are errors
         claimed = _unreferenced(item, children, ocdbt, keys if ocdbt else [], stored, entries, unnamed, valid)
     leaves: dict[KeyPath, Leaf] = {}
     for e in entries:
@@ -173,7 +176,7 @@ def build_tree(item: Dir) -> Tree:
             why = f"value_type {e.value_type!r} in the tree (no stored array), {claimed[e.keys]}"
             leaves[e.keys] = Leaf(e.keys, Kind.ARRAY, e.value_type, not_compared=why)
         else:
-            leaves[e.keys] = _make_leaf(e, item, ocdbt, zmeta, strings, legacy_strings, prng, bad_meta)
+            leaves[e.keys] = _make_leaf(e, item, ocdbt, arrays, strings, legacy_strings, prng)
     leaves.update(leaves_extra)
     unreferenced.add_leaves(leaves, unnamed)
     fmts = sorted({f for f, _ in zmeta.values()})
@@ -193,7 +196,7 @@ def _unreferenced(
     stored: dict[str, int],
     entries: list[_Entry],
     unnamed: dict[KeyPath, str],
-    zmeta: dict[str, tuple[int, dict]],
+    arrays: dict[str, ArrayMetadata],
 ) -> dict[KeyPath, str]:
     """Add to `unnamed` what the item stores that no entry reads (see unreferenced.py); return the
     entries whose value_type gives them no array although one is stored under their name."""
@@ -201,7 +204,7 @@ def _unreferenced(
     no_data = {e.storage_name: e.keys for e in entries if not _needs_array(e) and e.spec is None}
     claimed: dict[KeyPath, str] = {}
     if ocdbt:
-        extra, claimed = unreferenced.ocdbt_leftovers(keys, set(stored), used, no_data, zmeta)
+        extra, claimed = unreferenced.ocdbt_leftovers(keys, set(stored), used, no_data, arrays)
         unnamed.update(extra)
     extra, more = unreferenced.directory_leftovers(item, children, ocdbt, used, no_data)
     unnamed.update(extra)
@@ -286,15 +289,9 @@ def _prng_impls(futures: list[ts.Future], item: Dir) -> dict[str, str]:
     out: dict[str, str] = {}
     for fut in futures:
         raw = result_bytes(fut, f"{item.display}/array_metadatas")
-        if raw is None:
-            continue
-        doc = _parse_json(raw, item, "array_metadatas/*")
-        validate.check_array_metadatas(doc, f"{item.display}/array_metadatas")
-        for entry in doc.get("array_metadatas", []):
-            am = entry.get("array_metadata", entry) if isinstance(entry, dict) else {}
-            impl = (am.get("ext_metadata") or {}).get("random_key_impl")
-            if impl and "param_name" in am:
-                out[am["param_name"]] = impl
+        if raw is not None:
+            doc = _parse_json(raw, item, "array_metadatas/*")
+            out.update(orbax.prng_impls(doc, f"{item.display}/array_metadatas"))
     return out
 
 
@@ -303,54 +300,32 @@ def _arrays_from_keys(keys: list[str]) -> dict[str, int]:
     out: dict[str, int] = {}
     for k in keys:
         head, _, last = k.rpartition("/")
-        if last in ZARR_META:
-            out.setdefault(head, ZARR_META[last])
+        if last in METADATA_FILES:
+            out.setdefault(head, METADATA_FILES[last])
     return out
 
 
-def _entries_from_metadata(metadata: Any, item: Dir, packed: list | None) -> tuple[list[_Entry], dict[KeyPath, str]]:
+def _entries_from_metadata(
+    metadata: tuple[orbax.TreeEntry, ...], packed: list | None
+) -> tuple[list[_Entry], dict[KeyPath, str]]:
     """The leaves `_METADATA` names, and (why, by path) the legacy msgpack file's entries it lacks:
     orbax restores from both, so a value only the msgpack file holds is never silently dropped."""
-    tm = metadata["tree_metadata"]
     inline = {m.keys: m for m in packed or []}
-    raw: list[_Entry] = []
-    for entry in tm.values():
-        try:
-            keys = tuple(str(k["key"]) for k in entry["key_metadata"])
-        except (KeyError, TypeError) as e:
-            raise CorruptCheckpointError(f"{item.display}/_METADATA: malformed key_metadata") from e
-        vm = entry.get("value_metadata") or {}
-        vt = str(vm.get("value_type", "unknown"))
-        skip = bool(vm.get("skip_deserialize", False))
-        packed_entry = inline.get(keys)
-        name = ".".join(keys)
+    out: list[_Entry] = []
+    for entry in orbax.without_placeholders(metadata):
+        vt, skip = entry.value.value_type, entry.value.skip_deserialize
+        packed_entry = inline.get(entry.keys)
+        name = entry.param_name
         if packed_entry is not None and packed_entry.placeholder is not None:
             name = packed_entry.placeholder
-        has_inline = skip and vt not in EMPTY_TYPES and packed_entry is not None and packed_entry.placeholder is None
-        conflict = _msgpack_conflict(vt, skip, packed_entry)
-        raw.append(_Entry(keys, vt, name, skip, packed_entry.value if has_inline else None, has_inline, None, conflict))
-    # Drop entries that are strict prefixes of others: placeholders of partial saves (§4).
-    prefixes = {e.keys[:i] for e in raw for i in range(len(e.keys))}
-    named = {e.keys for e in raw}
+        has_inline = entry.value.aggregated and packed_entry is not None and packed_entry.placeholder is None
+        conflict = orbax.msgpack_conflict(entry.value, packed_entry)
+        value = packed_entry.value if has_inline else None
+        out.append(_Entry(entry.keys, vt, name, skip, value, has_inline, None, conflict))
+    named = {e.keys for e in metadata}
     why = "in the msgpack `checkpoint` file but not in _METADATA: not read"
     only_msgpack = {m.keys: why for m in packed or [] if m.keys not in named}
-    return [e for e in raw if e.keys not in prefixes], only_msgpack
-
-
-def _msgpack_conflict(vt: str, skip: bool, m: msgpack_format.MsgpackEntry | None) -> str | None:
-    """Why the legacy msgpack file's entry contradicts `_METADATA`, or None: an inline value where
-    `_METADATA` says the value is stored as an array, or a value where it says the node is empty."""
-    if m is None or m.placeholder is not None or m.spec is not None:
-        return None
-    v = m.value
-    empty = v is None or (isinstance(v, (dict, list, tuple)) and not v)
-    if vt in EMPTY_TYPES:
-        if empty:
-            return None
-        return f"_METADATA says value_type {vt!r} (no data), the msgpack `checkpoint` file holds a value"
-    if not skip:
-        return f"_METADATA says value_type {vt!r} stored as an array, the msgpack `checkpoint` file holds it inline"
-    return None
+    return out, only_msgpack
 
 
 def _entries_from_msgpack(packed: list[msgpack_format.MsgpackEntry]) -> list[_Entry]:
@@ -371,20 +346,20 @@ def _entries_from_msgpack(packed: list[msgpack_format.MsgpackEntry]) -> list[_En
             vt = "string"
         else:
             vt = "aggregated"
-        out.append(_Entry(m.keys, vt, ".".join(m.keys), True, v, vt not in EMPTY_TYPES))
+        out.append(_Entry(m.keys, vt, ".".join(m.keys), True, v, vt not in orbax.EMPTY_VALUE_TYPES))
     return out
 
 
 def _needs_array(e: _Entry) -> bool:
     if e.spec is not None and e.spec.unsupported():
         return False  # reported as not compared; its path may not even be a key
-    return e.value_type not in EMPTY_TYPES and e.value_type != "string" and not e.has_inline
+    return e.value_type not in orbax.EMPTY_VALUE_TYPES and e.value_type != "string" and not e.has_inline
 
 
 def _probe_per_leaf(item: Dir, names: list[str]) -> tuple[dict[str, int], dict[str, bytes]]:
     """Non-OCDBT: which of `<name>/.zarray` and `<name>/zarr.json` exists, asked concurrently; and
     the bytes read on the way (the metadata itself: not read a second time)."""
-    futs = {(n, f): item.read_async((n + "/" if n else "") + f) for n in dict.fromkeys(names) for f in ZARR_META}
+    futs = {(n, f): item.read_async((n + "/" if n else "") + f) for n in dict.fromkeys(names) for f in METADATA_FILES}
     out: dict[str, int] = {}
     found: dict[str, bytes] = {}
     for (n, f), fut in futs.items():
@@ -393,13 +368,13 @@ def _probe_per_leaf(item: Dir, names: list[str]) -> tuple[dict[str, int], dict[s
         except Exception as e:
             raise storage_error(e, f"{item.display}/{n}/{f}") from e
         if r.state == "value" and n not in out:
-            out[n] = ZARR_META[f]
-            found[_meta_key(n, ZARR_META[f])] = bytes(r.value)
+            out[n] = METADATA_FILES[f]
+            found[_meta_key(n, METADATA_FILES[f])] = bytes(r.value)
     return out, found
 
 
 def _meta_key(name: str, fmt: int) -> str:
-    return (name + "/" if name else "") + META_NAME[fmt]
+    return (name + "/" if name else "") + METADATA_FILE[fmt]
 
 
 def _meta_reader(item: Dir, kv: ts.KvStore | None, name: str, fmt: int, inline: dict[str, bytes]) -> ts.Future | bytes:
@@ -415,7 +390,7 @@ def _walk_ocdbt(item: Dir) -> tuple[dict[str, bytes], list[str] | None]:
     ({}, None) when the walk fails (the caller then lists and reads key by key, as before)."""
     try:
         base = ts.KvStore.open(item.kv_spec(), context=item.storage.context).result()
-        entries = ocdbt.walk(base, frozenset(ZARR_META))
+        entries = ocdbt.walk(base, frozenset(METADATA_FILES))
     except Exception:  # noqa: BLE001 - an optimisation: the per-key path reports real errors
         return {}, None
     return {e.key: e.inline for e in entries if e.inline is not None}, [e.key for e in entries]
@@ -437,15 +412,14 @@ def _make_leaf(
     e: _Entry,
     item: Dir,
     ocdbt: bool,
-    zmeta: dict[str, tuple[int, dict]],
+    arrays: dict[str, ArrayMetadata | str],
     strings: dict[str, Any],
     legacy_strings: dict[str, str],
     prng: dict[str, str],
-    bad_meta: dict[str, str],
 ) -> Leaf:
     if e.conflict:
         return Leaf(e.keys, "array", e.value_type, error=e.conflict)
-    if e.value_type in EMPTY_TYPES:
+    if e.value_type in orbax.EMPTY_VALUE_TYPES:
         return Leaf(e.keys, "empty", e.value_type)
     if e.has_inline:
         return msgpack_format.inline_leaf(e.keys, e.inline, e.value_type)
@@ -458,76 +432,69 @@ def _make_leaf(
         if name in legacy_strings:
             return Leaf(e.keys, "string", "string", value=legacy_strings[name])
         return Leaf(e.keys, "string", "string", error=f"string {name!r} is missing from _strings.json")
-    if e.storage_name not in zmeta:
+    if e.storage_name not in arrays:
         return Leaf(
             e.keys,
             "array",
             e.value_type,
             error=f"array {e.storage_name!r} is listed in the tree metadata but missing from storage",
         )
-    fmt, md = zmeta[e.storage_name]
-    if e.storage_name in bad_meta:
-        return Leaf(e.keys, "array", e.value_type, error=f"unreadable zarr metadata: {bad_meta[e.storage_name]}")
-    try:
-        source, shape, dtype = _array_source(item, ocdbt, e.storage_name, fmt, md)
-    except KeyError as exc:  # str(KeyError) is only the quoted key: say what it is
-        where = f"{e.storage_name}/{'.zarray' if fmt == 2 else 'zarr.json'}"
-        return Leaf(e.keys, "array", e.value_type, error=f"unreadable zarr metadata {where}: no field {exc.args[0]!r}")
-    except (TypeError, ValueError, AttributeError, StreamdiffError) as exc:
-        where = f"{e.storage_name}/{'.zarray' if fmt == 2 else 'zarr.json'}"
-        return Leaf(e.keys, "array", e.value_type, error=f"unreadable zarr metadata {where}: {exc}")
+    md = arrays[e.storage_name]
+    if isinstance(md, str):
+        return Leaf(e.keys, "array", e.value_type, error=md)
+    source, shape, dtype = _array_source(item, ocdbt, e.storage_name, md), md.shape, md.dtype
     impl = prng.get(e.storage_name)
     if impl:
         kind = "prng_key"
-    elif shape == () and e.value_type in ("scalar", "np.ndarray", "unknown"):
-        # Python and numpy scalars (StandardCheckpointHandler stores np scalars as 0-d np.ndarray);
-        # a 0-d jax.Array such as MaxText's `step` stays an array.
+    elif shape == () and e.value_type in orbax.SCALAR_VALUE_TYPES:
         kind = "scalar"
     else:
         kind = "array"
     return Leaf(e.keys, kind, e.value_type, shape=shape, dtype=dtype, source=source, prng_impl=impl)
 
 
-def _ints(value: Any, field: str) -> tuple[int, ...]:
-    """A list of integers from metadata, or a ValueError naming the field (not "'int' object is
-    not iterable")."""
-    if not isinstance(value, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in value):
-        raise ValueError(f"`{field}` must be a list of integers, got {json.dumps(value)[:60]}")
-    return tuple(value)
+def _typed_metadata(zmeta: dict[str, tuple[int, dict]], bad: dict[str, str]) -> dict[str, ArrayMetadata | str]:
+    """name -> the array's typed metadata, or why it cannot be read (`bad`: name -> what the checks
+    refused); each distinct document is parsed once and its object shared by every leaf using it."""
+    out: dict[str, ArrayMetadata | str] = {}
+    done: dict[int, ArrayMetadata | str] = {}
+    for name, (fmt, md) in zmeta.items():
+        if name in bad:
+            out[name] = f"unreadable zarr metadata: {bad[name]}"
+            continue
+        if id(md) not in done:
+            done[id(md)] = _parse_array(fmt, md)
+        parsed = done[id(md)]
+        out[name] = parsed if isinstance(parsed, ArrayMetadata) else f"unreadable zarr metadata {name}/{parsed}"
+    return out
 
 
-def _array_source(item: Dir, ocdbt: bool, name: str, fmt: int, md: dict) -> tuple[ArraySource, tuple, str]:
-    """The array's tensorstore spec and facts; `md` already passed validate.check_zarr_documents."""
-    if not isinstance(md, dict):
-        raise ValueError(f"expected a JSON object, got {type(md).__name__}")
-    shape = _ints(md["shape"], "shape")
-    if fmt == 2:
-        dtype = dtypes.normalize(md["dtype"])
-        chunks = _ints(md["chunks"], "chunks")
-        read_chunks = chunks
-        comp = md.get("compressor")
-        codec = "raw" if comp is None else f"{comp.get('id')}" + (f"(level={comp['level']})" if "level" in comp else "")
-        if md.get("filters"):
-            codec = "+".join(f.get("id", "?") for f in md["filters"]) + "+" + codec
-    else:
-        dtype = dtypes.normalize(md["data_type"])
-        chunks = _ints(md["chunk_grid"]["configuration"]["chunk_shape"], "chunk_grid.configuration.chunk_shape")
-        read_chunks = chunks
-        codec = zarr.v3_codec_names(md.get("codecs", []))
-        for c in md.get("codecs", []):
-            if c.get("name") == "sharding_indexed":
-                read_chunks = tuple(int(x) for x in c["configuration"]["chunk_shape"])
+def _parse_array(fmt: int, md: Any) -> ArrayMetadata | str:
+    """The typed metadata, or why not as "<file name>: <why>"."""
+    where = METADATA_FILE[fmt]
+    try:
+        if not isinstance(md, dict):
+            raise ValueError(f"expected a JSON object, got {type(md).__name__}")
+        return zarr_metadata.parse("zarr" if fmt == 2 else "zarr3", md)
+    except KeyError as exc:  # str(KeyError) is only the quoted key: say what it is
+        return f"{where}: no field {exc.args[0]!r}"
+    except (TypeError, ValueError, AttributeError, StreamdiffError) as exc:
+        return f"{where}: {exc}"
+
+
+def _array_source(item: Dir, ocdbt: bool, name: str, md: ArrayMetadata) -> ArraySource:
+    """The array's tensorstore spec, around its typed metadata."""
     if ocdbt:
         kv = {"driver": "ocdbt", "base": item.kv_spec(), "path": name + "/" if name else "", "cache_pool": META_CACHE}
     else:
         kv = item.storage.spec(item.relpath + (name + "/" if name else ""))
     spec = {
-        "driver": "zarr" if fmt == 2 else "zarr3",
+        "driver": str(md.driver),
         "kvstore": kv,
-        "metadata": md,
+        "metadata": md.document,
         # A missing chunk must be an error, not zeros: orbax writes every chunk (§6.3).
         "fill_missing_data_reads": False,
         "recheck_cached_data": False,
         "recheck_cached_metadata": False,
     }
-    return ArraySource(spec, name, fmt, chunks, read_chunks, codec), shape, dtype
+    return ArraySource(spec, md)

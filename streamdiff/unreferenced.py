@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from .datatypes import KeyPath, Kind, Leaf
+from .formats.zarr_metadata import METADATA_FILE, METADATA_FILES, ArrayMetadata
 from .storage import Dir
 
 #: Files Orbax writes into an item directory besides the arrays: the tree metadata, the checkpoint
@@ -47,7 +47,6 @@ OCDBT_MANIFEST = re.compile(r"manifest\.(ocdbt|[0-9a-f]{16})")
 #: orbax's DescriptorHandler folder: a text proto describing the checkpoint, no values.
 DESCRIPTOR_DIR = "descriptor"
 DESCRIPTOR_FILE = re.compile(r"descriptor\.pbtxt|uuid-[^/]*")
-ZARR_META = (".zarray", "zarr.json")
 #: Shown per folder: at most this many of the keys it holds.
 SHOWN = 3
 
@@ -77,7 +76,7 @@ def arrays_in(keys: Iterable[str]) -> set[str]:
     out = set()
     for k in keys:
         head, _, last = k.rpartition("/")
-        if last in ZARR_META:
+        if last in METADATA_FILES:
             out.add(head)
     return out
 
@@ -97,41 +96,10 @@ def _contents(keys: list[str]) -> str:
     return f"zarr array(s) {_shown(list(arrays))}" if arrays else f"{len(keys)} file(s): {_shown(keys)}"
 
 
-def chunk_key_test(fmt: int, md: Any) -> Callable[[str], bool] | None:
-    """Whether a key (relative to its array) is the metadata or a cell of the storage grid, from
-    the array's zarr metadata; None when the metadata is too malformed to say (its leaf is an error)."""
-    try:
-        shape = [int(x) for x in md["shape"]]
-        if fmt == 2:
-            chunks = [int(x) for x in md["chunks"]]
-            sep, prefix, scalar = md.get("dimension_separator") or ".", "", "0"
-        else:
-            chunks = [int(x) for x in md["chunk_grid"]["configuration"]["chunk_shape"]]
-            enc = md.get("chunk_key_encoding") or {"name": "default"}
-            conf = enc.get("configuration") or {}
-            if enc.get("name") == "v2":
-                sep, prefix, scalar = conf.get("separator", "."), "", "0"
-            else:
-                sep = conf.get("separator", "/")
-                prefix, scalar = "c" + sep, "c"
-        counts = [-(-n // c) if c > 0 else 0 for n, c in zip(shape, chunks, strict=True)]
-        if not (isinstance(sep, str) and sep):
-            return None
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):  # e.g. a chunk size of inf
-        return None
-    meta = ZARR_META[0] if fmt == 2 else ZARR_META[1]
-
-    def test(rest: str) -> bool:
-        if rest == meta:
-            return True
-        if not counts:
-            return rest == scalar
-        if not rest.startswith(prefix):
-            return False
-        parts = rest[len(prefix) :].split(sep)
-        return len(parts) == len(counts) and all(p.isdigit() and int(p) < n for p, n in zip(parts, counts))
-
-    return test
+def chunk_key_test(md: ArrayMetadata) -> Callable[[str], bool]:
+    """Whether a key (relative to its array) is the array's metadata file or a cell of its storage grid."""
+    meta = METADATA_FILE[md.zarr_format]
+    return lambda rest: rest == meta or md.is_chunk_key(rest)
 
 
 def ocdbt_leftovers(
@@ -139,11 +107,11 @@ def ocdbt_leftovers(
     stored: set[str],
     used: set[str],
     no_data: dict[str, KeyPath],
-    zmeta: dict[str, tuple[int, Any]] | None = None,
+    arrays: dict[str, ArrayMetadata] | None = None,
 ) -> tuple[dict[KeyPath, str], dict[KeyPath, str]]:
     """OCDBT: stored arrays no tree entry reads, keys outside every array, and keys inside an array
-    the tree reads that are neither its metadata nor a cell of its chunk grid (`zmeta`: name ->
-    (zarr format, metadata) of the arrays read).
+    the tree reads that are neither its metadata nor a cell of its chunk grid (`arrays`: name ->
+    metadata of the arrays read whose metadata could be parsed).
 
     Returns ({(name,): why} for new leaves, {entry path: "yet ... is stored"} for entries whose
     value_type gives them no array)."""
@@ -156,7 +124,7 @@ def ocdbt_leftovers(
             extra[(unread,)] = f"zarr array {unread!r} in the OCDBT store, not named by the checkpoint's tree: not read"
     strays: dict[str, list[str]] = {}
     odd: dict[str, list[str]] = {}
-    tests = {n: chunk_key_test(f, md) for n, (f, md) in (zmeta or {}).items() if n in used}
+    tests = {n: chunk_key_test(md) for n, md in (arrays or {}).items() if n in used}
     # Keys come sorted: a run of chunk keys shares its array, unless one array's name is below another's.
     runs = not any(owner(n, stored) is not None for n in stored if n)
     last: str | None = None

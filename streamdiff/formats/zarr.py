@@ -15,29 +15,28 @@ for what exists. Each node becomes leaves:
 * every stored file the reader does not interpret: a `not_compared` leaf (one per file, one per folder
   without zarr metadata), since exit 0 promises every stored value was compared.
 
-zarr-python parses and validates the metadata into typed objects (`ArrayV2Metadata`,
-`ArrayV3Metadata`); dtype names come from `dtypes.normalize` alone, which also knows the ml_dtypes
-(bfloat16, int4, float8_*) zarr-python does not: for those the structure is validated with a
-stand-in dtype of the same width.
+zarr-python validates each array's metadata (`ArrayV2Metadata`, `ArrayV3Metadata`); the facts
+the comparison uses come from `zarr_metadata.ArrayMetadata`, like every other reader's. dtype names
+come from `dtypes.normalize` alone, which also knows the ml_dtypes (bfloat16, int4, float8_*)
+zarr-python does not: for those the structure is validated with a stand-in dtype of the same width.
+zarr-python also decodes the small non-numeric arrays (strings, objects) that tensorstore cannot.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import tensorstore as ts
 
-from .. import dtypes
 from ..datatypes import ArraySource, KeyPath, Kind, Leaf, Tree, format_path
 from ..errors import CorruptCheckpointError, StreamdiffError
 from ..storage import META_CACHE, Dir, storage_error
 from ..validate import parse_json
-
-if TYPE_CHECKING:  # zarr-python is imported when a zarr store is read: it costs a second at startup
-    from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
+from . import zarr_metadata
+from .zarr_metadata import ML_DTYPES, ArrayMetadata, Driver
 
 #: File names that make a folder a zarr / n5 node.
 NODE_FILES = (".zarray", ".zgroup", ".zattrs", "zarr.json", "attributes.json")
@@ -45,8 +44,6 @@ NODE_FILES = (".zarray", ".zgroup", ".zattrs", "zarr.json", "attributes.json")
 MARKERS = frozenset(NODE_FILES + (".zmetadata",))
 #: n5 array metadata keys (tensorstore's n5 driver); the other keys of attributes.json are user attributes.
 N5_ARRAY_KEYS = ("dimensions", "blockSize", "dataType", "compression")
-#: numpy kinds tensorstore's zarr drivers read as numbers (ml_dtypes are kind 'V' and named below).
-NUMERIC_KINDS = "biufc"
 ATTRS = ".attrs"
 DIMENSION_NAMES = ".dimension_names"
 NOT_NUMERIC = "dtype not read by tensorstore:"
@@ -63,165 +60,31 @@ def is_node(children: dict[str, str]) -> bool:
 # ------------------------------------------------------------------------------- typed metadata
 
 
-@dataclass(frozen=True)
-class ZarrArray:
-    """One array's metadata, parsed once. `doc` is the stored JSON (tensorstore's `metadata`)."""
-
-    path: str  # '/'-separated node path, '' at the root
-    driver: str  # tensorstore driver: 'zarr', 'zarr3' or 'n5'
-    doc: dict[str, Any]
-    dtype: str  # numpy / ml_dtypes name, from dtypes.normalize
-    typed: ArrayV2Metadata | ArrayV3Metadata | None  # None for n5
-
-    @property
-    def zarr_format(self) -> int:
-        return {"zarr": 2, "zarr3": 3}.get(self.driver, 0)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        if self.typed is None:
-            return tuple(int(s) for s in self.doc["dimensions"])
-        return tuple(int(s) for s in self.typed.shape)
-
-    @property
-    def chunk_grid(self) -> tuple[int, ...]:
-        """The storage grid: one key per cell (zarr3 sharded: the shard shape)."""
-        if self.typed is None:
-            return tuple(int(s) for s in self.doc["blockSize"])
-        if self.driver == "zarr":
-            return tuple(int(c) for c in self.typed.chunks)
-        return tuple(int(c) for c in self.typed.chunk_grid.chunk_shape)
-
-    @property
-    def read_chunk(self) -> tuple[int, ...]:
-        """The smallest decodable unit: the inner chunk of a sharded zarr3 array."""
-        if self.driver == "zarr3":
-            for c in self.typed.codecs:
-                if hasattr(c, "chunk_shape") and type(c).__name__ == "ShardingCodec":
-                    return tuple(int(x) for x in c.chunk_shape)
-        return self.chunk_grid
-
-    @property
-    def codec(self) -> str:
-        """Human description of the codec chain, e.g. 'blosc(lz4)', 'shard[zstd(level=0)]'."""
-        if self.typed is None:
-            comp = self.doc.get("compression") or {}
-            return str(comp.get("type", "raw"))
-        if self.driver == "zarr":
-            parts = [_v2_codec(f) for f in self.doc.get("filters") or []]
-            comp = self.doc.get("compressor")
-            parts.append("raw" if comp is None else _v2_codec(comp))
-            return "+".join(parts)
-        return v3_codec_names(self.doc.get("codecs", []))
-
-    @property
-    def key_encoding(self) -> str:
-        """How chunk keys are spelled: 'a.b' (v2 '.'), 'a/b', 'c/a/b' (v3 default), n5 'a/b'."""
-        if self.typed is None:
-            return "a/b"
-        if self.driver == "zarr":
-            return "a" + self.typed.dimension_separator + "b"
-        return self.typed.chunk_key_encoding.encode_chunk_key((0, 1)).replace("0", "a").replace("1", "b")
-
-    def is_chunk_key(self, key: str, separator: str | None = None) -> bool:
-        """Whether `key` (relative to the array) names a cell of the storage grid. A stored key
-        that is not one would be ignored by every reader, its data silently unread."""
-        ndim = len(self.shape)
-        if self.typed is None:  # n5: 'i/j/k', axis order as tensorstore writes it
-            parts = key.split("/")
-            return all(p.isdigit() for p in parts) and len(parts) == max(ndim, 1)
-        if self.driver == "zarr":
-            sep, prefix, scalar = separator or self.typed.dimension_separator, "", "0"
-        else:
-            enc = self.typed.chunk_key_encoding
-            sep = enc.separator
-            prefix, scalar = ("c" + sep, "c") if type(enc).__name__ == "DefaultChunkKeyEncoding" else ("", "0")
-        if ndim == 0:
-            return key == scalar
-        if not key.startswith(prefix):
-            return False
-        parts = key[len(prefix) :].split(sep)
-        counts = [-(-s // c) if c else 0 for s, c in zip(self.shape, self.chunk_grid)]
-        return len(parts) == ndim and all(p.isdigit() and int(p) < n for p, n in zip(parts, counts))
-
-    @property
-    def numeric(self) -> bool:
-        try:
-            kind = np.dtype(self.dtype).kind
-        except TypeError:
-            return False
-        return kind in NUMERIC_KINDS or self.dtype in _ML_DTYPES
-
-    @property
-    def tensorstore_metadata(self) -> dict[str, Any]:
-        if self.typed is None:
-            return {k: self.doc[k] for k in N5_ARRAY_KEYS if k in self.doc}
-        if self.driver == "zarr" and len(self.shape) <= 1 and self.doc.get("order") == "F":
-            return dict(self.doc, order="C")  # the same bytes; tensorstore normalises it and refuses 'F'
-        return self.doc
-
-
-_ML_DTYPES = frozenset(
-    "bfloat16 int2 int4 uint2 uint4 float4_e2m1fn float8_e3m4 float8_e4m3 float8_e4m3b11fnuz float8_e4m3fn "
-    "float8_e4m3fnuz float8_e5m2 float8_e5m2fnuz float8_e8m0fnu".split()
-)
-
-
-def _v2_codec(c: dict) -> str:
-    name = str(c.get("id", "?"))
-    detail = c.get("cname") or (f"level={c['level']}" if "level" in c else None)
-    return f"{name}({detail})" if detail else name
-
-
-def v3_codec_names(codecs: list[dict]) -> str:
-    """A zarr v3 codec chain for people: `shard[zstd(level=1)]`, `blosc(lz4)`; the bytes codec is implied."""
-    parts = []
-    for c in codecs:
-        name = c.get("name", "?")
-        conf = c.get("configuration") or {}
-        if name == "sharding_indexed":
-            parts.append("shard[" + v3_codec_names(conf.get("codecs", [])) + "]")
-        elif name == "bytes":
-            continue
-        elif "cname" in conf:
-            parts.append(f"{name}({conf['cname']})")
-        elif "level" in conf:
-            parts.append(f"{name}(level={conf['level']})")
-        else:
-            parts.append(name)
-    return "+".join(parts) or "raw"
-
-
-def parse_array(path: str, name: str, doc: dict[str, Any]) -> ZarrArray:
-    """Metadata document of one array -> ZarrArray. Raises ValueError / KeyError / TypeError."""
+def parse_array(name: str, doc: dict[str, Any]) -> ArrayMetadata:
+    """Metadata document `name` of one array -> ArrayMetadata, its document as tensorstore gets it.
+    zarr-python validates zarr documents first. Raises ValueError / KeyError / TypeError."""
     if name == "attributes.json":
-        return ZarrArray(path, "n5", doc, dtypes.normalize(str(doc["dataType"])), None)
+        return zarr_metadata.parse(Driver.N5, {k: doc[k] for k in N5_ARRAY_KEYS if k in doc})
     v2 = name == ".zarray"
     field = "dtype" if v2 else "data_type"
-    raw_dtype = doc[field]
-    if isinstance(raw_dtype, dict):  # a zarr v3 extension dtype: {"name": "fixed_length_utf32", ...}
-        dtype = str(raw_dtype.get("name"))
-    elif not isinstance(raw_dtype, str):
-        dtype = "structured"  # zarr v2 record dtype: [["a", "<i4"], ...]
-    else:
-        try:
-            dtype = dtypes.normalize(raw_dtype)
-        except StreamdiffError:
-            dtype = raw_dtype  # a zarr v3 name numpy lacks ('string', 'bytes'): not numeric
-    from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
+    dtype = zarr_metadata.dtype_name(doc[field])
+    from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata  # here: importing zarr-python takes a second
 
-    parse = ArrayV2Metadata.from_dict if v2 else ArrayV3Metadata.from_dict
+    validate = ArrayV2Metadata.from_dict if v2 else ArrayV3Metadata.from_dict
     try:
-        typed = parse(dict(doc))
+        validate(dict(doc))
     except ValueError:
-        if dtype not in _ML_DTYPES:
+        if dtype not in ML_DTYPES:
             raise
         # zarr-python has no ml_dtypes: validate the rest with an unsigned int of the same width.
         width = np.dtype(dtype).itemsize
         standin = dict(doc, fill_value=0)
         standin[field] = np.dtype(f"<u{width}").str if v2 else f"uint{8 * width}"
-        typed = parse(standin)
-    return ZarrArray(path, "zarr" if v2 else "zarr3", doc, dtype, typed)
+        validate(standin)
+    shape = doc.get("shape")
+    if v2 and isinstance(shape, list) and len(shape) <= 1 and doc.get("order") == "F":
+        doc = dict(doc, order="C")  # the same bytes; tensorstore normalises it and refuses 'F'
+    return zarr_metadata.parse(Driver.ZARR if v2 else Driver.ZARR3, doc)
 
 
 # --------------------------------------------------------------------------------- the reader
@@ -440,22 +303,17 @@ def _collisions(node: str, leaves: dict[KeyPath, Leaf], listed: set[str]) -> dic
 def _array_leaf(store: _Store, node: str, name: str, doc: Any, keys: list[str], legacy_nodes: set[str]) -> Leaf:
     path = _keys(node)
     try:
-        arr = parse_array(node, name, doc)
-        shape, chunks = arr.shape, arr.chunk_grid
+        arr = parse_array(name, doc)
         legacy = False
         odd = [k for k in keys if not arr.is_chunk_key(k)]
-        if (
-            odd
-            and arr.driver == "zarr"
-            and "dimension_separator" not in doc
-            and all(arr.is_chunk_key(k, "/") for k in keys)
-        ):
+        if odd and arr.driver is Driver.ZARR and "dimension_separator" not in doc:
             # zarr-python 2's NestedDirectoryStore wrote '0/0' keys before .zarray could say so.
-            arr = parse_array(node, name, dict(doc, dimension_separator="/"))
-            odd, legacy = [], True
-        codec = arr.codec + (" (legacy nested keys)" if legacy else "")
+            nested = parse_array(name, dict(doc, dimension_separator="/"))
+            if all(nested.is_chunk_key(k) for k in keys):
+                arr, odd, legacy = replace(nested, codec=nested.codec + " (legacy nested keys)"), [], True
     except (KeyError, TypeError, ValueError, AttributeError, StreamdiffError) as e:
         return Leaf(path, Kind.ARRAY, "zarr.Array", not_compared=f"zarr metadata not understood: {e}")
+    shape = arr.shape
     if odd:
         return Leaf(
             path,
@@ -471,16 +329,15 @@ def _array_leaf(store: _Store, node: str, name: str, doc: Any, keys: list[str], 
     if not arr.numeric:
         return Leaf(path, Kind.ARRAY, "zarr.Array", shape, arr.dtype, not_compared=f"{NOT_NUMERIC} {arr.dtype}")
     spec = {
-        "driver": arr.driver,
+        "driver": str(arr.driver),
         "kvstore": store.array_kvstore(node),
-        "metadata": arr.tensorstore_metadata,
+        "metadata": arr.document,
         # A chunk these writers did not store holds the fill value (they skip fill-valued chunks).
         "fill_missing_data_reads": True,
         "recheck_cached_data": False,
         "recheck_cached_metadata": False,
     }
-    source = ArraySource(spec, node, arr.zarr_format, chunks, arr.read_chunk, codec)
-    return Leaf(path, Kind.ARRAY, "zarr.Array", shape=shape, dtype=arr.dtype, source=source)
+    return Leaf(path, Kind.ARRAY, "zarr.Array", shape=shape, dtype=arr.dtype, source=ArraySource(spec, arr))
 
 
 def _read_small_values(
@@ -545,12 +402,11 @@ def _v2_chunk_keys_checked(raw: dict[str, bytes]) -> dict[str, bytes]:
         return raw
     doc = json.loads(raw[".zarray"])
     chunks = [k for k in raw if k not in NODE_FILES]
-    sep = doc.get("dimension_separator")
-    if sep is None:
-        sep = "/" if any("/" in k for k in chunks) else "."
-        raw = dict(raw, **{".zarray": json.dumps(dict(doc, dimension_separator=sep)).encode()})
-    ndim = len(doc.get("shape", ()))
-    odd = [k for k in chunks if len(k.split(sep)) != max(1, ndim) or not all(p.isdigit() for p in k.split(sep))]
+    if doc.get("dimension_separator") is None:
+        doc = dict(doc, dimension_separator="/" if any("/" in k for k in chunks) else ".")
+        raw = dict(raw, **{".zarray": json.dumps(doc).encode()})
+    md = zarr_metadata.parse(Driver.ZARR, doc)
+    odd = [k for k in chunks if not md.is_chunk_key(k)]
     if odd:
         raise ValueError(f"stored keys that are not chunks of this array: {', '.join(sorted(odd)[:3])}")
     return raw

@@ -1,0 +1,189 @@
+"""The reader's typed metadata (formats/zarr_metadata.py, formats/orbax.py) against the writers' own
+libraries: every fact `ArrayMetadata` derives (grid, read chunk, chunk keys, shard index) is checked
+against zarr-python's parse of the same document and against the keys zarr-python actually stored;
+the Orbax tree entries against orbax's own `InternalTreeMetadata`."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import zarr
+from helpers import save
+from zarr.codecs import BloscCodec, Crc32cCodec, ShardingCodec, ZstdCodec
+
+from streamdiff.formats import orbax, zarr_metadata
+from streamdiff.formats.zarr import parse_array
+from streamdiff.locate import locate
+from streamdiff.tree import build_tree
+
+#: name -> (zarr_format, create_array keyword arguments)
+ARRAYS = {
+    "v2_dot": (2, dict(shape=(10, 7), chunks=(3, 4), dtype="<f4")),
+    "v2_slash": (
+        2,
+        dict(shape=(10, 7), chunks=(3, 4), dtype=">i2", chunk_key_encoding={"name": "v2", "separator": "/"}),
+    ),
+    "v2_rank0": (2, dict(shape=(), dtype="<f8")),
+    "v3_default": (3, dict(shape=(10, 7), chunks=(3, 4), dtype="float32")),
+    "v3_default_dot": (
+        3,
+        dict(shape=(10, 7), chunks=(3, 4), dtype="int16", chunk_key_encoding={"name": "default", "separator": "."}),
+    ),
+    "v3_v2_keys": (
+        3,
+        dict(shape=(10, 7), chunks=(3, 4), dtype="uint8", chunk_key_encoding={"name": "v2", "separator": "."}),
+    ),
+    "v3_rank0": (3, dict(shape=(), dtype="int64")),
+    "v3_sharded": (
+        3,
+        dict(shape=(12, 8), chunks=(2, 4), shards=(6, 8), dtype="float32", compressors=ZstdCodec(level=1)),
+    ),
+    "v3_blosc": (3, dict(shape=(12, 8), chunks=(5, 5), dtype="float64", compressors=BloscCodec(cname="lz4"))),
+}
+
+
+def _written(tmp_path, name):
+    """(our ArrayMetadata, zarr-python's metadata, the keys zarr-python stored, the data) of one array."""
+    fmt, kw = ARRAYS[name]
+    arr = zarr.create_array(str(tmp_path / name), zarr_format=fmt, fill_value=None if fmt == 2 else 0, **kw)
+    data = np.arange(int(np.prod(kw["shape"])), dtype=kw["dtype"]).reshape(kw["shape"]) + 1
+    arr[...] = data
+    meta_file = ".zarray" if fmt == 2 else "zarr.json"
+    doc = json.loads((tmp_path / name / meta_file).read_text())
+    root = tmp_path / name
+    keys = sorted(
+        os.path.relpath(os.path.join(d, f), root)
+        for d, _, fs in os.walk(root)
+        for f in fs
+        if not f.startswith(".") and f != "zarr.json"
+    )
+    return parse_array(meta_file, doc), zarr.open_array(str(root), mode="r").metadata, keys, data
+
+
+@pytest.mark.parametrize("name", sorted(ARRAYS))
+def test_grid_read_chunk_and_dtype_equal_zarr_pythons_parse(tmp_path, name):
+    ours, theirs, _, data = _written(tmp_path, name)
+    assert ours.shape == tuple(theirs.shape) == data.shape
+    if ours.zarr_format == 2:
+        assert ours.chunk_shape == ours.read_chunk_shape == tuple(theirs.chunks)
+    else:
+        assert ours.chunk_shape == tuple(theirs.chunk_grid.chunk_shape)
+        assert ours.read_chunk_shape == tuple(theirs.chunks)  # zarr-python: the inner chunk when sharded
+        assert (ours.shard_index is None) == (theirs.shards is None)
+    assert ours.dtype == data.dtype.name
+    assert ours.stored_dtype.itemsize == data.dtype.itemsize
+
+
+@pytest.mark.parametrize("name", sorted(ARRAYS))
+def test_chunk_keys_spelled_as_zarr_python_spells_and_stores_them(tmp_path, name):
+    ours, theirs, stored, _ = _written(tmp_path, name)
+    grid = [range(n) for n in ours.grid]
+    expected = sorted(theirs.encode_chunk_key(tuple(i)) for i in itertools.product(*grid))
+    assert sorted(ours.key(tuple(i)) for i in itertools.product(*grid)) == expected
+    # every cell holds non-fill data, so zarr-python stored one key per cell, spelled that way
+    assert stored == expected
+    assert all(ours.is_chunk_key(k) for k in stored)
+    last = tuple(ours.grid)  # one past the grid on every axis: not a chunk of this array
+    if last:
+        assert not ours.is_chunk_key(ours.key(last))
+        assert ours.key_encoding.parse(ours.key(last), ours.ndim) == last
+
+
+def test_shard_index_location_crc_and_size_match_the_sharding_codec_written(tmp_path):
+    for location in ("start", "end"):
+        codec = ShardingCodec(chunk_shape=(2, 4), codecs=[zarr.codecs.BytesCodec()], index_location=location)
+        arr = zarr.create_array(
+            str(tmp_path / location),
+            shape=(6, 8),
+            chunks=(6, 8),
+            dtype="<u2",
+            serializer=codec,
+            compressors=None,
+            fill_value=0,
+        )
+        arr[...] = np.arange(48, dtype="<u2").reshape(6, 8) + 1
+        ours = parse_array("zarr.json", json.loads((tmp_path / location / "zarr.json").read_text()))
+        written = arr.metadata.codecs[0]
+        assert ours.shard_index.at_end == (written.index_location.value == "end")
+        assert ours.shard_index.crc == any(isinstance(c, Crc32cCodec) for c in written.index_codecs)
+        assert ours.shard_index.entries == 6
+        shard = (tmp_path / location / "c" / "0" / "0").read_bytes()
+        # the stored shard is its 6 raw inner chunks of 2x4 uint16 plus the index
+        assert len(shard) == 6 * 2 * 4 * 2 + ours.shard_index.nbytes
+        assert ours.compressor == "raw" and ours.streamable
+
+
+def test_arrays_with_equal_metadata_documents_share_one_metadata_object(tmp_path):
+    tree = {"a": np.ones((4, 4), "f4"), "b": np.zeros((4, 4), "f4"), "c": np.ones((3,), "i4")}
+    save(tmp_path / "ckpt", tree)
+    leaves = build_tree(locate(str(tmp_path / "ckpt")).items[0].dir).leaves
+    a, b, c = (leaves[(k,)].source.metadata for k in "abc")
+    assert a is b and a is not c
+    assert (a.shape, c.shape, a.dtype, c.dtype) == ((4, 4), (3,), "float32", "int32")
+
+
+def test_array_source_survives_pickling_as_dask_sends_it(tmp_path):
+    save(tmp_path / "ckpt", {"w": np.arange(6, dtype="f4").reshape(2, 3)}, use_zarr3=True)
+    source = build_tree(locate(str(tmp_path / "ckpt")).items[0].dir).leaves[("w",)].source
+    back = pickle.loads(pickle.dumps(source))
+    assert back == source and back.spec == source.spec and back.metadata.document == source.metadata.document
+    assert back.read_chunk_shape == source.read_chunk_shape and back.codec == source.codec
+
+
+def test_tree_entries_equal_orbaxs_own_parse_of_metadata(tmp_path):
+    from orbax.checkpoint._src.metadata.tree import InternalTreeMetadata
+
+    tree = {"lst": [np.ones(2, "f4"), {"x": np.int32(3)}], "tup": (np.zeros(1, "i8"),), "d": {"k": "text"}, "n": None}
+    save(tmp_path / "ckpt", tree)
+    doc = json.loads((tmp_path / "ckpt" / "_METADATA").read_text())
+    ours = orbax.tree_metadata(doc, "_METADATA")
+    theirs = InternalTreeMetadata.from_json(doc).tree_metadata_entries
+    assert len(ours) == len(theirs) == 5
+    for o, t in zip(ours, theirs):
+        levels = t.key_metadata.nested_key_metadata_entries
+        assert o.keys == tuple(e.nested_key_name for e in levels)
+        assert [k.name for k in o.key_types] == [e.key_type.name for e in levels]
+        assert (o.value.value_type, o.value.skip_deserialize) == (
+            t.value_metadata.value_type,
+            t.value_metadata.skip_deserialize,
+        )
+    by_keys = {e.keys: e for e in ours}
+    assert by_keys[("lst", "1", "x")].key_types == (orbax.KeyType.DICT, orbax.KeyType.SEQUENCE, orbax.KeyType.DICT)
+    assert by_keys[("n",)].value.empty and not by_keys[("d", "k")].value.empty
+
+
+def test_tree_entries_share_value_metadata_and_keep_unknown_key_types():
+    leaf = {"value_metadata": {"value_type": "np.ndarray", "skip_deserialize": False}}
+    doc = {
+        "tree_metadata": {
+            "('a',)": {"key_metadata": [{"key": "a", "key_type": 2}], **leaf},
+            "('b',)": {"key_metadata": [{"key": "b", "key_type": 9}], **leaf},
+        }
+    }
+    a, b = orbax.tree_metadata(doc, "_METADATA")
+    assert a.value is b.value
+    assert (a.key_types, b.key_types) == ((orbax.KeyType.DICT,), (None,))
+
+
+def test_zarr_metadata_objects_have_no_instance_dict():
+    """Per-leaf objects stay small on 100k-leaf trees: slots, no __dict__."""
+    md = zarr_metadata.parse("zarr", json.loads(json.dumps(_V2_DOC)))
+    for obj in (md, md.key_encoding):
+        assert not hasattr(obj, "__dict__")
+
+
+_V2_DOC = {
+    "zarr_format": 2,
+    "shape": [4],
+    "chunks": [2],
+    "dtype": "<f4",
+    "compressor": {"id": "zstd", "level": 1},
+    "fill_value": None,
+    "order": "C",
+    "filters": None,
+}
