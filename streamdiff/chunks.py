@@ -29,9 +29,7 @@ import zstandard
 
 from .datatypes import ArraySource
 from .formats import ocdbt
-
-#: Bytes fetched per range read when streaming a chunk.
-PIECE_BYTES = 8 << 20
+from .plan import PIECE_BYTES
 
 
 @dataclass(frozen=True)

@@ -27,14 +27,14 @@ import numpy as np
 import tensorstore as ts
 
 from . import malloc
-from .chunks import PIECE_BYTES, ItemSizes, RawStore, chunk_format, stream_chunk
+from .chunks import ItemSizes, RawStore, chunk_format, stream_chunk
 from .datatypes import Leaf, Pair
 from .dtypes import family
 from .encoding import Encoding, audit_chunk_files, encoding_of, plausible, plausible_ends
-from .plan import BlockGrid, MemoryPlan, RowsPlan, block_grid, refuse_leaf, rows_plan
+from .plan import BlockGrid, MemoryPlan, RowsPlan, pair_grid, pair_rows, prefetch_depth, refuse_leaf, rows_hold
 from .rules import view_of
 from .stats import LeafStats, Policy, block_stats, layers_settled
-from .storage import DEFAULT_TIMEOUT, describe
+from .storage import DEFAULT_TIMEOUT, cached_context, describe
 
 ProgressFn = Callable[[int], None]
 
@@ -98,6 +98,16 @@ class _Side:
             self.future = ts.open(leaf.source.spec, context=context, read=True, assume_metadata=True)
         else:
             self.future = _Ready(view_of(leaf).open(context))
+
+    def cache(self, context: ts.Context) -> None:
+        """Read through `context`'s decoded-chunk cache from now on (crossed chunk grids)."""
+        stored = self.leaf.view is None and self.leaf.source is not None
+        spec = self.leaf.source.spec if stored else None
+        self.future = (
+            ts.open(spec, context=context, read=True, assume_metadata=True)
+            if stored
+            else _Ready(view_of(self.leaf).open(context))
+        )
 
     def read(self, start: tuple[int, ...], stop: tuple[int, ...]) -> ts.Future:
         box = tuple(slice(s, e) for s, e in zip(start, stop))
@@ -195,11 +205,23 @@ class _Engine:
                 continue
             self.sides[i] = (sa, sb)
             self.outcomes[i] = self._plan(i, p, sa, sb, shortcut)
+        self._share_caches(contexts)
+
+    def _share_caches(self, contexts) -> None:
+        """One decoded-chunk cache per side, as large as the largest any plan asked for (plan.pair_grid):
+        a cache per leaf would keep every finished leaf's chunks until the end of the run."""
+        for k in (0, 1):
+            wants = {i: (o.grid.cache_a, o.grid.cache_b)[k] for i, o in self.outcomes.items() if o.grid and not o.error}
+            if max(wants.values(), default=0):
+                ctx = cached_context(contexts[k], max(wants.values()))
+                for i, n in wants.items():
+                    if n:
+                        self.sides[i][k].cache(ctx)
 
     # -------------------------------------------------------------------------------- planning
 
     def _plan(self, i: int, p: Pair, sa: _Side, sb: _Side, shortcut: bool) -> PairOutcome:
-        bpe = _itemsize(p.a) + _itemsize(p.b)
+        sizes = (_itemsize(p.a), _itemsize(p.b))
         # A chunk bigger than a whole block is streamed; smaller ones are decoded by tensorstore.
         limit = self.mem.block_bytes
         big_a, big_b = sa.chunk_bytes() > limit, sb.chunk_bytes() > limit
@@ -216,7 +238,7 @@ class _Engine:
             can_a = not big_a or sa.streamable
             can_b = not big_b or sb.streamable
             if can_a and can_b:
-                out.rows = rows_plan(p.a.shape, sa.chunks, sb.chunks, big_a, big_b, bpe, self.mem.block_bytes)
+                out.rows = pair_rows(p.a.shape, sa.chunks, sb.chunks, big_a, big_b, sizes, self.mem)
                 out.grid = out.rows.grid
                 return out
             for side, leaf, s, can in (("A", p.a, sa, can_a), ("B", p.b, sb, can_b)):
@@ -226,7 +248,7 @@ class _Engine:
                         f"checkpoint {side}: codec {leaf.source.codec} cannot be streamed; "
                         f"decoding whole {need} MiB chunks (over the block size, within --max-memory)"
                     )
-        out.grid = block_grid(p.a.shape, sa.chunks, sb.chunks, bpe, self.mem.block_bytes)
+        out.grid = pair_grid(p.a.shape, sa.chunks, sb.chunks, sizes, self.mem)
         return out
 
     def _shortcut_ok(self, p: Pair, sa: _Side, sb: _Side, i: int) -> bool:
@@ -248,9 +270,7 @@ class _Engine:
             bpe = _itemsize(self.pairs[i].a) + _itemsize(self.pairs[i].b)
             if o.rows is not None:
                 counts = [-(-n // c) for n, c in zip(o.grid.shape, o.grid.block_shape)]
-                slab = o.rows.slab_rows * math.prod(o.grid.block_shape[1:]) * bpe
-                depth = _prefetch_depth(self.sides[i][0])
-                hold = 2 * slab + depth * self._piece() * (o.rows.stream_a + o.rows.stream_b)
+                hold = max(o.grid.hold, rows_hold(o.rows, bpe, self.mem, _prefetch_depth(self.sides[i][0])))
                 for idx in itertools.product(*[range(c) for c in counts]):
                     start = tuple(k * c for k, c in zip(idx, o.grid.block_shape))
                     stop = tuple(min(s + c, n) for s, c, n in zip(start, o.grid.block_shape, o.grid.shape))
@@ -258,7 +278,7 @@ class _Engine:
             else:
                 for start, stop in o.grid.boxes():
                     n = math.prod(e - s for s, e in zip(start, stop)) * bpe
-                    yield _Task(i, start, stop, n, n)
+                    yield _Task(i, start, stop, max(n, o.grid.hold), n)
 
     # ------------------------------------------------------------------------------- execution
 
@@ -336,7 +356,7 @@ class _Engine:
         x, y = ra.size(key_a), rb.size(key_b)
         if x is None or y is None or x != y:
             return None  # unknown sizes: decoding is the only bounded-memory way to know
-        piece = max(1 << 20, min(PIECE_BYTES, self.mem.block_bytes // 4))
+        piece = self.mem.piece_bytes
 
         def fetch(off: int):
             rng = slice(off, min(off + piece, x))
@@ -357,7 +377,7 @@ class _Engine:
 
     def _piece(self) -> int:
         """Bytes per range read when streaming a chunk: large enough to amortise a round trip."""
-        return max(1 << 20, min(PIECE_BYTES, self.mem.block_bytes // 4))
+        return self.mem.piece_bytes
 
     def _settled(self, t: _Task, settled: tuple[int, int]) -> LeafStats:
         chunks, stored_bytes = settled
@@ -485,9 +505,8 @@ def _same_fill(a: Leaf, b: Leaf) -> bool:
 
 
 def _prefetch_depth(side: _Side) -> int:
-    """Range reads kept in flight per streamed chunk: remote stores need several round trips'
-    worth in flight to fill the link (a bandwidth-delay product of ~10 MB at 200 MB/s, 50 ms)."""
-    return 2 if side.leaf.source is None or side.leaf.source.is_local else 4
+    """Range reads kept in flight per streamed chunk (plan.prefetch_depth)."""
+    return prefetch_depth(side.leaf.source is None or side.leaf.source.is_local)
 
 
 def _stored_bases(leaf: Leaf) -> list[Leaf]:
