@@ -359,8 +359,6 @@ def pair_grid(
     ca, cb = _clip(chunks_a, shape), _clip(chunks_b, shape)
     common = tuple(min(math.lcm(x, y), n) for x, y, n in zip(ca, cb, shape))
     chunk_cap = MAX_CHUNKS_PER_BLOCK * min(math.prod(ca), math.prod(cb))
-    if 2 * math.prod(common) * bpe <= mem.in_flight_bytes and math.prod(common) <= chunk_cap:
-        return BlockGrid(shape, common, 1.0, 1.0, hold=math.prod(common) * bpe)
     best = g
     for walk in (ca, cb):
         nbytes = math.prod(walk) * bpe
@@ -372,6 +370,8 @@ def pair_grid(
         cand = _with_caches(grid, tasks, (ca, cb), itemsizes, nbytes, 2 * nbytes, mem)
         if cand is not None and _worst(cand) < _worst(best):
             best = cand
+    if _worst(best) > 1.0 and 2 * math.prod(common) * bpe <= mem.in_flight_bytes and math.prod(common) <= chunk_cap:
+        return BlockGrid(shape, common, 1.0, 1.0, hold=math.prod(common) * bpe)
     return best
 
 

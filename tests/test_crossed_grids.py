@@ -45,7 +45,7 @@ def pair(tmp_path_factory):
     return pa, pb, read[pa].read().result(), read[pb].read().result()
 
 
-def value_bytes_read(a: Path, b: Path, block_bytes: int) -> tuple[int, streamdiff.LeafResult]:
+def value_bytes_read(a: Path, b: Path, block_bytes: int | None) -> tuple[int, streamdiff.LeafResult]:
     """Bytes read for values alone: a diff's bytes minus those of a structure-only diff (metadata)."""
     meta = streamdiff.diff(str(a), str(b), structure_only=True).bytes_read
     r = streamdiff.diff(str(a), str(b), block_bytes=block_bytes, jobs=2)
@@ -55,8 +55,8 @@ def value_bytes_read(a: Path, b: Path, block_bytes: int) -> tuple[int, streamdif
 @pytest.mark.parametrize(
     "block_bytes, plan",
     [
-        (2560, "lcm"),  # two lcm blocks (2 x 6 KiB) fit in 6 x 2560 bytes in flight
-        (1600, "cache"),  # they do not: blocks of A's chunk, B's chunks through a cache
+        (None, "lcm"),  # the default budget: one block of whole lcm blocks (the whole array)
+        (1600, "cache"),  # 1600 bytes a block: blocks of A's chunk, B's chunks through a cache
     ],
 )
 def test_crossed_grids_read_every_stored_byte_once_when_the_budget_allows(pair, block_bytes, plan):
@@ -64,7 +64,7 @@ def test_crossed_grids_read_every_stored_byte_once_when_the_budget_allows(pair, 
     mem = memory_plan(2 << 30, 2, block_bytes)
     g = pair_grid(SHAPE, CHUNKS_A, CHUNKS_B, (4, 4), mem)
     if plan == "lcm":
-        assert g.block_shape == (16, 48) and g.cache_a == g.cache_b == 0
+        assert g.block_shape == SHAPE and g.cache_a == g.cache_b == 0
     else:
         assert g.block_shape == CHUNKS_A and g.cache_a == 0 and g.cache_b > 0
     assert (g.amplification_a, g.amplification_b) == (1.0, 1.0)

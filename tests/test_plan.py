@@ -255,16 +255,34 @@ def lru_count(boxes, shape, chunks, capacity: int) -> int:
     return decodes
 
 
-def test_pair_grid_takes_the_lcm_block_when_two_fit_in_flight():
-    """512M: 6 blocks of 30.2 MB in flight (181 MB) hold two lcm blocks of 64 MiB (both sides), so
-    the block is the lcm block, charged its full size (at most two in flight), every chunk decoded
-    once. 256M: 58 MiB in flight cannot hold two."""
-    m = memory_plan(512 << 20, 2)
+def test_pair_grid_takes_the_lcm_block_when_two_fit_in_flight_and_no_chunk_fits_a_block():
+    """16 blocks of 8 MiB in flight (128 MiB) hold two lcm blocks of 64 MiB (both sides); a chunk of
+    either side (32 MiB both sides) is over twice the block, so no cached traversal: the block is
+    the lcm block, charged its full size (two in flight), every chunk decoded once."""
+    m = MemoryPlan(budget=2 << 30, jobs=2, block_bytes=8 * MiB, in_flight=16, tile=1 << 12)
     g = pair_grid(KERNEL, MESH_A, MESH_B, (4, 4), m)
     assert g.block_shape == (256, 8, 4096) and g.hold == 64 * MiB
     assert (g.amplification_a, g.amplification_b, g.cache_a, g.cache_b) == (1.0, 1.0, 0, 0)
     assert m.in_flight_bytes // g.hold == 2
-    assert pair_grid(KERNEL, MESH_A, MESH_B, (4, 4), memory_plan(256 << 20, 2)).block_shape != (256, 8, 4096)
+    fewer = MemoryPlan(budget=2 << 30, jobs=2, block_bytes=8 * MiB - 1, in_flight=16, tile=1 << 12)
+    assert pair_grid(KERNEL, MESH_A, MESH_B, (4, 4), fewer).block_shape != (256, 8, 4096)
+
+
+@pytest.mark.parametrize("budget", [384 << 20, 512 << 20])
+def test_pair_grid_between_256m_and_1g_reads_one_sides_chunks_and_caches_the_other(budget):
+    """384M-512M: a chunk of A (32 MiB both sides) fits a block; B's chunks, crossing it along the
+    last axis, are cached (the two each pair of A blocks shares): every chunk decoded once, by the
+    independent LRU count. (Decoding each chunk straight into the array compared costs less than
+    the lcm block's copy out of two decode buffers, so this wins even where two lcm blocks fit.)"""
+    m = memory_plan(budget, 2)
+    g = pair_grid(KERNEL, MESH_A, MESH_B, (4, 4), m)
+    assert g.block_shape == MESH_A and g.cache_a == 0 and g.cache_b > 0
+    assert (g.amplification_a, g.amplification_b) == (1.0, 1.0)
+    chunk = math.prod(MESH_B) * 4
+    stored = math.prod(n // c for n, c in zip(KERNEL, MESH_B))
+    assert lru_count(g.boxes(), KERNEL, MESH_B, g.cache_b // chunk) == stored
+    window = m.in_flight_bytes // g.hold
+    assert window >= 1 and g.cache_b + window * 2 * math.prod(MESH_A) * 8 <= 2 * m.in_flight_bytes
 
 
 def test_pair_rows_at_256m_reads_the_crossed_side_through_a_cache_every_chunk_once():
