@@ -76,7 +76,7 @@ class MemoryPlan:
     @property
     def piece_bytes(self) -> int:
         """Bytes per range read when streaming a chunk: large enough to amortise a round trip."""
-        return max(1 << 20, min(PIECE_BYTES, self.block_bytes // 4))
+        return max(1 << 20, min(PIECE_BYTES, self.block_bytes // 8))
 
     @property
     def whole_chunk_bytes(self) -> int:
@@ -389,7 +389,10 @@ def pair_rows(
     bpe = sum(itemsizes)
     r = rows_plan(shape, chunks_a, chunks_b, big_a, big_b, bpe, mem.block_bytes)
     if r.stream_a and r.stream_b:
-        return r
+        # Both sides stream in lockstep: slabs a quarter of the block (the same chunks are decoded
+        # once whatever the slab) leave the bytes in flight to range reads, so that several
+        # chunks stream at once.
+        return rows_plan(shape, chunks_a, chunks_b, big_a, big_b, bpe, max(1, mem.block_bytes // 4))
     hold = rows_hold(r, bpe, mem, prefetch_depth(True))
     walk, rows = r.grid.block_shape, r.slab_rows
     tasks = (list(slab_boxes(shape, walk, rows, box)) for box in BlockGrid(shape, walk, 1.0, 1.0).boxes())
@@ -401,10 +404,13 @@ def pair_rows(
 
 
 def rows_hold(r: RowsPlan, bytes_per_element: int, mem: MemoryPlan, depth: int) -> int:
-    """Memory one streamed-chunk task holds: its slab of both sides, the other side's box read, and
-    the range reads in flight per streamed side."""
+    """Memory one streamed-chunk task holds: its slab of both sides (one buffer per streamed side),
+    the range reads in flight per streamed side and as many for the next chunk's first reads
+    (issued ahead on remote stores, see chunks.RawStore.start_next), and when one side is read
+    through tensorstore instead, a second slab for the decode behind that read."""
     slab = r.slab_rows * math.prod(r.grid.block_shape[1:]) * bytes_per_element
-    return 2 * slab + depth * mem.piece_bytes * (r.stream_a + r.stream_b)
+    read = 0 if (r.stream_a and r.stream_b) else slab
+    return slab + read + 2 * depth * mem.piece_bytes * (r.stream_a + r.stream_b)
 
 
 def slab_boxes(

@@ -67,12 +67,13 @@ _LENGTH = re.compile(rb"content-length:\s*(\d+)", re.I)
 
 
 class Responses:
-    """Finds where each HTTP/1.1 response ends in a connection's download stream (headers, then
-    Content-Length bytes of body); a response without a length ends with the connection."""
+    """Finds where each HTTP/1.1 response ends in a connection's download stream: headers, then
+    Content-Length bytes of body, or chunks up to the last (zero-length) one."""
 
     def __init__(self) -> None:
         self.head = b""
-        self.body_left: int | None = None
+        self.body_left: int | None = None  # None: in headers; -1: chunked
+        self.tail = b""
 
     def feed(self, data: bytes) -> int:
         """Responses completed by `data`."""
@@ -84,10 +85,18 @@ class Responses:
                 if end < 0:
                     return done
                 m = _LENGTH.search(self.head[:end])
-                data, self.head = self.head[end + 4 :], b""
+                data, self.head, self.tail = self.head[end + 4 :], b"", b"\r\n"
                 self.body_left = int(m.group(1)) if m else -1
-            if self.body_left < 0:
-                return done
+            if self.body_left < 0:  # chunked: ends with an empty chunk
+                seen = self.tail + data
+                end = seen.find(b"\r\n0\r\n\r\n")
+                if end < 0:
+                    self.tail = seen[-6:]
+                    return done
+                data = seen[end + 7 :]
+                self.body_left = None
+                done += 1
+                continue
             take = min(self.body_left, len(data))
             self.body_left -= take
             data = data[take:]
@@ -97,16 +106,39 @@ class Responses:
         return done
 
 
+class Connection:
+    """One client connection's requests sent and responses completed, kept in a shared `Flight`."""
+
+    def __init__(self, flight: Flight) -> None:
+        self.flight = flight
+        self.open = 0
+        self.responses = Responses()
+
+    def sent(self, data: bytes) -> None:
+        n = data.count(b" HTTP/1.1\r\n")  # one request line per request
+        self.open += n
+        self.flight.now += n
+
+    def received(self, data: bytes) -> None:
+        n = min(self.open, self.responses.feed(data))
+        self.open -= n
+        self.flight.now -= n
+
+    def close(self) -> None:
+        self.flight.now -= self.open
+        self.open = 0
+
+
 async def _delayed(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float, flight: Flight | None = None
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float, conn: Connection | None = None
 ) -> None:
     """Forward with a fixed delay per byte, keeping order (a FIFO of timestamped pieces)."""
     queue: asyncio.Queue = asyncio.Queue()
 
     async def pump_in() -> None:
         while data := await reader.read(PIECE):
-            if flight is not None:
-                flight.now += data.count(b"HTTP/1.1\r\n")  # one request line per request
+            if conn is not None:
+                conn.sent(data)
             await queue.put((time.monotonic() + delay, data))
         await queue.put((0.0, b""))
 
@@ -126,13 +158,12 @@ async def _delayed(
 
 
 async def _capped(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, bucket: Bucket, flight: Flight | None = None
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, bucket: Bucket, conn: Connection | None = None
 ) -> None:
-    responses = Responses()
     while data := await reader.read(PIECE):
         await bucket.take(len(data))
-        if flight is not None:
-            flight.now -= responses.feed(data)
+        if conn is not None:
+            conn.received(data)
         writer.write(data)
         await writer.drain()
     _close(writer)
@@ -155,11 +186,15 @@ async def serve(listen: int, upstream: int, latency_ms: float, bw_mbps: float, s
         except OSError:
             _close(cw)
             return
+        conn = Connection(flight) if flight else None
         try:
-            await asyncio.gather(_delayed(cr, uw, latency_ms / 1000, flight), _capped(ur, cw, bucket, flight))
+            await asyncio.gather(_delayed(cr, uw, latency_ms / 1000, conn), _capped(ur, cw, bucket, conn))
         except (ConnectionError, OSError, asyncio.CancelledError):  # peer gone, or shutting down
             _close(cw)
             _close(uw)
+        finally:
+            if conn is not None:
+                conn.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", listen)
     stop = asyncio.Event()
