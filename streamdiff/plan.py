@@ -445,19 +445,18 @@ def _with_caches(
     the grid then says how many (`hold`: the charge per task that keeps the engine to them).
     When no number of tasks leaves that room, one task at a time and what the room holds, with
     the chunk decodes replayed. None when no cache fits."""
+    room = 2 * mem.in_flight_bytes
+    crossing = [not (streamed or _aligned(grid.shape, grid.block_shape, c)) for c, streamed in zip(chunks, skip)]
+    one = [x and math.prod(c) * i > room - task_cost for x, c, i in zip(crossing, chunks, itemsizes)]
+    if not any(crossing) or any(one):
+        return None  # nothing to cache, or not even one chunk fits beside one task
     kept, n = [], 0
     for t in tasks:  # a long traversal is judged by its prefix: it repeats along the outer axes
         kept.append(t)
         n += len(t)
         if n >= MAX_CACHE_REPLAY:
             break
-    sides = [
-        None if streamed or _aligned(grid.shape, grid.block_shape, c) else _Uses(kept, c, math.prod(c) * size)
-        for c, size, streamed in zip(chunks, itemsizes, skip)
-    ]
-    if sides == [None, None]:
-        return None
-    room = 2 * mem.in_flight_bytes
+    sides = [_Uses(kept, c, math.prod(c) * size) if x else None for c, size, x in zip(chunks, itemsizes, crossing)]
     most = max(1, min(mem.in_flight, mem.in_flight_bytes // max(1, task_bytes)))
     for w in range(most, 0, -1):
         need = [u.cache_bytes(w) if u else 0 for u in sides]
@@ -500,8 +499,14 @@ class _Uses:
 
     def cache_bytes(self, window: int) -> int | None:
         """Cache that keeps each chunk from the first to the last task using it while `window`
-        consecutive tasks are in flight (their reads interleave), checked by replaying the reads
-        in order through an LRU cache of that size; None when the replay still decodes twice."""
+        consecutive tasks are in flight (their reads interleave), and that reading the boxes in
+        order through an LRU cache of that size decodes every chunk once; None when no size up
+        to one task's chunks over the one-task need does."""
+        fitting = self._fitting()
+        return None if fitting is None else max(self._peak(window), fitting) * self.chunk_bytes
+
+    def _peak(self, window: int) -> int:
+        """Most chunks live at once: from when a window of tasks first reaches one to its last task."""
         first: dict = {}
         last: dict = {}
         for t, touched in enumerate(self.tasks):
@@ -509,17 +514,24 @@ class _Uses:
                 first.setdefault(k, t)
                 last[k] = t
         events = [0] * (len(self.tasks) + window + 1)
-        for k, f in first.items():  # live from when a window first reaches it to its last task
+        for k, f in first.items():
             events[max(0, f - window + 1)] += 1
             events[last[k] + 1] -= 1
         live = peak = 0
         for e in events:
             live += e
             peak = max(peak, live)
-        for cap in (peak, peak + self.per_task):
-            if lru_decodes(self.sequence, cap) == self.distinct:
-                return cap * self.chunk_bytes
-        return None
+        return peak
+
+    def _fitting(self) -> int | None:
+        """Smallest of (one-task need, that plus one task's chunks) with which the LRU replay decodes
+        every chunk once (a larger cache never decodes more: LRU is a stack algorithm), cached."""
+        if not hasattr(self, "_fit"):
+            peak = self._peak(1)
+            self._fit = next(
+                (c for c in (peak, peak + self.per_task) if lru_decodes(self.sequence, c) == self.distinct), None
+            )
+        return self._fit
 
 
 def _aligned(shape: tuple[int, ...], block: tuple[int, ...], chunks: list[int]) -> bool:
