@@ -10,6 +10,9 @@ counters, saved with OCDBT + zarr3 as MaxText does.
 * `sharded`: jax.Arrays sharded over 8 host CPU devices (mesh data=4, model=2): chunks = shards.
 * `numpy`: numpy arrays, one chunk per array (what converters write): the largest is 128 MiB at
   emb=1024, mlp=4096, 8 layers.
+* `crossed`: OUT/a sharded on mesh data=4, model=2 and OUT/b holding the same values sharded on mesh
+  data=8, model=1 (another mesh, as after a resharded restart): chunk grids [256,8,2048] and
+  [128,8,4096] for the MLP kernels, crossing each other (lcm block [256,8,4096]). No a2.
 
 Size: about 240 MiB per layer per checkpoint, plus 384 MiB for the embedding and its moments.
 """
@@ -58,13 +61,13 @@ def _map(fn, tree, path=()):
     return fn(path, tree)
 
 
-def build_state(layers: int, seed: int, layout: str, noise: float = 0.0):
+def build_state(layers: int, seed: int, layout: str, noise: float = 0.0, mesh_shape: tuple[int, int] = (4, 2)):
     import jax
     import numpy as np
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "model"))
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(*mesh_shape), ("data", "model"))
 
     def make(path, shape, salt):
         rng = np.random.default_rng(abs(hash((seed, salt) + path)) % (2**32))
@@ -73,7 +76,7 @@ def build_state(layers: int, seed: int, layout: str, noise: float = 0.0):
             x += rng.standard_normal(shape, dtype=np.float32) * np.float32(noise)
         if layout == "numpy":
             return x
-        if len(shape) >= 2 and shape[0] % 4 == 0 and shape[-1] % 2 == 0:
+        if len(shape) >= 2 and shape[0] % mesh_shape[0] == 0 and shape[-1] % mesh_shape[1] == 0:
             spec = P("data", *([None] * (len(shape) - 2)), "model")  # first and last axes, as MaxText
         else:
             spec = P()
@@ -103,7 +106,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out")
     ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--layout", choices=["sharded", "numpy"], default="sharded")
+    ap.add_argument("--layout", choices=["sharded", "numpy", "crossed"], default="sharded")
     args = ap.parse_args()
     import logging
     import warnings
@@ -113,6 +116,11 @@ def main() -> None:
     args.out = os.path.abspath(args.out)
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
+    if args.layout == "crossed":
+        save(os.path.join(args.out, "a"), build_state(args.layers, seed=0, layout="sharded"))
+        save(os.path.join(args.out, "b"), build_state(args.layers, seed=0, layout="sharded", mesh_shape=(8, 1)))
+        print(f"wrote {args.out}/{{a,b}} (crossed, {args.layers} layers) in {time.time() - t0:.0f}s")
+        return
     a = build_state(args.layers, seed=0, layout=args.layout)
     save(os.path.join(args.out, "a"), a)
     save(os.path.join(args.out, "a2"), a)

@@ -30,10 +30,7 @@ import zstandard
 from .datatypes import ArraySource
 from .formats import ocdbt
 from .formats.zarr_metadata import ArrayMetadata
-
-#: Bytes fetched per range read when streaming a chunk.
-PIECE_BYTES = 8 << 20
-
+from .plan import PIECE_BYTES
 
 #: What the stored bytes of one array's chunks look like: the array's typed metadata, which has the
 #: storage grid (`chunk_shape`), the read chunk (`inner_shape`), `key()`, `streamable`, `signature`,
@@ -60,6 +57,58 @@ class RawStore:
         self.kv = ts.KvStore.open(source.spec["kvstore"], context=context).result()
         self._sizes = sizes  # key -> stored size, or None when unknown
         self._local = _local_dir(source.spec["kvstore"])
+        self._started: dict[tuple[int, ...], _Started] = {}  # chunks whose first reads are on their way
+        self._taken: tuple[int, ...] | None = None  # the furthest chunk (C order) a task has streamed
+        self._lock = threading.Lock()
+
+    def take_started(self, grid_index: tuple[int, ...]) -> _Started | None:
+        with self._lock:
+            self._taken = grid_index if self._taken is None else max(self._taken, grid_index)
+            return self._started.pop(grid_index, None)
+
+    def start_next(self, grid_index: tuple[int, ...], piece: int, depth: int) -> None:
+        """On a remote store, issue the first reads of the chunk after `grid_index` (C order, the
+        order chunk tasks are handed out): its shard index and, where the inner chunk must start
+        its shard, its first `depth` pieces. The task that streams it then finds its round trips
+        already made; a task streaming one chunk keeps the link busy for the next."""
+        index = self.format.shard_index
+        if self.source.is_local or (index is not None and not index.at_end):
+            return
+        shape = self.format.shape
+        if not shape or len(shape) != len(grid_index):
+            return
+        counts = [-(-n // max(1, c)) for n, c in zip(shape, self.format.inner_shape)]
+        nxt = list(grid_index)
+        for d in reversed(range(len(nxt))):
+            nxt[d] += 1
+            if nxt[d] < counts[d]:
+                break
+            nxt[d] = 0
+        else:
+            return  # the last chunk
+        key = tuple(nxt)
+        with self._lock:
+            if key in self._started or (self._taken is not None and key <= self._taken):
+                return  # already started, or its task came first (two threads walk one array)
+            while len(self._started) >= MAX_STARTED:  # chunks never streamed (settled otherwise)
+                self._started.pop(next(iter(self._started)))
+            self._started[key] = self._start(key, piece, depth)
+
+    def _start(self, grid_index: tuple[int, ...], piece: int, depth: int) -> _Started:
+        f = self.format
+        if f.shard_index is None:
+            key = f.key(grid_index)
+            return _Started(None, _ranges(self.kv, key, 0, self.size(key), piece, depth), self.size(key))
+        per = f.inner_per_shard
+        key = f.key(tuple(g // p for g, p in zip(grid_index, per)))
+        index = self.kv.read(key, byte_range=_index_range(f))
+        size = self.size(key)
+        if size is None or any(p != 1 for p in per):
+            return _Started(index, [], None)
+        # One inner chunk per shard, index at the end: the chunk is the shard's first bytes (checked
+        # against the index before the reads are used).
+        stop = size - f.shard_index.nbytes
+        return _Started(index, _ranges(self.kv, key, 0, stop, piece, depth), stop)
 
     def size(self, key: str) -> int | None:
         if self._sizes is not None:
@@ -79,6 +128,31 @@ class RawStore:
         if r.state != "value":
             raise ValueError(f"chunk {key!r} is missing")
         return bytes(r.value)
+
+
+#: Chunks per array whose first reads may wait for their task at once.
+MAX_STARTED = 4
+
+
+@dataclass
+class _Started:
+    """Reads issued ahead for one chunk: its shard index read (sharded) and its first pieces from
+    offset 0 (futures with their start offsets), which are valid when the chunk spans [0, stop)."""
+
+    index: Any
+    reads: list
+    stop: int | None
+
+
+def _ranges(kv: ts.KvStore, key: str, start: int, stop: int | None, piece: int, depth: int) -> list:
+    if stop is None:
+        return []
+    out = []
+    for off in range(start, stop, piece):
+        if len(out) >= depth:
+            break
+        out.append((kv.read(key, byte_range=slice(off, min(off + piece, stop))), off))
+    return out
 
 
 def _local_dir(kvspec: dict[str, Any]) -> str | None:
@@ -132,7 +206,7 @@ def _ocdbt_sizes(base: dict[str, Any], context: ts.Context) -> dict[str, int] | 
 class _RangeSource:
     """File-like reader over one stored value's byte range, keeping `depth` piece reads in flight."""
 
-    def __init__(self, raw: RawStore, key: str, start: int, stop: int | None, piece: int, depth: int = 2):
+    def __init__(self, raw: RawStore, key: str, start: int, stop: int | None, piece: int, depth: int = 2, issued=()):
         self.raw = raw
         self.key = key
         self.pos = start
@@ -141,8 +215,10 @@ class _RangeSource:
         self.eof = False
         self._data = b""
         self._off = 0
-        self._ahead: collections.deque = collections.deque()
-        for _ in range(max(1, depth)):
+        self._ahead: collections.deque = collections.deque(issued)  # (future, start) already on their way
+        if issued:
+            self.pos = min(issued[-1][1] + piece, stop) if stop is not None else issued[-1][1] + piece
+        for _ in range(max(1, depth) - len(self._ahead)):
             f = self._fetch()
             if f is None:
                 break
@@ -190,12 +266,20 @@ class _RangeSource:
         return len(data)
 
 
-def inner_chunk_range(raw: RawStore, shard_key: str, inner_index: tuple[int, ...]) -> tuple[int, int]:
-    """(offset, nbytes) of one inner chunk of a zarr3 shard, from the shard index."""
-    f = raw.format
+def _index_range(f: ChunkFormat) -> slice:
+    """The byte range of a shard's index (sharded arrays only)."""
     index = f.shard_index
-    rng = slice(-index.nbytes, None) if index.at_end else slice(0, index.nbytes)
-    r = raw.kv.read(shard_key, byte_range=rng).result()
+    assert index is not None  # callers ask for sharded arrays only
+    return slice(-index.nbytes, None) if index.at_end else slice(0, index.nbytes)
+
+
+def inner_chunk_range(
+    raw: RawStore, shard_key: str, inner_index: tuple[int, ...], read: ts.Future | None = None
+) -> tuple[int, int]:
+    """(offset, nbytes) of one inner chunk of a zarr3 shard, from the shard index (`read`: the
+    index read, already issued)."""
+    f = raw.format
+    r = (read or raw.kv.read(shard_key, byte_range=_index_range(f))).result()
     if r.state != "value":
         raise MissingChunk(f"shard {shard_key!r} is missing")
     flat = int(np.ravel_multi_index(inner_index, f.inner_per_shard)) if inner_index else 0
@@ -219,8 +303,21 @@ def stream_chunk(
     (the last may be shorter), as stored: edge chunks keep their padding, which the caller clips.
     A chunk that is not stored raises `MissingChunk`, unless `fill` is given (stores whose writers
     skip fill-valued chunks): then its slabs hold `fill`.
+
+    The chunk's location (a shard index read) and its first `depth` range reads are issued here,
+    before the first slab is asked for: a caller streaming both sides of a pair starts both
+    sides' round trips at once instead of one after the other.
     """
-    f = raw.format
+    try:
+        key, reader = _chunk_reader(raw, grid_index, piece, depth)
+    except MissingChunk:
+        if fill is None:
+            raise
+        key, reader = None, None
+    return _slabs(raw.format, key, reader, rows_per_slab, fill)
+
+
+def _slabs(f: ChunkFormat, key: str | None, reader, rows_per_slab: int, fill: Any) -> Iterator[np.ndarray]:
     shape = f.inner_shape
     row_elems = int(np.prod(shape[1:])) if len(shape) > 1 else 1
     row_bytes = row_elems * f.stored_dtype.itemsize
@@ -228,7 +325,8 @@ def stream_chunk(
     # One buffer, reused: each slab is compared before the next is decoded into it.
     buf = np.empty((min(rows_per_slab, total_rows),) + tuple(shape[1:]), dtype=f.stored_dtype)
     try:
-        key, reader = _chunk_reader(raw, grid_index, piece, depth)
+        if reader is None:
+            raise MissingChunk("not stored")
         # The first read tells whether the chunk is stored at all.
         head = reader.readinto(memoryview(buf.reshape(-1).view(np.uint8))[: min(row_bytes, buf.nbytes) or 1])
     except MissingChunk:
@@ -255,15 +353,22 @@ def stream_chunk(
 def _chunk_reader(raw: RawStore, grid_index: tuple[int, ...], piece: int, depth: int):
     """(key, file-like reader of the decoded bytes) of one (inner) chunk."""
     f = raw.format
+    started = raw.take_started(grid_index)
+    issued = []
     if f.shard_index is None:
         key, start, stop = f.key(grid_index), 0, None
+        if started is not None and started.reads:
+            stop, issued = started.stop, started.reads
     else:
         per = f.inner_per_shard
         shard = tuple(g // p for g, p in zip(grid_index, per))
         inner = tuple(g % p for g, p in zip(grid_index, per))
         key = f.key(shard)
-        offset, nbytes = inner_chunk_range(raw, key, inner)
+        offset, nbytes = inner_chunk_range(raw, key, inner, started.index if started else None)
         start, stop = offset, offset + nbytes
-    source = _RangeSource(raw, key, start, stop, piece, depth)
+        if started is not None and offset == 0 and stop == started.stop:
+            issued = started.reads
+    source = _RangeSource(raw, key, start, stop, piece, depth, issued)
+    raw.start_next(grid_index, piece, depth)
     reader = zstandard.ZstdDecompressor().stream_reader(source, read_size=piece) if f.compressor == "zstd" else source
     return key, reader

@@ -4,15 +4,23 @@ A block is a box of the array's index space read from both sides at once. Blocks
 both chunk grids when the grids nest (or their least common multiple fits the budget), so every
 stored chunk is decoded once. When a block must be smaller than a chunk, the chunk is decoded once
 per block that touches it; that read amplification is computed here and reported, never hidden.
+
+Crossed grids (the same values saved on another mesh: chunks [256,8,2048] against [128,8,4096])
+take the least-common-multiple block when two such blocks fit in flight. When they do not, the
+blocks follow one side's chunk grid and the other side is read through a bounded cache of decoded
+chunks (tensorstore's `cache_pool`), sized here by replaying the traversal, so each of its chunks
+is decoded once while every block using it is read (`pair_grid`, `pair_rows`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import random
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import UsageError
 from .units import human_bytes
@@ -49,6 +57,21 @@ MAX_CHUNKS_PER_BLOCK = 4096
 MAX_CHUNKS_PER_LEAF = 10**9
 
 
+#: Largest range read when streaming a chunk's stored bytes.
+PIECE_BYTES = 8 << 20
+
+
+#: Range reads kept in flight per streamed chunk, local and remote: remote stores need several round
+#: trips' worth in flight to fill the link (a bandwidth-delay product of ~10 MB at 200 MB/s, 50 ms).
+PREFETCH_LOCAL = 2
+PREFETCH_REMOTE = 4
+
+
+def prefetch_depth(is_local: bool) -> int:
+    """Range reads kept in flight per streamed chunk (PREFETCH_LOCAL / PREFETCH_REMOTE)."""
+    return PREFETCH_LOCAL if is_local else PREFETCH_REMOTE
+
+
 def default_jobs() -> int:
     return max(2, min(8, os.cpu_count() or 2))
 
@@ -66,6 +89,11 @@ class MemoryPlan:
     @property
     def in_flight_bytes(self) -> int:
         return self.block_bytes * self.in_flight
+
+    @property
+    def piece_bytes(self) -> int:
+        """Bytes per range read when streaming a chunk: large enough to amortise a round trip."""
+        return max(1 << 20, min(PIECE_BYTES, self.block_bytes // 8))
 
     @property
     def whole_chunk_bytes(self) -> int:
@@ -155,6 +183,12 @@ class BlockGrid:
     block_shape: tuple[int, ...]
     amplification_a: float  # bytes decoded / bytes stored, side A
     amplification_b: float
+    #: Decoded-chunk cache (bytes) a side is read through; 0: none. Its effect is in the amplification.
+    cache_a: int = 0
+    cache_b: int = 0
+    #: Bytes each block is charged against the bytes in flight (0: its decoded size). Larger when the
+    #: plan needs fewer blocks in flight (an lcm block, or room for a cache).
+    hold: int = 0
 
     @property
     def count(self) -> int:
@@ -367,3 +401,233 @@ class Sample:
         for j in range(k):
             lo, hi = j * blocks // k, (j + 1) * blocks // k  # hi > lo since k <= blocks
             yield lo + rng.randrange(hi - lo)
+
+
+# --------------------------------------------------------------------------------- crossed grids
+
+#: Boxes replayed when sizing a chunk cache; a longer traversal is judged by this prefix (the
+#: traversal is periodic along the outer axes, so the prefix repeats what follows).
+MAX_CACHE_REPLAY = 1 << 15
+
+
+def pair_grid(
+    shape: tuple[int, ...],
+    chunks_a: tuple[int, ...] | None,
+    chunks_b: tuple[int, ...] | None,
+    itemsizes: tuple[int, int],
+    mem: MemoryPlan,
+) -> BlockGrid:
+    """`block_grid`, and for crossed grids the better of: the least-common-multiple block when two
+    of them fit in the bytes in flight (each chunk decoded once, fewer blocks in flight), or blocks
+    of one side's chunk with the other side read through a decoded-chunk cache."""
+    bpe = sum(itemsizes)
+    g = block_grid(shape, chunks_a, chunks_b, bpe, mem.block_bytes)
+    if not shape or 0 in shape or _worst(g) <= 1.0:
+        return g
+    ca, cb = _clip(chunks_a, shape), _clip(chunks_b, shape)
+    common = tuple(min(math.lcm(x, y), n) for x, y, n in zip(ca, cb, shape))
+    chunk_cap = MAX_CHUNKS_PER_BLOCK * min(math.prod(ca), math.prod(cb))
+    best = g
+    for walk in (ca, cb):
+        nbytes = math.prod(walk) * bpe
+        if nbytes > 2 * mem.block_bytes or math.prod(walk) > chunk_cap:
+            continue
+        grid = BlockGrid(shape, tuple(walk), 1.0, 1.0)
+        tasks = ([box] for box in grid.boxes())
+        # A block in flight costs twice its size (decode buffer and array), as in memory_plan.
+        cand = _with_caches(grid, tasks, (ca, cb), itemsizes, nbytes, 2 * nbytes, mem)
+        if cand is not None and _worst(cand) < _worst(best):
+            best = cand
+    if _worst(best) > 1.0 and 2 * math.prod(common) * bpe <= mem.in_flight_bytes and math.prod(common) <= chunk_cap:
+        return BlockGrid(shape, common, 1.0, 1.0, hold=math.prod(common) * bpe)
+    return best
+
+
+def pair_rows(
+    shape: tuple[int, ...],
+    chunks_a: tuple[int, ...],
+    chunks_b: tuple[int, ...],
+    big_a: bool,
+    big_b: bool,
+    itemsizes: tuple[int, int],
+    mem: MemoryPlan,
+) -> RowsPlan:
+    """`rows_plan`, with the side read box by box (not streamed) kept in a decoded-chunk cache when
+    its chunks cross the walked grid and the cache fits: each of its chunks is then decoded once."""
+    bpe = sum(itemsizes)
+    r = rows_plan(shape, chunks_a, chunks_b, big_a, big_b, bpe, mem.block_bytes)
+    if r.stream_a and r.stream_b:
+        # Both sides stream in lockstep: slabs a quarter of the block (the same chunks are decoded
+        # once whatever the slab) leave the bytes in flight to range reads, so that several
+        # chunks stream at once.
+        return rows_plan(shape, chunks_a, chunks_b, big_a, big_b, bpe, max(1, mem.block_bytes // 4))
+    hold = rows_hold(r, bpe, mem, prefetch_depth(True))
+    walk, rows = r.grid.block_shape, r.slab_rows
+    tasks = (list(slab_boxes(shape, walk, rows, box)) for box in BlockGrid(shape, walk, 1.0, 1.0).boxes())
+    chunks = (_clip(chunks_a, shape), _clip(chunks_b, shape))
+    grid = _with_caches(r.grid, tasks, chunks, itemsizes, hold, hold, mem, skip=(r.stream_a, r.stream_b))
+    if grid is None or _worst(grid) >= _worst(r.grid):
+        return r
+    return replace(r, grid=grid)
+
+
+def rows_hold(r: RowsPlan, bytes_per_element: int, mem: MemoryPlan, depth: int) -> int:
+    """Memory one streamed-chunk task holds: its slab of both sides (one buffer per streamed side),
+    the range reads in flight per streamed side and as many for the next chunk's first reads
+    (issued ahead on remote stores, see chunks.RawStore.start_next), and when one side is read
+    through tensorstore instead, a second slab for the decode behind that read."""
+    slab = r.slab_rows * math.prod(r.grid.block_shape[1:]) * bytes_per_element
+    read = 0 if (r.stream_a and r.stream_b) else slab
+    return slab + read + 2 * depth * mem.piece_bytes * (r.stream_a + r.stream_b)
+
+
+def slab_boxes(
+    shape: tuple[int, ...], walk: tuple[int, ...], slab_rows: int, chunk: tuple[tuple, tuple]
+) -> Iterator[tuple[tuple, tuple]]:
+    """The boxes a rows plan reads for one walked `chunk` (start, stop), in order: `slab_rows` rows
+    at a time, the first slab starting at the chunk's first row."""
+    begin, stop = chunk
+    for r0 in range(begin[0], stop[0], slab_rows):
+        yield (r0,) + tuple(begin[1:]), (min(r0 + slab_rows, stop[0]),) + tuple(stop[1:])
+
+
+def _worst(g: BlockGrid) -> float:
+    return max(g.amplification_a, g.amplification_b)
+
+
+def _with_caches(
+    grid: BlockGrid,
+    tasks: Iterable[list[tuple[tuple, tuple]]],
+    chunks: tuple[list[int], list[int]],
+    itemsizes: tuple[int, int],
+    task_bytes: int,
+    task_cost: int,
+    mem: MemoryPlan,
+    skip: tuple[bool, bool] = (False, False),
+) -> BlockGrid | None:
+    """`grid` with each side whose chunks cross the tasks' boxes read through a decoded-chunk cache.
+
+    `tasks` are the engine's tasks in order, each the boxes it reads in order; a task is charged
+    `task_bytes` against the bytes in flight and costs `task_cost` of memory. The most tasks in
+    flight that leave room for caches holding every chunk from its first use to its last win:
+    the grid then says how many (`hold`: the charge per task that keeps the engine to them).
+    When no number of tasks leaves that room, one task at a time and what the room holds, with
+    the chunk decodes replayed. None when no cache fits."""
+    room = 2 * mem.in_flight_bytes
+    crossing = [not (streamed or _aligned(grid.shape, grid.block_shape, c)) for c, streamed in zip(chunks, skip)]
+    one = [x and math.prod(c) * i > room - task_cost for x, c, i in zip(crossing, chunks, itemsizes)]
+    if not any(crossing) or any(one):
+        return None  # nothing to cache, or not even one chunk fits beside one task
+    kept, n = [], 0
+    for t in tasks:  # a long traversal is judged by its prefix: it repeats along the outer axes
+        kept.append(t)
+        n += len(t)
+        if n >= MAX_CACHE_REPLAY:
+            break
+    sides = [_Uses(kept, c, math.prod(c) * size) if x else None for c, size, x in zip(chunks, itemsizes, crossing)]
+    most = max(1, min(mem.in_flight, mem.in_flight_bytes // max(1, task_bytes)))
+    for w in range(most, 0, -1):
+        need = [u.cache_bytes(w) if u else 0 for u in sides]
+        if None not in need and sum(need) <= room - w * task_cost:
+            amps = [1.0 if u else a for u, a in zip(sides, (grid.amplification_a, grid.amplification_b))]
+            return replace(grid, amplification_a=amps[0], amplification_b=amps[1], cache_a=need[0], cache_b=need[1],
+                           hold=mem.in_flight_bytes // w)  # fmt: skip
+    left = room - task_cost
+    if left <= 0:
+        return None
+    out = replace(grid, hold=mem.in_flight_bytes)
+    for k, u in enumerate(sides):  # one task at a time; the room split between the sides by need
+        if u is None:
+            continue
+        share = left * u.chunk_bytes // sum(x.chunk_bytes for x in sides if x)
+        cap = share // u.chunk_bytes
+        if cap < u.per_task:
+            return None
+        amp = lru_decodes(u.sequence, cap) / max(1, u.distinct)
+        out = replace(out, **{f"amplification_{'ab'[k]}": amp, f"cache_{'ab'[k]}": cap * u.chunk_bytes})
+    return out
+
+
+class _Uses:
+    """Which chunks of one side each task reads, in order, and what caching them takes."""
+
+    def __init__(self, tasks: list[list[tuple[tuple, tuple]]], chunks: list[int], chunk_bytes: int):
+        self.chunk_bytes = chunk_bytes
+        self.per_task = 0
+        self.tasks: list[set] = []
+        self.sequence: list[list[tuple[int, ...]]] = []  # per box, in reading order
+        for boxes in tasks:
+            touched: set = set()
+            for box in chunk_uses(boxes, chunks):
+                self.sequence.append(box)
+                touched.update(box)
+            self.tasks.append(touched)
+            self.per_task = max(self.per_task, len(touched))
+        self.distinct = len(set().union(*self.tasks)) if self.tasks else 0
+
+    def cache_bytes(self, window: int) -> int | None:
+        """Cache that keeps each chunk from the first to the last task using it while `window`
+        consecutive tasks are in flight (their reads interleave), and that reading the boxes in
+        order through an LRU cache of that size decodes every chunk once; None when no size up
+        to one task's chunks over the one-task need does."""
+        fitting = self._fitting()
+        return None if fitting is None else max(self._peak(window), fitting) * self.chunk_bytes
+
+    def _peak(self, window: int) -> int:
+        """Most chunks live at once: from when a window of tasks first reaches one to its last task."""
+        first: dict = {}
+        last: dict = {}
+        for t, touched in enumerate(self.tasks):
+            for k in touched:
+                first.setdefault(k, t)
+                last[k] = t
+        events = [0] * (len(self.tasks) + window + 1)
+        for k, f in first.items():
+            events[max(0, f - window + 1)] += 1
+            events[last[k] + 1] -= 1
+        live = peak = 0
+        for e in events:
+            live += e
+            peak = max(peak, live)
+        return peak
+
+    def _fitting(self) -> int | None:
+        """Smallest of (one-task need, that plus one task's chunks) with which the LRU replay decodes
+        every chunk once (a larger cache never decodes more: LRU is a stack algorithm), cached."""
+        if not hasattr(self, "_fit"):
+            peak = self._peak(1)
+            self._fit = next(
+                (c for c in (peak, peak + self.per_task) if lru_decodes(self.sequence, c) == self.distinct), None
+            )
+        return self._fit
+
+
+def _aligned(shape: tuple[int, ...], block: tuple[int, ...], chunks: list[int]) -> bool:
+    """Every block covers whole chunks (or the whole axis): no chunk is shared by two blocks."""
+    return all(b % c == 0 or b >= n for n, b, c in zip(shape, block, chunks))
+
+
+def chunk_uses(boxes: Iterable[tuple[tuple, tuple]], chunks: list[int]) -> list[list[tuple[int, ...]]]:
+    """For each box, the grid indices of the chunks it overlaps."""
+    out = []
+    for start, stop in boxes:
+        ranges = [range(s // c, (e - 1) // c + 1) for s, e, c in zip(start, stop, chunks)]
+        out.append(list(itertools.product(*ranges)))
+    return out
+
+
+def lru_decodes(uses: list[list[tuple[int, ...]]], capacity: int) -> int:
+    """Chunk decodes when the boxes are read in order through an LRU cache of `capacity` chunks
+    (tensorstore's cache pool evicts the least recently used entry first)."""
+    cache: OrderedDict = OrderedDict()
+    decodes = 0
+    for touched in uses:
+        for key in touched:
+            if key in cache:
+                cache.move_to_end(key)
+                continue
+            decodes += 1
+            cache[key] = True
+            while len(cache) > capacity:
+                cache.popitem(last=False)
+    return decodes

@@ -81,6 +81,14 @@ def make_context(remote: bool, io_concurrency: int | None = None) -> ts.Context:
     return ts.Context(spec)
 
 
+def cached_context(parent: ts.Context, nbytes: int) -> ts.Context:
+    """`parent` with a decoded-chunk cache of `nbytes` (the planner's, see plan.pair_grid): stores
+    opened with it keep each decoded chunk until newer ones push it out, least recently used first.
+    Everything else (metadata cache, request limits, retries) is the parent's."""
+    slack = nbytes // 64 + (64 << 10)  # the pool counts a little bookkeeping per entry too
+    return ts.Context(ts.Context.Spec({"cache_pool": {"total_bytes_limit": nbytes + slack}}), parent=parent)
+
+
 @dataclass(frozen=True)
 class Storage:
     """The kvstore a checkpoint lives in; `root` is the user's path, always ending in '/'."""

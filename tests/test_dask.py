@@ -4,6 +4,7 @@ storage counters), with rules, stacking views and transposes in play; failures s
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
@@ -123,3 +124,42 @@ def test_io_concurrency_reaches_the_workers_and_their_remote_contexts(cluster):
     assert per_worker and all(v == 7 for v in per_worker)
     remote = WorkerCache(RunState("r", [], [], None, True, (True, True), 30.0, 7, False))
     assert [c["gcs_request_concurrency"].to_json() for c in remote.contexts] == [{"limit": 7}] * 2
+
+
+def test_dask_crossed_grids_read_through_a_chunk_cache_built_on_the_worker(cluster, tmp_path):
+    """Blocks of A's chunk with B's crossing chunks read through a decoded-chunk cache (plan.pair_grid):
+    the worker builds the cached context itself, so the workers read every stored byte once, as the
+    threads do (without the cache each B chunk is decoded by the two blocks it spans)."""
+    import numpy as np
+    import tensorstore as ts
+    from dask.distributed import Client
+
+    from streamdiff.plan import memory_plan, pair_grid
+
+    shape, chunks_a, chunks_b = (64, 48), (16, 24), (8, 48)
+    a = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    b = a.copy()
+    b[40, 30] -= 2.0
+    for name, values, chunks in (("a", a, chunks_a), ("b", b, chunks_b)):
+        md = {"shape": list(shape), "chunks": list(chunks), "compressor": None, "dtype": "<f4"}
+        spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": f"{tmp_path / name}/"}, "metadata": md}
+        ts.open(spec, create=True).result().write(values).result()
+    g = pair_grid(shape, chunks_a, chunks_b, (4, 4), memory_plan(2 << 30, 2, 1600))
+    assert g.cache_a == 0 and g.cache_b > 0
+    pa, pb = str(tmp_path / "a"), str(tmp_path / "b")
+    stored = sum(f.stat().st_size for p in (pa, pb) for f in Path(p).iterdir() if not f.name.startswith("."))
+    meta = streamdiff.diff(pa, pb, structure_only=True).bytes_read
+    dask = streamdiff.diff(pa, pb, block_bytes=1600, scheduler=cluster)
+    assert dask.bytes_read - meta == stored
+    leaf = dask.leaves[0]
+    assert leaf.stats.mismatches == 1 and leaf.stats.max_abs_diff == pytest.approx(2.0, rel=1e-6)
+
+    def cache_limits() -> list | None:
+        c = worker_cache()
+        if c is None or not c.state.caches[1]:
+            return None  # this worker ran no batch of this run
+        return [None if x is None else x["cache_pool"].to_json()["total_bytes_limit"] for x in c.sides.cached]
+
+    with Client(cluster) as client:
+        seen = [v for v in client.run(cache_limits).values() if v is not None]
+    assert seen and all(v[0] is None and v[1] >= g.cache_b for v in seen)

@@ -279,3 +279,14 @@ def test_orbax_item_data_the_tree_does_not_name_is_not_compared_on_gcs(gcs, tmp_
             "extra": "not_compared",
             "notes.txt": "not_compared",
         }
+
+
+def test_streamed_chunks_read_ahead_on_both_sides_over_gcs_match_chunk_for_chunk(gcs, corpus):
+    """Both sides remote, every chunk streamed: each side issues the next chunk's first reads ahead
+    of its task (chunks.RawStore.start_next; sharded zarr3 under OCDBT, and zarr3 without OCDBT).
+    The same values saved two ways compare identical, so no chunk was read in another's place."""
+    import streamdiff
+
+    r = streamdiff.diff(gs("chunked_zarr3"), gs("chunked_noocdbt"), block_bytes=4096, shortcut=False)
+    assert r.exit_code == 0 and r.identical
+    assert sum(1 for x in r.leaves if x.stats and x.stats.streamed) >= 1

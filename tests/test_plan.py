@@ -15,7 +15,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamdiff.plan import BASE_RSS, TILE_BYTES_PER_ELEMENT, block_grid, memory_plan, rows_plan
+from streamdiff.plan import (
+    BASE_RSS,
+    TILE_BYTES_PER_ELEMENT,
+    MemoryPlan,
+    block_grid,
+    memory_plan,
+    pair_grid,
+    pair_rows,
+    prefetch_depth,
+    rows_hold,
+    rows_plan,
+)
 
 MiB = 1 << 20
 
@@ -220,3 +231,98 @@ def test_memory_plan_block_bytes_override_keeps_everything_else():
     m = memory_plan(2 << 30, 4, block_bytes=16)
     assert m.block_bytes == 16 and (m.tile, m.in_flight) == (memory_plan(2 << 30, 4).tile, 10)
     assert memory_plan(2 << 30, 4, block_bytes=0).block_bytes == 1
+
+
+# ------------------------------------------------------------------------ crossed grids (pair_grid)
+
+#: The issue's pair: MLP kernels saved on two meshes, chunks [256,8,2048] and [128,8,4096].
+KERNEL, MESH_A, MESH_B = (1024, 8, 4096), (256, 8, 2048), (128, 8, 4096)
+
+
+def lru_count(boxes, shape, chunks, capacity: int) -> int:
+    """Chunk decodes reading `boxes` in order through a least-recently-used cache of `capacity`
+    chunks: a list, most recent last (written apart from plan.lru_decodes)."""
+    cache: list = []
+    decodes = 0
+    for start, stop in boxes:
+        for key in itertools.product(*(chunks_overlapping(s, e, c) for s, e, c in zip(start, stop, chunks))):
+            if key in cache:
+                cache.remove(key)
+            else:
+                decodes += 1
+            cache.append(key)
+            del cache[: max(0, len(cache) - capacity)]
+    return decodes
+
+
+def test_pair_grid_takes_the_lcm_block_when_two_fit_in_flight_and_no_chunk_fits_a_block():
+    """16 blocks of 8 MiB in flight (128 MiB) hold two lcm blocks of 64 MiB (both sides); a chunk of
+    either side (32 MiB both sides) is over twice the block, so no cached traversal: the block is
+    the lcm block, charged its full size (two in flight), every chunk decoded once."""
+    m = MemoryPlan(budget=2 << 30, jobs=2, block_bytes=8 * MiB, in_flight=16, tile=1 << 12)
+    g = pair_grid(KERNEL, MESH_A, MESH_B, (4, 4), m)
+    assert g.block_shape == (256, 8, 4096) and g.hold == 64 * MiB
+    assert (g.amplification_a, g.amplification_b, g.cache_a, g.cache_b) == (1.0, 1.0, 0, 0)
+    assert m.in_flight_bytes // g.hold == 2
+    fewer = MemoryPlan(budget=2 << 30, jobs=2, block_bytes=8 * MiB - 1, in_flight=16, tile=1 << 12)
+    assert pair_grid(KERNEL, MESH_A, MESH_B, (4, 4), fewer).block_shape != (256, 8, 4096)
+
+
+@pytest.mark.parametrize("budget", [384 << 20, 512 << 20])
+def test_pair_grid_between_256m_and_1g_reads_one_sides_chunks_and_caches_the_other(budget):
+    """384M-512M: a chunk of A (32 MiB both sides) fits a block; B's chunks, crossing it along the
+    last axis, are cached (the two each pair of A blocks shares): every chunk decoded once, by the
+    independent LRU count. (Decoding each chunk straight into the array compared costs less than
+    the lcm block's copy out of two decode buffers, so this wins even where two lcm blocks fit.)"""
+    m = memory_plan(budget, 2)
+    g = pair_grid(KERNEL, MESH_A, MESH_B, (4, 4), m)
+    assert g.block_shape == MESH_A and g.cache_a == 0 and g.cache_b > 0
+    assert (g.amplification_a, g.amplification_b) == (1.0, 1.0)
+    chunk = math.prod(MESH_B) * 4
+    stored = math.prod(n // c for n, c in zip(KERNEL, MESH_B))
+    assert lru_count(g.boxes(), KERNEL, MESH_B, g.cache_b // chunk) == stored
+    window = m.in_flight_bytes // g.hold
+    assert window >= 1 and g.cache_b + window * 2 * math.prod(MESH_A) * 8 <= 2 * m.in_flight_bytes
+
+
+def test_pair_rows_at_256m_reads_the_crossed_side_through_a_cache_every_chunk_once():
+    """256M: chunks of 16 MiB exceed the 9.8 MiB block, so A's stream; B's chunks cross A's along
+    the last axis, and the two B chunks each pair of A chunks shares (32 MiB) are cached: each B
+    chunk is decoded once (LRU replay of the slabs in order, independent count)."""
+    m = memory_plan(256 << 20, 2)
+    r = pair_rows(KERNEL, MESH_A, MESH_B, True, True, (4, 4), m)
+    assert r.stream_a and not r.stream_b and r.grid.cache_b > 0
+    assert (r.grid.amplification_a, r.grid.amplification_b) == (1.0, 1.0)
+    boxes = list(slabs(KERNEL, MESH_A, r.slab_rows))
+    chunk = math.prod(MESH_B) * 4
+    assert lru_count(boxes, KERNEL, MESH_B, r.grid.cache_b // chunk) == math.prod(
+        n // c for n, c in zip(KERNEL, MESH_B)
+    )
+    window = m.in_flight_bytes // r.grid.hold  # tasks in flight; the cache fits beside what they hold
+    cost = rows_hold(r, 8, m, prefetch_depth(True))
+    assert window == 2 and r.grid.cache_b + window * cost <= 2 * m.in_flight_bytes
+
+
+@pytest.mark.parametrize(
+    "chunks_b, block_bytes, capacity, amp_a, uncached",
+    [
+        # B's 8x16 chunks cross A's 16x24: 2560 bytes a block leave room (5120 less one block's
+        # 2048) for the two A chunks a row of blocks shares: each decoded once.
+        ((8, 16), 2560, 2, 1.0, 4.0),
+        # B's 8x8 chunks: 1280 bytes a block leave room (2560 - 1024) for one A chunk: each is
+        # decoded once per 8-row band, twice, instead of once per block, 6 times.
+        ((8, 8), 1280, 1, 2.0, 6.0),
+    ],
+)
+def test_pair_grid_cached_amplification_is_the_independent_lru_count(chunks_b, block_bytes, capacity, amp_a, uncached):
+    """Blocks of B's chunks over A's 16x24 chunks, A's chunk too big for a block (3072 bytes over
+    twice the block bytes), one block in flight: A is read through a cache of what the room holds,
+    and the amplification is the count of an LRU cache of that many chunks reading the blocks."""
+    m = MemoryPlan(budget=2 << 30, jobs=2, block_bytes=block_bytes, in_flight=1, tile=1 << 12)
+    shape, ca = (64, 48), (16, 24)
+    g = pair_grid(shape, ca, chunks_b, (4, 4), m)
+    assert g.block_shape == chunks_b and g.cache_a == capacity * math.prod(ca) * 4 and g.cache_b == 0
+    stored = math.prod(n // c for n, c in zip(shape, ca))
+    assert g.amplification_a == lru_count(g.boxes(), shape, ca, capacity) / stored == amp_a
+    assert g.amplification_b == 1.0
+    assert brute_amplification(g.boxes(), shape, ca) == uncached  # without the cache: once per block

@@ -31,8 +31,8 @@ from ..plan import MemoryPlan, Sample
 from ..stats import LeafStats, Policy
 from ..storage import DEFAULT_TIMEOUT, configure_http, io_counters, make_context
 from .cluster import batch_error, connect, lost
-from .plans import PairOutcome, plan_pair, plan_pairs
-from .sides import STORAGE_ERRORS, ItemStores, OpenSide, Side, stored_bases
+from .plans import PairOutcome, cache_bytes, plan_pair, plan_pairs
+from .sides import STORAGE_ERRORS, ItemStores, OpenSide, Side, SideContexts, stored_bases
 from .tasks import pair_tasks
 from .threads import ProgressFn, ThreadRun
 
@@ -66,6 +66,8 @@ class RunState:
     io_concurrency: int | None
     trim_memory: bool
     sample: Sample | None = None
+    #: Bytes of the decoded-chunk cache per side (plans.cache_bytes); each worker builds its own.
+    caches: tuple[int, int] = (0, 0)
 
 
 def batches(items: Iterable[T], target: int = BATCH_BYTES, size: Callable[[T], int] = lambda t: t.progress):
@@ -113,7 +115,17 @@ def run_dask(
         indexed = ((k, t) for i in live for k, t in enumerate(pair_tasks(i, pairs[i], plans[i], mem, sample)))
         before = client.run(io_counters)
         state = RunState(
-            uuid.uuid4().hex, pairs, policies, mem, shortcut, remote, timeout, io_concurrency, trim_memory, sample
+            uuid.uuid4().hex,
+            pairs,
+            policies,
+            mem,
+            shortcut,
+            remote,
+            timeout,
+            io_concurrency,
+            trim_memory,
+            sample,
+            cache_bytes(plans),
         )
         handle = client.scatter(state, broadcast=True)
         futures = {}
@@ -170,22 +182,27 @@ class WorkerCache:
         self.state = state
         a, b = state.remote
         self.contexts = (make_context(a, state.io_concurrency), make_context(b, state.io_concurrency))
+        # Built here, in the worker process: a tensorstore context (and its cache) is not shipped.
+        self.sides = SideContexts(self.contexts, state.caches)
         self.sizes = ItemSizes()
         self.items = ItemStores()
         self.opened: OrderedDict[int, tuple[OpenSide, OpenSide]] = OrderedDict()
         self.lock = threading.Lock()  # workers with several threads run batches side by side
 
-    def open(self, i: int) -> tuple[OpenSide, OpenSide]:
+    def open(self, i: int, outcome: PairOutcome) -> tuple[OpenSide, OpenSide]:
         with self.lock:
-            return self._open(i)
+            return self._open(i, outcome)
 
-    def _open(self, i: int) -> tuple[OpenSide, OpenSide]:
+    def _open(self, i: int, outcome: PairOutcome) -> tuple[OpenSide, OpenSide]:
         if i in self.opened:
             self.opened.move_to_end(i)
             return self.opened[i]
         p = self.state.pairs[i]
-        a, b = self.contexts
-        sides = OpenSide(Side(p.a), a, self.sizes, self.items), OpenSide(Side(p.b), b, self.sizes, self.items)
+        (ca, cache_a), (cb, cache_b) = self.sides.for_pair(outcome.cache_wants)
+        sides = (
+            OpenSide(Side(p.a), ca, self.sizes, self.items, cache_a),
+            OpenSide(Side(p.b), cb, self.sizes, self.items, cache_b),
+        )
         self.opened[i] = sides
         while len(self.opened) > CACHED_PAIRS:
             self.opened.popitem(last=False)

@@ -4,12 +4,12 @@ plans a pair exactly as the client did."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..datatypes import Pair
 from ..dtypes import family
-from ..plan import BlockGrid, MemoryPlan, RowsPlan, block_grid, refuse_leaf, rows_plan
+from ..plan import BlockGrid, MemoryPlan, RowsPlan, pair_grid, pair_rows, refuse_leaf
 from ..stats import LeafStats, Policy
 from .sides import STORAGE_ERRORS, Side, itemsize, one_line, same_fill
 
@@ -27,6 +27,13 @@ class PairOutcome:
     misses: int = 0  # consecutive shortcut misses (see work.SHORTCUT_GIVE_UP)
     #: A chunk stored on neither side holds the same fill value on both (plain zarr stores).
     both_missing_equal: bool = False
+
+    @property
+    def cache_wants(self) -> tuple[int, int]:
+        """Bytes of decoded-chunk cache each side's plan reads through (0: none; see plan.pair_grid)."""
+        if self.grid is None or self.error:
+            return (0, 0)
+        return (self.grid.cache_a, self.grid.cache_b)
 
     def absorb(self, stats: LeafStats | None, error: str | None) -> None:
         """Fold in one task's result (from a thread or a Dask worker); the first error sticks."""
@@ -54,12 +61,19 @@ def plan_pairs(
     return {i: plan_pair(pairs[i], policies[i], mem, shortcut) for i in indices if streams_values(pairs[i])}
 
 
+def cache_bytes(plans: Mapping[int, PairOutcome]) -> tuple[int, int]:
+    """Per side, the largest decoded-chunk cache any plan asked for: the size of the one cache the
+    run shares on that side (sides.SideContexts)."""
+    wants = [o.cache_wants for o in plans.values()]
+    return (max((w[0] for w in wants), default=0), max((w[1] for w in wants), default=0))
+
+
 def plan_pair(p: Pair, policy: Policy, mem: MemoryPlan, shortcut: bool) -> PairOutcome:
     try:
         sa, sb = Side(p.a), Side(p.b)
     except STORAGE_ERRORS as e:  # metadata the chunk format cannot be read from
         return PairOutcome(LeafStats(), error=one_line(e))
-    bpe = itemsize(p.a) + itemsize(p.b)
+    sizes = (itemsize(p.a), itemsize(p.b))
     # A chunk bigger than a whole block is streamed; smaller ones are decoded by tensorstore.
     limit = mem.block_bytes
     big_a, big_b = sa.chunk_bytes() > limit, sb.chunk_bytes() > limit
@@ -76,7 +90,7 @@ def plan_pair(p: Pair, policy: Policy, mem: MemoryPlan, shortcut: bool) -> PairO
         can_a = not big_a or sa.streamable
         can_b = not big_b or sb.streamable
         if can_a and can_b:
-            out.rows = rows_plan(p.a.shape, sa.chunks, sb.chunks, big_a, big_b, bpe, mem.block_bytes)
+            out.rows = pair_rows(p.a.shape, sa.chunks, sb.chunks, big_a, big_b, sizes, mem)
             out.grid = out.rows.grid
             return out
         for name, leaf, s, can in (("A", p.a, sa, can_a), ("B", p.b, sb, can_b)):
@@ -86,7 +100,7 @@ def plan_pair(p: Pair, policy: Policy, mem: MemoryPlan, shortcut: bool) -> PairO
                     f"checkpoint {name}: codec {leaf.source.codec} cannot be streamed; "
                     f"decoding whole {need} MiB chunks (over the block size, within --max-memory)"
                 )
-    out.grid = block_grid(p.a.shape, sa.chunks, sb.chunks, bpe, mem.block_bytes)
+    out.grid = pair_grid(p.a.shape, sa.chunks, sb.chunks, sizes, mem)
     return out
 
 

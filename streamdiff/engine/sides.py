@@ -17,13 +17,13 @@ import numpy as np
 import tensorstore as ts
 import zstandard
 
-from ..chunks import PIECE_BYTES, ChunkFormat, ItemSizes, RawStore, chunk_format
+from ..chunks import ChunkFormat, ItemSizes, RawStore, chunk_format
 from ..datatypes import Leaf
 from ..encoding import Encoding, audit_chunk_files, encoding_of
 from ..errors import StreamdiffError
 from ..mapping.views import view_of
-from ..plan import MemoryPlan
-from ..storage import describe
+from ..plan import prefetch_depth as plan_prefetch_depth
+from ..storage import cached_context, describe
 
 #: What reading and decoding stored data raises: tensorstore statuses (ValueError, TimeoutError), the
 #: file system (OSError), corrupt bytes (zstd, struct, MissingChunk), our own refusals (StreamdiffError)
@@ -38,20 +38,10 @@ STORAGE_ERRORS: tuple[type[BaseException], ...] = (
     MemoryError,
 )
 
-#: Range reads kept in flight per streamed chunk, local and remote: remote stores need several round
-#: trips' worth in flight to fill the link (a bandwidth-delay product of ~10 MB at 200 MB/s, 50 ms).
-PREFETCH_LOCAL = 2
-PREFETCH_REMOTE = 4
-
-
-def piece_bytes(mem: MemoryPlan) -> int:
-    """Bytes per range read when streaming a chunk: large enough to amortise a round trip."""
-    return max(1 << 20, min(PIECE_BYTES, mem.block_bytes // 4))
-
 
 def prefetch_depth(leaf: Leaf) -> int:
-    """Range reads kept in flight per streamed chunk of `leaf` (see PREFETCH_LOCAL / PREFETCH_REMOTE)."""
-    return PREFETCH_LOCAL if leaf.source is None or leaf.source.is_local else PREFETCH_REMOTE
+    """Range reads kept in flight per streamed chunk of `leaf` (plan.prefetch_depth)."""
+    return plan_prefetch_depth(leaf.source is None or leaf.source.is_local)
 
 
 class Side:
@@ -93,9 +83,13 @@ class Side:
 
 class OpenSide:
     """A side with its handles: the tensorstore (opened asynchronously: the open of the next pair is
-    in flight while this one is read), raw stored bytes on demand, and the fill value."""
+    in flight while this one is read), raw stored bytes on demand, and the fill value. With `cache`
+    (a context holding a decoded-chunk cache, see SideContexts), the tensorstore is opened through
+    it, so a chunk that several blocks cross is decoded once; raw bytes are read through `context`."""
 
-    def __init__(self, side: Side, context: ts.Context, sizes: ItemSizes, items: ItemStores):
+    def __init__(
+        self, side: Side, context: ts.Context, sizes: ItemSizes, items: ItemStores, cache: ts.Context | None = None
+    ):
         items.hold(side.leaf, context)
         self.side = side
         self.leaf = side.leaf
@@ -107,12 +101,13 @@ class OpenSide:
         self.encoding: Encoding | None = encoding_of(self.leaf.source, self.leaf.dtype) if side.stored else None
         for base in stored_bases(self.leaf):
             audit_chunk_files(base.source, encoding_of(base.source, base.dtype))
+        opened = context if cache is None else cache
         if side.stored:
-            self._future = ts.open(self.leaf.source.spec, context=context, read=True, assume_metadata=True)
+            self._future = ts.open(self.leaf.source.spec, context=opened, read=True, assume_metadata=True)
             self._store: ts.TensorStore | None = None
         else:
             self._future = None
-            self._store = view_of(self.leaf).open(context)
+            self._store = view_of(self.leaf).open(opened)
 
     @property
     def store(self) -> ts.TensorStore:
@@ -140,6 +135,23 @@ class OpenSide:
             return None
         value = self.store.fill_value
         return np.zeros((), self.leaf.dtype) if value is None else np.asarray(value)
+
+
+class SideContexts:
+    """The contexts a run opens sides with: each side's own, and for a side whose plans read through
+    a decoded-chunk cache (crossed chunk grids, plan.pair_grid), one cached context as large as the
+    largest any plan asked for. One cache per side, shared by the run's pairs: a cache per pair would
+    be sized and filled again for every leaf. Built in the process that reads (a Dask worker builds
+    its own from its own contexts)."""
+
+    def __init__(self, contexts: tuple[ts.Context, ts.Context], caches: tuple[int, int] = (0, 0)):
+        self.contexts = contexts
+        self.cached = tuple(cached_context(c, n) if n else None for c, n in zip(contexts, caches))
+
+    def for_pair(self, wants: tuple[int, int]) -> tuple[tuple[ts.Context, ts.Context | None], ...]:
+        """(context, cache or None) per side of a pair whose plan `wants` these bytes of cache per side
+        (0: none): the arguments OpenSide takes after the side."""
+        return tuple((ctx, cached if want else None) for ctx, cached, want in zip(self.contexts, self.cached, wants))
 
 
 class ItemStores:

@@ -13,9 +13,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from ..datatypes import Pair, format_path
-from ..plan import MemoryPlan, Sample
+from ..plan import MemoryPlan, Sample, rows_hold
 from .plans import PairOutcome
-from .sides import itemsize, piece_bytes, prefetch_depth
+from .sides import itemsize, prefetch_depth
 
 
 @dataclass(frozen=True)
@@ -45,10 +45,9 @@ def pair_tasks(i: int, p: Pair, o: PairOutcome, mem: MemoryPlan, sample: Sample 
     if o.rows is None:
         for start, stop in o.grid.boxes(picks):
             n = math.prod(e - s for s, e in zip(start, stop)) * bpe
-            yield Task(i, start, stop, n, n)
+            yield Task(i, start, stop, max(n, o.grid.hold), n)
         return
     grid = o.grid
-    slab = o.rows.slab_rows * math.prod(grid.block_shape[1:]) * bpe
-    hold = 2 * slab + prefetch_depth(p.a) * piece_bytes(mem) * (o.rows.stream_a + o.rows.stream_b)
+    hold = max(grid.hold, rows_hold(o.rows, bpe, mem, prefetch_depth(p.a)))
     for idx, start, stop in grid.cells(picks):
         yield Task(i, start, stop, hold, math.prod(e - s for s, e in zip(start, stop)) * bpe, idx)

@@ -19,8 +19,8 @@ from ..chunks import ItemSizes
 from ..datatypes import Pair
 from ..plan import MemoryPlan, Sample
 from ..stats import Policy
-from .plans import PairOutcome, plan_pairs
-from .sides import STORAGE_ERRORS, ItemStores, OpenSide, Side, one_line
+from .plans import PairOutcome, cache_bytes, plan_pairs
+from .sides import STORAGE_ERRORS, ItemStores, OpenSide, Side, SideContexts, one_line
 from .tasks import Task, tasks
 from .work import PairWork, start_task
 
@@ -33,25 +33,27 @@ TRIM_EVERY = 8
 class Opener(Protocol):
     """Opens a pair's two sides for reading, and is told when the pair's last task has settled."""
 
-    def open(self, i: int) -> tuple[OpenSide, OpenSide]: ...
+    def open(self, i: int, outcome: PairOutcome) -> tuple[OpenSide, OpenSide]: ...
 
     def release(self, i: int) -> None: ...
 
 
 class FreshOpener:
-    """Opens each pair when asked and keeps nothing after it (one run, one process)."""
+    """Opens each pair when asked and keeps nothing after it (one run, one process). `caches`: bytes
+    of the decoded-chunk cache each side shares (plans.cache_bytes)."""
 
-    def __init__(self, pairs: list[Pair], contexts: tuple[ts.Context, ts.Context]):
+    def __init__(self, pairs: list[Pair], contexts: tuple[ts.Context, ts.Context], caches: tuple[int, int] = (0, 0)):
         self.pairs = pairs
-        self.contexts = contexts
+        self.contexts = SideContexts(contexts, caches)
         self.sizes = ItemSizes()  # one OCDBT B-tree dump per item for the whole run
         self.items = ItemStores()
 
-    def open(self, i: int) -> tuple[OpenSide, OpenSide]:
+    def open(self, i: int, outcome: PairOutcome) -> tuple[OpenSide, OpenSide]:
         p = self.pairs[i]
+        (ca, cache_a), (cb, cache_b) = self.contexts.for_pair(outcome.cache_wants)
         return (
-            OpenSide(Side(p.a), self.contexts[0], self.sizes, self.items),
-            OpenSide(Side(p.b), self.contexts[1], self.sizes, self.items),
+            OpenSide(Side(p.a), ca, self.sizes, self.items, cache_a),
+            OpenSide(Side(p.b), cb, self.sizes, self.items, cache_b),
         )
 
     def release(self, i: int) -> None:
@@ -71,7 +73,8 @@ def run_threads(
     """Stream every pair the engine reads (plans.streams_values) on `mem.jobs` threads; returns the
     outcomes by pair index. `trim_memory` returns freed heap to the OS every TRIM_EVERY tasks."""
     plans = plan_pairs(pairs, policies, mem, shortcut)
-    run = ThreadRun(pairs, policies, plans, mem, FreshOpener(pairs, contexts), progress, trim_memory)
+    opener = FreshOpener(pairs, contexts, cache_bytes(plans))
+    run = ThreadRun(pairs, policies, plans, mem, opener, progress, trim_memory)
     run.execute(tasks(pairs, plans, mem, sample))
     return plans
 
@@ -143,7 +146,7 @@ class ThreadRun:
         try:
             w = self.opened.get(i)
             if w is None:
-                a, b = self.opener.open(i)
+                a, b = self.opener.open(i, self.plans[i])
                 w = self.opened[i] = PairWork(self.pairs[i], self.policies[i], self.plans[i], a, b, self.mem)
             rest = start_task(t, w)
         except STORAGE_ERRORS as e:  # e.g. the store failed to open, a chunk file is corrupt

@@ -22,7 +22,7 @@ from ..encoding import Encoding, plausible, plausible_ends
 from ..plan import MemoryPlan
 from ..stats import LeafStats, Policy, block_stats, layers_settled
 from .plans import PairOutcome
-from .sides import OpenSide, piece_bytes, prefetch_depth
+from .sides import OpenSide, prefetch_depth
 from .tasks import Task
 
 #: After this many chunks of a leaf in a row whose stored bytes differ (with no sizes to tell in
@@ -121,7 +121,7 @@ def compare_raw_streaming(w: PairWork, key_a: str, key_b: str) -> tuple[int, int
     x, y = ra.size(key_a), rb.size(key_b)
     if x is None or y is None or x != y:
         return None  # unknown sizes: decoding is the only bounded-memory way to know
-    piece = piece_bytes(w.mem)
+    piece = w.mem.piece_bytes
 
     def fetch(off: int):
         rng = slice(off, min(off + piece, x))
@@ -169,7 +169,7 @@ def chunk_task(t: Task, w: PairWork) -> LeafStats:
         if done is not None:
             return settled(t, w, done)
     extent = tuple(e - s for s, e in zip(t.start, t.stop))
-    piece = piece_bytes(w.mem)
+    piece = w.mem.piece_bytes
     ita = itb = None
     if rows.stream_a:
         ita = stream_chunk(sa.raw, t.chunk, rows.slab_rows, piece, prefetch_depth(sa.leaf), sa.fill)
