@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from . import gcpause
 from .datatypes import KeyPath, Leaf, LeafResult, Pair, Report, Status, Tree, format_path, json_equal
 from .errors import NotACheckpointError, UsageError
 from .layouts import align, detect, load_preset
@@ -47,6 +48,7 @@ class Mapping:
     notes_b: tuple[str, ...]
 
 
+@gcpause.unfreezes
 def diff(
     a: str,
     b: str,
@@ -103,9 +105,10 @@ def diff(
     configure_http(timeout)  # validates it too, before any work
     t0 = time.perf_counter()
     io0 = io_counters()
-    la, lb, matched, trees_a, trees_b = _resolve(a, b, _Steps(step, step_a, step_b), item, io_concurrency, timeout)
-    m, pairs = _map_and_pair(trees_a, trees_b, matched, rules, preset, auto, layer_axis)
-    pairs, excluded = selection.split(pairs)
+    with gcpause.paused():
+        la, lb, matched, trees_a, trees_b = _resolve(a, b, _Steps(step, step_a, step_b), item, io_concurrency, timeout)
+        m, pairs = _map_and_pair(trees_a, trees_b, matched, rules, preset, auto, layer_axis)
+        pairs, excluded = selection.split(pairs)
 
     outcomes: dict[int, PairOutcome] = {}
     policies: list[Policy | None] = [None] * len(pairs)
@@ -120,7 +123,10 @@ def diff(
         advance = progress.advance if progress else None
         outcomes, remote_io = compare_values(pairs, policies, ctx, mem, advance, shortcut, scheduler, timeout)
 
-    results = tuple(_result(p, outcomes.get(i), structure_only, m, policies[i], nan_equal) for i, p in enumerate(pairs))
+    with gcpause.paused():
+        results = tuple(
+            _result(p, outcomes.get(i), structure_only, m, policies[i], nan_equal) for i, p in enumerate(pairs)
+        )
     io1 = io_counters()
     return Report(
         a=a,
@@ -141,6 +147,7 @@ def diff(
     )
 
 
+@gcpause.unfreezes
 def explain(
     a: str,
     b: str,
@@ -155,8 +162,9 @@ def explain(
     layer_axis: int | None = None,
 ) -> tuple[Mapping, list[tuple[KeyPath, str | None, str | None]]]:
     """Metadata only: each canonical path with the stored path(s) and transform behind it per side."""
-    _, _, matched, trees_a, trees_b = _resolve(a, b, _Steps(step, step_a, step_b), item)
-    m, pairs = _map_and_pair(trees_a, trees_b, matched, rules, preset, auto, layer_axis)
+    with gcpause.paused():
+        _, _, matched, trees_a, trees_b = _resolve(a, b, _Steps(step, step_a, step_b), item)
+        m, pairs = _map_and_pair(trees_a, trees_b, matched, rules, preset, auto, layer_axis)
     return m, [(p.path, _source(p.a), _source(p.b)) for p in pairs]
 
 

@@ -2,34 +2,44 @@
 
 Reading each array's `.zarray` / `zarr.json` through the ocdbt kvstore costs one B-tree lookup per key
 (a 100k-leaf checkpoint spent 24 s there); orbax keeps those small values *inline* in the B-tree
-leaf nodes, so walking the nodes once (`tensorstore.ocdbt.dump`) yields all of them, level by level
-with every node read of a level in flight at once (on GCS each is a round trip).
+leaf nodes, so walking the nodes once yields all of them, level by level with every node read of a
+level in flight at once (on GCS each is a round trip).
 
-tensorstore 0.1.86 leaks the Python objects of every dumped node (about 550 bytes per key, never
-returned: four dumps of one 200k-key node took RSS from 321 to 667 MB), so a walk is only taken for
-databases of at most `MAX_WALK_KEYS` keys (from the manifest's statistics); bigger ones are read key
-by key, slower but without the leak.
+The manifest comes from `tensorstore.ocdbt.dump` (one small document); the B-tree nodes are read as
+byte ranges of their data files and decoded here, following the format tensorstore documents
+(kvstore/ocdbt/index.rst, "B+tree node format"): tensorstore 0.1.86's `ocdbt.dump` of a node leaks
+every Python object it returns (about 600 bytes per key, never freed), which a checkpoint of
+hundreds of thousands of keys cannot afford. The columns of a node (varint arrays) are decoded with
+numpy; a node whose magic, length, version, checksum or columns do not add up raises `ValueError`,
+and callers then read key by key through the ocdbt driver, which reports real errors.
 
-Node layout (as tensorstore dumps it): an interior node's entries carry a child `location` and a
-`subtree_common_prefix`; keys inside a node are relative to the prefix accumulated on the way down.
+Keys inside a node are relative to the prefix accumulated on the way down (each interior entry's
+`subtree_common_prefix`); data file paths are `transitive path + base path + relative path`, the
+transitive path growing by the base path at each level.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
-from typing import Any
 
+import google_crc32c
+import numpy as np
 import tensorstore as ts
+import zstandard
 
-#: Largest database walked (see the module docstring): at most ~36 MB lost to the dump leak.
-MAX_WALK_KEYS = 1 << 16
+#: Kept for callers that bound a walk; decoding nodes here holds no leaked objects, so any size is walked.
+MAX_WALK_KEYS = 1 << 62
+BTREE_MAGIC = 0x0CDB20DE
+#: Largest decoded node accepted (tensorstore's default `max_decoded_node_bytes` is 8 MiB; orbax sets 100 MB).
+MAX_NODE_BYTES = 1 << 30
 
 
 class TooManyKeys(Exception):
     """The database is bigger than `MAX_WALK_KEYS`: read it key by key instead."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One key of the database: its bytes when stored inline, else None, and its stored size."""
 
@@ -38,12 +48,24 @@ class Entry:
     size: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Ref:
+    """Where a node is: a data file path (relative to the database root) and a byte range."""
+
+    path: str
+    offset: int
+    length: int
+    transitive: str  # the path prefix its children's data file paths start with
+    prefix: bytes  # the key prefix of every key below it
+
+
 def walk(base: ts.KvStore, keep_inline: frozenset[str] | None = None) -> list[Entry]:
     """Every key of the OCDBT database on `base` (its manifest at the root), in key order.
 
     `keep_inline`: last path components whose inline values are kept (e.g. {'.zarray'}); others
     report their size only, so chunk bytes inlined in the tree are not held. None keeps none.
-    Raises `TooManyKeys`, or whatever tensorstore raises: callers fall back to per-key reads.
+    Raises `TooManyKeys`, `ValueError` (a node not decoded) or whatever tensorstore raises: callers
+    fall back to per-key reads.
     """
     manifest = ts.ocdbt.dump(base).result()
     versions = manifest.get("versions") or []
@@ -53,27 +75,177 @@ def walk(base: ts.KvStore, keep_inline: frozenset[str] | None = None) -> list[En
     if keys > MAX_WALK_KEYS:
         raise TooManyKeys(f"{keys} keys")
     out: list[Entry] = []
-    level: list[tuple[str, bytes]] = [(versions[-1]["root"]["location"], b"")]
+    level = [_root_ref(str(versions[-1]["root"]["location"]))]
     while level:
-        futures = [(ts.ocdbt.dump(base, loc), prefix) for loc, prefix in level]
+        futures = [(base.read(r.path, byte_range=slice(r.offset, r.offset + r.length)), r) for r in level]
         level = []
-        for fut, prefix in futures:
-            node = fut.result()
-            if node.get("height", 0) > 0:
-                for e in node["entries"]:
-                    level.append((e["location"], prefix + e.get("subtree_common_prefix", b"")))
-                continue
-            for e in node["entries"]:
-                out.append(_entry(prefix + e["key"], e, keep_inline))
+        for fut, ref in futures:
+            got = fut.result()
+            if got.state != "value" or len(got.value) != ref.length:
+                raise ValueError(f"B-tree node {ref.path}@{ref.offset} not found")
+            height, body, pos, files = _open_node(bytes(got.value))
+            if height > 0:
+                level.extend(_interior(body, pos, files, ref))
+            else:
+                out.extend(_leaf(body, pos, ref.prefix, keep_inline))
     out.sort(key=lambda e: e.key)
     return out
 
 
-def _entry(raw_key: bytes, e: dict[str, Any], keep_inline: frozenset[str] | None) -> Entry:
-    key = raw_key.decode()
-    if "inline_value" in e:
-        value = e["inline_value"]
-        keep = keep_inline is not None and key.rpartition("/")[2] in keep_inline
-        return Entry(key, bytes(value) if keep else None, len(value))
-    # indirect_value: 'file_id:offset:length'
-    return Entry(key, None, int(str(e["indirect_value"]).rsplit(":", 1)[1]))
+def _root_ref(location: str) -> _Ref:
+    """'btreenode::d/<file>:<offset>:<length>' as `ocdbt.dump` spells the root's location."""
+    path, offset, length = location.removeprefix("btreenode::").rsplit(":", 2)
+    return _Ref(path, int(offset), int(length), "", b"")
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _varints(buf: bytes, pos: int, n: int) -> tuple[np.ndarray, int]:
+    """`n` consecutive varints from `pos`, as uint64, and the position after them."""
+    if n == 0:
+        return np.zeros(0, np.uint64), pos
+    window = np.frombuffer(buf, np.uint8, count=min(len(buf) - pos, 10 * n), offset=pos)
+    ends = np.flatnonzero(window < 0x80)[:n]
+    if len(ends) < n:
+        raise ValueError("truncated varint column")
+    starts = np.empty(n, np.int64)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    widths = ends - starts + 1
+    values = window[ends].astype(np.uint64) if widths.max() == 1 else _multi_byte(window, starts, widths)
+    return values, pos + int(ends[-1]) + 1
+
+
+def _multi_byte(window: np.ndarray, starts: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    if widths.max() > 10:
+        raise ValueError("varint longer than 10 bytes")
+    values = np.zeros(len(starts), np.uint64)
+    for j in range(int(widths.max())):
+        sel = widths > j
+        values[sel] |= (window[starts[sel] + j].astype(np.uint64) & np.uint64(0x7F)) << np.uint64(7 * j)
+    return values
+
+
+def _open_node(raw: bytes) -> tuple[int, bytes, int, list[tuple[str, str]]]:
+    """Checks the envelope; returns (height, decoded body, position after the data file table, table)."""
+    if len(raw) < 16 or struct.unpack_from(">I", raw)[0] != BTREE_MAGIC:
+        raise ValueError("not an OCDBT B-tree node")
+    (length,) = struct.unpack_from("<Q", raw, 4)
+    if length != len(raw):
+        raise ValueError("B-tree node length mismatch")
+    if google_crc32c.value(raw[:-4]) != struct.unpack_from("<I", raw, len(raw) - 4)[0]:
+        raise ValueError("B-tree node checksum mismatch")
+    version, pos = _varint(raw, 12)
+    compression, pos = _varint(raw, pos)
+    if version != 0 or compression not in (0, 1):
+        raise ValueError(f"B-tree node version {version} / compression {compression} not known")
+    body = raw[pos:-4]
+    if compression == 1:
+        body = _unzstd(body)
+    height = body[0]
+    files, pos = _data_files(body, 1)
+    return height, body, pos, files
+
+
+def _unzstd(data: bytes) -> bytes:
+    """Decompressed in pieces: `decompress(max_output_size=...)` would allocate the whole cap up front."""
+    parts = []
+    total = 0
+    for piece in zstandard.ZstdDecompressor().read_to_iter(data):
+        total += len(piece)
+        if total > MAX_NODE_BYTES:
+            raise ValueError("B-tree node decodes to more than MAX_NODE_BYTES")
+        parts.append(piece)
+    return b"".join(parts)
+
+
+def _data_files(buf: bytes, pos: int) -> tuple[list[tuple[str, str]], int]:
+    """The node's data file table: (base path, relative path) per file."""
+    n, pos = _varint(buf, pos)
+    prefix, pos = _varints(buf, pos, max(n - 1, 0))
+    suffix, pos = _varints(buf, pos, n)
+    base, pos = _varints(buf, pos, n)
+    out: list[tuple[str, str]] = []
+    prev = b""
+    for i in range(n):
+        keep = int(prefix[i - 1]) if i else 0
+        end = pos + int(suffix[i])
+        path = prev[:keep] + buf[pos:end]
+        pos, prev = end, path
+        cut = int(base[i])
+        if end > len(buf) or cut > len(path):
+            raise ValueError("bad data file table")
+        out.append((path[:cut].decode(), path[cut:].decode()))
+    return out, pos
+
+
+def _keys(buf: bytes, pos: int, n: int, common: bool) -> tuple[list[bytes], np.ndarray | None, int]:
+    """The prefix-compressed relative keys of a node (and, for interior nodes, each subtree's common
+    prefix length)."""
+    shared, pos = _varints(buf, pos, max(n - 1, 0))
+    suffix, pos = _varints(buf, pos, n)
+    subtree = None
+    if common:
+        subtree, pos = _varints(buf, pos, n)
+    ends = pos + np.cumsum(suffix, dtype=np.int64)
+    if n and int(ends[-1]) > len(buf):
+        raise ValueError("truncated keys")
+    keys: list[bytes] = []
+    prev = b""
+    start = pos
+    for i, (keep, end) in enumerate(zip([0, *shared.tolist()], ends.tolist())):
+        prev = (prev[:keep] if i else b"") + buf[start:end]
+        keys.append(prev)
+        start = end
+    return keys, subtree, (int(ends[-1]) if n else pos)
+
+
+def _leaf(buf: bytes, pos: int, prefix: bytes, keep_inline: frozenset[str] | None) -> list[Entry]:
+    n, pos = _varint(buf, pos)
+    keys, _, pos = _keys(buf, pos, n, False)
+    lengths, pos = _varints(buf, pos, n)
+    kinds, pos = _varints(buf, pos, n)
+    if n and int(kinds.max()) > 1:
+        raise ValueError("unknown value kind")
+    indirect = int(kinds.sum())
+    _, pos = _varints(buf, pos, indirect)  # data file ids
+    _, pos = _varints(buf, pos, indirect)  # offsets
+    direct = kinds == 0
+    starts = pos + np.concatenate(([0], np.cumsum(lengths[direct], dtype=np.int64)))
+    if int(starts[-1]) > len(buf):
+        raise ValueError("truncated inline values")
+    where = np.full(n, -1, np.int64)
+    where[direct] = starts[:-1]
+    out = []
+    for key, start, size in zip(keys, where.tolist(), lengths.tolist()):
+        name = (prefix + key).decode()
+        keep = start >= 0 and keep_inline is not None and name.rpartition("/")[2] in keep_inline
+        out.append(Entry(name, buf[start : start + size] if keep else None, size))
+    return out
+
+
+def _interior(buf: bytes, pos: int, files: list[tuple[str, str]], parent: _Ref) -> list[_Ref]:
+    n, pos = _varint(buf, pos)
+    keys, subtree, pos = _keys(buf, pos, n, True)
+    ids, pos = _varints(buf, pos, n)
+    offsets, pos = _varints(buf, pos, n)
+    lengths, pos = _varints(buf, pos, n)
+    out = []
+    for key, common, fid, off, size in zip(keys, subtree.tolist(), ids.tolist(), offsets.tolist(), lengths.tolist()):
+        if fid >= len(files) or common > len(key):
+            raise ValueError("bad interior entry")
+        base, rel = files[fid]
+        at = parent.transitive + base
+        out.append(_Ref(at + rel, off, size, at, parent.prefix + key[:common]))
+    return out
