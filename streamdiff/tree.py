@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +64,17 @@ def read_item(item: Item) -> Tree:
         return Tree(location=item.display, leaves={(): leaf}, layout="not read")
     if item.kind is ItemKind.ZARR:
         return zarr.build_tree(item.dir)
+    if item.dir.storage.is_local:
+        # Building a tree is Python work (the GIL runs one side at a time anyway) whose transient
+        # objects (the parsed _METADATA above all) outweigh the tree itself: on local disk, where
+        # no network round trips overlap, the two sides are built one after the other, so their
+        # peaks do not add up.
+        with _LOCAL_BUILD:
+            return build_tree(item.dir)
     return build_tree(item.dir)
+
+
+_LOCAL_BUILD = threading.Lock()
 
 
 def _read_whole(d: Dir, name: str) -> bytes | None:
@@ -138,6 +149,8 @@ def build_tree(item: Dir) -> Tree:
         entries = [_Entry(tuple(name.split(".")) if name else (), "unknown", name) for name in sorted(stored)]
         notes.append("no _METADATA: tree rebuilt by splitting array names on '.' (ambiguous for keys with dots)")
 
+    # The parsed _METADATA is the biggest object of a huge tree (objects per key): not held past here.
+    del metadata, raw
     wanted = [e.storage_name for e in entries if _needs_array(e)]
     if stored is None:
         stored, probed = _probe_per_leaf(item, wanted)
@@ -168,12 +181,13 @@ def build_tree(item: Dir) -> Tree:
         valid = {n: v for n, v in zmeta.items() if n not in bad_meta}  # a bad document's leaf is an error
         claimed = _unreferenced(item, children, ocdbt, keys if ocdbt else [], stored, entries, unnamed, valid)
     leaves: dict[KeyPath, Leaf] = {}
+    facts: dict = {}  # per distinct metadata document and item: see _array_source
     for e in entries:
         if e.keys in claimed:
             why = f"value_type {e.value_type!r} in the tree (no stored array), {claimed[e.keys]}"
             leaves[e.keys] = Leaf(e.keys, Kind.ARRAY, e.value_type, not_compared=why)
         else:
-            leaves[e.keys] = _make_leaf(e, item, ocdbt, zmeta, strings, legacy_strings, prng, bad_meta)
+            leaves[e.keys] = _make_leaf(e, item, ocdbt, zmeta, strings, legacy_strings, prng, bad_meta, facts)
     leaves.update(leaves_extra)
     unreferenced.add_leaves(leaves, unnamed)
     fmts = sorted({f for f, _ in zmeta.values()})
@@ -442,6 +456,7 @@ def _make_leaf(
     legacy_strings: dict[str, str],
     prng: dict[str, str],
     bad_meta: dict[str, str],
+    facts: dict | None = None,
 ) -> Leaf:
     if e.conflict:
         return Leaf(e.keys, "array", e.value_type, error=e.conflict)
@@ -469,7 +484,7 @@ def _make_leaf(
     if e.storage_name in bad_meta:
         return Leaf(e.keys, "array", e.value_type, error=f"unreadable zarr metadata: {bad_meta[e.storage_name]}")
     try:
-        source, shape, dtype = _array_source(item, ocdbt, e.storage_name, fmt, md)
+        source, shape, dtype = _array_source(item, ocdbt, e.storage_name, fmt, md, facts)
     except KeyError as exc:  # str(KeyError) is only the quoted key: say what it is
         where = f"{e.storage_name}/{'.zarray' if fmt == 2 else 'zarr.json'}"
         return Leaf(e.keys, "array", e.value_type, error=f"unreadable zarr metadata {where}: no field {exc.args[0]!r}")
@@ -496,8 +511,8 @@ def _ints(value: Any, field: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _array_source(item: Dir, ocdbt: bool, name: str, fmt: int, md: dict) -> tuple[ArraySource, tuple, str]:
-    """The array's tensorstore spec and facts; `md` already passed validate.check_zarr_documents."""
+def _doc_facts(fmt: int, md: dict) -> tuple[tuple, str, tuple, tuple, str]:
+    """(shape, dtype, chunks, read chunks, codec) of one zarr metadata document."""
     if not isinstance(md, dict):
         raise ValueError(f"expected a JSON object, got {type(md).__name__}")
     shape = _ints(md["shape"], "shape")
@@ -517,8 +532,27 @@ def _array_source(item: Dir, ocdbt: bool, name: str, fmt: int, md: dict) -> tupl
         for c in md.get("codecs", []):
             if c.get("name") == "sharding_indexed":
                 read_chunks = tuple(int(x) for x in c["configuration"]["chunk_shape"])
+    return shape, dtype, chunks, read_chunks, codec
+
+
+def _array_source(
+    item: Dir, ocdbt: bool, name: str, fmt: int, md: dict, facts: dict | None = None
+) -> tuple[ArraySource, tuple, str]:
+    """The array's tensorstore spec and facts; `md` already passed validate.check_zarr_documents.
+
+    `facts` caches, across the leaves of one item, what depends only on the metadata document
+    (leaves share a handful of parsed documents) and the item's base kvstore spec, shared by every
+    leaf's spec instead of one copy each."""
+    if facts is None:
+        facts = {}
+    key = (id(md), fmt)
+    if key not in facts:
+        facts[key] = (md, _doc_facts(fmt, md))  # md kept with its id, so the id cannot be reused
+    shape, dtype, chunks, read_chunks, codec = facts[key][1]
     if ocdbt:
-        kv = {"driver": "ocdbt", "base": item.kv_spec(), "path": name + "/" if name else "", "cache_pool": META_CACHE}
+        if "base" not in facts:
+            facts["base"] = item.kv_spec()
+        kv = {"driver": "ocdbt", "base": facts["base"], "path": name + "/" if name else "", "cache_pool": META_CACHE}
     else:
         kv = item.storage.spec(item.relpath + (name + "/" if name else ""))
     spec = {

@@ -156,7 +156,13 @@ def ocdbt_leftovers(
             extra[(name,)] = f"zarr array {name!r} in the OCDBT store, not named by the checkpoint's tree: not read"
     strays: dict[str, list[str]] = {}
     odd: dict[str, list[str]] = {}
-    tests = {n: chunk_key_test(f, md) for n, (f, md) in (zmeta or {}).items() if n in used}
+    tests = {}
+    by_doc: dict[tuple[int, int], Callable[[str], bool] | None] = {}  # arrays share a few documents
+    for n, (f, md) in (zmeta or {}).items():
+        if n in used:
+            if (id(md), f) not in by_doc:
+                by_doc[(id(md), f)] = chunk_key_test(f, md)
+            tests[n] = by_doc[(id(md), f)]
     # Keys come sorted: a run of chunk keys shares its array, unless one array's name is below another's.
     runs = not any(owner(n, stored) is not None for n in stored if n)
     last, name, test = None, None, None
