@@ -21,6 +21,7 @@ transitive path growing by the base path at each level.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import google_crc32c
@@ -67,14 +68,105 @@ def walk(base: ts.KvStore, keep_inline: frozenset[str] | None = None) -> list[En
     Raises `TooManyKeys`, `ValueError` (a node not decoded) or whatever tensorstore raises: callers
     fall back to per-key reads.
     """
+    out: list[Entry] = []
+    for prefix, keys, lengths, starts, buf in _leaf_nodes(base):
+        for key, start, size in zip(keys, starts.tolist(), lengths.tolist()):
+            name = (prefix + key).decode()
+            keep = start >= 0 and keep_inline is not None and name.rpartition("/")[2] in keep_inline
+            out.append(Entry(name, buf[start : start + size] if keep else None, size))
+    out.sort(key=lambda e: e.key)
+    return out
+
+
+class KeySizes:
+    """Stored size of every key of a database, compact: the sorted keys in one buffer with numpy
+    offsets and sizes (a dict of a million chunk keys would hold ~150 MB for the whole run), and
+    the keys' hashes sorted for lookups, each confirmed against the key itself."""
+
+    def __init__(self, keys: bytes, ends: np.ndarray, sizes: np.ndarray):
+        self._keys = keys
+        self._ends = ends.astype(np.int64 if len(keys) >= 1 << 31 else np.int32)  # key i is keys[ends[i-1]:ends[i]]
+        self._sizes = sizes.astype(np.int64 if len(sizes) and int(sizes.max()) >= 1 << 31 else np.int32)
+        starts = np.concatenate(([0], self._ends[:-1])).astype(np.int64) if len(ends) else np.zeros(0, np.int64)
+        hashes = np.fromiter(
+            (hash(keys[a:b]) for a, b in zip(starts.tolist(), self._ends.tolist())), np.int64, len(sizes)
+        )
+        self._order = np.argsort(hashes, kind="stable").astype(np.int32)
+        self._hashes = hashes[self._order]
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def _key(self, i: int) -> bytes:
+        return self._keys[(int(self._ends[i - 1]) if i else 0) : int(self._ends[i])]
+
+    def get(self, key: str) -> int | None:
+        raw = key.encode()
+        h = hash(raw)
+        at = int(np.searchsorted(self._hashes, h))
+        while at < len(self._hashes) and self._hashes[at] == h:
+            i = int(self._order[at])
+            if self._key(i) == raw:
+                return int(self._sizes[i])
+            at += 1
+        return None
+
+    def items(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        """(key, size) of the keys starting with `prefix`, in key order."""
+        raw = prefix.encode()
+        lo, hi = 0, len(self._sizes)
+        while lo < hi:  # the first key >= prefix
+            mid = (lo + hi) // 2
+            if self._key(mid) < raw:
+                lo = mid + 1
+            else:
+                hi = mid
+        for i in range(lo, len(self._sizes)):
+            k = self._key(i)
+            if not k.startswith(raw):
+                return
+            yield k.decode(), int(self._sizes[i])
+
+
+def sizes(base: ts.KvStore) -> KeySizes:
+    """`KeySizes` of the database on `base`, without an object per key beyond one node at a time."""
+    blob = bytearray()
+    ends: list[np.ndarray] = []
+    lengths: list[np.ndarray] = []
+    last = b""
+    ordered = True
+    for prefix, keys, node_lengths, _, _ in _leaf_nodes(base):
+        full = [prefix + k for k in keys]
+        if full and full[0] <= last:
+            ordered = False
+        if full:
+            last = full[-1]
+        ends.append(len(blob) + np.cumsum([len(k) for k in full], dtype=np.int64))
+        blob += b"".join(full)
+        lengths.append(node_lengths.astype(np.int64))
+    all_ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
+    all_sizes = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    if not ordered:  # nodes came out of key order: sort once
+        starts = np.concatenate(([0], all_ends[:-1])) if len(all_ends) else all_ends
+        keys = [bytes(blob[s:e]) for s, e in zip(starts.tolist(), all_ends.tolist())]
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        keys = [keys[i] for i in order]
+        all_sizes = all_sizes[order]
+        all_ends = np.cumsum([len(k) for k in keys], dtype=np.int64)
+        blob = bytearray(b"".join(keys))
+    return KeySizes(bytes(blob), all_ends, all_sizes)
+
+
+def _leaf_nodes(base: ts.KvStore) -> Iterator[tuple[bytes, list[bytes], np.ndarray, np.ndarray, bytes]]:
+    """(key prefix, relative keys, value lengths, inline value offsets or -1, node body) of every
+    leaf node, level by level with every read of a level in flight at once."""
     manifest = ts.ocdbt.dump(base).result()
     versions = manifest.get("versions") or []
     if not versions or "location" not in versions[-1].get("root", {}):
-        return []  # an empty database
+        return  # an empty database
     keys = versions[-1]["root"].get("statistics", {}).get("num_keys", 0)
     if keys > MAX_WALK_KEYS:
         raise TooManyKeys(f"{keys} keys")
-    out: list[Entry] = []
     level = [_root_ref(str(versions[-1]["root"]["location"]))]
     while level:
         futures = [(base.read(r.path, byte_range=slice(r.offset, r.offset + r.length)), r) for r in level]
@@ -87,9 +179,7 @@ def walk(base: ts.KvStore, keep_inline: frozenset[str] | None = None) -> list[En
             if height > 0:
                 level.extend(_interior(body, pos, files, ref))
             else:
-                out.extend(_leaf(body, pos, ref.prefix, keep_inline))
-    out.sort(key=lambda e: e.key)
-    return out
+                yield (ref.prefix, *_leaf(body, pos), body)
 
 
 def _root_ref(location: str) -> _Ref:
@@ -211,7 +301,8 @@ def _keys(buf: bytes, pos: int, n: int, common: bool) -> tuple[list[bytes], np.n
     return keys, subtree, (int(ends[-1]) if n else pos)
 
 
-def _leaf(buf: bytes, pos: int, prefix: bytes, keep_inline: frozenset[str] | None) -> list[Entry]:
+def _leaf(buf: bytes, pos: int) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+    """(relative keys, value lengths, offset in `buf` of each inline value or -1) of a leaf node."""
     n, pos = _varint(buf, pos)
     keys, _, pos = _keys(buf, pos, n, False)
     lengths, pos = _varints(buf, pos, n)
@@ -227,12 +318,7 @@ def _leaf(buf: bytes, pos: int, prefix: bytes, keep_inline: frozenset[str] | Non
         raise ValueError("truncated inline values")
     where = np.full(n, -1, np.int64)
     where[direct] = starts[:-1]
-    out = []
-    for key, start, size in zip(keys, where.tolist(), lengths.tolist()):
-        name = (prefix + key).decode()
-        keep = start >= 0 and keep_inline is not None and name.rpartition("/")[2] in keep_inline
-        out.append(Entry(name, buf[start : start + size] if keep else None, size))
-    return out
+    return keys, lengths, where
 
 
 def _interior(buf: bytes, pos: int, files: list[tuple[str, str]], parent: _Ref) -> list[_Ref]:
