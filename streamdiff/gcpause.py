@@ -3,8 +3,8 @@
 A tree of N leaves is a few hundred thousand small objects built in one go and kept for the whole
 run. Each full collection walks every object alive, and CPython starts one whenever the objects
 that survived the young generations grow by a quarter, so building the tree and later streaming
-values (whose buffers, futures and frames keep triggering collections) spent more time walking the
-leaves than using them: close to half the CPU of a 30k-leaf structure-only diff.
+values (whose buffers, futures and frames keep triggering collections) spent about as much time
+walking the leaves as using them.
 
 `paused()` turns the collector off while metadata is read and mapped (reference counting still
 frees everything acyclic at once) and, on the way out, moves every object alive into the permanent
