@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -424,15 +425,20 @@ def _meta_reader(item: Dir, kv: ts.KvStore | None, name: str, fmt: int, inline: 
     return kv.read(key) if kv is not None else item.read_async(key)
 
 
-def _walk_ocdbt(item: Dir) -> tuple[dict[str, bytes], list[str] | None]:
+def _walk_ocdbt(item: Dir) -> tuple[dict[str, bytes], Iterable[str] | None]:
     """Every key of the item's OCDBT database and its inline zarr metadata, from one B-tree walk;
-    ({}, None) when the walk fails (the caller then lists and reads key by key, as before)."""
+    ({}, None) when the walk fails (the caller then lists and reads key by key, as before).
+    The keys of a big database (a million chunks) stay in `ocdbt.KeySizes`' compact form."""
     try:
         base = ts.KvStore.open(item.kv_spec(), context=item.storage.context).result()
-        entries = ocdbt.walk(base, frozenset(ZARR_META))
+        inline, keys = ocdbt.index(base, frozenset(ZARR_META))
     except Exception:  # noqa: BLE001 - an optimisation: the per-key path reports real errors
         return {}, None
-    return {e.key: e.inline for e in entries if e.inline is not None}, [e.key for e in entries]
+    return inline, (list(keys) if len(keys) <= COMPACT_KEYS else keys)
+
+
+#: Databases with more keys than this keep them compact (iterated a little slower than a list).
+COMPACT_KEYS = 1 << 18
 
 
 def _legacy_strings(item: Dir, entries: list[_Entry]) -> dict[str, str]:

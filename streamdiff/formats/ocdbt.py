@@ -87,15 +87,25 @@ class KeySizes:
         self._keys = keys
         self._ends = ends.astype(np.int64 if len(keys) >= 1 << 31 else np.int32)  # key i is keys[ends[i-1]:ends[i]]
         self._sizes = sizes.astype(np.int64 if len(sizes) and int(sizes.max()) >= 1 << 31 else np.int32)
-        starts = np.concatenate(([0], self._ends[:-1])).astype(np.int64) if len(ends) else np.zeros(0, np.int64)
-        hashes = np.fromiter(
-            (hash(keys[a:b]) for a, b in zip(starts.tolist(), self._ends.tolist())), np.int64, len(sizes)
-        )
+        hashes = np.fromiter((hash(k) for k in self._raw_keys()), np.int64, len(sizes))
         self._order = np.argsort(hashes, kind="stable").astype(np.int32)
         self._hashes = hashes[self._order]
 
     def __len__(self) -> int:
         return len(self._sizes)
+
+    def __iter__(self) -> Iterator[str]:
+        """Every key, in order."""
+        for k in self._raw_keys():
+            yield k.decode()
+
+    def _raw_keys(self) -> Iterator[bytes]:
+        """Every key's bytes, in order (offsets turned into Python ints a piece at a time)."""
+        for lo in range(0, len(self._ends), _PIECE):
+            start = int(self._ends[lo - 1]) if lo else 0
+            for end in self._ends[lo : lo + _PIECE].tolist():
+                yield self._keys[start:end]
+                start = end
 
     def _key(self, i: int) -> bytes:
         return self._keys[(int(self._ends[i - 1]) if i else 0) : int(self._ends[i])]
@@ -130,19 +140,39 @@ class KeySizes:
 
 def sizes(base: ts.KvStore) -> KeySizes:
     """`KeySizes` of the database on `base`, without an object per key beyond one node at a time."""
+    return index(base)[1]
+
+
+def index(base: ts.KvStore, keep_inline: frozenset[str] = frozenset()) -> tuple[dict[str, bytes], KeySizes]:
+    """(inline value of every key whose last path component is in `keep_inline`, `KeySizes` of every
+    key): `walk` without an object per key, for databases of a million chunk keys."""
+    kept: dict[str, bytes] = {}
     blob = bytearray()
     ends: list[np.ndarray] = []
     lengths: list[np.ndarray] = []
-    last = b""
     ordered = True
-    for prefix, keys, node_lengths, _, _ in _leaf_nodes(base):
-        full = [prefix + k for k in keys]
-        if full and full[0] <= last:
-            ordered = False
-        if full:
-            last = full[-1]
-        ends.append(len(blob) + np.cumsum([len(k) for k in full], dtype=np.int64))
-        blob += b"".join(full)
+    wanted = tuple(("/" + name).encode() for name in keep_inline)
+    bare = {len(name.encode()) for name in keep_inline}  # a key that is the name itself (a root array)
+    last = (0, 0)  # the previous node's last key, as offsets in blob
+    for _, node_ends, node_lengths, starts, body in _leaf_nodes(base, blob):
+        if not len(node_ends):
+            continue
+        first = last[1]
+        if last[1] and blob[last[0] : last[1]] >= blob[first : int(node_ends[0])]:
+            ordered = False  # this node's first key is not after the previous node's last
+        last = (int(node_ends[-2]) if len(node_ends) > 1 else first, int(node_ends[-1]))
+        if wanted:
+            begin = first
+            for lo in range(0, len(node_ends), _PIECE):
+                piece = zip(*(c[lo : lo + _PIECE].tolist() for c in (node_ends, starts, node_lengths)))
+                for end, start, size in piece:
+                    if start >= 0 and (
+                        blob.endswith(wanted, begin, end)
+                        or (end - begin in bare and blob[begin:end].decode() in keep_inline)
+                    ):
+                        kept[blob[begin:end].decode()] = body[start : start + size]
+                    begin = end
+        ends.append(node_ends)
         lengths.append(node_lengths.astype(np.int64))
     all_ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
     all_sizes = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
@@ -154,12 +184,15 @@ def sizes(base: ts.KvStore) -> KeySizes:
         all_sizes = all_sizes[order]
         all_ends = np.cumsum([len(k) for k in keys], dtype=np.int64)
         blob = bytearray(b"".join(keys))
-    return KeySizes(bytes(blob), all_ends, all_sizes)
+    return kept, KeySizes(bytes(blob), all_ends, all_sizes)
 
 
-def _leaf_nodes(base: ts.KvStore) -> Iterator[tuple[bytes, list[bytes], np.ndarray, np.ndarray, bytes]]:
+def _leaf_nodes(
+    base: ts.KvStore, blob: bytearray | None = None
+) -> Iterator[tuple[bytes, list, np.ndarray, np.ndarray, bytes]]:
     """(key prefix, relative keys, value lengths, inline value offsets or -1, node body) of every
-    leaf node, level by level with every read of a level in flight at once."""
+    leaf node, level by level with every read of a level in flight at once. With `blob`, full keys
+    are appended to it and their end offsets given in place of relative keys."""
     manifest = ts.ocdbt.dump(base).result()
     versions = manifest.get("versions") or []
     if not versions or "location" not in versions[-1].get("root", {}):
@@ -179,7 +212,7 @@ def _leaf_nodes(base: ts.KvStore) -> Iterator[tuple[bytes, list[bytes], np.ndarr
             if height > 0:
                 level.extend(_interior(body, pos, files, ref))
             else:
-                yield (ref.prefix, *_leaf(body, pos), body)
+                yield (ref.prefix, *_leaf(body, pos, None if blob is None else (blob, ref.prefix)), body)
 
 
 def _root_ref(location: str) -> _Ref:
@@ -280,9 +313,12 @@ def _data_files(buf: bytes, pos: int) -> tuple[list[tuple[str, str]], int]:
     return out, pos
 
 
-def _keys(buf: bytes, pos: int, n: int, common: bool) -> tuple[list[bytes], np.ndarray | None, int]:
+def _keys(
+    buf: bytes, pos: int, n: int, common: bool, sink: tuple[bytearray, bytes] | None = None
+) -> tuple[list, np.ndarray | None, int]:
     """The prefix-compressed relative keys of a node (and, for interior nodes, each subtree's common
-    prefix length)."""
+    prefix length). With `sink` (a buffer, a key prefix), each full key is appended to the buffer
+    and its end offset returned in place of the key, so a node of a million keys makes no object per key."""
     shared, pos = _varints(buf, pos, max(n - 1, 0))
     suffix, pos = _varints(buf, pos, n)
     subtree = None
@@ -291,20 +327,40 @@ def _keys(buf: bytes, pos: int, n: int, common: bool) -> tuple[list[bytes], np.n
     ends = pos + np.cumsum(suffix, dtype=np.int64)
     if n and int(ends[-1]) > len(buf):
         raise ValueError("truncated keys")
-    keys: list[bytes] = []
+    keys: list = []
     prev = b""
     start = pos
-    for i, (keep, end) in enumerate(zip([0, *shared.tolist()], ends.tolist())):
-        prev = (prev[:keep] if i else b"") + buf[start:end]
-        keys.append(prev)
-        start = end
+    for lo in range(0, n, _PIECE):  # Python ints for a piece of the columns at a time, not the node
+        keeps = shared[max(lo - 1, 0) : lo + _PIECE - 1].tolist()
+        if lo == 0:
+            keeps.insert(0, 0)  # the first key shares nothing
+        piece_ends: list[int] = []
+        for keep, end in zip(keeps, ends[lo : lo + _PIECE].tolist()):
+            prev = prev[:keep] + buf[start:end]
+            if sink is None:
+                keys.append(prev)
+            else:
+                out, head = sink
+                out += head
+                out += prev
+                piece_ends.append(len(out))
+            start = end
+        if sink is not None:
+            keys.append(np.array(piece_ends, np.int64))
+    if sink is not None:
+        keys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
     return keys, subtree, (int(ends[-1]) if n else pos)
 
 
-def _leaf(buf: bytes, pos: int) -> tuple[list[bytes], np.ndarray, np.ndarray]:
-    """(relative keys, value lengths, offset in `buf` of each inline value or -1) of a leaf node."""
+#: Column entries turned into Python objects at once (a node may hold a million keys).
+_PIECE = 1 << 16
+
+
+def _leaf(buf: bytes, pos: int, sink: tuple[bytearray, bytes] | None = None) -> tuple[list, np.ndarray, np.ndarray]:
+    """(relative keys, value lengths, offset in `buf` of each inline value or -1) of a leaf node;
+    with `sink`, key end offsets in the sink's buffer in place of keys (see `_keys`)."""
     n, pos = _varint(buf, pos)
-    keys, _, pos = _keys(buf, pos, n, False)
+    keys, _, pos = _keys(buf, pos, n, False, sink)
     lengths, pos = _varints(buf, pos, n)
     kinds, pos = _varints(buf, pos, n)
     if n and int(kinds.max()) > 1:
