@@ -219,7 +219,9 @@ def view_of(leaf: Leaf) -> View:
 
 def with_view(leaf: Leaf, path: KeyPath, view: View) -> Leaf:
     """A canonical leaf seen through `view` (shape follows the view; storage hidden behind it)."""
-    return replace(leaf, path=path, shape=view.shape, view=view, source=None, value=None)
+    return replace(
+        leaf, path=path, shape=view.shape, view=view, source=None, value=None, source_path=leaf.source_path or leaf.path
+    )
 
 
 # --------------------------------------------------------------------------------------- rules
@@ -364,7 +366,7 @@ def _apply(r: Rule, m: Mapped) -> int:
         if op == "strip":
             if path and path[-1] == r.args["key"]:
                 count += 1
-                _put(new, path[:-1], replace(leaf, path=path[:-1]), r)
+                _put(new, path[:-1], replace(leaf, path=path[:-1], source_path=leaf.source_path or leaf.path), r)
             else:
                 _put(new, path, leaf, r)
             continue
@@ -377,7 +379,7 @@ def _apply(r: Rule, m: Mapped) -> int:
             m.ignored.append(format_path(leaf.source_path or path))  # as stored
         elif op == "rename":
             dst = fill(r.args["to"], caps)
-            _put(new, dst, replace(leaf, path=dst), r)
+            _put(new, dst, replace(leaf, path=dst, source_path=leaf.source_path or leaf.path), r)
         elif op in ("transpose", "moveaxis"):
             _put(new, path, _transposed(leaf, r), r)
         elif op == "unstack":

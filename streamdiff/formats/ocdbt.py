@@ -21,6 +21,7 @@ transitive path growing by the base path at each level.
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -81,13 +82,14 @@ def walk(base: ts.KvStore, keep_inline: frozenset[str] | None = None) -> list[En
 class KeySizes:
     """Stored size of every key of a database, compact: the sorted keys in one buffer with numpy
     offsets and sizes (a dict of a million chunk keys would hold ~150 MB for the whole run), and
-    the keys' hashes sorted for lookups, each confirmed against the key itself."""
+    the keys' CRC-32s sorted for lookups, each confirmed against the key itself."""
 
     def __init__(self, keys: bytes, ends: np.ndarray, sizes: np.ndarray):
         self._keys = keys
         self._ends = ends.astype(np.int64 if len(keys) >= 1 << 31 else np.int32)  # key i is keys[ends[i-1]:ends[i]]
         self._sizes = sizes.astype(np.int64 if len(sizes) and int(sizes.max()) >= 1 << 31 else np.int32)
-        hashes = np.fromiter((hash(k) for k in self._raw_keys()), np.int64, len(sizes))
+        # crc32, not hash(): the same in every process (a Dask worker may get these pickled).
+        hashes = np.fromiter((zlib.crc32(k) for k in self._raw_keys()), np.int64, len(sizes))
         self._order = np.argsort(hashes, kind="stable").astype(np.int32)
         self._hashes = hashes[self._order]
 
@@ -112,7 +114,7 @@ class KeySizes:
 
     def get(self, key: str) -> int | None:
         raw = key.encode()
-        h = hash(raw)
+        h = zlib.crc32(raw)
         at = int(np.searchsorted(self._hashes, h))
         while at < len(self._hashes) and self._hashes[at] == h:
             i = int(self._order[at])
