@@ -1,12 +1,19 @@
 """Huge trees: the cost per leaf, on checkpoints with many tiny leaves written by real orbax.
 
-    python bench/huge_tree.py [--leaves 10000 100000] [--out bench/out/huge] [--results bench/RESULTS.md]
+    python bench/huge_tree.py [--leaves 10000 30000 100000] [--chunks 1000 1000000] [--out bench/out/huge]
+                              [--results bench/RESULTS.md]
 
 A 405B model with AdamW state has thousands of leaves unscanned, mixture-of-experts trees tens of
 thousands. Each checkpoint here is `params`/`mu`/`nu` x unscanned layers x 20 weights of 4x4 float32
 (OCDBT + zarr, `StandardCheckpointer`), so the data is negligible and what is measured is the cost per
 leaf: a structure-only diff and a value self-diff, wall time, CPU time (user+sys, robust to a busy
 machine) and peak RSS from /usr/bin/time.
+
+The chunk-count pair measures the cost per chunk instead: one orbax checkpoint holding a single
+float32 vector, whose stored array is then rewritten in place by tensorstore as chunks of one element
+(1k or 1M chunks in the same OCDBT database, as a checkpoint saved on many devices is). Planning and
+streaming must not hold anything per chunk for the whole run, so the peak RSS of the two value
+self-diffs should differ by little (target: 50 MB).
 """
 
 from __future__ import annotations
@@ -45,6 +52,27 @@ with ocp.StandardCheckpointer() as c:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def write_chunked(path: str, chunks: int) -> None:
+    """An orbax checkpoint of one float32 vector of `chunks` elements, stored one element per chunk."""
+    if os.path.isdir(path):
+        return
+    code = f"""
+import os
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import numpy as np, orbax.checkpoint as ocp, tensorstore as ts
+n = {chunks}
+with ocp.StandardCheckpointer() as c:
+    c.save({os.path.abspath(path)!r}, {{"x": np.zeros(n, np.float32)}})
+base = {{"driver": "file", "path": {os.path.abspath(path)!r} + "/"}}
+kv = {{"driver": "ocdbt", "base": base, "path": "x/"}}
+arr = ts.open({{"driver": "zarr", "kvstore": kv, "metadata": {{"shape": [n], "chunks": [1], "dtype": "<f4",
+              "compressor": {{"id": "zstd", "level": 1}}}}}}, create=True, delete_existing=True).result()
+with ts.Transaction() as txn:
+    arr.with_transaction(txn)[...] = np.arange(n, dtype=np.float32)
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def measure(cmd: list[str], timeout: float) -> tuple[float, float, int, str]:
     """(wall s, cpu s, peak RSS bytes, exit code or 'timeout') of one process."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as out:
@@ -66,27 +94,31 @@ def measure(cmd: list[str], timeout: float) -> tuple[float, float, int, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--leaves", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--leaves", type=int, nargs="+", default=[10_000, 30_000, 100_000])
+    ap.add_argument("--chunks", type=int, nargs="*", default=[1_000, 1_000_000], help="chunk counts of the vector pair")
     ap.add_argument("--out", default=os.path.join(HERE, "out", "huge"))
     ap.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"))
     ap.add_argument("--timeout", type=float, default=900, help="seconds before a run is stopped and reported")
     args = ap.parse_args()
     sd = [sys.executable, "-m", "streamdiff"]
-    rows = ["| leaves | run | wall | CPU | peak RSS | exit |", "|---|---|---|---|---|---|"]
-    for n in args.leaves:
-        path = os.path.join(args.out, f"c{n}")
-        write(path, n)
+    rows = ["| checkpoint | run | wall | CPU | peak RSS | exit |", "|---|---|---|---|---|---|"]
+    cases = [(f"{n:,} leaves", os.path.join(args.out, f"c{n}"), write, n) for n in args.leaves]
+    cases += [(f"1 leaf, {n:,} chunks", os.path.join(args.out, f"chunks{n}"), write_chunked, n) for n in args.chunks]
+    for name, path, writer, n in cases:
+        writer(path, n)
         for label, extra in (("structure-only", ["--structure-only"]), ("value self-diff", [])):  # stdout: -q
             wall, cpu, rss, code = measure([*sd, path, path, "-q", *extra], args.timeout)
             if code.startswith("timeout"):  # killed with /usr/bin/time: no CPU or RSS figures
-                rows.append(f"| {n:,} | {label} | > {wall:.0f} s | - | - | {code} |")
+                rows.append(f"| {name} | {label} | > {wall:.0f} s | - | - | {code} |")
             else:
-                rows.append(f"| {n:,} | {label} | {wall:.1f} s | {cpu:.1f} s | {rss / 1e6:,.0f} MB | {code} |")
+                rows.append(f"| {name} | {label} | {wall:.1f} s | {cpu:.1f} s | {rss / 1e6:,.0f} MB | {code} |")
             print(rows[-1], flush=True)
     intro = (
-        f"{machine()} `python bench/huge_tree.py --leaves {' '.join(map(str, args.leaves))}`: orbax "
-        f"StandardCheckpointer, {len(PARTS)} parts x layers x {WEIGHTS_PER_LAYER} weights of 4x4 float32, "
-        "default --max-memory (2G) and jobs. CPU = user + sys of the process."
+        f"{machine()} `python bench/huge_tree.py --leaves {' '.join(map(str, args.leaves))} --chunks "
+        f"{' '.join(map(str, args.chunks))}`: orbax StandardCheckpointer, {len(PARTS)} parts x layers x "
+        f"{WEIGHTS_PER_LAYER} weights of 4x4 float32; the chunk pair is one float32 vector stored one element "
+        "per chunk. Default --max-memory (2G) and jobs. CPU = user + sys of the process. Load average at "
+        f"the start: {os.getloadavg()[0]:.1f}."
     )
     publish(args.results, "Huge trees (bench/huge_tree.py)", intro, "\n".join(rows))
 

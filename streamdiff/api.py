@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from . import malloc
+from . import gcpause, malloc
 from .datatypes import KeyPath, Kind, LeafResult, Pair, PairStatus, Report, Status, Tree, format_path, json_equal
 from .engine.dask import run_dask
 from .engine.plans import PairOutcome
@@ -112,6 +112,7 @@ def diff(
     return compare(a, b, options, progress)
 
 
+@gcpause.unfreezes
 def compare(a: str, b: str, o: DiffOptions, progress: Progress | None = None) -> Report:
     """The pipeline behind `diff`, for callers that hold a `DiffOptions` already (the CLI)."""
     sampling = _sampling(o.sample, o.sample_seed, o.structure_only)
@@ -119,9 +120,10 @@ def compare(a: str, b: str, o: DiffOptions, progress: Progress | None = None) ->
     configure_http(o.budget.timeout)  # validates it too, before any work
     t0 = time.perf_counter()
     io0 = io_counters()
-    la, lb, matched, trees_a, trees_b = _resolve(a, b, o.steps, o.item, o.budget.io_concurrency, o.budget.timeout)
-    m, pairs = _map_and_pair(trees_a, trees_b, matched, o.mapping)
-    pairs, excluded = selection.split(pairs)
+    with gcpause.paused():
+        la, lb, matched, trees_a, trees_b = _resolve(a, b, o.steps, o.item, o.budget.io_concurrency, o.budget.timeout)
+        m, pairs = _map_and_pair(trees_a, trees_b, matched, o.mapping)
+        pairs, excluded = selection.split(pairs)
 
     outcomes: dict[int, PairOutcome] = {}
     policies: list[Policy | None] = [None] * len(pairs)
@@ -154,10 +156,11 @@ def compare(a: str, b: str, o: DiffOptions, progress: Progress | None = None) ->
         else:
             outcomes = run_threads(pairs, policies, ctx, mem, advance, o.shortcut, trim, sampling)
 
-    results = tuple(
-        _result(p, outcomes.get(i), o.structure_only, m, policies[i], tol.nan_equal, sampling)
-        for i, p in enumerate(pairs)
-    )
+    with gcpause.paused():
+        results = tuple(
+            _result(p, outcomes.get(i), o.structure_only, m, policies[i], tol.nan_equal, sampling)
+            for i, p in enumerate(pairs)
+        )
     io1 = io_counters()
     return Report(
         a=a,

@@ -166,14 +166,20 @@ class ItemSizes:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_base: dict[str, dict[str, int] | None] = {}
+        self._by_base: dict[str, ocdbt.KeySizes | None] = {}
+        #: id of a leaf's base kvstore spec -> (the spec, its key): readers share one spec per item,
+        #: so the key is spelled once per item, not once per leaf.
+        self._base_keys: dict[int, tuple[Any, str]] = {}
 
     def for_source(self, source: ArraySource, context: ts.Context) -> ArraySizes | None:
         kv = source.spec["kvstore"]
         if kv.get("driver") != "ocdbt":
             return None
-        base_key = json.dumps(kv["base"], sort_keys=True)
         with self._lock:
+            known = self._base_keys.get(id(kv["base"]))
+            if known is None:
+                known = self._base_keys[id(kv["base"])] = (kv["base"], json.dumps(kv["base"], sort_keys=True))
+            base_key = known[1]
             if base_key not in self._by_base:
                 self._by_base[base_key] = _ocdbt_sizes(kv["base"], context)
             sizes = self._by_base[base_key]
@@ -184,18 +190,18 @@ class ItemSizes:
 class ArraySizes:
     """The item-wide sizes seen from one array: keys relative to the array's prefix."""
 
-    sizes: dict[str, int]
+    sizes: ocdbt.KeySizes
     prefix: str
 
     def get(self, key: str) -> int | None:
         return self.sizes.get(self.prefix + key)
 
 
-def _ocdbt_sizes(base: dict[str, Any], context: ts.Context) -> dict[str, int] | None:
+def _ocdbt_sizes(base: dict[str, Any], context: ts.Context) -> ocdbt.KeySizes | None:
     """key -> stored value length, from one walk of the B-tree (every level)."""
     try:
         kv = ts.KvStore.open(base, context=context).result()
-        return {e.key: e.size for e in ocdbt.walk(kv)}
+        return ocdbt.sizes(kv)
     except Exception:  # noqa: BLE001 - sizes are an optimisation; without them we compare bytes
         return None
 

@@ -118,7 +118,7 @@ def _stored_bytes(leaf: Leaf, sizes: ItemSizes, ctx) -> int | None:
         if found is None:
             return None
         prefix = found.prefix
-        return sum(n for k, n in found.sizes.items() if k.startswith(prefix) and not k.endswith(_METADATA_KEYS))
+        return sum(n for k, n in found.sizes.items(prefix) if not k.endswith(_METADATA_KEYS))
     if kv.get("driver") == "file":
         total = 0
         for root, _, files in os.walk(kv["path"]):

@@ -15,6 +15,8 @@ describes every array.
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,7 +67,17 @@ def read_item(item: Item) -> Tree:
         return Tree(location=item.display, leaves={(): leaf}, layout="not read")
     if item.kind is ItemKind.ZARR:
         return zarr.build_tree(item.dir)
+    if item.dir.storage.is_local:
+        # Building a tree is Python work (the GIL runs one side at a time anyway) whose transient
+        # objects (the parsed _METADATA above all) outweigh the tree itself: on local disk, where
+        # no network round trips overlap, the two sides are built one after the other, so their
+        # peaks do not add up.
+        with _LOCAL_BUILD:
+            return build_tree(item.dir)
     return build_tree(item.dir)
+
+
+_LOCAL_BUILD = threading.Lock()
 
 
 def _read_whole(d: Dir, name: str) -> bytes | None:
@@ -141,6 +153,8 @@ def build_tree(item: Dir) -> Tree:
         entries = [_Entry(tuple(name.split(".")) if name else (), "unknown", name) for name in sorted(stored)]
         notes.append("no _METADATA: tree rebuilt by splitting array names on '.' (ambiguous for keys with dots)")
 
+    # The parsed _METADATA is the biggest object of a huge tree (objects per key): not held past here.
+    del metadata, raw
     wanted = [e.storage_name for e in entries if _needs_array(e)]
     if stored is None:
         stored, probed = _probe_per_leaf(item, wanted)
@@ -171,12 +185,14 @@ def build_tree(item: Dir) -> Tree:
         valid = {n: md for n, md in arrays.items() if isinstance(md, ArrayMetadata)}  # the others are errors
         claimed = _unreferenced(item, children, ocdbt, keys if ocdbt else [], stored, entries, unnamed, valid)
     leaves: dict[KeyPath, Leaf] = {}
+    # One base kvstore spec for every leaf of the item (a copy per leaf costs memory at 100k leaves).
+    base = item.kv_spec() if ocdbt else None
     for e in entries:
         if e.keys in claimed:
             why = f"value_type {e.value_type!r} in the tree (no stored array), {claimed[e.keys]}"
             leaves[e.keys] = Leaf(e.keys, Kind.ARRAY, e.value_type, not_compared=why)
         else:
-            leaves[e.keys] = _make_leaf(e, item, ocdbt, arrays, strings, legacy_strings, prng)
+            leaves[e.keys] = _make_leaf(e, item, base, arrays, strings, legacy_strings, prng)
     leaves.update(leaves_extra)
     unreferenced.add_leaves(leaves, unnamed)
     fmts = sorted({f for f, _ in zmeta.values()})
@@ -385,15 +401,20 @@ def _meta_reader(item: Dir, kv: ts.KvStore | None, name: str, fmt: int, inline: 
     return kv.read(key) if kv is not None else item.read_async(key)
 
 
-def _walk_ocdbt(item: Dir) -> tuple[dict[str, bytes], list[str] | None]:
+def _walk_ocdbt(item: Dir) -> tuple[dict[str, bytes], Iterable[str] | None]:
     """Every key of the item's OCDBT database and its inline zarr metadata, from one B-tree walk;
-    ({}, None) when the walk fails (the caller then lists and reads key by key, as before)."""
+    ({}, None) when the walk fails (the caller then lists and reads key by key, as before).
+    The keys of a big database (a million chunks) stay in `ocdbt.KeySizes`' compact form."""
     try:
         base = ts.KvStore.open(item.kv_spec(), context=item.storage.context).result()
-        entries = ocdbt.walk(base, frozenset(METADATA_FILES))
+        inline, keys = ocdbt.index(base, frozenset(METADATA_FILES))
     except Exception:  # noqa: BLE001 - an optimisation: the per-key path reports real errors
         return {}, None
-    return {e.key: e.inline for e in entries if e.inline is not None}, [e.key for e in entries]
+    return inline, (list(keys) if len(keys) <= COMPACT_KEYS else keys)
+
+
+#: Databases with more keys than this keep them compact (iterated a little slower than a list).
+COMPACT_KEYS = 1 << 18
 
 
 def _legacy_strings(item: Dir, entries: list[_Entry]) -> dict[str, str]:
@@ -411,7 +432,7 @@ def _legacy_strings(item: Dir, entries: list[_Entry]) -> dict[str, str]:
 def _make_leaf(
     e: _Entry,
     item: Dir,
-    ocdbt: bool,
+    base: dict[str, Any] | None,
     arrays: dict[str, ArrayMetadata | str],
     strings: dict[str, Any],
     legacy_strings: dict[str, str],
@@ -442,7 +463,7 @@ def _make_leaf(
     md = arrays[e.storage_name]
     if isinstance(md, str):
         return Leaf(e.keys, "array", e.value_type, error=md)
-    source, shape, dtype = _array_source(item, ocdbt, e.storage_name, md), md.shape, md.dtype
+    source, shape, dtype = _array_source(item, base, e.storage_name, md), md.shape, md.dtype
     impl = prng.get(e.storage_name)
     if impl:
         kind = "prng_key"
@@ -482,10 +503,11 @@ def _parse_array(fmt: int, md: Any) -> ArrayMetadata | str:
         return f"{where}: {exc}"
 
 
-def _array_source(item: Dir, ocdbt: bool, name: str, md: ArrayMetadata) -> ArraySource:
-    """The array's tensorstore spec, around its typed metadata."""
-    if ocdbt:
-        kv = {"driver": "ocdbt", "base": item.kv_spec(), "path": name + "/" if name else "", "cache_pool": META_CACHE}
+def _array_source(item: Dir, base: dict[str, Any] | None, name: str, md: ArrayMetadata) -> ArraySource:
+    """The array's tensorstore spec, around its typed metadata; `base`: the item's kvstore spec,
+    shared by every leaf, when the item is an OCDBT database (None: one directory per array)."""
+    if base is not None:
+        kv = {"driver": "ocdbt", "base": base, "path": name + "/" if name else "", "cache_pool": META_CACHE}
     else:
         kv = item.storage.spec(item.relpath + (name + "/" if name else ""))
     spec = {

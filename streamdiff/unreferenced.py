@@ -124,7 +124,13 @@ def ocdbt_leftovers(
             extra[(unread,)] = f"zarr array {unread!r} in the OCDBT store, not named by the checkpoint's tree: not read"
     strays: dict[str, list[str]] = {}
     odd: dict[str, list[str]] = {}
-    tests = {n: chunk_key_test(md) for n, md in (arrays or {}).items() if n in used}
+    tests: dict[str, Callable[[str], bool]] = {}
+    by_doc: dict[int, Callable[[str], bool]] = {}  # arrays share a few metadata objects
+    for n, md in (arrays or {}).items():
+        if n in used:
+            if id(md) not in by_doc:
+                by_doc[id(md)] = chunk_key_test(md)
+            tests[n] = by_doc[id(md)]
     # Keys come sorted: a run of chunk keys shares its array, unless one array's name is below another's.
     runs = not any(owner(n, stored) is not None for n in stored if n)
     last: str | None = None

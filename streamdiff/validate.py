@@ -20,7 +20,6 @@ import json
 import math
 import re
 import threading
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -57,19 +56,20 @@ def parse_json(raw: bytes, where: str) -> Any:
 
 
 def _too_deep(doc: Any, limit: int) -> bool:
-    stack = [(doc, 1)]
-    while stack:
-        node, depth = stack.pop()
-        children: Iterable[Any]
-        if isinstance(node, dict):
-            children = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
+    """Whether objects and arrays nest deeper than `limit`, one level at a time (a huge flat
+    document costs one pass over its containers)."""
+    level = [doc] if isinstance(doc, (dict, list)) else []
+    depth = 1
+    while level:
         if depth > limit:
             return True
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+        below = []
+        for node in level:
+            for c in node.values() if isinstance(node, dict) else node:
+                if isinstance(c, (dict, list)):
+                    below.append(c)
+        level = below
+        depth += 1
     return False
 
 
@@ -240,6 +240,8 @@ def check_tree_metadata(doc: Any, where: str) -> None:
     if not isinstance(doc, dict) or not isinstance(doc.get("tree_metadata"), dict):
         raise CorruptCheckpointError(f"{where}: no tree_metadata")
     for name, entry in doc["tree_metadata"].items():
+        if _plain_entry(entry):
+            continue  # the common shape, checked without building field names; else the full check
         at = f"tree_metadata[{_show(name)}]"
         d.obj(entry, at)
         for i, k in enumerate(d.lst(entry.get("key_metadata"), at + ".key_metadata")):
@@ -251,6 +253,25 @@ def check_tree_metadata(doc: Any, where: str) -> None:
             d.string(vm["value_type"], at + ".value_metadata.value_type")
         if not isinstance(vm.get("skip_deserialize", False), bool):
             raise d.fail(at + ".value_metadata.skip_deserialize", "true or false", vm["skip_deserialize"])
+
+
+def _plain_entry(entry: Any) -> bool:
+    """True when a `tree_metadata` entry passes every check of `check_tree_metadata` (which then
+    runs, for an entry that does not, to say which field is wrong)."""
+    if type(entry) is not dict:
+        return False
+    keys = entry.get("key_metadata")
+    if type(keys) is not list:
+        return False
+    for k in keys:
+        if type(k) is not dict or type(k.get("key")) not in (str, int):
+            return False
+    vm = entry.get("value_metadata")
+    if vm is None:
+        return True
+    return (
+        type(vm) is dict and type(vm.get("value_type", "")) is str and type(vm.get("skip_deserialize", False)) is bool
+    )
 
 
 def check_array_metadatas(doc: Any, where: str) -> None:

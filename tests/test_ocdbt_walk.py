@@ -30,6 +30,23 @@ def test_walk_yields_every_key_value_and_size_that_the_ocdbt_driver_reads(tmp_pa
         assert height >= 2  # the small-node case really walks interior nodes
 
 
+@pytest.mark.parametrize("node_bytes", [600, 1 << 22])
+def test_key_sizes_give_every_stored_length_the_ocdbt_driver_reads_and_none_for_absent_keys(tmp_path, node_bytes):
+    config = {"max_decoded_node_bytes": node_bytes, "max_inline_value_bytes": 50}
+    kv = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{tmp_path}/", "config": config}).result()
+    with ts.Transaction() as txn:
+        for i in range(300):
+            kv.with_transaction(txn)[f"a{i % 7}/c/{i}"] = bytes(range(i % 200))
+    base = ts.KvStore.open(f"file://{tmp_path}/").result()
+    sizes = ocdbt.sizes(base)
+
+    truth = {k.decode(): len(kv.read(k).result().value) for k in kv.list().result()}
+    assert len(sizes) == len(truth) == 300
+    assert {k: sizes.get(k) for k in truth} == truth
+    assert list(sizes.items("a3/")) == sorted((k, n) for k, n in truth.items() if k.startswith("a3/"))
+    assert sizes.get("a3/c/9999") is None and sizes.get("") is None and sizes.get("zz") is None
+
+
 def test_walk_of_an_empty_database_is_empty(tmp_path):
     kv = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{tmp_path}/"}).result()
     kv["x"] = b"1"

@@ -1,35 +1,47 @@
 """An OCDBT database read as its B-tree: every key with its inline value or stored size, in a few reads.
 
-Reading each array's `.zarray` / `zarr.json` through the ocdbt kvstore costs one B-tree lookup per key
-(a 100k-leaf checkpoint spent 24 s there); orbax keeps those small values *inline* in the B-tree
-leaf nodes, so walking the nodes once (`tensorstore.ocdbt.dump`) yields all of them, level by level
-with every node read of a level in flight at once (on GCS each is a round trip).
+Reading each array's `.zarray` / `zarr.json` through the ocdbt kvstore costs one B-tree lookup per key,
+slow for a tree of 100k leaves; orbax keeps those small values *inline* in the B-tree
+leaf nodes, so walking the nodes once yields all of them, level by level with every node read of a
+level in flight at once (on GCS each is a round trip).
 
-tensorstore 0.1.86 leaks the Python objects of every dumped node (about 550 bytes per key, never
-returned: four dumps of one 200k-key node took RSS from 321 to 667 MB), so a walk is only taken for
-databases of at most `MAX_WALK_KEYS` keys (from the manifest's statistics); bigger ones are read key
-by key, slower but without the leak.
+The manifest comes from `tensorstore.ocdbt.dump` (one small document); the B-tree nodes are read as
+byte ranges of their data files and decoded here, following the format tensorstore documents
+(kvstore/ocdbt/index.rst, "B+tree node format"): tensorstore 0.1.86's `ocdbt.dump` of a node leaks
+every Python object it returns (about 600 bytes per key, never freed), which a checkpoint of
+hundreds of thousands of keys cannot afford. The columns of a node (varint arrays) are decoded with
+numpy; a node whose magic, length, version, checksum or columns do not add up raises `ValueError`,
+and callers then read key by key through the ocdbt driver, which reports real errors.
 
-Node layout (as tensorstore dumps it): an interior node's entries carry a child `location` and a
-`subtree_common_prefix`; keys inside a node are relative to the prefix accumulated on the way down.
+Keys inside a node are relative to the prefix accumulated on the way down (each interior entry's
+`subtree_common_prefix`); data file paths are `transitive path + base path + relative path`, the
+transitive path growing by the base path at each level.
 """
 
 from __future__ import annotations
 
+import struct
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
+import google_crc32c
+import numpy as np
 import tensorstore as ts
+import zstandard
 
-#: Largest database walked (see the module docstring): at most ~36 MB lost to the dump leak.
-MAX_WALK_KEYS = 1 << 16
+#: Kept for callers that bound a walk; decoding nodes here holds no leaked objects, so any size is walked.
+MAX_WALK_KEYS = 1 << 62
+BTREE_MAGIC = 0x0CDB20DE
+#: Largest decoded node accepted (tensorstore's default `max_decoded_node_bytes` is 8 MiB; orbax sets 100 MB).
+MAX_NODE_BYTES = 1 << 30
 
 
 class TooManyKeys(Exception):
     """The database is bigger than `MAX_WALK_KEYS`: read it key by key instead."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One key of the database: its bytes when stored inline, else None, and its stored size."""
 
@@ -38,42 +50,346 @@ class Entry:
     size: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Ref:
+    """Where a node is: a data file path (relative to the database root) and a byte range."""
+
+    path: str
+    offset: int
+    length: int
+    transitive: str  # the path prefix its children's data file paths start with
+    prefix: bytes  # the key prefix of every key below it
+
+
 def walk(base: ts.KvStore, keep_inline: frozenset[str] | None = None) -> list[Entry]:
     """Every key of the OCDBT database on `base` (its manifest at the root), in key order.
 
     `keep_inline`: last path components whose inline values are kept (e.g. {'.zarray'}); others
     report their size only, so chunk bytes inlined in the tree are not held. None keeps none.
-    Raises `TooManyKeys`, or whatever tensorstore raises: callers fall back to per-key reads.
+    Raises `TooManyKeys`, `ValueError` (a node not decoded) or whatever tensorstore raises: callers
+    fall back to per-key reads.
     """
-    manifest = ts.ocdbt.dump(base).result()
-    versions = manifest.get("versions") or []
-    if not versions or "location" not in versions[-1].get("root", {}):
-        return []  # an empty database
-    keys = versions[-1]["root"].get("statistics", {}).get("num_keys", 0)
-    if keys > MAX_WALK_KEYS:
-        raise TooManyKeys(f"{keys} keys")
     out: list[Entry] = []
-    level: list[tuple[str, bytes]] = [(versions[-1]["root"]["location"], b"")]
-    while level:
-        futures = [(ts.ocdbt.dump(base, loc), prefix) for loc, prefix in level]
-        level = []
-        for fut, prefix in futures:
-            node = fut.result()
-            if node.get("height", 0) > 0:
-                for e in node["entries"]:
-                    level.append((e["location"], prefix + e.get("subtree_common_prefix", b"")))
-                continue
-            for e in node["entries"]:
-                out.append(_entry(prefix + e["key"], e, keep_inline))
+    for prefix, keys, lengths, starts, buf in _leaf_nodes(base):
+        for key, start, size in zip(keys, starts.tolist(), lengths.tolist()):
+            name = (prefix + key).decode()
+            keep = start >= 0 and keep_inline is not None and name.rpartition("/")[2] in keep_inline
+            out.append(Entry(name, buf[start : start + size] if keep else None, size))
     out.sort(key=lambda e: e.key)
     return out
 
 
-def _entry(raw_key: bytes, e: dict[str, Any], keep_inline: frozenset[str] | None) -> Entry:
-    key = raw_key.decode()
-    if "inline_value" in e:
-        value = e["inline_value"]
-        keep = keep_inline is not None and key.rpartition("/")[2] in keep_inline
-        return Entry(key, bytes(value) if keep else None, len(value))
-    # indirect_value: 'file_id:offset:length'
-    return Entry(key, None, int(str(e["indirect_value"]).rsplit(":", 1)[1]))
+class KeySizes:
+    """Stored size of every key of a database, compact: the sorted keys in one buffer with numpy
+    offsets and sizes (a dict of a million chunk keys would hold ~150 MB for the whole run), and
+    the keys' CRC-32s sorted for lookups, each confirmed against the key itself."""
+
+    def __init__(self, keys: bytes, ends: np.ndarray, sizes: np.ndarray):
+        self._keys = keys
+        self._ends = ends.astype(np.int64 if len(keys) >= 1 << 31 else np.int32)  # key i is keys[ends[i-1]:ends[i]]
+        self._sizes = sizes.astype(np.int64 if len(sizes) and int(sizes.max()) >= 1 << 31 else np.int32)
+        # crc32, not hash(): the same in every process (a Dask worker may get these pickled).
+        hashes = np.fromiter((zlib.crc32(k) for k in self._raw_keys()), np.int64, len(sizes))
+        self._order = np.argsort(hashes, kind="stable").astype(np.int32)
+        self._hashes = hashes[self._order]
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def __iter__(self) -> Iterator[str]:
+        """Every key, in order."""
+        for k in self._raw_keys():
+            yield k.decode()
+
+    def _raw_keys(self) -> Iterator[bytes]:
+        """Every key's bytes, in order (offsets turned into Python ints a piece at a time)."""
+        for lo in range(0, len(self._ends), _PIECE):
+            start = int(self._ends[lo - 1]) if lo else 0
+            for end in self._ends[lo : lo + _PIECE].tolist():
+                yield self._keys[start:end]
+                start = end
+
+    def _key(self, i: int) -> bytes:
+        return self._keys[(int(self._ends[i - 1]) if i else 0) : int(self._ends[i])]
+
+    def get(self, key: str) -> int | None:
+        raw = key.encode()
+        h = zlib.crc32(raw)
+        at = int(np.searchsorted(self._hashes, h))
+        while at < len(self._hashes) and self._hashes[at] == h:
+            i = int(self._order[at])
+            if self._key(i) == raw:
+                return int(self._sizes[i])
+            at += 1
+        return None
+
+    def items(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        """(key, size) of the keys starting with `prefix`, in key order."""
+        raw = prefix.encode()
+        lo, hi = 0, len(self._sizes)
+        while lo < hi:  # the first key >= prefix
+            mid = (lo + hi) // 2
+            if self._key(mid) < raw:
+                lo = mid + 1
+            else:
+                hi = mid
+        for i in range(lo, len(self._sizes)):
+            k = self._key(i)
+            if not k.startswith(raw):
+                return
+            yield k.decode(), int(self._sizes[i])
+
+
+def sizes(base: ts.KvStore) -> KeySizes:
+    """`KeySizes` of the database on `base`, without an object per key beyond one node at a time."""
+    return index(base)[1]
+
+
+def index(base: ts.KvStore, keep_inline: frozenset[str] = frozenset()) -> tuple[dict[str, bytes], KeySizes]:
+    """(inline value of every key whose last path component is in `keep_inline`, `KeySizes` of every
+    key): `walk` without an object per key, for databases of a million chunk keys."""
+    kept: dict[str, bytes] = {}
+    blob = bytearray()
+    ends: list[np.ndarray] = []
+    lengths: list[np.ndarray] = []
+    ordered = True
+    wanted = tuple(("/" + name).encode() for name in keep_inline)
+    bare = {len(name.encode()) for name in keep_inline}  # a key that is the name itself (a root array)
+    last = (0, 0)  # the previous node's last key, as offsets in blob
+    for _, node_ends, node_lengths, starts, body in _leaf_nodes(base, blob):
+        if not len(node_ends):
+            continue
+        first = last[1]
+        if last[1] and blob[last[0] : last[1]] >= blob[first : int(node_ends[0])]:
+            ordered = False  # this node's first key is not after the previous node's last
+        last = (int(node_ends[-2]) if len(node_ends) > 1 else first, int(node_ends[-1]))
+        if wanted:
+            begin = first
+            for lo in range(0, len(node_ends), _PIECE):
+                piece = zip(*(c[lo : lo + _PIECE].tolist() for c in (node_ends, starts, node_lengths)))
+                for end, start, size in piece:
+                    if start >= 0 and (
+                        blob.endswith(wanted, begin, end)
+                        or (end - begin in bare and blob[begin:end].decode() in keep_inline)
+                    ):
+                        kept[blob[begin:end].decode()] = body[start : start + size]
+                    begin = end
+        ends.append(node_ends)
+        lengths.append(node_lengths.astype(np.int64))
+    all_ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
+    all_sizes = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    if not ordered:  # nodes came out of key order: sort once
+        starts = np.concatenate(([0], all_ends[:-1])) if len(all_ends) else all_ends
+        keys = [bytes(blob[s:e]) for s, e in zip(starts.tolist(), all_ends.tolist())]
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        keys = [keys[i] for i in order]
+        all_sizes = all_sizes[order]
+        all_ends = np.cumsum([len(k) for k in keys], dtype=np.int64)
+        blob = bytearray(b"".join(keys))
+    return kept, KeySizes(bytes(blob), all_ends, all_sizes)
+
+
+def _leaf_nodes(
+    base: ts.KvStore, blob: bytearray | None = None
+) -> Iterator[tuple[bytes, list, np.ndarray, np.ndarray, bytes]]:
+    """(key prefix, relative keys, value lengths, inline value offsets or -1, node body) of every
+    leaf node, level by level with every read of a level in flight at once. With `blob`, full keys
+    are appended to it and their end offsets given in place of relative keys."""
+    manifest = ts.ocdbt.dump(base).result()
+    versions = manifest.get("versions") or []
+    if not versions or "location" not in versions[-1].get("root", {}):
+        return  # an empty database
+    keys = versions[-1]["root"].get("statistics", {}).get("num_keys", 0)
+    if keys > MAX_WALK_KEYS:
+        raise TooManyKeys(f"{keys} keys")
+    level = [_root_ref(str(versions[-1]["root"]["location"]))]
+    while level:
+        futures = [(base.read(r.path, byte_range=slice(r.offset, r.offset + r.length)), r) for r in level]
+        level = []
+        for fut, ref in futures:
+            got = fut.result()
+            if got.state != "value" or len(got.value) != ref.length:
+                raise ValueError(f"B-tree node {ref.path}@{ref.offset} not found")
+            height, body, pos, files = _open_node(bytes(got.value))
+            if height > 0:
+                level.extend(_interior(body, pos, files, ref))
+            else:
+                yield (ref.prefix, *_leaf(body, pos, None if blob is None else (blob, ref.prefix)), body)
+
+
+def _root_ref(location: str) -> _Ref:
+    """'btreenode::d/<file>:<offset>:<length>' as `ocdbt.dump` spells the root's location."""
+    path, offset, length = location.removeprefix("btreenode::").rsplit(":", 2)
+    return _Ref(path, int(offset), int(length), "", b"")
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _varints(buf: bytes, pos: int, n: int) -> tuple[np.ndarray, int]:
+    """`n` consecutive varints from `pos`, as uint64, and the position after them."""
+    if n == 0:
+        return np.zeros(0, np.uint64), pos
+    window = np.frombuffer(buf, np.uint8, count=min(len(buf) - pos, 10 * n), offset=pos)
+    ends = np.flatnonzero(window < 0x80)[:n]
+    if len(ends) < n:
+        raise ValueError("truncated varint column")
+    starts = np.empty(n, np.int64)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    widths = ends - starts + 1
+    values = window[ends].astype(np.uint64) if widths.max() == 1 else _multi_byte(window, starts, widths)
+    return values, pos + int(ends[-1]) + 1
+
+
+def _multi_byte(window: np.ndarray, starts: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    if widths.max() > 10:
+        raise ValueError("varint longer than 10 bytes")
+    values = np.zeros(len(starts), np.uint64)
+    for j in range(int(widths.max())):
+        sel = widths > j
+        values[sel] |= (window[starts[sel] + j].astype(np.uint64) & np.uint64(0x7F)) << np.uint64(7 * j)
+    return values
+
+
+def _open_node(raw: bytes) -> tuple[int, bytes, int, list[tuple[str, str]]]:
+    """Checks the envelope; returns (height, decoded body, position after the data file table, table)."""
+    if len(raw) < 16 or struct.unpack_from(">I", raw)[0] != BTREE_MAGIC:
+        raise ValueError("not an OCDBT B-tree node")
+    (length,) = struct.unpack_from("<Q", raw, 4)
+    if length != len(raw):
+        raise ValueError("B-tree node length mismatch")
+    if google_crc32c.value(raw[:-4]) != struct.unpack_from("<I", raw, len(raw) - 4)[0]:
+        raise ValueError("B-tree node checksum mismatch")
+    version, pos = _varint(raw, 12)
+    compression, pos = _varint(raw, pos)
+    if version != 0 or compression not in (0, 1):
+        raise ValueError(f"B-tree node version {version} / compression {compression} not known")
+    body = raw[pos:-4]
+    if compression == 1:
+        body = _unzstd(body)
+    height = body[0]
+    files, pos = _data_files(body, 1)
+    return height, body, pos, files
+
+
+def _unzstd(data: bytes) -> bytes:
+    """Decompressed in pieces: `decompress(max_output_size=...)` would allocate the whole cap up front."""
+    parts = []
+    total = 0
+    for piece in zstandard.ZstdDecompressor().read_to_iter(data):
+        total += len(piece)
+        if total > MAX_NODE_BYTES:
+            raise ValueError("B-tree node decodes to more than MAX_NODE_BYTES")
+        parts.append(piece)
+    return b"".join(parts)
+
+
+def _data_files(buf: bytes, pos: int) -> tuple[list[tuple[str, str]], int]:
+    """The node's data file table: (base path, relative path) per file."""
+    n, pos = _varint(buf, pos)
+    prefix, pos = _varints(buf, pos, max(n - 1, 0))
+    suffix, pos = _varints(buf, pos, n)
+    base, pos = _varints(buf, pos, n)
+    out: list[tuple[str, str]] = []
+    prev = b""
+    for i in range(n):
+        keep = int(prefix[i - 1]) if i else 0
+        end = pos + int(suffix[i])
+        path = prev[:keep] + buf[pos:end]
+        pos, prev = end, path
+        cut = int(base[i])
+        if end > len(buf) or cut > len(path):
+            raise ValueError("bad data file table")
+        out.append((path[:cut].decode(), path[cut:].decode()))
+    return out, pos
+
+
+def _keys(
+    buf: bytes, pos: int, n: int, common: bool, sink: tuple[bytearray, bytes] | None = None
+) -> tuple[list, np.ndarray | None, int]:
+    """The prefix-compressed relative keys of a node (and, for interior nodes, each subtree's common
+    prefix length). With `sink` (a buffer, a key prefix), each full key is appended to the buffer
+    and its end offset returned in place of the key, so a node of a million keys makes no object per key."""
+    shared, pos = _varints(buf, pos, max(n - 1, 0))
+    suffix, pos = _varints(buf, pos, n)
+    subtree = None
+    if common:
+        subtree, pos = _varints(buf, pos, n)
+    ends = pos + np.cumsum(suffix, dtype=np.int64)
+    if n and int(ends[-1]) > len(buf):
+        raise ValueError("truncated keys")
+    keys: list = []
+    prev = b""
+    start = pos
+    for lo in range(0, n, _PIECE):  # Python ints for a piece of the columns at a time, not the node
+        keeps = shared[max(lo - 1, 0) : lo + _PIECE - 1].tolist()
+        if lo == 0:
+            keeps.insert(0, 0)  # the first key shares nothing
+        piece_ends: list[int] = []
+        for keep, end in zip(keeps, ends[lo : lo + _PIECE].tolist()):
+            prev = prev[:keep] + buf[start:end]
+            if sink is None:
+                keys.append(prev)
+            else:
+                out, head = sink
+                out += head
+                out += prev
+                piece_ends.append(len(out))
+            start = end
+        if sink is not None:
+            keys.append(np.array(piece_ends, np.int64))
+    if sink is not None:
+        keys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+    return keys, subtree, (int(ends[-1]) if n else pos)
+
+
+#: Column entries turned into Python objects at once (a node may hold a million keys).
+_PIECE = 1 << 16
+
+
+def _leaf(buf: bytes, pos: int, sink: tuple[bytearray, bytes] | None = None) -> tuple[list, np.ndarray, np.ndarray]:
+    """(relative keys, value lengths, offset in `buf` of each inline value or -1) of a leaf node;
+    with `sink`, key end offsets in the sink's buffer in place of keys (see `_keys`)."""
+    n, pos = _varint(buf, pos)
+    keys, _, pos = _keys(buf, pos, n, False, sink)
+    lengths, pos = _varints(buf, pos, n)
+    kinds, pos = _varints(buf, pos, n)
+    if n and int(kinds.max()) > 1:
+        raise ValueError("unknown value kind")
+    indirect = int(kinds.sum())
+    _, pos = _varints(buf, pos, indirect)  # data file ids
+    _, pos = _varints(buf, pos, indirect)  # offsets
+    direct = kinds == 0
+    starts = pos + np.concatenate(([0], np.cumsum(lengths[direct], dtype=np.int64)))
+    if int(starts[-1]) > len(buf):
+        raise ValueError("truncated inline values")
+    where = np.full(n, -1, np.int64)
+    where[direct] = starts[:-1]
+    return keys, lengths, where
+
+
+def _interior(buf: bytes, pos: int, files: list[tuple[str, str]], parent: _Ref) -> list[_Ref]:
+    n, pos = _varint(buf, pos)
+    keys, subtree, pos = _keys(buf, pos, n, True)
+    ids, pos = _varints(buf, pos, n)
+    offsets, pos = _varints(buf, pos, n)
+    lengths, pos = _varints(buf, pos, n)
+    out = []
+    for key, common, fid, off, size in zip(keys, subtree.tolist(), ids.tolist(), offsets.tolist(), lengths.tolist()):
+        if fid >= len(files) or common > len(key):
+            raise ValueError("bad interior entry")
+        base, rel = files[fid]
+        at = parent.transitive + base
+        out.append(_Ref(at + rel, off, size, at, parent.prefix + key[:common]))
+    return out

@@ -95,7 +95,13 @@ def align(a: MappedSide, b: MappedSide, layer_axis: int | None) -> tuple[list[st
 
 def _stack_to_match(this: MappedSide, other: MappedSide, layer_axis: int | None) -> int:
     groups: dict[KeyPath, dict[int, Leaf]] = {}
+    # Every target is a path of `other` through a `layers` key, and every member has a key holding
+    # 'layers': most trees are skipped without running the patterns on each path.
+    if not any("layers" in p for p in other.leaves):
+        return 0
     for path, leaf in this.leaves.items():
+        if not any("layers" in k for k in path):
+            continue
         caps = next((c for c in (p.match(path) for p in UNSCANNED) if c is not None), None)
         if caps is None:
             continue

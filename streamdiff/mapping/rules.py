@@ -205,7 +205,7 @@ def _apply(r: Rule, m: MappedSide) -> int:
         if op == "strip":
             if path and path[-1] == r.args["key"]:
                 count += 1
-                _put(new, path[:-1], replace(leaf, path=path[:-1]), r)
+                _put(new, path[:-1], replace(leaf, path=path[:-1], source_path=leaf.source_path or leaf.path), r)
             else:
                 _put(new, path, leaf, r)
             continue
@@ -218,7 +218,7 @@ def _apply(r: Rule, m: MappedSide) -> int:
             m.ignored.append(format_path(leaf.source_path or path))  # as stored
         elif op == "rename":
             dst = fill(r.args["to"], caps)
-            _put(new, dst, replace(leaf, path=dst), r)
+            _put(new, dst, replace(leaf, path=dst, source_path=leaf.source_path or leaf.path), r)
         elif op in ("transpose", "moveaxis"):
             _put(new, path, _transposed(leaf, r), r)
         elif op == "unstack":

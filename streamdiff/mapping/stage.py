@@ -95,5 +95,8 @@ def _merge_items(trees: list[tuple[str, Tree]]) -> dict[KeyPath, Leaf]:
             # keeps the empty path: named after its directory, two sides named differently would
             # never pair.
             new = (prefix,) + path if prefix else path
-            out[new] = replace(leaf, path=new, source_path=new)
+            # A leaf still at its stored path needs no copy: `source_path` None means "where it was"
+            # (rules that move a leaf record where from).
+            same = new == leaf.path and leaf.source_path in (None, new)
+            out[new] = leaf if same else replace(leaf, path=new, source_path=new)
     return out

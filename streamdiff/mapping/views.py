@@ -85,7 +85,9 @@ def view_of(leaf: Leaf) -> View:
 
 def with_view(leaf: Leaf, path: KeyPath, view: View) -> Leaf:
     """A canonical leaf seen through `view` (shape follows the view; storage hidden behind it)."""
-    return replace(leaf, path=path, shape=view.shape, view=view, source=None, value=None)
+    return replace(
+        leaf, path=path, shape=view.shape, view=view, source=None, value=None, source_path=leaf.source_path or leaf.path
+    )
 
 
 def move_axis(rank: int, source: int, destination: int) -> tuple[int, ...]:
