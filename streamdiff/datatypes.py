@@ -82,7 +82,7 @@ def json_equal(a: Any, b: Any, nan_equal: bool = True) -> bool:
     if isinstance(a, float) and a == 0.0:
         # 0.0 == -0.0 in Python, but they are different JSON text (and different stored bits).
         return b == 0.0 and math.copysign(1.0, a) == math.copysign(1.0, b)
-    return a == b
+    return bool(a == b)
 
 
 def format_path(path: KeyPath) -> str:
@@ -211,6 +211,21 @@ class Pair:
     b: Leaf | None
     status: PairStatus
     message: str | None = None
+
+    def both(self) -> tuple[Leaf, Leaf]:
+        """(a, b), for the statuses pairing gives only when both sides exist (compare, equal, shape
+        or kind mismatch); raises rather than let a missing side pass as a comparable one."""
+        if self.a is None or self.b is None:
+            raise ValueError(f"{format_path(self.path)}: a {self.status} pair without both sides")
+        return self.a, self.b
+
+    @property
+    def ref(self) -> Leaf:
+        """The side the report describes the path by: a, or b when the path is only in b."""
+        leaf = self.a or self.b
+        if leaf is None:
+            raise ValueError(f"{format_path(self.path)}: a pair with neither side")
+        return leaf
 
 
 #: Field metadata of the `ValueStats` entries the JSON writes only when they are set (not None, not
