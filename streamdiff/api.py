@@ -329,7 +329,10 @@ def _result(
             kind_b = b.kind
 
     def out(
-        status: Status, message: str | None = None, stats: ValueStats | None = None, shape_b: tuple[int, ...] | None = None
+        status: Status,
+        message: str | None = None,
+        stats: ValueStats | None = None,
+        shape_b: tuple[int, ...] | None = None,
     ) -> LeafResult:
         return LeafResult(
             path=p.path,
