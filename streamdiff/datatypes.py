@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .formats.zarr_metadata import ArrayMetadata
+    from .mapping.views import View
 
 #: A leaf's position in the tree: one string per nesting level (dict key, attribute or index).
 KeyPath = tuple[str, ...]
@@ -156,7 +157,7 @@ class Leaf:
     #: reported with status `not_compared`, never silently skipped.
     not_compared: str | None = None
     #: Mapped leaves (mapping.views.View): a lazy transform of stored arrays; None for a stored leaf as is.
-    view: Any = field(default=None, compare=False)
+    view: View | None = field(default=None, compare=False)
     #: The leaf's path in its checkpoint before rules renamed it (None: not renamed).
     source_path: KeyPath | None = None
     #: JSON items and msgpack trees: the container type of each level above the leaf ('dict', 'list',
