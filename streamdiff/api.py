@@ -318,6 +318,7 @@ def _result(
 ) -> LeafResult:
     a, b = p.a, p.b
     ref = p.ref
+    source_a, source_b = moved_source(a), moved_source(b)
     dtype_b: str | None = None
     dtype_allowed = False
     kind_b: Kind | None = None
@@ -344,8 +345,8 @@ def _result(
             dtype_b=dtype_b,
             kind_b=kind_b,
             dtype_allowed=dtype_allowed,
-            source_a=moved_source(a),
-            source_b=moved_source(b),
+            source_a=source_a,
+            source_b=source_b,
             stats=stats,
             message=message,
         )
