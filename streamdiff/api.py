@@ -12,12 +12,24 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from . import gcpause, malloc
-from .datatypes import KeyPath, Kind, LeafResult, Pair, PairStatus, Report, Status, Tree, format_path, json_equal
+from .datatypes import (
+    KeyPath,
+    Kind,
+    LeafResult,
+    Pair,
+    PairStatus,
+    Report,
+    Status,
+    Tree,
+    ValueStats,
+    format_path,
+    json_equal,
+)
 from .engine.dask import run_dask
 from .engine.plans import PairOutcome
 from .engine.threads import run_threads
 from .errors import NotACheckpointError, UsageError
-from .locate import Item, choose_items, locate
+from .locate import Item, Located, choose_items, locate
 from .mapping.layouts import LayerAxes
 from .mapping.patterns import Pattern
 from .mapping.stage import MapResult, map_trees
@@ -126,7 +138,7 @@ def compare(a: str, b: str, o: DiffOptions, progress: Progress | None = None) ->
         pairs, excluded = selection.split(pairs)
 
     outcomes: dict[int, PairOutcome] = {}
-    policies: list[Policy | None] = [None] * len(pairs)
+    policies: list[Policy] = []  # one per pair once values are compared; none with --structure-only
     remote_io = (0, 0)
     tol = o.tolerance
     if not o.structure_only:
@@ -134,7 +146,7 @@ def compare(a: str, b: str, o: DiffOptions, progress: Progress | None = None) ->
         policies = [_policy(p, tol.atol, tol.rtol, tol.nan_equal, m, layers) for p in pairs]
         mem = memory_plan(o.budget.max_memory, o.budget.jobs or default_jobs(), o.budget.block_bytes)
         if progress:  # sampled: about that share (a leaf's one block may be more)
-            total = sum(p.a.nbytes + p.b.nbytes for p in pairs if p.status == PairStatus.COMPARE)
+            total = sum(sum(x.nbytes for x in p.both()) for p in pairs if p.status == PairStatus.COMPARE)
             progress.start(int(total * sampling.fraction) if sampling else total)
         ctx = (matched[0][1].dir.storage.context, matched[0][2].dir.storage.context)
         advance = progress.advance if progress else None
@@ -158,7 +170,7 @@ def compare(a: str, b: str, o: DiffOptions, progress: Progress | None = None) ->
 
     with gcpause.paused():
         results = tuple(
-            _result(p, outcomes.get(i), o.structure_only, m, policies[i], tol.nan_equal, sampling)
+            _result(p, outcomes.get(i), o.structure_only, m, policies[i] if policies else None, tol.nan_equal, sampling)
             for i, p in enumerate(pairs)
         )
     io1 = io_counters()
@@ -202,14 +214,16 @@ def explain(a: str, b: str, o: DiffOptions) -> tuple[MapResult, list[tuple[KeyPa
     return m, [(p.path, source_of(p.a), source_of(p.b)) for p in pairs]
 
 
-def _map_and_pair(trees_a, trees_b, matched, mo: MapOptions) -> tuple[MapResult, list[Pair]]:
+def _map_and_pair(
+    trees_a: list[Tree], trees_b: list[Tree], matched: list[tuple[str, Item, Item]], mo: MapOptions
+) -> tuple[MapResult, list[Pair]]:
     m = map_trees(trees_a, trees_b, [x[0] for x in matched], mo.rules, mo.preset, mo.auto, mo.layer_axis)
     return m, pair_trees(m.a.leaves, m.b.leaves)
 
 
 def _resolve(
     a: str, b: str, steps: Steps, item: str | None, io_concurrency: int | None = None, timeout: float = DEFAULT_TIMEOUT
-):
+) -> tuple[Located, Located, list[tuple[str, Item, Item]], list[Tree], list[Tree]]:
     with ThreadPoolExecutor(2) as pool:
         fa = pool.submit(locate, a, steps.side("A"), io_concurrency, timeout)
         fb = pool.submit(locate, b, steps.side("B"), io_concurrency, timeout)
@@ -306,50 +320,69 @@ def _result(
     sample: Sample | None = None,
 ) -> LeafResult:
     a, b = p.a, p.b
-    ref = a or b
-    common = dict(
-        path=p.path,
-        kind=ref.kind,
-        shape=ref.shape,
-        dtype=ref.dtype,
-        source_a=moved_source(a),
-        source_b=moved_source(b),
-    )
+    ref = p.ref
+    source_a, source_b = moved_source(a), moved_source(b)
+    dtype_b: str | None = None
+    dtype_allowed = False
+    kind_b: Kind | None = None
     if b is not None and a is not None:
         if a.dtype != b.dtype and a.dtype and b.dtype:
-            common["dtype_b"] = b.dtype
-            common["dtype_allowed"] = m.dtype_allowed(p.path, a.dtype, b.dtype)
+            dtype_b = b.dtype
+            dtype_allowed = m.dtype_allowed(p.path, a.dtype, b.dtype)
         if a.kind != b.kind:
-            common["kind_b"] = b.kind
+            kind_b = b.kind
+
+    def out(
+        status: Status,
+        message: str | None = None,
+        stats: ValueStats | None = None,
+        shape_b: tuple[int, ...] | None = None,
+    ) -> LeafResult:
+        return LeafResult(
+            path=p.path,
+            status=status,
+            kind=ref.kind,
+            shape=ref.shape,
+            shape_b=shape_b,
+            dtype=ref.dtype,
+            dtype_b=dtype_b,
+            kind_b=kind_b,
+            dtype_allowed=dtype_allowed,
+            source_a=source_a,
+            source_b=source_b,
+            stats=stats,
+            message=message,
+        )
+
     if p.status in (PairStatus.ONLY_A, PairStatus.ONLY_B):
-        return LeafResult(status=Status(p.status), **common)
+        return out(Status(p.status))
     if p.status is PairStatus.NOT_COMPARED:
-        return LeafResult(status=Status.NOT_COMPARED, message=p.message, **common)
+        return out(Status.NOT_COMPARED, p.message)
     if p.status is PairStatus.SHAPE_MISMATCH:
-        return LeafResult(status=Status.SHAPE_MISMATCH, shape_b=b.shape, message=p.message, **common)
+        return out(Status.SHAPE_MISMATCH, p.message, shape_b=p.both()[1].shape)
     if p.status is PairStatus.KIND_MISMATCH:
-        return LeafResult(status=Status.DIFFERENT, message=p.message, **common)
+        return out(Status.DIFFERENT, p.message)
     if p.status is PairStatus.ERROR:
-        return LeafResult(status=Status.ERROR, message=p.message, **common)
+        return out(Status.ERROR, p.message)
     if p.status is PairStatus.EQUAL:
-        return LeafResult(status=Status.EQUAL, **common)
+        return out(Status.EQUAL)
     # PairStatus.COMPARE
-    dtype_differs = "dtype_b" in common and not common["dtype_allowed"]
+    a, b = p.both()
+    dtype_differs = dtype_b is not None and not dtype_allowed
     if a.kind in VALUE_KINDS:
         # Non-numeric arrays (strings, datetimes) compare by value; a dtype no rule allows still differs.
         same = json_equal(a.value, b.value, nan_equal)
         msg = None if same else f"{_short(a.value)} vs {_short(b.value)}"
         if dtype_differs:
             msg = "; ".join(x for x in (f"dtype {a.dtype} vs {b.dtype}", msg) if x)
-        status = Status.EQUAL if same and not dtype_differs else Status.DIFFERENT
-        return LeafResult(status=status, message=msg, **common)
+        return out(Status.EQUAL if same and not dtype_differs else Status.DIFFERENT, msg)
     if structure_only:
-        return LeafResult(status=Status.DIFFERENT if dtype_differs else Status.EQUAL, **common)
+        return out(Status.DIFFERENT if dtype_differs else Status.EQUAL)
     if outcome is None:
         # A pair the value stage did not stream: never vouch for values nobody looked at.
-        return LeafResult(status=Status.NOT_COMPARED, message="values were not read", **common)
+        return out(Status.NOT_COMPARED, "values were not read")
     if outcome.error:
-        return LeafResult(status=Status.ERROR, message=f"reading values failed: {outcome.error}", **common)
+        return out(Status.ERROR, f"reading values failed: {outcome.error}")
     acc = outcome.stats
     found: dict[str, object] = {"streamed": outcome.rows is not None}
     if policy is not None and acc.max_abs_values is not None:
@@ -361,14 +394,14 @@ def _result(
         amp = max(outcome.grid.amplification_a, outcome.grid.amplification_b)
         if amp > 1.0:
             found["read_amplification"] = amp
-    stats = acc.result(a.shape, **found)
+    # A leaf without a shape is a scalar: `result` reads no shape as () either way.
+    stats = acc.result(a.shape or (), **found)
     differs = stats.mismatches > 0 or dtype_differs
     msg = "; ".join(outcome.warnings) or None
-    status = Status.DIFFERENT if differs else Status.EQUAL
-    return LeafResult(status=status, stats=stats, message=msg, **common)
+    return out(Status.DIFFERENT if differs else Status.EQUAL, msg, stats)
 
 
-def _allowed(policy: Policy, b: object) -> float:
+def _allowed(policy: Policy, b: float | complex | str) -> float:
     """What the tolerance allowed at one position: atol + rtol * |b| (0 for exact comparisons)."""
     if policy.exact or isinstance(b, (bool, int)):
         return 0.0

@@ -12,14 +12,17 @@ import os
 import signal
 import sys
 import urllib.parse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import FrameType
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TimeRemainingColumn, TransferSpeedColumn
 
 from . import __version__, api, malloc, report
-from .datatypes import Report, Status
+from .datatypes import Report, Status, format_path
 from .errors import StreamdiffError
 from .mapping.layouts import PRESETS
 from .native_log import filtered_native_stderr, mute
@@ -73,7 +76,7 @@ class _Command(click.Command):
                 raise
             raise _UsageError(e.format_message(), ctx) from None
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except click.UsageError as e:  # raised by the command itself: option combinations
@@ -86,7 +89,11 @@ class _DiffCommand(_Command):
     """`streamdiff A B` stays the command; `streamdiff ls CKPT` lists one checkpoint. A first
     argument `ls` selects the listing (a checkpoint directory named ls is spelled ./ls)."""
 
-    def main(self, args=None, prog_name=None, **kwargs):
+    # click types `main` as two overloads (standalone_mode=True returns Never); this override keeps
+    # one signature for both, which mypy cannot match against the overloads.
+    def main(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, prog_name: str | None = None, **kwargs: Any
+    ) -> Any:
         args = list(sys.argv[1:] if args is None else args)
         if args and args[0] == "ls":
             return ls_command.main(args[1:], prog_name=f"{prog_name or 'streamdiff'} ls", **kwargs)
@@ -106,7 +113,7 @@ class _Bar:
             console=console,
             transient=True,
         )
-        self.task = None
+        self.task: TaskID | None = None
 
     def start(self, total_bytes: int) -> None:
         self.progress.start()
@@ -292,38 +299,38 @@ class _Bar:
 )
 @click.version_option(__version__, prog_name="streamdiff")
 def cli(
-    a,
-    b,
-    atol,
-    rtol,
-    structure_only,
-    nan_unequal,
-    sample,
-    sample_seed,
-    steps,
-    step_a,
-    step_b,
-    item,
-    rules_files,
-    preset,
-    no_auto,
-    layer_axis,
-    explain,
-    max_memory,
-    no_shortcut,
-    jobs,
-    io_concurrency,
-    scheduler,
-    timeout,
-    show_stats,
-    json_path,
-    only,
-    exclude,
-    stat_depth,
-    per_layer,
-    verbose,
-    quiet,
-):
+    a: str,
+    b: str,
+    atol: float,
+    rtol: float,
+    structure_only: bool,
+    nan_unequal: bool,
+    sample: float | None,
+    sample_seed: int,
+    steps: tuple[int, ...],
+    step_a: int | None,
+    step_b: int | None,
+    item: str | None,
+    rules_files: tuple[str, ...],
+    preset: str | None,
+    no_auto: bool,
+    layer_axis: int | None,
+    explain: bool,
+    max_memory: str,
+    no_shortcut: bool,
+    jobs: int | None,
+    io_concurrency: int | None,
+    scheduler: str | None,
+    timeout: float,
+    show_stats: bool,
+    json_path: str | None,
+    only: tuple[str, ...],
+    exclude: tuple[str, ...],
+    stat_depth: int | None,
+    per_layer: bool,
+    verbose: bool,
+    quiet: bool,
+) -> int:
     """Compare two Orbax checkpoints A and B leaf by leaf, streaming, with bounded memory.
 
     A and B may be item directories, step directories or CheckpointManager roots, as local paths,
@@ -388,7 +395,7 @@ class Output:
             click.echo(f"storage: {r.requests} requests, {mb:.1f} MB read in {r.seconds:.2f} s{rate}", err=True)
         for x in r.leaves:
             if x.status == Status.ERROR:
-                click.echo(f"streamdiff: error: {report.format_path(x.path)}: {x.message}", err=True)
+                click.echo(f"streamdiff: error: {format_path(x.path)}: {x.message}", err=True)
         if r.exit_code == 2 and not r.errors:
             click.echo(f"streamdiff: error: {report.verdict(r).removeprefix('error: ')}", err=True)
 
@@ -557,20 +564,24 @@ class _ClosedStdout:
         raise OSError(errno.EBADF, "stdout is closed")
 
 
+#: What `signal.signal` returns and takes back: a handler, SIG_DFL / SIG_IGN, or None (set outside Python).
+_SignalHandler = Callable[[int, FrameType | None], Any] | int | None
+
+
 class _Interrupted(BaseException):
     """Raised by our SIGINT/SIGTERM handler. Not a KeyboardInterrupt, which click answers by
     printing an empty line before ours; like it, not an Exception, so no `except Exception`
     swallows it."""
 
 
-def _interrupt(signum, frame):
+def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
     mute()  # what Dask workers and native code print while shutting down is noise now
     raise _Interrupted
 
 
-def _interrupt_on_signals() -> dict:
+def _interrupt_on_signals() -> dict[int, _SignalHandler]:
     """Ctrl-C and SIGTERM: the same cleanup, one line, exit code 130."""
-    previous = {}
+    previous: dict[int, _SignalHandler] = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
             previous[sig] = signal.signal(sig, _interrupt)
@@ -607,7 +618,7 @@ def run() -> None:
     metavar="N",
     help="Parallel requests (gs://).",
 )
-def ls_command(ckpt, step, item, json_path, io_concurrency):
+def ls_command(ckpt: str, step: int | None, item: str | None, json_path: str | None, io_concurrency: int | None) -> int:
     """List one checkpoint from its metadata only: path, kind, dtype, shape, chunk shape, stored bytes,
     the layout detected, the step picked and the others available. Reads no array data."""
     from . import listing

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .formats.zarr_metadata import ArrayMetadata
+    from .mapping.views import View
 
 #: A leaf's position in the tree: one string per nesting level (dict key, attribute or index).
 KeyPath = tuple[str, ...]
@@ -82,7 +83,7 @@ def json_equal(a: Any, b: Any, nan_equal: bool = True) -> bool:
     if isinstance(a, float) and a == 0.0:
         # 0.0 == -0.0 in Python, but they are different JSON text (and different stored bits).
         return b == 0.0 and math.copysign(1.0, a) == math.copysign(1.0, b)
-    return a == b
+    return bool(a == b)
 
 
 def format_path(path: KeyPath) -> str:
@@ -156,7 +157,7 @@ class Leaf:
     #: reported with status `not_compared`, never silently skipped.
     not_compared: str | None = None
     #: Mapped leaves (mapping.views.View): a lazy transform of stored arrays; None for a stored leaf as is.
-    view: Any = field(default=None, compare=False)
+    view: View | None = field(default=None, compare=False)
     #: The leaf's path in its checkpoint before rules renamed it (None: not renamed).
     source_path: KeyPath | None = None
     #: JSON items and msgpack trees: the container type of each level above the leaf ('dict', 'list',
@@ -211,6 +212,21 @@ class Pair:
     b: Leaf | None
     status: PairStatus
     message: str | None = None
+
+    def both(self) -> tuple[Leaf, Leaf]:
+        """(a, b), for the statuses pairing gives only when both sides exist (compare, equal, shape
+        or kind mismatch); raises rather than let a missing side pass as a comparable one."""
+        if self.a is None or self.b is None:
+            raise ValueError(f"{format_path(self.path)}: a {self.status} pair without both sides")
+        return self.a, self.b
+
+    @property
+    def ref(self) -> Leaf:
+        """The side the report describes the path by: a, or b when the path is only in b."""
+        leaf = self.a or self.b
+        if leaf is None:
+            raise ValueError(f"{format_path(self.path)}: a pair with neither side")
+        return leaf
 
 
 #: Field metadata of the `ValueStats` entries the JSON writes only when they are set (not None, not

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import tensorstore as ts
 from rich.console import Console
 from rich.text import Text
 
@@ -62,7 +63,9 @@ class Listing:
     items: tuple[ItemListing, ...]
 
 
-def list_checkpoint(url: str, step: int | None = None, item: str | None = None, io_concurrency=None) -> Listing:
+def list_checkpoint(
+    url: str, step: int | None = None, item: str | None = None, io_concurrency: int | None = None
+) -> Listing:
     loc = locate(url, step, io_concurrency)
     items = loc.items
     if item is not None:
@@ -107,7 +110,7 @@ def _list_item(item: Item) -> ItemListing:
     return ItemListing(item.name, tree.location, tree.layout, tuple(rows), tree.notes)
 
 
-def _stored_bytes(leaf: Leaf, sizes: ItemSizes, ctx) -> int | None:
+def _stored_bytes(leaf: Leaf, sizes: ItemSizes, ctx: ts.Context) -> int | None:
     """Bytes of the leaf's chunks as stored (compressed), metadata files excluded."""
     src = leaf.source
     if src is None:
@@ -194,7 +197,8 @@ def render(lst: Listing, console: Console) -> None:
             "stored": ["-" if r.stored_bytes is None else human(r.stored_bytes) for r in it.rows],
         }
         path_full = max([len("path")] + [len(r.path) for r in it.rows])
-        shown, used = [], 0
+        shown: list[tuple[str, int]] = []
+        used = 0
         path_min = PATH_MIN if width >= FULL_WIDTH else max(PATH_MIN, width // 2)
         for name in _IMPORTANCE:
             w = max([len(name)] + [len(c) for c in cols[name]])
@@ -205,7 +209,7 @@ def render(lst: Listing, console: Console) -> None:
         shown.sort(key=lambda c: _ORDER.index(c[0]))
         path_w = max(1, min(path_full, width - used))
 
-        def line(first: str, cells: list[str], path_w: int = path_w, shown: list = shown) -> str:
+        def line(first: str, cells: list[str], path_w: int = path_w, shown: list[tuple[str, int]] = shown) -> str:
             s = first.ljust(path_w)
             for c, (name, w) in zip(cells, shown):
                 s += "  " + (c.rjust(w) if name == "stored" else c.ljust(w))

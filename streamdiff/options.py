@@ -9,6 +9,7 @@ to map the trees (`MapOptions`), what counts as equal (`Tolerance`), what the ru
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .errors import UsageError
@@ -92,8 +93,8 @@ class DiffOptions:
     #: Run the value stage on Dask: 'tcp://host:8786' or 'local:N'; None: threads in this process.
     scheduler: str | None = None
     #: Rules' path patterns over the canonical paths: compare only these / leave these out.
-    only: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
+    only: Sequence[str] = ()  # any sequence the caller gave; stored as a tuple
+    exclude: Sequence[str] = ()
     #: Statistics per index of the layer axis of scanned leaves (`ValueStats.layers`).
     per_layer: bool = False
     #: --sample: the share of each leaf's blocks compared (None: all), picked by `sample_seed`

@@ -8,12 +8,15 @@ import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.text import Text
 
 from .datatypes import WHEN_SET, KeyPath, LeafResult, Report, ValueStats, Verdict, format_path
+
+if TYPE_CHECKING:
+    from .mapping.stage import MapResult
 
 SCHEMA = "streamdiff/1"
 #: Rows of the differing-leaves table shown without --verbose.
@@ -40,9 +43,9 @@ def verdict(r: Report) -> str:
         return f"identical: {n} leaves, bit for bit"
     if v is Verdict.EQUAL:
         return f"equal within tolerance (atol={r.atol:g}, rtol={r.rtol:g}): {n} leaves"
-    if v is Verdict.NO_DIFFERENCES_SAMPLED:
-        return f"no differences in the {percent(r.sample)} sampled: {n} leaves (not a full comparison)"
-    if r.sample is not None:
+    if r.sample is not None:  # NO_DIFFERENCES_SAMPLED comes only with a sample
+        if v is Verdict.NO_DIFFERENCES_SAMPLED:
+            return f"no differences in the {percent(r.sample)} sampled: {n} leaves (not a full comparison)"
         return f"{r.different} of {n} leaves differ (in the {percent(r.sample)} sampled)"
     return f"{r.different} of {n} leaves differ"
 
@@ -316,7 +319,7 @@ def verdict_line(r: Report) -> str:
     return f"{v} (atol={r.atol:g}, rtol={r.rtol:g})"
 
 
-def severity(r: LeafResult) -> tuple:
+def severity(r: LeafResult) -> tuple[int, int, float]:
     """Errors and structure first, then the leaves with the most mismatching elements (a counter
     that is off by one matters less than a kernel that differs everywhere), then by max |a-b|."""
     rank = {"error": 0, "not_compared": 0, "shape_mismatch": 1, "only_a": 2, "only_b": 2, "different": 3, "equal": 4}[
@@ -328,13 +331,29 @@ def severity(r: LeafResult) -> tuple:
 
 
 @dataclass(frozen=True)
+class _Row:
+    """A leaf of the value table: compared, so its statistics, dtype and shape are known."""
+
+    leaf: LeafResult
+    stats: ValueStats
+    dtype: str
+    shape: tuple[int, ...]
+
+    @staticmethod
+    def of(x: LeafResult) -> _Row:
+        if x.stats is None or x.dtype is None or x.shape is None:
+            raise ValueError(f"{x.name}: the value table lists compared leaves only")
+        return _Row(x, x.stats, x.dtype, x.shape)
+
+
+@dataclass(frozen=True)
 class _Col:
     title: str
     right: bool
-    cell: Callable[[LeafResult, bool], str]  # (leaf, full layout) -> text
+    cell: Callable[[_Row, bool], str]  # (leaf, full layout) -> text
 
 
-def _mismatches(x: LeafResult, full: bool) -> str:
+def _mismatches(x: _Row, full: bool) -> str:
     s = x.stats
     pct = f"{100.0 * s.mismatches / s.count:.3g}%" if s.count else "-"
     return f"{s.mismatches}/{s.count} ({pct})" if full else f"{s.mismatches} ({pct})"
@@ -351,7 +370,7 @@ _COLUMNS = (
     _Col("max rel", True, lambda x, f: fmt_number(x.stats.max_rel_diff)),
     _Col("at", False, lambda x, f: _at(x.stats.max_abs_diff_index)),
     _Col("rms", True, lambda x, f: fmt_number(x.stats.rms_diff)),
-    _Col("dtype", False, lambda x, f: x.dtype + (f"/{x.dtype_b}" if x.dtype_b else "")),
+    _Col("dtype", False, lambda x, f: x.dtype + (f"/{x.leaf.dtype_b}" if x.leaf.dtype_b else "")),
     _Col("shape", False, lambda x, f: "x".join(map(str, x.shape)) or "()"),
     _Col("NaN a/b", True, lambda x, f: f"{fmt_number(x.stats.nan_a)}/{fmt_number(x.stats.nan_b)}"),
 )
@@ -363,6 +382,7 @@ def leaf_table(rows: list[LeafResult], width: int) -> list[Text]:
     """One line per leaf, never longer than `width`: every column at FULL_WIDTH and above, below
     it the columns that fit in order of importance; the path is shortened in the middle."""
     full = width >= FULL_WIDTH
+    table = [_Row.of(x) for x in rows]
     paths = [format_path(x.path) for x in rows]
     path_w = max(len("leaf"), *(len(p) for p in paths))
     # Below the full width, half the line stays for the path: a path cut to its last keys no
@@ -371,7 +391,7 @@ def leaf_table(rows: list[LeafResult], width: int) -> list[Text]:
     columns = [
         (col, cells, max(len(col.title), *(len(c) for c in cells)))
         for col in _COLUMNS
-        for cells in ([col.cell(x, full) for x in rows],)
+        for cells in ([col.cell(x, full) for x in table],)
     ]
     if path_w + sum(2 + w for _, _, w in columns) > width:
         # Rows must stay distinct: a less important column goes before two rows read the same
@@ -397,7 +417,7 @@ def leaf_table(rows: list[LeafResult], width: int) -> list[Text]:
     cut = shorten_all(paths, path_w)
     for i, x in enumerate(rows):
         text = line(cut[i], [(cells[i], w, c.right) for c, cells, w in chosen])
-        out.append(Text(text, style="green" if x.status == "equal" else None))
+        out.append(Text(text, style="green" if x.status == "equal" else ""))
     return out
 
 
@@ -422,9 +442,9 @@ def worst_values_line(x: LeafResult, width: int) -> str | None:
     """`path: a=0.0123 b=0.0138 at [56,0,21], allowed 1.1e-07` (numpy's and torch's way of
     showing the worst element), None when the leaf has no nonzero difference."""
     s = x.stats
-    values = None if s is None else s.max_abs_diff_values
-    if values is None:
+    if s is None or s.max_abs_diff_values is None:
         return None
+    values = s.max_abs_diff_values
     a, b = distinct(*values) if all(isinstance(v, float) for v in values) else (str(v) for v in values)
     tail = f": a={a} b={b} at {_at(s.max_abs_diff_index)}"
     if s.max_abs_diff_allowed is not None:
@@ -487,7 +507,7 @@ class LinePrinter:
         """Print one logical line; a line wider than the console continues indented, cut at a
         space in its second half, else at the width (rich would cut at the last space, leaving a
         lone 'ocdbt + zarr3:' above a path)."""
-        t = text if isinstance(text, Text) else Text(text, style=style)
+        t = text if isinstance(text, Text) else Text(text, style=style or "")
         width = self.console.width
         indent = min(len(t.plain) - len(t.plain.lstrip(" ")) + 2, width // 2)
         first = True
@@ -671,9 +691,12 @@ def _render_layers(r: Report, out: LinePrinter, width: int, verbose: bool) -> No
         out("  no scanned leaf differs" if not verbose else "  no scanned leaves", "dim")
         return
     rows.sort(key=severity)
-    tails, maxes = [], []
+    tails: list[str] = []
+    maxes: list[list[float]] = []
     for x in rows:
-        layers = x.stats.layers
+        layers = x.stats.layers if x.stats is not None else None
+        if not layers:
+            raise ValueError(f"{x.name}: per-layer rows are leaves with layer statistics only")
         m = [float(layer.max_abs_diff) for layer in layers]
         moved = sum(1 for layer in layers if layer.mismatches)
         worst = max(range(len(m)), key=lambda i: m[i])
@@ -699,7 +722,7 @@ def _problem_line(x: LeafResult) -> str:
     if x.status == "only_b":
         return f"only in B: {p} ({x.kind}{_shape(x)})"
     if x.status == "shape_mismatch":
-        return f"shape:     {p} {list(x.shape)} vs {list(x.shape_b)}"
+        return f"shape:     {p} {list(x.shape or ())} vs {list(x.shape_b or ())}"
     if x.status == "error":
         return f"error:     {p}: {x.message}"
     if x.status == "not_compared":
@@ -715,7 +738,7 @@ def _shape(x: LeafResult) -> str:
     return f" {x.dtype} {list(x.shape)}"
 
 
-def render_explain(m, rows, console: Console) -> None:
+def render_explain(m: MapResult, rows: list[tuple[KeyPath, str | None, str | None]], console: Console) -> None:
     """`--explain`: canonical path <- source on each side, from metadata only."""
     for side, layout, notes, mapped in (("A", m.layout_a, m.notes_a, m.a), ("B", m.layout_b, m.notes_b, m.b)):
         console.print(Text(f"{side}: layout {layout or 'none detected'}", style="bold"))

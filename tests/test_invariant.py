@@ -6,7 +6,18 @@ from __future__ import annotations
 import pytest
 from conftest import MAXTEXT, run_cli
 
-from streamdiff.datatypes import Kind, LeafResult, Report, Status, ValueStats, Verdict, json_equal
+from streamdiff.datatypes import (
+    Kind,
+    Leaf,
+    LeafResult,
+    Pair,
+    PairStatus,
+    Report,
+    Status,
+    ValueStats,
+    Verdict,
+    json_equal,
+)
 
 RUN = MAXTEXT / "v024_linen_scan/checkpoints"
 SEED1 = MAXTEXT / "v024_linen_scan_seed1/checkpoints"
@@ -170,3 +181,19 @@ def test_two_step_directories_naming_one_step_are_refused(tmp_path):
     r = run_cli(root, RUN, "-q")
     assert r.code == 2 and "01 and 1 both name step 1" in r.err, r.err
     assert run_cli(root / "01", RUN / "1", "-q").code == 0  # the directory itself is unambiguous
+
+
+def test_pair_both_refuses_a_one_sided_pair_instead_of_returning_none():
+    leaf = Leaf(("k",), Kind.ARRAY, "jax.Array", shape=(2,), dtype="float32")
+    assert Pair(("k",), leaf, leaf, PairStatus.COMPARE).both() == (leaf, leaf)
+    with pytest.raises(ValueError, match="k: a compare pair without both sides"):
+        Pair(("k",), leaf, None, PairStatus.COMPARE).both()
+
+
+def test_pair_ref_is_a_then_b_and_refuses_a_pair_with_neither_side():
+    a = Leaf(("k",), Kind.ARRAY, "jax.Array", shape=(2,), dtype="float32")
+    b = Leaf(("k",), Kind.SCALAR, "scalar", shape=(), dtype="int32")
+    assert Pair(("k",), a, b, PairStatus.KIND_MISMATCH).ref is a
+    assert Pair(("k",), None, b, PairStatus.ONLY_B).ref is b
+    with pytest.raises(ValueError, match="neither side"):
+        _ = Pair(("k",), None, None, PairStatus.ERROR).ref

@@ -111,14 +111,18 @@ def _stack_to_match(this: MappedSide, other: MappedSide, layer_axis: int | None)
     count = 0
     for target, members in groups.items():
         want = other.leaves[target].shape
-        leaf = stacked(members, target, lambda shape, n, want=want: _stack_axis(shape, n, want, layer_axis))
-        if leaf is None:
+
+        def axis(shape: tuple[int, ...], n: int, want: tuple[int, ...] | None = want) -> int | None:
+            return _stack_axis(shape, n, want, layer_axis)
+
+        stack = stacked(members, target, axis)
+        if stack is None or stack.view is None:
             continue  # not one stack, or the shapes do not show one (e.g. only layers_0 exists): leave one-sided
         for p in members.values():
             del this.leaves[p.path]
-        this.leaves[target] = leaf
+        this.leaves[target] = stack
         first = format_path(members[0].path)
-        this.applied.append(f"align: stack {len(members)} x {first} ... on axis {leaf.view.axis}")
+        this.applied.append(f"align: stack {len(members)} x {first} ... on axis {stack.view.axis}")
         count += len(members)
     return count
 
@@ -162,7 +166,7 @@ def _move_layer_axis(a: MappedSide, b: MappedSide, layer_axis: int | None = None
     # On 2-D leaves a moved axis is a transpose, the conversion bug a diff must show: the save-wide
     # move must also show on some leaf of 3 or more axes (a kernel's layer axis).
     if layer_axis is None and (
-        len(moves) < MIN_MOVE_EVIDENCE or len({m[3] for m in moves}) != 1 or all(len(m[1].shape) < 3 for m in moves)
+        len(moves) < MIN_MOVE_EVIDENCE or len({m[3] for m in moves}) != 1 or all(len(m[2]) < 3 for m in moves)
     ):
         return 0
     for path, lb, perm, _ in moves:
@@ -196,36 +200,36 @@ class LayerAxes:
 
     @staticmethod
     def of(pairs: list[Pair], forced: int | None) -> LayerAxes:
-        scanned = [p for p in pairs if _scanned(p)]
-        if forced is not None and scanned and not any(forced < len(p.a.shape) for p in scanned):
+        scanned = [s for p in pairs if (s := _scanned(p)) is not None]
+        if forced is not None and scanned and not any(forced < len(shape) for _, shape in scanned):
             # Every scanned leaf would be left without per-layer statistics: a silent "no layer
             # differs" next to differing leaves. Say what is wrong instead.
-            most = max(len(p.a.shape) for p in scanned)
+            most = max(len(shape) for _, shape in scanned)
             raise UsageError(f"--layer-axis {forced}: no scanned leaf has that axis (they have at most {most} axes)")
-        sizes = Counter(p.a.shape[1] for p in scanned if len(p.a.shape) >= 2 and p.a.kind == "array")
+        sizes = Counter(shape[1] for a, shape in scanned if len(shape) >= 2 and a.kind == "array")
         return LayerAxes(forced, sizes.most_common(1)[0][0] if sizes else None)
 
     def axis(self, p: Pair) -> int | None:
-        if not _scanned(p):
+        scanned = _scanned(p)
+        if scanned is None:
             return None
-        shape = p.a.shape
+        a, shape = scanned
         if self.forced is not None:
             return self.forced if self.forced < len(shape) else None
-        for leaf in (p.a, p.b):
+        for leaf in p.both():
             if leaf.view is not None and leaf.view.op == "stack":
                 return leaf.view.axis
         if self.count is None:
             return 1 if len(shape) >= 2 else 0
-        if len(shape) >= 2 and shape[1] == self.count and p.a.kind == "array":
+        if len(shape) >= 2 and shape[1] == self.count and a.kind == "array":
             return 1
         return next((k for k, n in enumerate(shape) if n == self.count), None)
 
 
-def _scanned(p: Pair) -> bool:
-    return (
-        p.status == "compare"
-        and p.a is not None
-        and bool(p.a.shape)
-        and p.a.kind in ("array", "prng_key")
-        and "layers" in p.path
-    )
+def _scanned(p: Pair) -> tuple[Leaf, tuple[int, ...]] | None:
+    """(A's leaf, its shape) when `p` is a scanned leaf: compared, an array or PRNG key with axes, under
+    a `layers` key; else None."""
+    a = p.a
+    if p.status != "compare" or a is None or not a.shape or a.kind not in ("array", "prng_key"):
+        return None
+    return (a, a.shape) if "layers" in p.path else None

@@ -15,6 +15,9 @@ from typing import Any
 from ..datatypes import KeyPath
 from ..errors import StreamdiffError
 
+#: One compiled segment: '**', ('**', name) for a `{name:**}` capture, or the regex of one key.
+Segment = str | tuple[str, str] | re.Pattern[str]
+
 
 class RulesError(StreamdiffError):
     """A rules file (or a pattern in one) that cannot be read or does not make sense."""
@@ -25,11 +28,11 @@ class Pattern:
     """A compiled path pattern (see the module docstring for the syntax)."""
 
     text: str
-    segments: tuple[Any, ...]  # '**' | ('**', name) | compiled regex of one segment
+    segments: tuple[Segment, ...]
 
     @staticmethod
     def compile(text: str) -> Pattern:
-        segs: list[Any] = []
+        segs: list[Segment] = []
         for seg in text.strip("/").split("/") if text.strip("/") else []:
             m = re.fullmatch(r"\{(\w+):\*\*\}", seg)
             if seg == "**":
@@ -50,7 +53,7 @@ class Pattern:
         return set(re.findall(r"\{(\w+)(?::[^}]*)?\}", self.text))
 
 
-def _segment_regex(seg: str, text: str) -> re.Pattern:
+def _segment_regex(seg: str, text: str) -> re.Pattern[str]:
     out = ""
     pos = 0
     for m in re.finditer(r"\{(\w+)(?::(int))?\}|\*", seg):
@@ -67,11 +70,11 @@ def _segment_regex(seg: str, text: str) -> re.Pattern:
         raise RulesError(f"bad pattern {text!r}: {e}") from e
 
 
-def _match(segs, i, path, j, caps) -> dict[str, Any] | None:
+def _match(segs: tuple[Segment, ...], i: int, path: KeyPath, j: int, caps: dict[str, Any]) -> dict[str, Any] | None:
     if i == len(segs):
         return dict(caps) if j == len(path) else None
     s = segs[i]
-    if s == "**" or isinstance(s, tuple):
+    if isinstance(s, (str, tuple)):  # '**' or ('**', name): the only segments that are not a regex
         lo = 0 if s == "**" else 1
         for k in range(len(path), j + lo - 1, -1):  # greedy, then backtrack
             new = dict(caps)
@@ -87,10 +90,10 @@ def _match(segs, i, path, j, caps) -> dict[str, Any] | None:
     if not m:
         return None
     new = dict(caps)
-    for k, v in m.groupdict().items():
-        if k in new and new[k] != v:
+    for name, v in m.groupdict().items():
+        if name in new and new[name] != v:
             return None
-        new[k] = v
+        new[name] = v
     return _match(segs, i + 1, path, j + 1, new)
 
 
@@ -103,7 +106,7 @@ def fill(template: str, caps: dict[str, Any]) -> KeyPath:
             out.extend(caps[m.group(1)])
             continue
 
-        def sub(mm: re.Match) -> str:
+        def sub(mm: re.Match[str]) -> str:
             v = caps.get(mm.group(1))
             if v is None:
                 raise RulesError(f"{template!r} uses {{{mm.group(1)}}}, which its pattern does not capture")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -198,17 +199,12 @@ def _apply(r: Rule, m: MappedSide) -> int:
         return 0
     if op == "stack":
         return _stack(r, m)
+    if op == "strip":
+        return _strip(r, m)
     new: dict[KeyPath, Leaf] = {}
     count = 0
-    pat = None if op == "strip" else r.pattern
+    pat = r.pattern
     for path, leaf in m.leaves.items():
-        if op == "strip":
-            if path and path[-1] == r.args["key"]:
-                count += 1
-                _put(new, path[:-1], replace(leaf, path=path[:-1], source_path=leaf.source_path or leaf.path), r)
-            else:
-                _put(new, path, leaf, r)
-            continue
         caps = pat.match(path)
         if caps is None or (op == "ignore" and "kind" in r.args and leaf.kind != r.args["kind"]):
             _put(new, path, leaf, r)
@@ -228,20 +224,34 @@ def _apply(r: Rule, m: MappedSide) -> int:
     return count
 
 
+def _strip(r: Rule, m: MappedSide) -> int:
+    """`strip`: drop the last key of the paths that end in `key` (it has no pattern)."""
+    new: dict[KeyPath, Leaf] = {}
+    count = 0
+    for path, leaf in m.leaves.items():
+        if path and path[-1] == r.args["key"]:
+            count += 1
+            _put(new, path[:-1], replace(leaf, path=path[:-1], source_path=leaf.source_path or leaf.path), r)
+        else:
+            _put(new, path, leaf, r)
+    m.leaves = new
+    return count
+
+
 def _put(new: dict[KeyPath, Leaf], path: KeyPath, leaf: Leaf, r: Rule) -> None:
     if path in new:
         raise RulesError(f"{r.origin}: two leaves map to {format_path(path)!r}")
     new[path] = leaf
 
 
-def _array_rank(leaf: Leaf, r: Rule) -> int:
+def _array_shape(leaf: Leaf, r: Rule) -> tuple[int, ...]:
     if leaf.shape is None:
         raise RulesError(f"{r.origin}: {r.op} applies to arrays; {format_path(leaf.path)} is {leaf.kind}")
-    return len(leaf.shape)
+    return leaf.shape
 
 
 def _transposed(leaf: Leaf, r: Rule) -> Leaf:
-    n = _array_rank(leaf, r)
+    n = len(_array_shape(leaf, r))
     if r.op == "transpose":
         axes = [int(a) for a in r.args["axes"]]
     else:
@@ -255,13 +265,14 @@ def _transposed(leaf: Leaf, r: Rule) -> Leaf:
     return transposed(leaf, tuple(axes))
 
 
-def _unstacked(leaf: Leaf, r: Rule, caps: dict[str, Any]):
-    n = _array_rank(leaf, r)
+def _unstacked(leaf: Leaf, r: Rule, caps: dict[str, Any]) -> Iterator[tuple[KeyPath, Leaf]]:
+    shape = _array_shape(leaf, r)
+    n = len(shape)
     axis = int(r.args["axis"])
     if not -n <= axis < n:
-        raise RulesError(f"{r.origin}: axis {axis} out of range for {format_path(leaf.path)} {list(leaf.shape)}")
+        raise RulesError(f"{r.origin}: axis {axis} out of range for {format_path(leaf.path)} {list(shape)}")
     axis %= n
-    for i in range(leaf.shape[axis]):
+    for i in range(shape[axis]):
         dst = fill(r.args["to"], dict(caps, i=str(i)))
         v = View("index", children=(view_of(leaf),), axis=axis, index=i)
         yield dst, with_view(leaf, dst, v)
@@ -288,12 +299,12 @@ def _stack(r: Rule, m: MappedSide) -> int:
     axis = int(r.args["axis"])
     count = 0
     for dst, members in groups.items():
-        leaf = stacked(members, dst, lambda shape, _count: axis % (len(shape) + 1))
-        if leaf is None:  # not a clean 0..L-1 run of equal shapes: leave the leaves as they are
+        stack = stacked(members, dst, lambda shape, _count: axis % (len(shape) + 1))
+        if stack is None:  # not a clean 0..L-1 run of equal shapes: leave the leaves as they are
             for i in sorted(members):
                 _put(rest, members[i].path, members[i], r)
             continue
-        _put(rest, dst, leaf, r)
+        _put(rest, dst, stack, r)
         count += len(members)
     m.leaves = rest
     return count

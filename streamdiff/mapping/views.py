@@ -28,9 +28,19 @@ class View:
     index: int = 0  # index
 
     @property
+    def stored(self) -> Leaf:
+        """The stored leaf a 'base' view reads."""
+        if self.leaf is None:
+            raise ValueError(f"a {self.op!r} view reads no stored leaf of its own")
+        return self.leaf
+
+    @property
     def shape(self) -> tuple[int, ...]:
         if self.op == "base":
-            return self.leaf.shape
+            shape = self.stored.shape
+            if shape is None:  # views are made of arrays, whose shapes the readers always know
+                raise ValueError(f"{format_path(self.stored.path)}: a view of a leaf without a shape")
+            return shape
         c = self.children[0].shape
         if self.op == "transpose":
             return tuple(c[a] for a in self.axes)
@@ -42,9 +52,8 @@ class View:
     def chunks(self) -> tuple[int, ...] | None:
         """Smallest decodable unit seen through the transform (for block planning)."""
         if self.op == "base":
-            if self.leaf.source is None:
-                return None
-            return self.leaf.source.read_chunk_shape
+            source = self.stored.source
+            return None if source is None else source.read_chunk_shape
         c = self.children[0].chunks
         if c is None:
             return None
@@ -56,9 +65,10 @@ class View:
 
     def open(self, context: ts.Context) -> ts.TensorStore:
         if self.op == "base":
-            if self.leaf.source is None:
-                return ts.array(np.asarray(self.leaf.value))
-            return ts.open(self.leaf.source.spec, context=context, read=True, assume_metadata=True).result()
+            leaf = self.stored
+            if leaf.source is None:
+                return ts.array(np.asarray(leaf.value))
+            return ts.open(leaf.source.spec, context=context, read=True, assume_metadata=True).result()
         if self.op == "stack":
             return ts.stack([c.open(context) for c in self.children], axis=self.axis)
         child = self.children[0].open(context)
@@ -68,7 +78,7 @@ class View:
 
     def describe(self) -> str:
         if self.op == "base":
-            return format_path(self.leaf.path)
+            return format_path(self.stored.path)
         if self.op == "transpose":
             return f"transpose({self.children[0].describe()}, {list(self.axes)})"
         if self.op == "index":
