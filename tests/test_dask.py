@@ -100,12 +100,16 @@ class Task(NamedTuple):
     progress: int
 
 
+def by_progress(t: Task) -> int:
+    return t.progress
+
+
 def test_batches_group_consecutive_tasks_until_target_bytes_and_keep_order():
     tasks = [Task(i, 100) for i in range(25)]
-    out = list(batches(tasks, target=1000))
+    out = list(batches(tasks, 1000, by_progress))
     assert [len(b) for b in out] == [10, 10, 5]
     assert [t for b in out for t in b] == tasks
-    uneven = list(batches([Task(0, 900), Task(1, 200), Task(2, 5000), Task(3, 1)], target=1000))
+    uneven = list(batches([Task(0, 900), Task(1, 200), Task(2, 5000), Task(3, 1)], 1000, by_progress))
     assert [[t.name for t in b] for b in uneven] == [[0, 1], [2], [3]]
 
 

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import StreamdiffError, UsageError
@@ -36,7 +37,8 @@ def quiet_dask_logs() -> None:
     os.environ.setdefault("PYTHONWARNINGS", "ignore:::distributed.node")
 
 
-def connect(scheduler: str, mem: MemoryPlan, timeout: float = DEFAULT_TIMEOUT):
+def connect(scheduler: str, mem: MemoryPlan, timeout: float = DEFAULT_TIMEOUT) -> tuple[Any, Any]:
+    """(dask Client, the LocalCluster it started or None): Dask is untyped, hence Any."""
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError as e:
@@ -94,7 +96,7 @@ def _restore_fd2(saved: int | None) -> None:
         os.close(saved)
 
 
-def _bounded_client(client_cls, scheduler: str, timeout: float):
+def _bounded_client(client_cls: Callable[..., Any], scheduler: str, timeout: float) -> Any:
     """Client(scheduler) with a hard bound: an address that accepts TCP and never completes
     Dask's handshake makes Client() wait far past its own `timeout`, so it runs in a daemon thread
     that is abandoned after the timeout."""

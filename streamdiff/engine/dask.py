@@ -20,12 +20,12 @@ import itertools
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
 from ..chunks import ItemSizes
-from ..datatypes import Pair
+from ..datatypes import Leaf, Pair
 from ..errors import StreamdiffError
 from ..plan import MemoryPlan, Sample
 from ..stats import LeafStats, Policy
@@ -33,7 +33,7 @@ from ..storage import DEFAULT_TIMEOUT, configure_http, io_counters, make_context
 from .cluster import batch_error, connect, lost
 from .plans import PairOutcome, cache_bytes, plan_pair, plan_pairs
 from .sides import STORAGE_ERRORS, ItemStores, OpenSide, Side, SideContexts, stored_bases
-from .tasks import pair_tasks
+from .tasks import Task, pair_tasks
 from .threads import ProgressFn, ThreadRun
 
 #: Decoded bytes (both sides) per Dask task at most: tens to hundreds of MB keeps scheduler overhead
@@ -70,7 +70,7 @@ class RunState:
     caches: tuple[int, int] = (0, 0)
 
 
-def batches(items: Iterable[T], target: int = BATCH_BYTES, size: Callable[[T], int] = lambda t: t.progress):
+def batches(items: Iterable[T], target: int, size: Callable[[T], int]) -> Iterator[list[T]]:
     """Consecutive items grouped until about `target` bytes (reads stay in key order); lazy."""
     cur: list[T] = []
     total = 0
@@ -103,8 +103,8 @@ def run_dask(
     """Returns the outcomes by pair index and the workers' (bytes read, requests)."""
     plans = plan_pairs(pairs, policies, mem, shortcut)
     first = next((pairs[i] for i in plans), None)
-    remote = (_remote(first.a), _remote(first.b)) if first is not None else (False, False)
-    total = sum(pairs[i].a.nbytes + pairs[i].b.nbytes for i, o in plans.items() if not o.error)
+    remote = (_remote(first.both()[0]), _remote(first.both()[1])) if first is not None else (False, False)
+    total = sum(sum(x.nbytes for x in pairs[i].both()) for i, o in plans.items() if not o.error)
     client, cluster = connect(scheduler, mem, timeout)
     bug: BaseException | None = None
     try:
@@ -162,7 +162,7 @@ def run_dask(
     return plans, worker_io
 
 
-def _spans(batch: list) -> tuple[Span, ...]:
+def _spans(batch: list[tuple[int, Task]]) -> tuple[Span, ...]:
     """(pair, first task, end task) per pair of a batch of (task index, task), in order."""
     out: list[Span] = []
     for i, group in itertools.groupby(batch, key=lambda x: x[1].pair_index):
@@ -171,8 +171,8 @@ def _spans(batch: list) -> tuple[Span, ...]:
     return tuple(out)
 
 
-def _remote(leaf) -> bool:
-    return any(not base.source.is_local for base in stored_bases(leaf))
+def _remote(leaf: Leaf) -> bool:
+    return any(base.source is not None and not base.source.is_local for base in stored_bases(leaf))
 
 
 class WorkerCache:
@@ -197,11 +197,11 @@ class WorkerCache:
         if i in self.opened:
             self.opened.move_to_end(i)
             return self.opened[i]
-        p = self.state.pairs[i]
+        a, b = self.state.pairs[i].both()
         (ca, cache_a), (cb, cache_b) = self.sides.for_pair(outcome.cache_wants)
         sides = (
-            OpenSide(Side(p.a), ca, self.sizes, self.items, cache_a),
-            OpenSide(Side(p.b), cb, self.sizes, self.items, cache_b),
+            OpenSide(Side(a), ca, self.sizes, self.items, cache_a),
+            OpenSide(Side(b), cb, self.sizes, self.items, cache_b),
         )
         self.opened[i] = sides
         while len(self.opened) > CACHED_PAIRS:
