@@ -23,8 +23,8 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterator
-from typing import overload
 from dataclasses import dataclass
+from typing import overload
 
 import google_crc32c
 import numpy as np
