@@ -19,9 +19,9 @@ import json
 import os
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import tensorstore as ts
@@ -37,6 +37,15 @@ from .plan import PIECE_BYTES
 #: the stored dtype and the shard index (formats/zarr_metadata.py). Whoever reads a chunk of either
 #: side must spell its key with that side's own `key()`: signatures leave the key encoding out.
 ChunkFormat = ArrayMetadata
+
+#: A read of one stored value (or of a byte range of it) in flight.
+Read = ts.Future[ts.KvStore.ReadResult]
+
+
+class _Reader(Protocol):
+    """What `_slabs` reads decoded bytes from: a `_RangeSource`, or zstandard's stream reader over one."""
+
+    def readinto(self, b: memoryview) -> int: ...
 
 
 class MissingChunk(ValueError):
@@ -120,7 +129,7 @@ class RawStore:
                 return None
         return None
 
-    def read(self, key: str) -> ts.Future:
+    def read(self, key: str) -> Read:
         return self.kv.read(key)
 
     def read_range(self, key: str, start: int, stop: int | None) -> bytes:
@@ -139,15 +148,15 @@ class _Started:
     """Reads issued ahead for one chunk: its shard index read (sharded) and its first pieces from
     offset 0 (futures with their start offsets), which are valid when the chunk spans [0, stop)."""
 
-    index: Any
-    reads: list
+    index: Read | None
+    reads: list[tuple[Read, int]]
     stop: int | None
 
 
-def _ranges(kv: ts.KvStore, key: str, start: int, stop: int | None, piece: int, depth: int) -> list:
+def _ranges(kv: ts.KvStore, key: str, start: int, stop: int | None, piece: int, depth: int) -> list[tuple[Read, int]]:
     if stop is None:
         return []
-    out = []
+    out: list[tuple[Read, int]] = []
     for off in range(start, stop, piece):
         if len(out) >= depth:
             break
@@ -157,7 +166,8 @@ def _ranges(kv: ts.KvStore, key: str, start: int, stop: int | None, piece: int, 
 
 def _local_dir(kvspec: dict[str, Any]) -> str | None:
     if kvspec.get("driver") == "file":
-        return kvspec["path"]
+        path: str = kvspec["path"]
+        return path
     return None
 
 
@@ -212,7 +222,16 @@ def _ocdbt_sizes(base: dict[str, Any], context: ts.Context) -> ocdbt.KeySizes | 
 class _RangeSource:
     """File-like reader over one stored value's byte range, keeping `depth` piece reads in flight."""
 
-    def __init__(self, raw: RawStore, key: str, start: int, stop: int | None, piece: int, depth: int = 2, issued=()):
+    def __init__(
+        self,
+        raw: RawStore,
+        key: str,
+        start: int,
+        stop: int | None,
+        piece: int,
+        depth: int = 2,
+        issued: Sequence[tuple[Read, int]] = (),
+    ):
         self.raw = raw
         self.key = key
         self.pos = start
@@ -221,7 +240,9 @@ class _RangeSource:
         self.eof = False
         self._data = b""
         self._off = 0
-        self._ahead: collections.deque = collections.deque(issued)  # (future, start) already on their way
+        self._ahead: collections.deque[tuple[Read, int]] = collections.deque(
+            issued
+        )  # (future, start) already on their way
         if issued:
             self.pos = min(issued[-1][1] + piece, stop) if stop is not None else issued[-1][1] + piece
         for _ in range(max(1, depth) - len(self._ahead)):
@@ -230,7 +251,7 @@ class _RangeSource:
                 break
             self._ahead.append(f)
 
-    def _fetch(self):
+    def _fetch(self) -> tuple[Read, int] | None:
         if self.eof or (self.stop is not None and self.pos >= self.stop):
             return None
         start = self.pos
@@ -254,7 +275,8 @@ class _RangeSource:
         nxt = self._fetch()
         if nxt is not None:
             self._ahead.append(nxt)
-        return r.value  # already a bytes object: no second copy
+        value: bytes = r.value  # already a bytes object: no second copy
+        return value
 
     def read(self, n: int = -1) -> bytes:
         if self._off < len(self._data):
@@ -266,7 +288,7 @@ class _RangeSource:
         self._data, self._off = self._take_next(), 0
         return self.read(n)
 
-    def readinto(self, b) -> int:
+    def readinto(self, b: memoryview) -> int:
         data = self.read(len(b))
         b[: len(data)] = data
         return len(data)
@@ -280,7 +302,7 @@ def _index_range(f: ChunkFormat) -> slice:
 
 
 def inner_chunk_range(
-    raw: RawStore, shard_key: str, inner_index: tuple[int, ...], read: ts.Future | None = None
+    raw: RawStore, shard_key: str, inner_index: tuple[int, ...], read: Read | None = None
 ) -> tuple[int, int]:
     """(offset, nbytes) of one inner chunk of a zarr3 shard, from the shard index (`read`: the
     index read, already issued)."""
@@ -323,18 +345,23 @@ def stream_chunk(
     return _slabs(raw.format, key, reader, rows_per_slab, fill)
 
 
-def _slabs(f: ChunkFormat, key: str | None, reader, rows_per_slab: int, fill: Any) -> Iterator[np.ndarray]:
+def _slabs(
+    f: ChunkFormat, key: str | None, reader: _Reader | None, rows_per_slab: int, fill: Any
+) -> Iterator[np.ndarray]:
     shape = f.inner_shape
+    dtype = f.stored_dtype
+    if dtype is None:  # planning sizes chunks by dtype first: such arrays never get here
+        raise ValueError(f"chunks of dtype {f.dtype!r} cannot be streamed: numpy has no such dtype")
     row_elems = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-    row_bytes = row_elems * f.stored_dtype.itemsize
+    row_bytes = row_elems * dtype.itemsize
     total_rows = shape[0] if shape else 1
     # One buffer, reused: each slab is compared before the next is decoded into it.
-    buf = np.empty((min(rows_per_slab, total_rows),) + tuple(shape[1:]), dtype=f.stored_dtype)
+    buf = np.empty((min(rows_per_slab, total_rows),) + tuple(shape[1:]), dtype=dtype)
     try:
         if reader is None:
             raise MissingChunk("not stored")
         # The first read tells whether the chunk is stored at all.
-        head = reader.readinto(memoryview(buf.reshape(-1).view(np.uint8))[: min(row_bytes, buf.nbytes) or 1])
+        head = reader.readinto(buf.reshape(-1).view(np.uint8).data[: min(row_bytes, buf.nbytes) or 1])
     except MissingChunk:
         if fill is None:
             raise
@@ -345,7 +372,7 @@ def _slabs(f: ChunkFormat, key: str | None, reader, rows_per_slab: int, fill: An
     row = 0
     while row < total_rows:
         n = min(rows_per_slab, total_rows - row)
-        view = memoryview(buf.reshape(-1).view(np.uint8))[: n * row_bytes]
+        view = buf.reshape(-1).view(np.uint8).data[: n * row_bytes]
         got = head if row == 0 else 0
         while got < len(view):
             k = reader.readinto(view[got:])
@@ -356,11 +383,11 @@ def _slabs(f: ChunkFormat, key: str | None, reader, rows_per_slab: int, fill: An
         row += n
 
 
-def _chunk_reader(raw: RawStore, grid_index: tuple[int, ...], piece: int, depth: int):
+def _chunk_reader(raw: RawStore, grid_index: tuple[int, ...], piece: int, depth: int) -> tuple[str, _Reader]:
     """(key, file-like reader of the decoded bytes) of one (inner) chunk."""
     f = raw.format
     started = raw.take_started(grid_index)
-    issued = []
+    issued: list[tuple[Read, int]] = []
     if f.shard_index is None:
         key, start, stop = f.key(grid_index), 0, None
         if started is not None and started.reads:
@@ -376,5 +403,10 @@ def _chunk_reader(raw: RawStore, grid_index: tuple[int, ...], piece: int, depth:
             issued = started.reads
     source = _RangeSource(raw, key, start, stop, piece, depth, issued)
     raw.start_next(grid_index, piece, depth)
-    reader = zstandard.ZstdDecompressor().stream_reader(source, read_size=piece) if f.compressor == "zstd" else source
+    # zstandard reads any object with `.read(n)`; its stubs ask for IO[bytes].
+    reader: _Reader = (
+        zstandard.ZstdDecompressor().stream_reader(source, read_size=piece)  # type: ignore[arg-type]
+        if f.compressor == "zstd"
+        else source
+    )
     return key, reader

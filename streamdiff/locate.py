@@ -62,6 +62,13 @@ class Item:
     def display(self) -> str:
         return f"{self.dir.display}/{self.file}" if self.file else self.dir.display
 
+    @property
+    def file_name(self) -> str:
+        """The file of a JSON / msgpack / not-read file item (`locate` always sets it for these)."""
+        if self.file is None:
+            raise ValueError(f"{self.display}: a directory item has no file")
+        return self.file
+
 
 @dataclass(frozen=True)
 class Located:

@@ -481,9 +481,11 @@ def rows_hold(r: RowsPlan, bytes_per_element: int, mem: MemoryPlan, depth: int) 
     return slab + read + 2 * depth * mem.piece_bytes * (r.stream_a + r.stream_b)
 
 
-def slab_boxes(
-    shape: tuple[int, ...], walk: tuple[int, ...], slab_rows: int, chunk: tuple[tuple, tuple]
-) -> Iterator[tuple[tuple, tuple]]:
+#: A box of an array: (start, stop) per dimension.
+Box = tuple[tuple[int, ...], tuple[int, ...]]
+
+
+def slab_boxes(shape: tuple[int, ...], walk: tuple[int, ...], slab_rows: int, chunk: Box) -> Iterator[Box]:
     """The boxes a rows plan reads for one walked `chunk` (start, stop), in order: `slab_rows` rows
     at a time, the first slab starting at the chunk's first row."""
     begin, stop = chunk
@@ -497,7 +499,7 @@ def _worst(g: BlockGrid) -> float:
 
 def _with_caches(
     grid: BlockGrid,
-    tasks: Iterable[list[tuple[tuple, tuple]]],
+    tasks: Iterable[list[Box]],
     chunks: tuple[list[int], list[int]],
     itemsizes: tuple[int, int],
     task_bytes: int,
@@ -527,8 +529,9 @@ def _with_caches(
     sides = [_Uses(kept, c, math.prod(c) * size) if x else None for c, size, x in zip(chunks, itemsizes, crossing)]
     most = max(1, min(mem.in_flight, mem.in_flight_bytes // max(1, task_bytes)))
     for w in range(most, 0, -1):
-        need = [u.cache_bytes(w) if u else 0 for u in sides]
-        if None not in need and sum(need) <= room - w * task_cost:
+        maybe = [u.cache_bytes(w) if u else 0 for u in sides]
+        need = [n for n in maybe if n is not None]
+        if len(need) == len(maybe) and sum(need) <= room - w * task_cost:
             amps = [1.0 if u else a for u, a in zip(sides, (grid.amplification_a, grid.amplification_b))]
             return replace(grid, amplification_a=amps[0], amplification_b=amps[1], cache_a=need[0], cache_b=need[1],
                            hold=mem.in_flight_bytes // w)  # fmt: skip
@@ -544,20 +547,23 @@ def _with_caches(
         if cap < u.per_task:
             return None
         amp = lru_decodes(u.sequence, cap) / max(1, u.distinct)
-        out = replace(out, **{f"amplification_{'ab'[k]}": amp, f"cache_{'ab'[k]}": cap * u.chunk_bytes})
+        if k == 0:
+            out = replace(out, amplification_a=amp, cache_a=cap * u.chunk_bytes)
+        else:
+            out = replace(out, amplification_b=amp, cache_b=cap * u.chunk_bytes)
     return out
 
 
 class _Uses:
     """Which chunks of one side each task reads, in order, and what caching them takes."""
 
-    def __init__(self, tasks: list[list[tuple[tuple, tuple]]], chunks: list[int], chunk_bytes: int):
+    def __init__(self, tasks: list[list[Box]], chunks: list[int], chunk_bytes: int):
         self.chunk_bytes = chunk_bytes
         self.per_task = 0
-        self.tasks: list[set] = []
+        self.tasks: list[set[tuple[int, ...]]] = []
         self.sequence: list[list[tuple[int, ...]]] = []  # per box, in reading order
         for boxes in tasks:
-            touched: set = set()
+            touched: set[tuple[int, ...]] = set()
             for box in chunk_uses(boxes, chunks):
                 self.sequence.append(box)
                 touched.update(box)
@@ -575,8 +581,8 @@ class _Uses:
 
     def _peak(self, window: int) -> int:
         """Most chunks live at once: from when a window of tasks first reaches one to its last task."""
-        first: dict = {}
-        last: dict = {}
+        first: dict[tuple[int, ...], int] = {}
+        last: dict[tuple[int, ...], int] = {}
         for t, touched in enumerate(self.tasks):
             for k in touched:
                 first.setdefault(k, t)
@@ -607,7 +613,7 @@ def _aligned(shape: tuple[int, ...], block: tuple[int, ...], chunks: list[int]) 
     return all(b % c == 0 or b >= n for n, b, c in zip(shape, block, chunks))
 
 
-def chunk_uses(boxes: Iterable[tuple[tuple, tuple]], chunks: list[int]) -> list[list[tuple[int, ...]]]:
+def chunk_uses(boxes: Iterable[Box], chunks: list[int]) -> list[list[tuple[int, ...]]]:
     """For each box, the grid indices of the chunks it overlaps."""
     out = []
     for start, stop in boxes:
@@ -619,7 +625,7 @@ def chunk_uses(boxes: Iterable[tuple[tuple, tuple]], chunks: list[int]) -> list[
 def lru_decodes(uses: list[list[tuple[int, ...]]], capacity: int) -> int:
     """Chunk decodes when the boxes are read in order through an LRU cache of `capacity` chunks
     (tensorstore's cache pool evicts the least recently used entry first)."""
-    cache: OrderedDict = OrderedDict()
+    cache: OrderedDict[tuple[int, ...], bool] = OrderedDict()
     decodes = 0
     for touched in uses:
         for key in touched:

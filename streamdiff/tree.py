@@ -53,9 +53,9 @@ class _Entry:
 def read_item(item: Item) -> Tree:
     """The tree of any item `locate` found: dispatch on its kind to the reader of its format."""
     if item.kind is ItemKind.JSON:
-        return json_item.json_tree(item.dir.read(item.file), item.display, item.others)
+        return json_item.json_tree(item.dir.read(item.file_name), item.display, item.others)
     if item.kind is ItemKind.MSGPACK_FILE:
-        raw = _read_whole(item.dir, item.file)
+        raw = _read_whole(item.dir, item.file_name)
         if raw is None:
             raise CorruptCheckpointError(f"{item.display}: vanished while reading")
         try:
@@ -85,7 +85,7 @@ def _read_whole(d: Dir, name: str) -> bytes | None:
     `.value` would hold the file two or three times over at the peak)."""
     if d.storage.is_local:
         try:
-            with open(os.path.join(d.storage.local_root, d.relpath, name), "rb") as f:
+            with open(os.path.join(d.storage.root_path, d.relpath, name), "rb") as f:
                 return f.read()
         except FileNotFoundError:
             return None
@@ -104,8 +104,9 @@ def build_tree(item: Dir) -> Tree:
     am_dir = item.child("array_metadatas")
     am_names = [n for n, k in am_dir.list_children().items() if k == "file"] if "array_metadatas" in children else []
     am_futures = [am_dir.read_async(n) for n in am_names]
-    ocdbt_kv = None
-    listing = None
+    ocdbt_kv: ts.KvStore | None = None
+    listing: ts.Future[list[bytes]] | None = None
+    keys_walked: Iterable[str] | None = None
     inline: dict[str, bytes] = {}  # zarr metadata already in hand: from the B-tree walk or the per-leaf probe
     if ocdbt:
         _audit_ocdbt(item, children)
@@ -130,8 +131,8 @@ def build_tree(item: Dir) -> Tree:
     # Which arrays exist in storage, and with which zarr version.
     if ocdbt:
         if keys_walked is not None:
-            keys = keys_walked
-        else:
+            keys: Iterable[str] = keys_walked
+        elif listing is not None:
             try:
                 keys = [k.decode() for k in listing.result()]
             except Exception as e:
@@ -164,7 +165,7 @@ def build_tree(item: Dir) -> Tree:
         for name in dict.fromkeys(wanted)
         if name in stored
     }
-    zmeta: dict[str, tuple[int, dict]] = {}
+    zmeta: dict[str, tuple[int, dict[str, Any]]] = {}
     # Leaves of one model share a handful of distinct metadata documents: parse each once (and
     # share the parsed object: nothing downstream mutates it).
     parsed: dict[bytes, Any] = {}
@@ -187,12 +188,12 @@ def build_tree(item: Dir) -> Tree:
     leaves: dict[KeyPath, Leaf] = {}
     # One base kvstore spec for every leaf of the item (a copy per leaf costs memory at 100k leaves).
     base = item.kv_spec() if ocdbt else None
-    for e in entries:
-        if e.keys in claimed:
-            why = f"value_type {e.value_type!r} in the tree (no stored array), {claimed[e.keys]}"
-            leaves[e.keys] = Leaf(e.keys, Kind.ARRAY, e.value_type, not_compared=why)
+    for entry in entries:
+        if entry.keys in claimed:
+            why = f"value_type {entry.value_type!r} in the tree (no stored array), {claimed[entry.keys]}"
+            leaves[entry.keys] = Leaf(entry.keys, Kind.ARRAY, entry.value_type, not_compared=why)
         else:
-            leaves[e.keys] = _make_leaf(e, item, base, arrays, strings, legacy_strings, prng)
+            leaves[entry.keys] = _make_leaf(entry, item, base, arrays, strings, legacy_strings, prng)
     leaves.update(leaves_extra)
     unreferenced.add_leaves(leaves, unnamed)
     fmts = sorted({f for f, _ in zmeta.values()})
@@ -208,7 +209,7 @@ def _unreferenced(
     item: Dir,
     children: dict[str, str],
     ocdbt: bool,
-    keys: list[str],
+    keys: Iterable[str],
     stored: dict[str, int],
     entries: list[_Entry],
     unnamed: dict[KeyPath, str],
@@ -229,28 +230,28 @@ def _unreferenced(
 
 
 def _t5x_arrays(
-    entries: list[_Entry], zmeta: dict[str, tuple[int, dict]], children: dict[str, str]
+    entries: list[_Entry], zmeta: dict[str, tuple[int, dict[str, Any]]], children: dict[str, str]
 ) -> tuple[list[msgpack_format.TsSpec], dict[KeyPath, Leaf]]:
     """T5X: each readable spec's zarr metadata into `zmeta` (a `.zarray` beside the chunks, when
     there is one, wins: the spec carries the same metadata); returns the specs and the leaves for what
     else the checkpoint directory holds (T5X writes tf.data iterator state there), never skipped."""
-    specs = [e for e in entries if e.spec is not None and e.spec.unsupported() is None]
+    specs = [(e, e.spec) for e in entries if e.spec is not None and e.spec.unsupported() is None]
     extra: dict[KeyPath, Leaf] = {}
-    for e in specs:
-        if e.spec.path not in zmeta:
+    for e, spec in specs:
+        if spec.path not in zmeta:
             try:
-                zmeta[e.spec.path] = (2, e.spec.zarr_metadata())
+                zmeta[spec.path] = (2, spec.zarr_metadata())
             except (KeyError, TypeError, ValueError) as exc:
-                extra[e.keys] = Leaf(e.keys, "array", e.value_type, error=f"unreadable tensorstore spec: {exc!r}")
+                extra[e.keys] = Leaf(e.keys, Kind.ARRAY, e.value_type, error=f"unreadable tensorstore spec: {exc!r}")
     if specs:
-        used = {e.spec.path.split("/")[0] for e in specs}
+        used = {spec.path.split("/")[0] for _, spec in specs}
         for name in sorted(n for n in children if n != "checkpoint" and n not in used):
             why = foreign.describe_file(name) if children[name] == "file" else "a directory no tensorstore spec names"
-            extra[(name,)] = Leaf((name,), "array", "unknown", not_compared=why)
-    return [e.spec for e in specs], extra
+            extra[(name,)] = Leaf((name,), Kind.ARRAY, "unknown", not_compared=why)
+    return [spec for _, spec in specs], extra
 
 
-def _plain_store(keys: list[str], stored: dict[str, int]) -> bool:
+def _plain_store(keys: Iterable[str], stored: dict[str, int]) -> bool:
     """An OCDBT database without Orbax's metadata that tensorstore or zarr-python wrote directly:
     n5 or group metadata, or arrays at '/'-separated paths (Orbax names its arrays with '.')."""
     return not stored or any("/" in name for name in stored) or any(k.rpartition("/")[2] in PLAIN_ONLY for k in keys)
@@ -265,7 +266,7 @@ def _audit_ocdbt(item: Dir, children: dict[str, str]) -> None:
     (a FIFO blocks its reads forever). Directory listings only; no file is opened."""
     if not item.storage.is_local:
         return
-    root = os.path.join(item.storage.local_root, item.relpath)
+    root = os.path.join(item.storage.root_path, item.relpath)
     for name, kind in children.items():
         if kind == "file" and name.startswith("manifest"):  # read whole by tensorstore: capped like metadata
             check_file(os.path.join(root, name), f"{item.display}/{name}", validate.MAX_METADATA_BYTES)
@@ -300,7 +301,7 @@ def _parse_msgpack(raw: bytes | None, item: Dir) -> list[msgpack_format.MsgpackE
         raise CorruptCheckpointError(f"{item.display}/checkpoint: unreadable msgpack ({e})") from e
 
 
-def _prng_impls(futures: list[ts.Future], item: Dir) -> dict[str, str]:
+def _prng_impls(futures: list[ts.Future[ts.KvStore.ReadResult]], item: Dir) -> dict[str, str]:
     """param name -> random_key_impl, merged over all array_metadatas/process_* files (§8.1)."""
     out: dict[str, str] = {}
     for fut in futures:
@@ -311,7 +312,7 @@ def _prng_impls(futures: list[ts.Future], item: Dir) -> dict[str, str]:
     return out
 
 
-def _arrays_from_keys(keys: list[str]) -> dict[str, int]:
+def _arrays_from_keys(keys: Iterable[str]) -> dict[str, int]:
     """Array name -> zarr version: only keys ending in .zarray / zarr.json define arrays (§13.6)."""
     out: dict[str, int] = {}
     for k in keys:
@@ -322,7 +323,7 @@ def _arrays_from_keys(keys: list[str]) -> dict[str, int]:
 
 
 def _entries_from_metadata(
-    metadata: tuple[orbax.TreeEntry, ...], packed: list | None
+    metadata: tuple[orbax.TreeEntry, ...], packed: list[msgpack_format.MsgpackEntry] | None
 ) -> tuple[list[_Entry], dict[KeyPath, str]]:
     """The leaves `_METADATA` names, and (why, by path) the legacy msgpack file's entries it lacks:
     orbax restores from both, so a value only the msgpack file holds is never silently dropped."""
@@ -336,7 +337,7 @@ def _entries_from_metadata(
             name = packed_entry.placeholder
         has_inline = entry.value.aggregated and packed_entry is not None and packed_entry.placeholder is None
         conflict = orbax.msgpack_conflict(entry.value, packed_entry)
-        value = packed_entry.value if has_inline else None
+        value = packed_entry.value if has_inline and packed_entry is not None else None
         out.append(_Entry(entry.keys, vt, name, skip, value, has_inline, None, conflict))
     named = {e.keys for e in metadata}
     why = "in the msgpack `checkpoint` file but not in _METADATA: not read"
@@ -393,7 +394,9 @@ def _meta_key(name: str, fmt: int) -> str:
     return (name + "/" if name else "") + METADATA_FILE[fmt]
 
 
-def _meta_reader(item: Dir, kv: ts.KvStore | None, name: str, fmt: int, inline: dict[str, bytes]) -> ts.Future | bytes:
+def _meta_reader(
+    item: Dir, kv: ts.KvStore | None, name: str, fmt: int, inline: dict[str, bytes]
+) -> ts.Future[ts.KvStore.ReadResult] | bytes:
     """The metadata bytes when the B-tree walk already has them, else a read in flight."""
     key = _meta_key(name, fmt)
     if key in inline:
@@ -439,42 +442,44 @@ def _make_leaf(
     prng: dict[str, str],
 ) -> Leaf:
     if e.conflict:
-        return Leaf(e.keys, "array", e.value_type, error=e.conflict)
+        return Leaf(e.keys, Kind.ARRAY, e.value_type, error=e.conflict)
     if e.value_type in orbax.EMPTY_VALUE_TYPES:
-        return Leaf(e.keys, "empty", e.value_type)
+        return Leaf(e.keys, Kind.EMPTY, e.value_type)
     if e.has_inline:
         return msgpack_format.inline_leaf(e.keys, e.inline, e.value_type)
     if e.spec is not None and e.spec.unsupported():
-        return Leaf(e.keys, "array", e.value_type, not_compared=e.spec.unsupported())
+        return Leaf(e.keys, Kind.ARRAY, e.value_type, not_compared=e.spec.unsupported())
     if e.value_type == "string" or e.storage_name in legacy_strings:
         name = e.storage_name
         if name in strings:
-            return Leaf(e.keys, "string", "string", value=strings[name])
+            return Leaf(e.keys, Kind.STRING, "string", value=strings[name])
         if name in legacy_strings:
-            return Leaf(e.keys, "string", "string", value=legacy_strings[name])
-        return Leaf(e.keys, "string", "string", error=f"string {name!r} is missing from _strings.json")
+            return Leaf(e.keys, Kind.STRING, "string", value=legacy_strings[name])
+        return Leaf(e.keys, Kind.STRING, "string", error=f"string {name!r} is missing from _strings.json")
     if e.storage_name not in arrays:
         return Leaf(
             e.keys,
-            "array",
+            Kind.ARRAY,
             e.value_type,
             error=f"array {e.storage_name!r} is listed in the tree metadata but missing from storage",
         )
     md = arrays[e.storage_name]
     if isinstance(md, str):
-        return Leaf(e.keys, "array", e.value_type, error=md)
+        return Leaf(e.keys, Kind.ARRAY, e.value_type, error=md)
     source, shape, dtype = _array_source(item, base, e.storage_name, md), md.shape, md.dtype
     impl = prng.get(e.storage_name)
     if impl:
-        kind = "prng_key"
+        kind = Kind.PRNG_KEY
     elif shape == () and e.value_type in orbax.SCALAR_VALUE_TYPES:
-        kind = "scalar"
+        kind = Kind.SCALAR
     else:
-        kind = "array"
+        kind = Kind.ARRAY
     return Leaf(e.keys, kind, e.value_type, shape=shape, dtype=dtype, source=source, prng_impl=impl)
 
 
-def _typed_metadata(zmeta: dict[str, tuple[int, dict]], bad: dict[str, str]) -> dict[str, ArrayMetadata | str]:
+def _typed_metadata(
+    zmeta: dict[str, tuple[int, dict[str, Any]]], bad: dict[str, str]
+) -> dict[str, ArrayMetadata | str]:
     """name -> the array's typed metadata, or why it cannot be read (`bad`: name -> what the checks
     refused); each distinct document is parsed once and its object shared by every leaf using it."""
     out: dict[str, ArrayMetadata | str] = {}

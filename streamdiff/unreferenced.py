@@ -103,7 +103,7 @@ def chunk_key_test(md: ArrayMetadata) -> Callable[[str], bool]:
 
 
 def ocdbt_leftovers(
-    keys: list[str],
+    keys: Iterable[str],
     stored: set[str],
     used: set[str],
     no_data: dict[str, KeyPath],

@@ -138,8 +138,8 @@ class _Reader:
             return self._map(self._uint(2 if b == 0xDE else 4))
         raise ValueError(f"invalid msgpack byte 0x{b:02x} at offset {self.pos - 1}")
 
-    def _map(self, n: int) -> dict:
-        out = {}
+    def _map(self, n: int) -> dict[Any, Any]:
+        out: dict[Any, Any] = {}
         for _ in range(n):
             k = self.value()
             if k in out:  # a later value would silently replace the first: both are stored
@@ -184,7 +184,7 @@ def ts_spec(node: Any) -> TsSpec | None:
     return TsSpec(str(node["driver"]), str(kv.get("driver", "?")), str(path).strip("/"), node.get("dtype"), md)
 
 
-def _unchunk(node: dict) -> np.ndarray:
+def _unchunk(node: dict[str, Any]) -> np.ndarray:
     shape = tuple(node["shape"][str(i)] for i in range(len(node["shape"])))
     parts = [node["chunks"][str(i)] for i in range(len(node["chunks"]))]
     return np.concatenate(parts).reshape(shape)

@@ -24,6 +24,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import overload
 
 import google_crc32c
 import numpy as np
@@ -189,9 +190,21 @@ def index(base: ts.KvStore, keep_inline: frozenset[str] = frozenset()) -> tuple[
     return kept, KeySizes(bytes(blob), all_ends, all_sizes)
 
 
+@overload
+def _leaf_nodes(
+    base: ts.KvStore, blob: None = None
+) -> Iterator[tuple[bytes, list[bytes], np.ndarray, np.ndarray, bytes]]: ...
+
+
+@overload
+def _leaf_nodes(
+    base: ts.KvStore, blob: bytearray
+) -> Iterator[tuple[bytes, np.ndarray, np.ndarray, np.ndarray, bytes]]: ...
+
+
 def _leaf_nodes(
     base: ts.KvStore, blob: bytearray | None = None
-) -> Iterator[tuple[bytes, list, np.ndarray, np.ndarray, bytes]]:
+) -> Iterator[tuple[bytes, list[bytes] | np.ndarray, np.ndarray, np.ndarray, bytes]]:
     """(key prefix, relative keys, value lengths, inline value offsets or -1, node body) of every
     leaf node, level by level with every read of a level in flight at once. With `blob`, full keys
     are appended to it and their end offsets given in place of relative keys."""
@@ -213,8 +226,10 @@ def _leaf_nodes(
             height, body, pos, files = _open_node(bytes(got.value))
             if height > 0:
                 level.extend(_interior(body, pos, files, ref))
+            elif blob is None:
+                yield (ref.prefix, *_leaf(body, pos), body)
             else:
-                yield (ref.prefix, *_leaf(body, pos, None if blob is None else (blob, ref.prefix)), body)
+                yield (ref.prefix, *_leaf(body, pos, (blob, ref.prefix)), body)
 
 
 def _root_ref(location: str) -> _Ref:
@@ -315,9 +330,21 @@ def _data_files(buf: bytes, pos: int) -> tuple[list[tuple[str, str]], int]:
     return out, pos
 
 
+@overload
+def _keys(
+    buf: bytes, pos: int, n: int, common: bool, sink: None = None
+) -> tuple[list[bytes], np.ndarray | None, int]: ...
+
+
+@overload
+def _keys(
+    buf: bytes, pos: int, n: int, common: bool, sink: tuple[bytearray, bytes]
+) -> tuple[np.ndarray, np.ndarray | None, int]: ...
+
+
 def _keys(
     buf: bytes, pos: int, n: int, common: bool, sink: tuple[bytearray, bytes] | None = None
-) -> tuple[list, np.ndarray | None, int]:
+) -> tuple[list[bytes] | np.ndarray, np.ndarray | None, int]:
     """The prefix-compressed relative keys of a node (and, for interior nodes, each subtree's common
     prefix length). With `sink` (a buffer, a key prefix), each full key is appended to the buffer
     and its end offset returned in place of the key, so a node of a million keys makes no object per key."""
@@ -329,7 +356,8 @@ def _keys(
     ends = pos + np.cumsum(suffix, dtype=np.int64)
     if n and int(ends[-1]) > len(buf):
         raise ValueError("truncated keys")
-    keys: list = []
+    keys: list[bytes] = []
+    parts: list[np.ndarray] = []  # with `sink`: key end offsets, a piece at a time
     prev = b""
     start = pos
     for lo in range(0, n, _PIECE):  # Python ints for a piece of the columns at a time, not the node
@@ -348,17 +376,28 @@ def _keys(
                 piece_ends.append(len(out))
             start = end
         if sink is not None:
-            keys.append(np.array(piece_ends, np.int64))
+            parts.append(np.array(piece_ends, np.int64))
+    end = int(ends[-1]) if n else pos
     if sink is not None:
-        keys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
-    return keys, subtree, (int(ends[-1]) if n else pos)
+        return (np.concatenate(parts) if parts else np.zeros(0, np.int64)), subtree, end
+    return keys, subtree, end
 
 
 #: Column entries turned into Python objects at once (a node may hold a million keys).
 _PIECE = 1 << 16
 
 
-def _leaf(buf: bytes, pos: int, sink: tuple[bytearray, bytes] | None = None) -> tuple[list, np.ndarray, np.ndarray]:
+@overload
+def _leaf(buf: bytes, pos: int, sink: None = None) -> tuple[list[bytes], np.ndarray, np.ndarray]: ...
+
+
+@overload
+def _leaf(buf: bytes, pos: int, sink: tuple[bytearray, bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+def _leaf(
+    buf: bytes, pos: int, sink: tuple[bytearray, bytes] | None = None
+) -> tuple[list[bytes] | np.ndarray, np.ndarray, np.ndarray]:
     """(relative keys, value lengths, offset in `buf` of each inline value or -1) of a leaf node;
     with `sink`, key end offsets in the sink's buffer in place of keys (see `_keys`)."""
     n, pos = _varint(buf, pos)
@@ -382,6 +421,8 @@ def _leaf(buf: bytes, pos: int, sink: tuple[bytearray, bytes] | None = None) -> 
 def _interior(buf: bytes, pos: int, files: list[tuple[str, str]], parent: _Ref) -> list[_Ref]:
     n, pos = _varint(buf, pos)
     keys, subtree, pos = _keys(buf, pos, n, True)
+    if subtree is None:  # `_keys` reads the subtree column whenever `common` is set
+        raise ValueError("interior node without subtree prefix lengths")
     ids, pos = _varints(buf, pos, n)
     offsets, pos = _varints(buf, pos, n)
     lengths, pos = _varints(buf, pos, n)

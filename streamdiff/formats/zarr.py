@@ -120,7 +120,7 @@ def build_tree(item: Dir, ocdbt_kv: ts.KvStore | None = None) -> Tree:
     # A key ending in '/' is a folder marker (GCS console / gcsfuse "folders"), not data.
     keys = [k for k in keys if k and not k.endswith("/")]
     # node path -> {metadata file name -> future}; all reads in flight at once.
-    futures: dict[str, dict[str, ts.Future]] = {}
+    futures: dict[str, dict[str, ts.Future[ts.KvStore.ReadResult]]] = {}
     for k in keys:
         head, _, last = k.rpartition("/")
         if last in NODE_FILES:
@@ -200,7 +200,7 @@ def _node_leaves(
     files: dict[str, Any],
     error: str | None,
     keys: list[str],
-    out: dict,
+    out: dict[KeyPath, Leaf],
     formats: set[str],
     legacy: set[str],
 ) -> None:
@@ -344,7 +344,7 @@ def _read_small_values(
     store: _Store,
     item: Dir,
     leaves: list[Leaf],
-    docs: dict[str, dict],
+    docs: dict[str, dict[str, Any]],
     stored: dict[str, list[str]],
     legacy: set[str],
 ) -> dict[KeyPath, Leaf]:
@@ -390,7 +390,9 @@ def _decode_with_zarr_python(raw: dict[str, bytes]) -> Any:
 
     raw = _v2_chunk_keys_checked(raw)
     mem = zarr.storage.MemoryStore({k: cpu.Buffer.from_bytes(v) for k, v in raw.items()})
-    return zarr.open_array(store=mem, mode="r")[...].tolist()
+    # zarr-python types `[...]` as any scalar or array; on an array it is an ndarray (else: the
+    # AttributeError leaves the value not compared, as for anything zarr-python cannot decode).
+    return zarr.open_array(store=mem, mode="r")[...].tolist()  # type: ignore[union-attr]
 
 
 def _v2_chunk_keys_checked(raw: dict[str, bytes]) -> dict[str, bytes]:
@@ -412,7 +414,7 @@ def _v2_chunk_keys_checked(raw: dict[str, bytes]) -> dict[str, bytes]:
     return raw
 
 
-def _empty_groups(docs: dict[str, dict], leaves: dict[KeyPath, Leaf]) -> None:
+def _empty_groups(docs: dict[str, dict[str, Any]], leaves: dict[KeyPath, Leaf]) -> None:
     """A group with nothing under it would leave no trace: give it an `empty` leaf."""
     occupied = {p[:i] for p in leaves for i in range(len(p) + 1)}
     for node in docs:

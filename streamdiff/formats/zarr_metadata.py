@@ -317,7 +317,7 @@ def _from_n5(md: dict[str, Any]) -> ArrayMetadata:
     )
 
 
-def _streamed_chain(codecs: list[dict]) -> tuple[str | None, str]:
+def _streamed_chain(codecs: list[dict[str, Any]]) -> tuple[str | None, str]:
     """('zstd' | 'raw' | None, endian) for a bytes[+zstd] chain; anything else cannot stream."""
     names = [c.get("name") for c in codecs]
     endian = "little"
@@ -330,13 +330,13 @@ def _streamed_chain(codecs: list[dict]) -> tuple[str | None, str]:
     return None, endian
 
 
-def _v2_codec(c: dict) -> str:
+def _v2_codec(c: dict[str, Any]) -> str:
     name = str(c.get("id", "?"))
     detail = c.get("cname") or (f"level={c['level']}" if "level" in c else None)
     return f"{name}({detail})" if detail else name
 
 
-def v3_codec_names(codecs: list[dict]) -> str:
+def v3_codec_names(codecs: list[dict[str, Any]]) -> str:
     """A zarr v3 codec chain for people: `shard[zstd(level=1)]`, `blosc(lz4)`; the bytes codec is implied."""
     parts = []
     for c in codecs:
