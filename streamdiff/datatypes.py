@@ -170,7 +170,7 @@ class Leaf:
         """Decoded size in bytes (0 for non-arrays)."""
         if self.shape is None or self.dtype is None:
             return 0
-        from .dtypes import itemsize
+        from .formats.dtypes import itemsize
 
         n = 1
         for s in self.shape:

@@ -59,6 +59,8 @@ MAX_CHUNKS_PER_LEAF = 10**9
 
 #: Largest range read when streaming a chunk's stored bytes.
 PIECE_BYTES = 8 << 20
+#: Smallest: below it, a remote store's round trip costs more than the transfer.
+MIN_PIECE_BYTES = 1 << 20
 
 
 #: Range reads kept in flight per streamed chunk, local and remote: remote stores need several round
@@ -93,7 +95,7 @@ class MemoryPlan:
     @property
     def piece_bytes(self) -> int:
         """Bytes per range read when streaming a chunk: large enough to amortise a round trip."""
-        return max(1 << 20, min(PIECE_BYTES, self.block_bytes // 8))
+        return max(MIN_PIECE_BYTES, min(PIECE_BYTES, self.block_bytes // 8))
 
     @property
     def whole_chunk_bytes(self) -> int:

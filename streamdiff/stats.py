@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .datatypes import LayerStats, ValueStats
-from .dtypes import compute_dtype, is_exact
+from .formats.dtypes import compute_dtype, is_exact
 from .plan import DEFAULT_TILE
 
 #: Bytes compared first by `_bytes_equal`: differing blocks almost always differ early.

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..datatypes import Pair
-from ..dtypes import family
+from ..formats.dtypes import family
 from ..plan import BlockGrid, MemoryPlan, RowsPlan, pair_grid, pair_rows, refuse_leaf
 from ..stats import LeafStats, Policy
 from .sides import STORAGE_ERRORS, Side, itemsize, one_line, same_fill

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 from ..chunks import RawStore, stream_chunk
 from ..datatypes import Pair
-from ..dtypes import family
 from ..encoding import Encoding, plausible, plausible_ends
+from ..formats.dtypes import family
 from ..plan import MemoryPlan
 from ..stats import LeafStats, Policy, block_stats, layers_settled
 from .plans import PairOutcome

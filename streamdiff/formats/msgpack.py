@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import dtypes  # noqa: F401  (ml_dtypes names for np.dtype)
 from ..datatypes import KeyPath, Kind, Leaf, Tree
+from . import dtypes  # noqa: F401  (ml_dtypes names for np.dtype)
 
 PLACEHOLDER_PREFIXES = ("PLACEHOLDER://", "AGGREGATED://")
 CHUNKED = "__msgpack_chunked_array__"

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import dtypes
 from ..errors import StreamdiffError
+from . import dtypes
 
 #: Metadata file name -> zarr format: the files that define an array (.zgroup / .zattrs do not).
 METADATA_FILES = {".zarray": 2, "zarr.json": 3}
