@@ -51,10 +51,13 @@ def chunk_format(source: ArraySource) -> ChunkFormat:
 class RawStore:
     """Stored bytes of one array: an opened kvstore under the array's prefix, plus known sizes."""
 
-    def __init__(self, source: ArraySource, context: ts.Context, sizes: ArraySizes | None):
+    def __init__(
+        self, source: ArraySource, context: ts.Context, sizes: ArraySizes | None, kv: ts.KvStore | None = None
+    ):
         self.source = source
         self.format = chunk_format(source)
-        self.kv = ts.KvStore.open(source.spec["kvstore"], context=context).result()
+        # `kv`: the array's kvstore already open (an OCDBT item's held store under the array's path).
+        self.kv = kv if kv is not None else ts.KvStore.open(source.spec["kvstore"], context=context).result()
         self._sizes = sizes  # key -> stored size, or None when unknown
         self._local = _local_dir(source.spec["kvstore"])
         self._started: dict[tuple[int, ...], _Started] = {}  # chunks whose first reads are on their way

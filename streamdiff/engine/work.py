@@ -62,11 +62,10 @@ def start_task(t: Task, w: PairWork) -> Callable[[], LeafStats]:
 def start_raw_reads(ra: RawStore, rb: RawStore, keys: list[tuple[str, str]]) -> list | None:
     """Stored-byte reads of the block's chunks, (key on A, key on B) each, issued now like decode
     reads; None when known sizes already differ (different bytes: decode without reading twice)."""
-    for ka, kb in keys:
-        x, y = ra.size(ka), rb.size(kb)
-        if x is not None and y is not None and x != y:
-            return None
-    return [(ra.read(ka), rb.read(kb), ra.size(ka) is not None) for ka, kb in keys]
+    sizes = [(ra.size(ka), rb.size(kb)) for ka, kb in keys]
+    if any(x is not None and y is not None and x != y for x, y in sizes):
+        return None
+    return [(ra.read(ka), rb.read(kb), x is not None) for (ka, kb), (x, _) in zip(keys, sizes)]
 
 
 def chunk_keys(side: OpenSide, t: Task) -> list[str]:
