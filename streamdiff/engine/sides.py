@@ -90,7 +90,7 @@ class OpenSide:
     def __init__(
         self, side: Side, context: ts.Context, sizes: ItemSizes, items: ItemStores, cache: ts.Context | None = None
     ):
-        items.hold(side.leaf, context)
+        self._item = items.hold(side.leaf, context)
         self.side = side
         self.leaf = side.leaf
         self.format = side.format
@@ -127,7 +127,7 @@ class OpenSide:
         with self._lock:
             if self._raw is None:
                 sizes = self._sizes.for_source(self.leaf.source, self.context)
-                kv = self._items.kvstore(self.leaf, self.context)
+                kv = self._items.kvstore(self.leaf, self._item)
                 self._raw = RawStore(self.leaf.source, self.context, sizes, kv)
             return self._raw
 
@@ -186,21 +186,26 @@ class ItemStores:
                 store = self._held[key] = ts.KvStore.open(known[0], context=context).result()
             return store
 
-    def hold(self, leaf: Leaf, context: ts.Context) -> None:
+    def hold(self, leaf: Leaf, context: ts.Context) -> ts.KvStore | None:
+        """Holds the item of every stored leaf `leaf` reads; returns the item store of `leaf` itself
+        when it is a stored leaf in an OCDBT item (for `kvstore`), else None."""
+        own = None
         for base in stored_bases(leaf):
             kv = base.source.spec["kvstore"]
             if kv.get("driver") == "ocdbt":
-                self._item(kv, context)
+                store = self._item(kv, context)
+                if base is leaf:
+                    own = store
+        return own
 
-    def kvstore(self, leaf: Leaf, context: ts.Context) -> ts.KvStore | None:
-        """The stored leaf's kvstore as its item's held store under the leaf's path; None when the
-        leaf is not in an OCDBT item (its own kvstore is opened then)."""
-        kv = leaf.source.spec["kvstore"]
-        if kv.get("driver") != "ocdbt":
+    @staticmethod
+    def kvstore(leaf: Leaf, item: ts.KvStore | None) -> ts.KvStore | None:
+        """The stored leaf's kvstore as its item's held store (`hold`'s answer) under the leaf's
+        path; None when the leaf is not in an OCDBT item (its own kvstore is opened then)."""
+        if item is None:
             return None
-        store = self._item(kv, context)
-        path = kv.get("path", "")
-        return store / path if path else store
+        path = leaf.source.spec["kvstore"].get("path", "")
+        return item / path if path else item
 
 
 def same_fill(a: Leaf, b: Leaf) -> bool:

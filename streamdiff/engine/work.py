@@ -62,10 +62,10 @@ def start_task(t: Task, w: PairWork) -> Callable[[], LeafStats]:
 def start_raw_reads(ra: RawStore, rb: RawStore, keys: list[tuple[str, str]]) -> list | None:
     """Stored-byte reads of the block's chunks, (key on A, key on B) each, issued now like decode
     reads; None when known sizes already differ (different bytes: decode without reading twice)."""
-    sizes = [(ra.size(ka), rb.size(kb)) for ka, kb in keys]
-    if any(x is not None and y is not None and x != y for x, y in sizes):
+    found = [(ra.stored(ka), rb.stored(kb)) for ka, kb in keys]  # (size, inline value) per side
+    if any(x[0] is not None and y[0] is not None and x[0] != y[0] for x, y in found):
         return None
-    return [(ra.read(ka), rb.read(kb), x is not None) for (ka, kb), (x, _) in zip(keys, sizes)]
+    return [(ra.read(ka, x), rb.read(kb, y), x[0] is not None) for (ka, kb), (x, y) in zip(keys, found)]
 
 
 def chunk_keys(side: OpenSide, t: Task) -> list[str]:
