@@ -104,3 +104,21 @@ def test_with_trim_enabled_the_heap_is_trimmed_every_trim_every_tasks(many_leave
     monkeypatch.setattr(malloc, "trim_enabled", lambda: True)
     streamdiff.diff(str(many_leaves / "a"), str(many_leaves / "b"), shortcut=False)
     assert len(calls) == 30 // threads.TRIM_EVERY  # one task per leaf, one trim every TRIM_EVERY settled
+
+
+def test_leaves_planned_alike_in_one_ocdbt_item_keep_their_own_statistics(tmp_path):
+    # Every leaf has the same metadata document, so the engine plans the first and reuses the plan;
+    # chunk values are inline in the OCDBT B-tree and compared from the reader's walk.
+    tree = {f"l{k}": RNG.standard_normal((8, 4), dtype=np.float32) for k in range(12)}
+    other = dict(tree)
+    other["l3"] = tree["l3"] + np.float32(1)
+    other["l9"] = tree["l9"] * np.float32(3)
+    save(tmp_path / "a", tree)
+    save(tmp_path / "b", other)
+    r = streamdiff.diff(str(tmp_path / "a"), str(tmp_path / "b"))
+    got = {x.name: x for x in r.leaves}
+    assert sorted(k for k, x in got.items() if x.status == "different") == ["l3", "l9"]
+    assert all(x.status == "equal" for k, x in got.items() if k not in ("l3", "l9"))
+    for k in ("l3", "l9"):
+        want = np.abs(other[k].astype(np.float64) - tree[k].astype(np.float64)).max()
+        assert got[k].stats.max_abs_diff == pytest.approx(want, rel=1e-6)

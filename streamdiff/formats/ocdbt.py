@@ -294,7 +294,7 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _varints(buf: bytes, pos: int, n: int) -> tuple[np.ndarray, int]:
+def varints(buf: bytes, pos: int, n: int) -> tuple[np.ndarray, int]:
     """`n` consecutive varints from `pos`, as uint64, and the position after them."""
     if n == 0:
         return np.zeros(0, np.uint64), pos
@@ -370,9 +370,9 @@ def _unzstd(data: bytes) -> bytes:
 def _data_files(buf: bytes, pos: int) -> tuple[list[tuple[str, str]], int]:
     """The node's data file table: (base path, relative path) per file."""
     n, pos = _varint(buf, pos)
-    prefix, pos = _varints(buf, pos, max(n - 1, 0))
-    suffix, pos = _varints(buf, pos, n)
-    base, pos = _varints(buf, pos, n)
+    prefix, pos = varints(buf, pos, max(n - 1, 0))
+    suffix, pos = varints(buf, pos, n)
+    base, pos = varints(buf, pos, n)
     out: list[tuple[str, str]] = []
     prev = b""
     for i in range(n):
@@ -393,11 +393,11 @@ def _keys(
     """The prefix-compressed relative keys of a node (and, for interior nodes, each subtree's common
     prefix length). With `sink` (a buffer, a key prefix), each full key is appended to the buffer
     and its end offset returned in place of the key, so a node of a million keys makes no object per key."""
-    shared, pos = _varints(buf, pos, max(n - 1, 0))
-    suffix, pos = _varints(buf, pos, n)
+    shared, pos = varints(buf, pos, max(n - 1, 0))
+    suffix, pos = varints(buf, pos, n)
     subtree = None
     if common:
-        subtree, pos = _varints(buf, pos, n)
+        subtree, pos = varints(buf, pos, n)
     ends = pos + np.cumsum(suffix, dtype=np.int64)
     if n and int(ends[-1]) > len(buf):
         raise ValueError("truncated keys")
@@ -435,13 +435,13 @@ def _leaf(buf: bytes, pos: int, sink: tuple[bytearray, bytes] | None = None) -> 
     with `sink`, key end offsets in the sink's buffer in place of keys (see `_keys`)."""
     n, pos = _varint(buf, pos)
     keys, _, pos = _keys(buf, pos, n, False, sink)
-    lengths, pos = _varints(buf, pos, n)
-    kinds, pos = _varints(buf, pos, n)
+    lengths, pos = varints(buf, pos, n)
+    kinds, pos = varints(buf, pos, n)
     if n and int(kinds.max()) > 1:
         raise ValueError("unknown value kind")
     indirect = int(kinds.sum())
-    _, pos = _varints(buf, pos, indirect)  # data file ids
-    _, pos = _varints(buf, pos, indirect)  # offsets
+    _, pos = varints(buf, pos, indirect)  # data file ids
+    _, pos = varints(buf, pos, indirect)  # offsets
     direct = kinds == 0
     starts = pos + np.concatenate(([0], np.cumsum(lengths[direct], dtype=np.int64)))
     if int(starts[-1]) > len(buf):
@@ -454,9 +454,9 @@ def _leaf(buf: bytes, pos: int, sink: tuple[bytearray, bytes] | None = None) -> 
 def _interior(buf: bytes, pos: int, files: list[tuple[str, str]], parent: _Ref) -> list[_Ref]:
     n, pos = _varint(buf, pos)
     keys, subtree, pos = _keys(buf, pos, n, True)
-    ids, pos = _varints(buf, pos, n)
-    offsets, pos = _varints(buf, pos, n)
-    lengths, pos = _varints(buf, pos, n)
+    ids, pos = varints(buf, pos, n)
+    offsets, pos = varints(buf, pos, n)
+    lengths, pos = varints(buf, pos, n)
     out = []
     for key, common, fid, off, size in zip(keys, subtree.tolist(), ids.tolist(), offsets.tolist(), lengths.tolist()):
         if fid >= len(files) or common > len(key):
