@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..chunks import RawStore, stream_chunk
 from ..datatypes import Pair
 from ..dtypes import family
@@ -84,7 +86,37 @@ def block_shortcut(t: Task, w: PairWork, raw: list) -> LeafStats:
     done = compare_raw(w, raw, w.a.encoding)
     if done is not None:
         return settled(t, w, done)
+    values = values_from_raw(t, w, raw)
+    if values is not None:
+        return block_stats(values[0], values[1], w.policy, t.start, w.pair.a.shape, w.mem.tile)
     return block(t, w, (w.a.read(t.start, t.stop), w.b.read(t.start, t.stop)))
+
+
+def values_from_raw(t: Task, w: PairWork, raw: list) -> tuple[np.ndarray, np.ndarray] | None:
+    """Both sides' values of a one-chunk block from the stored bytes the shortcut already fetched,
+    where those bytes are the values themselves: uncompressed, C order, unsharded, no checksum, in
+    the leaf's dtype and native byte order (else None: tensorstore decodes, reading them again)."""
+    if len(raw) != 1:
+        return None
+    out = []
+    for side, fut in ((w.a, raw[0][0]), (w.b, raw[0][1])):
+        f = side.format
+        if f is None or f.compressor != "raw" or f.shard_index is not None or f.chunk_crc:
+            return None
+        dt = f.stored_dtype
+        if dt is None or not dt.isnative or dt.name != side.leaf.dtype:
+            return None
+        r = fut.result()
+        shape = f.read_chunk_shape
+        if r.state != "value" or f.chunk_shape != shape:
+            return None  # a missing chunk reads as the fill value (or an error): tensorstore knows which
+        value = r.value
+        if len(value) != math.prod(shape) * dt.itemsize:
+            return None  # not a whole chunk: let the decoder judge
+        chunk = np.frombuffer(value, dt).reshape(shape)
+        box = tuple(slice(s - s // c * c, e - s // c * c) for s, e, c in zip(t.start, t.stop, shape))
+        out.append(chunk[box] if box else chunk)
+    return out[0], out[1]
 
 
 def compare_raw(w: PairWork, raw: list, enc: Encoding) -> tuple[int, int] | None:
