@@ -60,10 +60,13 @@ def chunk_format(source: ArraySource) -> ChunkFormat:
 class RawStore:
     """Stored bytes of one array: an opened kvstore under the array's prefix, plus known sizes."""
 
-    def __init__(self, source: ArraySource, context: ts.Context, sizes: ArraySizes | None):
+    def __init__(
+        self, source: ArraySource, context: ts.Context, sizes: ArraySizes | None, kv: ts.KvStore | None = None
+    ):
         self.source = source
         self.format = chunk_format(source)
-        self.kv = ts.KvStore.open(source.spec["kvstore"], context=context).result()
+        # `kv`: the array's kvstore already open (an OCDBT item's held store under the array's path).
+        self.kv = kv if kv is not None else ts.KvStore.open(source.spec["kvstore"], context=context).result()
         self._sizes = sizes  # key -> stored size, or None when unknown
         self._local = _local_dir(source.spec["kvstore"])
         self._started: dict[tuple[int, ...], _Started] = {}  # chunks whose first reads are on their way
@@ -129,14 +132,34 @@ class RawStore:
                 return None
         return None
 
-    def read(self, key: str) -> Read:
-        return self.kv.read(key)
+    def stored(self, key: str) -> tuple[int | None, bytes | None]:
+        """(stored size or None when unknown, the value itself when the B-tree walk kept it inline)."""
+        if self._sizes is not None:
+            return self._sizes.value(key)
+        return self.size(key), None
+
+    def read(self, key: str, stored: tuple[int | None, bytes | None] | None = None) -> Read | Known:
+        """The stored value of `key` (`.result()` gives `.state` and `.value`): the inline value the
+        B-tree walk kept when there is one (`stored`: what `stored(key)` said), else a kvstore read."""
+        value = (self.stored(key) if stored is None else stored)[1]
+        return self.kv.read(key) if value is None else Known(value)
 
     def read_range(self, key: str, start: int, stop: int | None) -> bytes:
         r = self.kv.read(key, byte_range=slice(start, stop)).result()
         if r.state != "value":
             raise ValueError(f"chunk {key!r} is missing")
         return bytes(r.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """A stored value already in memory, answering like a finished kvstore read (`.result()`)."""
+
+    value: bytes
+    state: str = "value"
+
+    def result(self) -> Known:
+        return self
 
 
 #: Chunks per array whose first reads may wait for their task at once.
@@ -206,12 +229,16 @@ class ArraySizes:
     def get(self, key: str) -> int | None:
         return self.sizes.get(self.prefix + key)
 
+    def value(self, key: str) -> tuple[int | None, bytes | None]:
+        """(stored size, inline value when the walk kept it): ocdbt.KeySizes.value."""
+        return self.sizes.value(self.prefix + key)
+
 
 def _ocdbt_sizes(base: dict[str, Any], context: ts.Context) -> ocdbt.KeySizes | None:
-    """key -> stored value length, from one walk of the B-tree (every level)."""
+    """key -> stored value length (and inline value), from one walk of the B-tree (every level)."""
     try:
         kv = ts.KvStore.open(base, context=context).result()
-        return ocdbt.sizes(kv)
+        return ocdbt.sizes(kv, values=True)
     except Exception:  # noqa: BLE001 - sizes are an optimisation; without them we compare bytes
         return None
 

@@ -104,3 +104,40 @@ def test_with_trim_enabled_the_heap_is_trimmed_every_trim_every_tasks(many_leave
     monkeypatch.setattr(malloc, "trim_enabled", lambda: True)
     streamdiff.diff(str(many_leaves / "a"), str(many_leaves / "b"), shortcut=False)
     assert len(calls) == 30 // threads.TRIM_EVERY  # one task per leaf, one trim every TRIM_EVERY settled
+
+
+def test_leaves_planned_alike_in_one_ocdbt_item_keep_their_own_statistics(tmp_path):
+    # Every leaf has the same metadata document, so the engine plans the first and reuses the plan;
+    # chunk values are inline in the OCDBT B-tree and compared from the reader's walk.
+    tree = {f"l{k}": RNG.standard_normal((8, 4), dtype=np.float32) for k in range(12)}
+    other = dict(tree)
+    other["l3"] = tree["l3"] + np.float32(1)
+    other["l9"] = tree["l9"] * np.float32(3)
+    save(tmp_path / "a", tree)
+    save(tmp_path / "b", other)
+    r = streamdiff.diff(str(tmp_path / "a"), str(tmp_path / "b"))
+    got = {x.name: x for x in r.leaves}
+    assert sorted(k for k, x in got.items() if x.status == "different") == ["l3", "l9"]
+    assert all(x.status == "equal" for k, x in got.items() if k not in ("l3", "l9"))
+    for k in ("l3", "l9"):
+        want = np.abs(other[k].astype(np.float64) - tree[k].astype(np.float64)).max()
+        assert got[k].stats.max_abs_diff == pytest.approx(want, rel=1e-6)
+
+
+def test_uncompressed_chunks_that_differ_are_compared_from_the_bytes_the_shortcut_read_not_read_twice(tmp_path):
+    tree = {f"w{k}": RNG.standard_normal((64, 64), dtype=np.float32) for k in range(4)}
+    moved = {k: v + np.float32(0.5) for k, v in tree.items()}
+    for name, t in (("a", tree), ("same", tree), ("moved", moved)):
+        save(tmp_path / name, t, use_compression=False, use_ocdbt=False)
+    equal = streamdiff.diff(str(tmp_path / "a"), str(tmp_path / "same"))
+    differ = streamdiff.diff(str(tmp_path / "a"), str(tmp_path / "moved"))
+    assert all(x.status == "equal" for x in equal.leaves)
+    assert all(x.status == "different" for x in differ.leaves)
+    stored = 2 * sum(v.nbytes for v in tree.values())
+    assert equal.bytes_read >= stored
+    assert differ.bytes_read < 1.1 * equal.bytes_read  # was twice: read again to decode
+    for x in differ.leaves:
+        k = x.name
+        want = np.abs(moved[k].astype(np.float64) - tree[k].astype(np.float64))
+        assert x.stats.max_abs_diff == pytest.approx(want.max(), rel=1e-6)
+        assert x.stats.rms_diff == pytest.approx(np.sqrt((want**2).mean()), rel=1e-5)

@@ -3,6 +3,7 @@ every inline value asked for, every stored size, on trees of several levels writ
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import tensorstore as ts
 
@@ -66,3 +67,48 @@ def test_walk_refuses_databases_over_the_key_limit(tmp_path, monkeypatch):
         ocdbt.walk(base)
     monkeypatch.setattr(ocdbt, "MAX_WALK_KEYS", 20)
     assert len(ocdbt.walk(base)) == 20
+
+
+@pytest.mark.parametrize("node_bytes", [600, 1 << 22])
+def test_kept_inline_values_are_the_bytes_the_ocdbt_driver_reads_and_indirect_values_are_not_kept(tmp_path, node_bytes):
+    config = {"max_decoded_node_bytes": node_bytes, "max_inline_value_bytes": 50}
+    kv = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{tmp_path}/", "config": config}).result()
+    with ts.Transaction() as txn:
+        for i in range(300):
+            kv.with_transaction(txn)[f"a{i % 7}/c/{i}"] = bytes((i + j) % 256 for j in range(i % 120))
+    base = ts.KvStore.open(f"file://{tmp_path}/").result()
+    sizes = ocdbt.sizes(base, values=True)
+
+    truth = {k.decode(): bytes(kv.read(k).result().value) for k in kv.list().result()}
+    got = {k: sizes.value(k) for k in truth}
+    assert {k: n for k, (n, _) in got.items()} == {k: len(v) for k, v in truth.items()}
+    assert {k: v for k, (_, v) in got.items() if v is not None} == {k: v for k, v in truth.items() if len(v) <= 50}
+    assert sizes.value("a3/c/9999") == (None, None)
+    assert all(v is None for _, v in (ocdbt.sizes(base).value(k) for k in truth))  # not asked: none kept
+
+
+def test_kept_inline_values_stop_at_the_cap(tmp_path, monkeypatch):
+    kv = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{tmp_path}/"}).result()
+    with ts.Transaction() as txn:
+        for i in range(50):
+            kv.with_transaction(txn)[f"k{i:02d}"] = b"x" * 20
+    base = ts.KvStore.open(f"file://{tmp_path}/").result()
+    monkeypatch.setattr(ocdbt, "MAX_KEPT_VALUES", 999)
+    sizes = ocdbt.sizes(base, values=True)
+    assert [sizes.value(f"k{i:02d}") for i in (0, 49)] == [(20, None), (20, None)]  # one node of 1000 B: over
+
+
+def test_varint_columns_of_multi_byte_values_longer_than_one_search_piece_decode_exactly():
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 1 << 40, 200_000, dtype=np.uint64)
+    values[::3] = 5  # single-byte ones in between
+    out = bytearray(b"\x07")
+    for v in values.tolist():
+        while v >= 0x80:
+            out.append((v & 0x7F) | 0x80)
+            v >>= 7
+        out.append(v)
+    got, end = ocdbt.varints(bytes(out), 1, len(values))
+    assert end == len(out) and np.array_equal(got, values)
+    with pytest.raises(ValueError):
+        ocdbt.varints(bytes(out[:-1]), 1, len(values))

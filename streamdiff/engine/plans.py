@@ -35,6 +35,19 @@ class PairOutcome:
             return (0, 0)
         return (self.grid.cache_a, self.grid.cache_b)
 
+    def fresh(self) -> PairOutcome:
+        """The same plan for another pair: its own statistics and shortcut state (grids are frozen)."""
+        return PairOutcome(
+            LeafStats(),
+            self.grid,
+            self.rows,
+            self.error,
+            list(self.warnings),
+            self.shortcut,
+            0,
+            self.both_missing_equal,
+        )
+
     def absorb(self, stats: LeafStats | None, error: str | None) -> None:
         """Fold in one task's result (from a thread or a Dask worker); the first error sticks."""
         if error is not None:
@@ -58,7 +71,42 @@ def plan_pairs(
 ) -> dict[int, PairOutcome]:
     """The plan of every pair the engine reads (or of `only` those indices), by pair index."""
     indices = range(len(pairs)) if only is None else sorted(only)
-    return {i: plan_pair(pairs[i], policies[i], mem, shortcut) for i in indices if streams_values(pairs[i])}
+    memo: dict[tuple, PairOutcome] = {}
+    out = {}
+    for i in indices:
+        p = pairs[i]
+        if not streams_values(p):
+            continue
+        key = plan_key(p, policies[i])
+        if key is None:
+            out[i] = plan_pair(p, policies[i], mem, shortcut)
+            continue
+        known = memo.get(key)
+        if known is None:
+            known = memo[key] = plan_pair(p, policies[i], mem, shortcut)
+        out[i] = known.fresh()
+    return out
+
+
+def plan_key(p: Pair, policy: Policy) -> tuple | None:
+    """What `plan_pair` reads of a pair of stored arrays (no views): pairs with equal keys get equal
+    plans, so a tree of 100k leaves of a few shapes is planned a few times. Metadata documents are
+    shared by every leaf with the same one (formats/zarr_metadata.py) and live as long as the run's
+    leaves, so they are told apart by identity. None: plan the pair itself."""
+    a, b = p.a, p.b
+    if a.view is not None or b.view is not None or a.source is None or b.source is None:
+        return None
+    fills = tuple(x.source.spec.get("fill_missing_data_reads", True) for x in (a, b))
+    return (
+        id(a.source.metadata),
+        id(b.source.metadata),
+        a.shape,
+        b.shape,
+        a.dtype,
+        b.dtype,
+        fills,
+        policy.nan_equal,
+    )
 
 
 def cache_bytes(plans: Mapping[int, PairOutcome]) -> tuple[int, int]:

@@ -90,30 +90,33 @@ class OpenSide:
     def __init__(
         self, side: Side, context: ts.Context, sizes: ItemSizes, items: ItemStores, cache: ts.Context | None = None
     ):
-        items.hold(side.leaf, context)
+        self._item = items.hold(side.leaf, context)
         self.side = side
         self.leaf = side.leaf
         self.format = side.format
         self.context = context
         self._sizes = sizes
+        self._items = items
         self._raw: RawStore | None = None
         self._lock = threading.Lock()
         self.encoding: Encoding | None = encoding_of(self.leaf.source, self.leaf.dtype) if side.stored else None
         for base in stored_bases(self.leaf):
             audit_chunk_files(base.source, encoding_of(base.source, base.dtype))
-        opened = context if cache is None else cache
-        if side.stored:
-            self._future = ts.open(self.leaf.source.spec, context=opened, read=True, assume_metadata=True)
-            self._store: ts.TensorStore | None = None
-        else:
-            self._future = None
-            self._store = view_of(self.leaf).open(opened)
+        self._opened = context if cache is None else cache
+        self._store: ts.TensorStore | None = None
 
     @property
     def store(self) -> ts.TensorStore:
-        if self._store is None:
-            self._store = self._future.result()
-        return self._store
+        """The tensorstore, opened at first use: a pair settled from its stored bytes (the
+        equal-bytes shortcut) never opens one."""
+        with self._lock:
+            if self._store is None:
+                if self.side.stored:
+                    spec = self.leaf.source.spec
+                    self._store = ts.open(spec, context=self._opened, read=True, assume_metadata=True).result()
+                else:
+                    self._store = view_of(self.leaf).open(self._opened)
+            return self._store
 
     def read(self, start: tuple[int, ...], stop: tuple[int, ...]) -> ts.Future:
         box = tuple(slice(s, e) for s, e in zip(start, stop))
@@ -124,7 +127,8 @@ class OpenSide:
         with self._lock:
             if self._raw is None:
                 sizes = self._sizes.for_source(self.leaf.source, self.context)
-                self._raw = RawStore(self.leaf.source, self.context, sizes)
+                kv = self._items.kvstore(self.leaf, self._item)
+                self._raw = RawStore(self.leaf.source, self.context, sizes, kv)
             return self._raw
 
     @property
@@ -157,22 +161,51 @@ class SideContexts:
 class ItemStores:
     """One open kvstore per OCDBT item for a whole run. tensorstore drops an OCDBT driver, and the
     manifest and B-tree nodes it cached, when its last handle goes: with stores opened per pair,
-    every pair would read them again. Held per item, not per leaf."""
+    every pair would read them again. Held per item, not per leaf; a leaf's stored bytes are read
+    through its item's store under the leaf's path (`kvstore`), so no kvstore is opened per leaf."""
 
     def __init__(self) -> None:
         self._held: dict[tuple[int, str], ts.KvStore] = {}
+        #: id of an item's spec without its path -> (that spec, its JSON): readers share one base
+        #: spec per item, so an item is spelled once, not once per leaf.
+        self._spelled: dict[tuple[int, str], tuple[dict, str]] = {}  # (the item's spec, its JSON)
         self._lock = threading.Lock()
 
-    def hold(self, leaf: Leaf, context: ts.Context) -> None:
+    def _item(self, kv: dict, context: ts.Context) -> ts.KvStore:
+        """The held store of the OCDBT item `kv` (a leaf's kvstore spec) names, opened at first use."""
+        rest = tuple((k, v) for k, v in sorted(kv.items()) if k not in ("path", "base"))
+        at = (id(kv["base"]), repr(rest))
+        with self._lock:
+            known = self._spelled.get(at)
+            if known is None:
+                item = {k: v for k, v in kv.items() if k != "path"}
+                known = self._spelled[at] = (item, json.dumps(item, sort_keys=True))
+            key = (id(context), known[1])
+            store = self._held.get(key)
+            if store is None:
+                store = self._held[key] = ts.KvStore.open(known[0], context=context).result()
+            return store
+
+    def hold(self, leaf: Leaf, context: ts.Context) -> ts.KvStore | None:
+        """Holds the item of every stored leaf `leaf` reads; returns the item store of `leaf` itself
+        when it is a stored leaf in an OCDBT item (for `kvstore`), else None."""
+        own = None
         for base in stored_bases(leaf):
             kv = base.source.spec["kvstore"]
-            if kv.get("driver") != "ocdbt":
-                continue
-            item = {k: v for k, v in kv.items() if k != "path"}
-            key = (id(context), json.dumps(item, sort_keys=True))
-            with self._lock:
-                if key not in self._held:
-                    self._held[key] = ts.KvStore.open(item, context=context).result()
+            if kv.get("driver") == "ocdbt":
+                store = self._item(kv, context)
+                if base is leaf:
+                    own = store
+        return own
+
+    @staticmethod
+    def kvstore(leaf: Leaf, item: ts.KvStore | None) -> ts.KvStore | None:
+        """The stored leaf's kvstore as its item's held store (`hold`'s answer) under the leaf's
+        path; None when the leaf is not in an OCDBT item (its own kvstore is opened then)."""
+        if item is None:
+            return None
+        path = leaf.source.spec["kvstore"].get("path", "")
+        return item / path if path else item
 
 
 def same_fill(a: Leaf, b: Leaf) -> bool:

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..chunks import RawStore, stream_chunk
 from ..datatypes import Pair
 from ..encoding import Encoding, plausible, plausible_ends
@@ -62,11 +64,10 @@ def start_task(t: Task, w: PairWork) -> Callable[[], LeafStats]:
 def start_raw_reads(ra: RawStore, rb: RawStore, keys: list[tuple[str, str]]) -> list | None:
     """Stored-byte reads of the block's chunks, (key on A, key on B) each, issued now like decode
     reads; None when known sizes already differ (different bytes: decode without reading twice)."""
-    for ka, kb in keys:
-        x, y = ra.size(ka), rb.size(kb)
-        if x is not None and y is not None and x != y:
-            return None
-    return [(ra.read(ka), rb.read(kb), ra.size(ka) is not None) for ka, kb in keys]
+    found = [(ra.stored(ka), rb.stored(kb)) for ka, kb in keys]  # (size, inline value) per side
+    if any(x[0] is not None and y[0] is not None and x[0] != y[0] for x, y in found):
+        return None
+    return [(ra.read(ka, x), rb.read(kb, y), x[0] is not None) for (ka, kb), (x, y) in zip(keys, found)]
 
 
 def chunk_keys(side: OpenSide, t: Task) -> list[str]:
@@ -85,7 +86,37 @@ def block_shortcut(t: Task, w: PairWork, raw: list) -> LeafStats:
     done = compare_raw(w, raw, w.a.encoding)
     if done is not None:
         return settled(t, w, done)
+    values = values_from_raw(t, w, raw)
+    if values is not None:
+        return block_stats(values[0], values[1], w.policy, t.start, w.pair.a.shape, w.mem.tile)
     return block(t, w, (w.a.read(t.start, t.stop), w.b.read(t.start, t.stop)))
+
+
+def values_from_raw(t: Task, w: PairWork, raw: list) -> tuple[np.ndarray, np.ndarray] | None:
+    """Both sides' values of a one-chunk block from the stored bytes the shortcut already fetched,
+    where those bytes are the values themselves: uncompressed, C order, unsharded, no checksum, in
+    the leaf's dtype and native byte order (else None: tensorstore decodes, reading them again)."""
+    if len(raw) != 1:
+        return None
+    out = []
+    for side, fut in ((w.a, raw[0][0]), (w.b, raw[0][1])):
+        f = side.format
+        if f is None or f.compressor != "raw" or f.shard_index is not None or f.chunk_crc:
+            return None
+        dt = f.stored_dtype
+        if dt is None or not dt.isnative or dt.name != side.leaf.dtype:
+            return None
+        r = fut.result()
+        shape = f.read_chunk_shape
+        if r.state != "value" or f.chunk_shape != shape:
+            return None  # a missing chunk reads as the fill value (or an error): tensorstore knows which
+        value = r.value
+        if len(value) != math.prod(shape) * dt.itemsize:
+            return None  # not a whole chunk: let the decoder judge
+        chunk = np.frombuffer(value, dt).reshape(shape)
+        box = tuple(slice(s - s // c * c, e - s // c * c) for s, e, c in zip(t.start, t.stop, shape))
+        out.append(chunk[box] if box else chunk)
+    return out[0], out[1]
 
 
 def compare_raw(w: PairWork, raw: list, enc: Encoding) -> tuple[int, int] | None:

@@ -20,6 +20,7 @@ transitive path growing by the base path at each level.
 
 from __future__ import annotations
 
+import bisect
 import struct
 import zlib
 from collections.abc import Iterator
@@ -85,8 +86,15 @@ class KeySizes:
     offsets and sizes (a dict of a million chunk keys would hold ~150 MB for the whole run), and
     the keys' CRC-32s sorted for lookups, each confirmed against the key itself."""
 
-    def __init__(self, keys: bytes, ends: np.ndarray, sizes: np.ndarray):
+    def __init__(
+        self, keys: bytes, ends: np.ndarray, sizes: np.ndarray, values: bytes = b"", value_at: np.ndarray | None = None
+    ):
         self._keys = keys
+        #: Inline values kept (see `index(values=True)`): key i's bytes are values[value_at[i]:][:sizes[i]]
+        #: when value_at[i] >= 0. Reading them here spares a B-tree lookup per chunk through the ocdbt
+        #: driver, which costs more the bigger the leaf node (a node holds up to a million keys).
+        self._values = values
+        self._value_at = None if value_at is None else value_at.astype(np.int64 if len(values) >= 1 << 31 else np.int32)
         self._ends = ends.astype(np.int64 if len(keys) >= 1 << 31 else np.int32)  # key i is keys[ends[i-1]:ends[i]]
         self._sizes = sizes.astype(np.int64 if len(sizes) and int(sizes.max()) >= 1 << 31 else np.int32)
         # crc32, not hash(): the same in every process (a Dask worker may get these pickled).
@@ -113,16 +121,34 @@ class KeySizes:
     def _key(self, i: int) -> bytes:
         return self._keys[(int(self._ends[i - 1]) if i else 0) : int(self._ends[i])]
 
-    def get(self, key: str) -> int | None:
+    def _find(self, key: str) -> int:
+        """The index of `key`, or -1."""
         raw = key.encode()
         h = zlib.crc32(raw)
-        at = int(np.searchsorted(self._hashes, h))
-        while at < len(self._hashes) and self._hashes[at] == h:
-            i = int(self._order[at])
-            if self._key(i) == raw:
-                return int(self._sizes[i])
+        # memoryviews: Python ints per probe, without numpy's per-call overhead on a single value.
+        hashes, order, ends = self._hashes.data, self._order.data, self._ends.data
+        at = bisect.bisect_left(hashes, h)
+        while at < len(hashes) and hashes[at] == h:
+            i = order[at]
+            if self._keys[(ends[i - 1] if i else 0) : ends[i]] == raw:
+                return i
             at += 1
-        return None
+        return -1
+
+    def get(self, key: str) -> int | None:
+        i = self._find(key)
+        return None if i < 0 else int(self._sizes[i])
+
+    def value(self, key: str) -> tuple[int | None, bytes | None]:
+        """(stored size or None when the key is not here, its inline value when kept, else None)."""
+        i = self._find(key)
+        if i < 0:
+            return None, None
+        size = int(self._sizes[i])
+        if self._value_at is None or self._value_at[i] < 0:
+            return size, None
+        at = int(self._value_at[i])
+        return size, self._values[at : at + size]
 
     def items(self, prefix: str = "") -> Iterator[tuple[str, int]]:
         """(key, size) of the keys starting with `prefix`, in key order."""
@@ -141,18 +167,29 @@ class KeySizes:
             yield k.decode(), int(self._sizes[i])
 
 
-def sizes(base: ts.KvStore) -> KeySizes:
-    """`KeySizes` of the database on `base`, without an object per key beyond one node at a time."""
-    return index(base)[1]
+#: Inline values `sizes(values=True)` keeps at most, over all nodes (orbax inlines values of up to
+#: a few hundred bytes: a million chunk keys keep about 13 MB).
+MAX_KEPT_VALUES = 128 << 20
 
 
-def index(base: ts.KvStore, keep_inline: frozenset[str] = frozenset()) -> tuple[dict[str, bytes], KeySizes]:
+def sizes(base: ts.KvStore, values: bool = False) -> KeySizes:
+    """`KeySizes` of the database on `base`, without an object per key beyond one node at a time;
+    with `values`, also the inline values (up to MAX_KEPT_VALUES bytes in all)."""
+    return index(base, values=values)[1]
+
+
+def index(
+    base: ts.KvStore, keep_inline: frozenset[str] = frozenset(), values: bool = False
+) -> tuple[dict[str, bytes], KeySizes]:
     """(inline value of every key whose last path component is in `keep_inline`, `KeySizes` of every
-    key): `walk` without an object per key, for databases of a million chunk keys."""
+    key): `walk` without an object per key, for databases of a million chunk keys. With `values`,
+    the `KeySizes` keeps every inline value too, in one buffer (see `KeySizes.value`)."""
     kept: dict[str, bytes] = {}
     blob = bytearray()
     ends: list[np.ndarray] = []
     lengths: list[np.ndarray] = []
+    store = bytearray()  # inline values kept, node after node
+    value_at: list[np.ndarray] = []
     ordered = True
     wanted = tuple(("/" + name).encode() for name in keep_inline)
     bare = {len(name.encode()) for name in keep_inline}  # a key that is the name itself (a root array)
@@ -177,17 +214,38 @@ def index(base: ts.KvStore, keep_inline: frozenset[str] = frozenset()) -> tuple[
                     begin = end
         ends.append(node_ends)
         lengths.append(node_lengths.astype(np.int64))
+        if values:
+            value_at.append(_keep_values(store, starts, node_lengths, body))
     all_ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
     all_sizes = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    all_at = (np.concatenate(value_at) if value_at else np.zeros(0, np.int64)) if values else None
     if not ordered:  # nodes came out of key order: sort once
         starts = np.concatenate(([0], all_ends[:-1])) if len(all_ends) else all_ends
         keys = [bytes(blob[s:e]) for s, e in zip(starts.tolist(), all_ends.tolist())]
         order = sorted(range(len(keys)), key=keys.__getitem__)
         keys = [keys[i] for i in order]
         all_sizes = all_sizes[order]
+        if all_at is not None:
+            all_at = all_at[order]
         all_ends = np.cumsum([len(k) for k in keys], dtype=np.int64)
         blob = bytearray(b"".join(keys))
-    return kept, KeySizes(bytes(blob), all_ends, all_sizes)
+    return kept, KeySizes(bytes(blob), all_ends, all_sizes, bytes(store), all_at)
+
+
+def _keep_values(store: bytearray, starts: np.ndarray, lengths: np.ndarray, body: bytes) -> np.ndarray:
+    """Appends a leaf node's inline values to `store` (one slice: they lie back to back in the node)
+    and returns each key's offset in `store`, -1 where not inline or over MAX_KEPT_VALUES."""
+    at = np.full(len(starts), -1, np.int64)
+    inline = starts >= 0
+    if not inline.any():
+        return at
+    first = int(starts[inline][0])
+    last = int(starts[inline][-1]) + int(lengths[inline][-1])
+    if len(store) + last - first > MAX_KEPT_VALUES:
+        return at
+    at[inline] = starts[inline] - first + len(store)
+    store += body[first:last]
+    return at
 
 
 @overload
@@ -251,20 +309,34 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _varints(buf: bytes, pos: int, n: int) -> tuple[np.ndarray, int]:
+def varints(buf: bytes, pos: int, n: int) -> tuple[np.ndarray, int]:
     """`n` consecutive varints from `pos`, as uint64, and the position after them."""
     if n == 0:
         return np.zeros(0, np.uint64), pos
     window = np.frombuffer(buf, np.uint8, count=min(len(buf) - pos, 10 * n), offset=pos)
-    ends = np.flatnonzero(window < 0x80)[:n]
-    if len(ends) < n:
-        raise ValueError("truncated varint column")
+    ends = _terminators(window, n)
     starts = np.empty(n, np.int64)
     starts[0] = 0
     starts[1:] = ends[:-1] + 1
     widths = ends - starts + 1
     values = window[ends].astype(np.uint64) if widths.max() == 1 else _multi_byte(window, starts, widths)
     return values, pos + int(ends[-1]) + 1
+
+
+def _terminators(window: np.ndarray, n: int) -> np.ndarray:
+    """Offsets of the first `n` bytes below 0x80 (each ends a varint) in `window`, looked for a
+    piece at a time: indices of every such byte of a window of 10n bytes would take 80n bytes."""
+    found: list[np.ndarray] = []
+    got = off = 0
+    while got < n and off < len(window):
+        piece = window[off : off + max(n - got, 1 << 16)]
+        hits = np.flatnonzero(piece < 0x80)[: n - got]
+        found.append(hits + off)
+        got += len(hits)
+        off += len(piece)
+    if got < n:
+        raise ValueError("truncated varint column")
+    return found[0] if len(found) == 1 else np.concatenate(found)
 
 
 def _multi_byte(window: np.ndarray, starts: np.ndarray, widths: np.ndarray) -> np.ndarray:
@@ -313,9 +385,9 @@ def _unzstd(data: bytes) -> bytes:
 def _data_files(buf: bytes, pos: int) -> tuple[list[tuple[str, str]], int]:
     """The node's data file table: (base path, relative path) per file."""
     n, pos = _varint(buf, pos)
-    prefix, pos = _varints(buf, pos, max(n - 1, 0))
-    suffix, pos = _varints(buf, pos, n)
-    base, pos = _varints(buf, pos, n)
+    prefix, pos = varints(buf, pos, max(n - 1, 0))
+    suffix, pos = varints(buf, pos, n)
+    base, pos = varints(buf, pos, n)
     out: list[tuple[str, str]] = []
     prev = b""
     for i in range(n):
@@ -348,11 +420,11 @@ def _keys(
     """The prefix-compressed relative keys of a node (and, for interior nodes, each subtree's common
     prefix length). With `sink` (a buffer, a key prefix), each full key is appended to the buffer
     and its end offset returned in place of the key, so a node of a million keys makes no object per key."""
-    shared, pos = _varints(buf, pos, max(n - 1, 0))
-    suffix, pos = _varints(buf, pos, n)
+    shared, pos = varints(buf, pos, max(n - 1, 0))
+    suffix, pos = varints(buf, pos, n)
     subtree = None
     if common:
-        subtree, pos = _varints(buf, pos, n)
+        subtree, pos = varints(buf, pos, n)
     ends = pos + np.cumsum(suffix, dtype=np.int64)
     if n and int(ends[-1]) > len(buf):
         raise ValueError("truncated keys")
@@ -402,13 +474,13 @@ def _leaf(
     with `sink`, key end offsets in the sink's buffer in place of keys (see `_keys`)."""
     n, pos = _varint(buf, pos)
     keys, _, pos = _keys(buf, pos, n, False, sink)
-    lengths, pos = _varints(buf, pos, n)
-    kinds, pos = _varints(buf, pos, n)
+    lengths, pos = varints(buf, pos, n)
+    kinds, pos = varints(buf, pos, n)
     if n and int(kinds.max()) > 1:
         raise ValueError("unknown value kind")
     indirect = int(kinds.sum())
-    _, pos = _varints(buf, pos, indirect)  # data file ids
-    _, pos = _varints(buf, pos, indirect)  # offsets
+    _, pos = varints(buf, pos, indirect)  # data file ids
+    _, pos = varints(buf, pos, indirect)  # offsets
     direct = kinds == 0
     starts = pos + np.concatenate(([0], np.cumsum(lengths[direct], dtype=np.int64)))
     if int(starts[-1]) > len(buf):
@@ -423,9 +495,9 @@ def _interior(buf: bytes, pos: int, files: list[tuple[str, str]], parent: _Ref) 
     keys, subtree, pos = _keys(buf, pos, n, True)
     if subtree is None:  # `_keys` reads the subtree column whenever `common` is set
         raise ValueError("interior node without subtree prefix lengths")
-    ids, pos = _varints(buf, pos, n)
-    offsets, pos = _varints(buf, pos, n)
-    lengths, pos = _varints(buf, pos, n)
+    ids, pos = varints(buf, pos, n)
+    offsets, pos = varints(buf, pos, n)
+    lengths, pos = varints(buf, pos, n)
     out = []
     for key, common, fid, off, size in zip(keys, subtree.tolist(), ids.tolist(), offsets.tolist(), lengths.tolist()):
         if fid >= len(files) or common > len(key):
