@@ -12,13 +12,14 @@ import json
 import math
 import struct
 import threading
+from typing import Any
 
 import numpy as np
 import tensorstore as ts
 import zstandard
 
 from ..chunks import ChunkFormat, ItemSizes, RawStore, chunk_format
-from ..datatypes import Leaf
+from ..datatypes import ArraySource, Leaf, format_path
 from ..encoding import Encoding, audit_chunk_files, encoding_of
 from ..errors import StreamdiffError
 from ..mapping.views import view_of
@@ -50,8 +51,24 @@ class Side:
 
     def __init__(self, leaf: Leaf):
         self.leaf = leaf
-        self.stored = leaf.view is None and leaf.source is not None
-        self.format: ChunkFormat | None = chunk_format(leaf.source) if self.stored else None
+        #: The stored array this side reads directly; None for views and in-memory values.
+        self.source: ArraySource | None = leaf.source if leaf.view is None else None
+        self.stored = self.source is not None
+        self.format: ChunkFormat | None = chunk_format(self.source) if self.source is not None else None
+
+    @property
+    def stored_source(self) -> ArraySource:
+        """The stored array, for the code paths that only run on stored sides (shortcut, streaming)."""
+        if self.source is None:
+            raise ValueError(f"{format_path(self.leaf.path)}: not a stored array (a view or a value)")
+        return self.source
+
+    @property
+    def stored_format(self) -> ChunkFormat:
+        """The stored chunk format, for the code paths that only run on stored sides."""
+        if self.format is None:
+            raise ValueError(f"{format_path(self.leaf.path)}: not a stored array (a view or a value)")
+        return self.format
 
     @property
     def chunks(self) -> tuple[int, ...] | None:
@@ -68,17 +85,23 @@ class Side:
         cannot stream, or any chunk behind a view (views are read through tensorstore only)."""
         if self.leaf.view is not None:
             bases = stored_bases(self.leaf)
-            return max((math.prod(b.source.read_chunk_shape) * itemsize(b) for b in bases), default=0)
+            return max((math.prod(source_of(b).read_chunk_shape) * itemsize(b) for b in bases), default=0)
         return self.chunk_bytes() if big and not self.streamable else 0
 
     def row_bytes(self) -> int:
         """Decoded bytes of one row (first-axis index) of a chunk: what streaming holds at least."""
-        return math.prod(self.chunks[1:]) * itemsize(self.leaf)
+        return math.prod(self.known_chunks()[1:]) * itemsize(self.leaf)
 
     def chunk_bytes(self) -> int:
         if self.leaf.source is None:
             return 0  # in-memory values and views: never stream-decoded from stored bytes
-        return math.prod(self.chunks) * itemsize(self.leaf)
+        return math.prod(self.known_chunks()) * itemsize(self.leaf)
+
+    def known_chunks(self) -> tuple[int, ...]:
+        chunks = self.chunks
+        if chunks is None:
+            raise ValueError(f"{format_path(self.leaf.path)}: no chunk shape in its metadata")
+        return chunks
 
 
 class OpenSide:
@@ -99,9 +122,9 @@ class OpenSide:
         self._items = items
         self._raw: RawStore | None = None
         self._lock = threading.Lock()
-        self.encoding: Encoding | None = encoding_of(self.leaf.source, self.leaf.dtype) if side.stored else None
+        self.encoding: Encoding | None = None if side.source is None else encoding_of(side.source, dtype_of(self.leaf))
         for base in stored_bases(self.leaf):
-            audit_chunk_files(base.source, encoding_of(base.source, base.dtype))
+            audit_chunk_files(source_of(base), encoding_of(source_of(base), dtype_of(base)))
         self._opened = context if cache is None else cache
         self._store: ts.TensorStore | None = None
 
@@ -111,14 +134,25 @@ class OpenSide:
         equal-bytes shortcut) never opens one."""
         with self._lock:
             if self._store is None:
-                if self.side.stored:
-                    spec = self.leaf.source.spec
+                if self.side.source is not None:
+                    spec = self.side.source.spec
                     self._store = ts.open(spec, context=self._opened, read=True, assume_metadata=True).result()
                 else:
                     self._store = view_of(self.leaf).open(self._opened)
             return self._store
 
-    def read(self, start: tuple[int, ...], stop: tuple[int, ...]) -> ts.Future:
+    @property
+    def stored_format(self) -> ChunkFormat:
+        return self.side.stored_format
+
+    @property
+    def stored_encoding(self) -> Encoding:
+        """The stored encoding, for the code paths that only run on stored sides (the shortcut)."""
+        if self.encoding is None:
+            raise ValueError(f"{format_path(self.leaf.path)}: not a stored array (a view or a value)")
+        return self.encoding
+
+    def read(self, start: tuple[int, ...], stop: tuple[int, ...]) -> ts.Future[np.ndarray]:
         box = tuple(slice(s, e) for s, e in zip(start, stop))
         return self.store[box].read() if box else self.store.read()
 
@@ -126,16 +160,17 @@ class OpenSide:
     def raw(self) -> RawStore:
         with self._lock:
             if self._raw is None:
-                sizes = self._sizes.for_source(self.leaf.source, self.context)
+                source = self.side.stored_source
+                sizes = self._sizes.for_source(source, self.context)
                 kv = self._items.kvstore(self.leaf, self._item)
-                self._raw = RawStore(self.leaf.source, self.context, sizes, kv)
+                self._raw = RawStore(source, self.context, sizes, kv)
             return self._raw
 
     @property
     def fill(self) -> np.ndarray | None:
         """What a chunk that is not stored holds: the fill value where the store's writer skips
         fill-valued chunks (plain zarr / n5), None where a missing chunk is lost data (Orbax)."""
-        if not self.leaf.source.spec.get("fill_missing_data_reads", True):
+        if not self.side.stored_source.spec.get("fill_missing_data_reads", True):
             return None
         value = self.store.fill_value
         return np.zeros((), self.leaf.dtype) if value is None else np.asarray(value)
@@ -168,10 +203,10 @@ class ItemStores:
         self._held: dict[tuple[int, str], ts.KvStore] = {}
         #: id of an item's spec without its path -> (that spec, its JSON): readers share one base
         #: spec per item, so an item is spelled once, not once per leaf.
-        self._spelled: dict[tuple[int, str], tuple[dict, str]] = {}  # (the item's spec, its JSON)
+        self._spelled: dict[tuple[int, str], tuple[dict[str, Any], str]] = {}  # (the item's spec, its JSON)
         self._lock = threading.Lock()
 
-    def _item(self, kv: dict, context: ts.Context) -> ts.KvStore:
+    def _item(self, kv: dict[str, Any], context: ts.Context) -> ts.KvStore:
         """The held store of the OCDBT item `kv` (a leaf's kvstore spec) names, opened at first use."""
         rest = tuple((k, v) for k, v in sorted(kv.items()) if k not in ("path", "base"))
         at = (id(kv["base"]), repr(rest))
@@ -191,7 +226,7 @@ class ItemStores:
         when it is a stored leaf in an OCDBT item (for `kvstore`), else None."""
         own = None
         for base in stored_bases(leaf):
-            kv = base.source.spec["kvstore"]
+            kv = source_of(base).spec["kvstore"]
             if kv.get("driver") == "ocdbt":
                 store = self._item(kv, context)
                 if base is leaf:
@@ -204,14 +239,14 @@ class ItemStores:
         path; None when the leaf is not in an OCDBT item (its own kvstore is opened then)."""
         if item is None:
             return None
-        path = leaf.source.spec["kvstore"].get("path", "")
+        path = source_of(leaf).spec["kvstore"].get("path", "")
         return item / path if path else item
 
 
 def same_fill(a: Leaf, b: Leaf) -> bool:
     """Both stores read a chunk they do not hold as their fill value, and it is the same value
     (same dtype: the caller checked). Orbax sources refuse missing chunks: never equal."""
-    sa, sb = a.source.spec, b.source.spec
+    sa, sb = source_of(a).spec, source_of(b).spec
     if not (sa.get("fill_missing_data_reads", True) and sb.get("fill_missing_data_reads", True)):
         return False
     fa, fb = sa["metadata"].get("fill_value"), sb["metadata"].get("fill_value")
@@ -229,6 +264,20 @@ def stored_bases(leaf: Leaf) -> list[Leaf]:
             out.append(v.leaf)
         stack.extend(v.children)
     return out
+
+
+def source_of(leaf: Leaf) -> ArraySource:
+    """The stored array of a leaf the caller knows is stored (a base of `stored_bases`, a planned pair)."""
+    if leaf.source is None:
+        raise ValueError(f"{format_path(leaf.path)}: no stored array")
+    return leaf.source
+
+
+def dtype_of(leaf: Leaf) -> str:
+    """The dtype of a leaf whose values are read (arrays always have one in their metadata)."""
+    if leaf.dtype is None:
+        raise ValueError(f"{format_path(leaf.path)}: no dtype in its metadata")
+    return leaf.dtype
 
 
 def itemsize(leaf: Leaf) -> int:
