@@ -313,8 +313,8 @@ class RowsPlan:
 
 def rows_plan(
     shape: tuple[int, ...],
-    chunks_a: tuple[int, ...],
-    chunks_b: tuple[int, ...],
+    chunks_a: tuple[int, ...] | None,
+    chunks_b: tuple[int, ...] | None,
     big_a: bool,
     big_b: bool,
     bytes_per_element: int,
@@ -325,10 +325,12 @@ def rows_plan(
     Both sides stream in lockstep when their chunk shapes match; otherwise the big side streams and
     the other is read box by box (its chunks decoded once per slab that touches them: amplification).
     """
-    walk = chunks_a if big_a else chunks_b
+    big = chunks_a if big_a else chunks_b
+    if big is None:  # a chunk over the budget has a chunk shape: the side read box by box may not
+        raise ValueError("the side over the block budget has no chunk shape")
     stream_a = big_a
-    stream_b = big_b and (not big_a or tuple(chunks_a) == tuple(chunks_b))
-    walk = tuple(min(c, n) for c, n in zip(walk, shape))
+    stream_b = big_b and (not big_a or tuple(chunks_a or ()) == tuple(chunks_b or ()))
+    walk = tuple(min(c, n) for c, n in zip(big, shape))
     row_elems = math.prod(walk[1:]) if len(walk) > 1 else 1
     slab_rows = max(1, min(walk[0], max_block_bytes // max(1, row_elems * bytes_per_element)))
     grid = BlockGrid(
@@ -447,8 +449,8 @@ def pair_grid(
 
 def pair_rows(
     shape: tuple[int, ...],
-    chunks_a: tuple[int, ...],
-    chunks_b: tuple[int, ...],
+    chunks_a: tuple[int, ...] | None,
+    chunks_b: tuple[int, ...] | None,
     big_a: bool,
     big_b: bool,
     itemsizes: tuple[int, int],

@@ -280,6 +280,13 @@ def dtype_of(leaf: Leaf) -> str:
     return leaf.dtype
 
 
+def shape_of(leaf: Leaf) -> tuple[int, ...]:
+    """The shape of a leaf whose values are read (arrays always have one in their metadata)."""
+    if leaf.shape is None:
+        raise ValueError(f"{format_path(leaf.path)}: no shape in its metadata")
+    return leaf.shape
+
+
 def itemsize(leaf: Leaf) -> int:
     return np.dtype(leaf.dtype).itemsize
 
