@@ -40,14 +40,15 @@ def tasks(
 def pair_tasks(i: int, p: Pair, o: PairOutcome, mem: MemoryPlan, sample: Sample | None = None) -> Iterator[Task]:
     """The tasks of one pair, in C order of its blocks (reads walk the chunks in key order); with a
     `sample`, only the blocks it picks (the same in every process: a Dask worker re-derives them)."""
-    bpe = itemsize(p.a) + itemsize(p.b)
-    picks = sample.picks(o.grid.count, format_path(p.path)) if sample is not None else None
+    a, b = p.both()
+    grid = o.planned_grid
+    bpe = itemsize(a) + itemsize(b)
+    picks = sample.picks(grid.count, format_path(p.path)) if sample is not None else None
     if o.rows is None:
-        for start, stop in o.grid.boxes(picks):
+        for start, stop in grid.boxes(picks):
             n = math.prod(e - s for s, e in zip(start, stop)) * bpe
-            yield Task(i, start, stop, max(n, o.grid.hold), n)
+            yield Task(i, start, stop, max(n, grid.hold), n)
         return
-    grid = o.grid
-    hold = max(grid.hold, rows_hold(o.rows, bpe, mem, prefetch_depth(p.a)))
+    hold = max(grid.hold, rows_hold(o.rows, bpe, mem, prefetch_depth(a)))
     for idx, start, stop in grid.cells(picks):
         yield Task(i, start, stop, hold, math.prod(e - s for s, e in zip(start, stop)) * bpe, idx)

@@ -18,7 +18,7 @@ from .. import malloc
 from ..chunks import ItemSizes
 from ..datatypes import Pair
 from ..plan import MemoryPlan, Sample
-from ..stats import Policy
+from ..stats import LeafStats, Policy
 from .plans import PairOutcome, cache_bytes, plan_pairs
 from .sides import STORAGE_ERRORS, ItemStores, OpenSide, Side, SideContexts, one_line
 from .tasks import Task, tasks
@@ -49,11 +49,11 @@ class FreshOpener:
         self.items = ItemStores()
 
     def open(self, i: int, outcome: PairOutcome) -> tuple[OpenSide, OpenSide]:
-        p = self.pairs[i]
+        a, b = self.pairs[i].both()
         (ca, cache_a), (cb, cache_b) = self.contexts.for_pair(outcome.cache_wants)
         return (
-            OpenSide(Side(p.a), ca, self.sizes, self.items, cache_a),
-            OpenSide(Side(p.b), cb, self.sizes, self.items, cache_b),
+            OpenSide(Side(a), ca, self.sizes, self.items, cache_a),
+            OpenSide(Side(b), cb, self.sizes, self.items, cache_b),
         )
 
     def release(self, i: int) -> None:
@@ -106,7 +106,7 @@ class ThreadRun:
 
     def execute(self, todo: Iterable[Task]) -> None:
         """Run `todo` with bounded bytes in flight; merge each result into its pair's outcome."""
-        pending: dict[Future, Task] = {}
+        pending: dict[Future[LeafStats], Task] = {}
         held = 0
         with ThreadPoolExecutor(max_workers=self.mem.jobs, thread_name_prefix="streamdiff") as pool:
             for t in todo:
@@ -120,11 +120,11 @@ class ThreadRun:
                         d = pending.pop(fut)
                         held -= d.nbytes
                         self._settle(fut, d)
-                fut = self._submit(pool, t)
-                if fut is None:
+                submitted = self._submit(pool, t)
+                if submitted is None:
                     self._advance(t)
                     continue
-                pending[fut] = t
+                pending[submitted] = t
                 held += t.nbytes
             self._enter(None)
             for fut in list(pending):
@@ -139,7 +139,7 @@ class ThreadRun:
             if before is not None and not self.pending_of.get(before):
                 self._drop(before)
 
-    def _submit(self, pool: ThreadPoolExecutor, t: Task) -> Future | None:
+    def _submit(self, pool: ThreadPoolExecutor, t: Task) -> Future[LeafStats] | None:
         """Open the pair at its first task, issue the task's reads, hand the rest to the pool. A
         storage failure marks the pair (its later tasks are skipped); None when nothing was submitted."""
         i = t.pair_index
@@ -155,7 +155,7 @@ class ThreadRun:
         self.pending_of[i] = self.pending_of.get(i, 0) + 1
         return pool.submit(rest)
 
-    def _settle(self, fut: Future, t: Task) -> None:
+    def _settle(self, fut: Future[LeafStats], t: Task) -> None:
         i = t.pair_index
         self.settled += 1
         if self.trim_memory and self.settled % TRIM_EVERY == 0:

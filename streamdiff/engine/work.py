@@ -12,24 +12,30 @@ from __future__ import annotations
 import itertools
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import tensorstore as ts
 
-from ..chunks import RawStore, stream_chunk
+from ..chunks import Known, RawStore, Read, stream_chunk
 from ..datatypes import Pair
 from ..encoding import Encoding, plausible, plausible_ends
 from ..formats.dtypes import family
 from ..plan import MemoryPlan
 from ..stats import LeafStats, Policy, block_stats, layers_settled
 from .plans import PairOutcome
-from .sides import OpenSide, prefetch_depth
+from .sides import OpenSide, dtype_of, prefetch_depth
 from .tasks import Task
 
 #: After this many chunks of a leaf in a row whose stored bytes differ (with no sizes to tell in
 #: advance), stop trying the shortcut on that leaf: its values differ everywhere.
 SHORTCUT_GIVE_UP = 4
+
+#: The stored-byte reads of a block's chunks: (A's read, B's read, whether both sizes were known).
+RawReads = list[tuple[Read | Known, Read | Known, bool]]
+#: The decoding reads of a block, A's and B's.
+Reads = tuple[ts.Future[np.ndarray], ts.Future[np.ndarray]]
 
 
 @dataclass
@@ -48,8 +54,9 @@ class PairWork:
 
 def start_task(t: Task, w: PairWork) -> Callable[[], LeafStats]:
     """Issue the task's reads now; return what is left to do (waiting for them, comparing)."""
-    if t.chunk is not None:
-        return lambda: chunk_task(t, w)
+    chunk = t.chunk
+    if chunk is not None:
+        return lambda: chunk_task(t, chunk, w)
     if w.outcome.shortcut:
         # Each side's keys in its own spelling ('0.0', '0/0', 'c/0/0'...): the same chunk may be
         # named differently on the two sides, and a key of A's spelling is missing on B.
@@ -61,7 +68,7 @@ def start_task(t: Task, w: PairWork) -> Callable[[], LeafStats]:
     return lambda: block(t, w, reads)
 
 
-def start_raw_reads(ra: RawStore, rb: RawStore, keys: list[tuple[str, str]]) -> list | None:
+def start_raw_reads(ra: RawStore, rb: RawStore, keys: list[tuple[str, str]]) -> RawReads | None:
     """Stored-byte reads of the block's chunks, (key on A, key on B) each, issued now like decode
     reads; None when known sizes already differ (different bytes: decode without reading twice)."""
     found = [(ra.stored(ka), rb.stored(kb)) for ka, kb in keys]  # (size, inline value) per side
@@ -72,27 +79,27 @@ def start_raw_reads(ra: RawStore, rb: RawStore, keys: list[tuple[str, str]]) -> 
 
 def chunk_keys(side: OpenSide, t: Task) -> list[str]:
     """The stored keys of the chunks a block covers, spelled as this side's store spells them."""
-    c = side.format.chunk_shape
-    ranges = [range(s // k, -(-e // k)) for s, e, k in zip(t.start, t.stop, c)]
-    return [side.format.key(idx) for idx in itertools.product(*ranges)]
+    f = side.stored_format
+    ranges = [range(s // k, -(-e // k)) for s, e, k in zip(t.start, t.stop, f.chunk_shape)]
+    return [f.key(idx) for idx in itertools.product(*ranges)]
 
 
-def block(t: Task, w: PairWork, reads) -> LeafStats:
+def block(t: Task, w: PairWork, reads: Reads) -> LeafStats:
     a, b = reads[0].result(), reads[1].result()
-    return block_stats(a, b, w.policy, t.start, w.pair.a.shape, w.mem.tile)
+    return block_stats(a, b, w.policy, t.start, w.a.leaf.shape, w.mem.tile)
 
 
-def block_shortcut(t: Task, w: PairWork, raw: list) -> LeafStats:
-    done = compare_raw(w, raw, w.a.encoding)
+def block_shortcut(t: Task, w: PairWork, raw: RawReads) -> LeafStats:
+    done = compare_raw(w, raw, w.a.stored_encoding)
     if done is not None:
         return settled(t, w, done)
     values = values_from_raw(t, w, raw)
     if values is not None:
-        return block_stats(values[0], values[1], w.policy, t.start, w.pair.a.shape, w.mem.tile)
+        return block_stats(values[0], values[1], w.policy, t.start, w.a.leaf.shape, w.mem.tile)
     return block(t, w, (w.a.read(t.start, t.stop), w.b.read(t.start, t.stop)))
 
 
-def values_from_raw(t: Task, w: PairWork, raw: list) -> tuple[np.ndarray, np.ndarray] | None:
+def values_from_raw(t: Task, w: PairWork, raw: RawReads) -> tuple[np.ndarray, np.ndarray] | None:
     """Both sides' values of a one-chunk block from the stored bytes the shortcut already fetched,
     where those bytes are the values themselves: uncompressed, C order, unsharded, no checksum, in
     the leaf's dtype and native byte order (else None: tensorstore decodes, reading them again)."""
@@ -119,7 +126,7 @@ def values_from_raw(t: Task, w: PairWork, raw: list) -> tuple[np.ndarray, np.nda
     return out[0], out[1]
 
 
-def compare_raw(w: PairWork, raw: list, enc: Encoding) -> tuple[int, int] | None:
+def compare_raw(w: PairWork, raw: RawReads, enc: Encoding) -> tuple[int, int] | None:
     """(chunks, bytes of both sides) when every chunk's stored bytes are equal and plausible
     (see encoding.py); else None."""
     o = w.outcome
@@ -154,7 +161,7 @@ def compare_raw_streaming(w: PairWork, key_a: str, key_b: str) -> tuple[int, int
         return None  # unknown sizes: decoding is the only bounded-memory way to know
     piece = w.mem.piece_bytes
 
-    def fetch(off: int):
+    def fetch(off: int) -> tuple[Read, Read]:
         rng = slice(off, min(off + piece, x))
         return ra.kv.read(key_a, byte_range=rng), rb.kv.read(key_b, byte_range=rng)
 
@@ -169,7 +176,7 @@ def compare_raw_streaming(w: PairWork, key_a: str, key_b: str) -> tuple[int, int
             return None
         head = head or va
     # Equal bytes vouch only for a plausible encoding (encoding.py); else decode.
-    return (1, 2 * x) if plausible_ends(head, prev + va, x, w.a.encoding) else None
+    return (1, 2 * x) if plausible_ends(head, prev + va, x, w.a.stored_encoding) else None
 
 
 def settled(t: Task, w: PairWork, done: tuple[int, int]) -> LeafStats:
@@ -182,7 +189,7 @@ def settled(t: Task, w: PairWork, done: tuple[int, int]) -> LeafStats:
         identical=True,
         shortcut_chunks=chunks,
         shortcut_bytes=stored_bytes,
-        nan_unknown=family(w.pair.a.dtype) in ("float", "complex"),
+        nan_unknown=family(dtype_of(w.a.leaf)) in ("float", "complex"),
     )
     axis = w.policy.layer_axis
     if axis is not None and 0 <= axis < len(t.start):
@@ -191,21 +198,23 @@ def settled(t: Task, w: PairWork, done: tuple[int, int]) -> LeafStats:
     return out
 
 
-def chunk_task(t: Task, w: PairWork) -> LeafStats:
-    """One big chunk, slab by slab; the stored bytes compared first when the shortcut applies."""
-    rows = w.outcome.rows
+def chunk_task(t: Task, chunk: tuple[int, ...], w: PairWork) -> LeafStats:
+    """One big chunk (`chunk`: its index, t.chunk), slab by slab; the stored bytes compared first
+    when the shortcut applies."""
+    rows = w.outcome.planned_rows
     sa, sb = w.a, w.b
     if w.outcome.shortcut and rows.stream_a and rows.stream_b:
-        done = compare_raw_streaming(w, sa.format.key(t.chunk), sb.format.key(t.chunk))
+        done = compare_raw_streaming(w, sa.stored_format.key(chunk), sb.stored_format.key(chunk))
         if done is not None:
             return settled(t, w, done)
     extent = tuple(e - s for s, e in zip(t.start, t.stop))
     piece = w.mem.piece_bytes
-    ita = itb = None
+    ita: Iterator[np.ndarray] | None = None
+    itb: Iterator[np.ndarray] | None = None
     if rows.stream_a:
-        ita = stream_chunk(sa.raw, t.chunk, rows.slab_rows, piece, prefetch_depth(sa.leaf), sa.fill)
+        ita = stream_chunk(sa.raw, chunk, rows.slab_rows, piece, prefetch_depth(sa.leaf), sa.fill)
     if rows.stream_b:
-        itb = stream_chunk(sb.raw, t.chunk, rows.slab_rows, piece, prefetch_depth(sb.leaf), sb.fill)
+        itb = stream_chunk(sb.raw, chunk, rows.slab_rows, piece, prefetch_depth(sb.leaf), sb.fill)
     acc = LeafStats()
     for r0 in range(0, extent[0], rows.slab_rows):
         r1 = min(r0 + rows.slab_rows, extent[0])
@@ -218,6 +227,6 @@ def chunk_task(t: Task, w: PairWork) -> LeafStats:
             a = sa.read(start, stop).result()
         if b is None:
             b = sb.read(start, stop).result()
-        acc.merge(block_stats(a, b, w.policy, start, w.pair.a.shape, w.mem.tile))
+        acc.merge(block_stats(a, b, w.policy, start, w.a.leaf.shape, w.mem.tile))
         del a, b
     return acc
