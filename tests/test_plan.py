@@ -139,6 +139,21 @@ def test_rows_plan_small_chunked_side_is_read_per_slab_and_its_repeat_decodes_co
     )
 
 
+def test_rows_plan_box_read_side_without_chunk_shape_is_read_as_one_chunk():
+    """B without a chunk shape (an in-memory value or a view of one): read box by box, each of the 43
+    7-row slabs decoding B whole, as if one chunk of its shape."""
+    p = rows_plan((300, 70), (300, 70), None, True, False, bytes_per_element=8, max_block_bytes=4096)
+    assert (p.slab_rows, p.stream_a, p.stream_b) == (7, True, False)
+    assert p.grid.amplification_b == pytest.approx(
+        brute_amplification(slabs((300, 70), (300, 70), 7), (300, 70), (300, 70))
+    )
+
+
+def test_rows_plan_refuses_a_big_side_without_chunk_shape():
+    with pytest.raises(ValueError, match="no chunk shape"):
+        rows_plan((300, 70), None, (75, 35), True, False, bytes_per_element=8, max_block_bytes=4096)
+
+
 def test_rows_plan_walks_the_big_side_when_only_b_is_big():
     p = rows_plan((40, 6), (8, 6), (40, 6), False, True, bytes_per_element=8, max_block_bytes=100)
     assert (p.stream_a, p.stream_b) == (False, True) and p.grid.block_shape == (40, 6) and p.slab_rows == 2
