@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import tensorstore as ts
 import zstandard
@@ -288,8 +289,14 @@ def inner_chunk_range(
     r = (read or raw.kv.read(shard_key, byte_range=_index_range(f))).result()
     if r.state != "value":
         raise MissingChunk(f"shard {shard_key!r} is missing")
+    index = bytes(r.value)
+    if len(index) != f.shard_index.nbytes:
+        raise ValueError(f"shard {shard_key!r} is shorter than its index: truncated data")
+    if f.shard_index.crc and google_crc32c.value(index[:-4]) != struct.unpack_from("<I", index, len(index) - 4)[0]:
+        # tensorstore refuses such a shard: a streamed read must not trust its offsets either.
+        raise ValueError(f"shard {shard_key!r}: the index's crc32c checksum does not match")
     flat = int(np.ravel_multi_index(inner_index, f.inner_per_shard)) if inner_index else 0
-    offset, nbytes = struct.unpack_from("<QQ", bytes(r.value), 16 * flat)
+    offset, nbytes = struct.unpack_from("<QQ", index, 16 * flat)
     if offset == 2**64 - 1:
         raise MissingChunk(f"inner chunk {inner_index} of shard {shard_key!r} is missing")
     return offset, nbytes

@@ -4,10 +4,12 @@ the engine's error policy, typed metadata, the collector pause): each pins a def
 from __future__ import annotations
 
 import gc
+import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
+from helpers import save
 
 import streamdiff
 
@@ -96,3 +98,45 @@ def test_a_zstd_bomb_b_tree_node_is_refused_before_it_inflates_past_the_manifest
     finally:
         tracemalloc.stop()
     assert peak < 32 << 20, f"decoding the hostile node peaked at {peak >> 20} MiB"
+
+
+def _indirect_values(ckpt: Path) -> dict[str, tuple[Path, int, int]]:
+    """key -> (data file, offset, length) of every value stored outside the B-tree of an orbax OCDBT
+    checkpoint, as tensorstore's own `ocdbt.dump` of its nodes lists them."""
+    import tensorstore as ts
+
+    base = ts.KvStore.open(f"file://{ckpt}/").result()
+    level = [str(ts.ocdbt.dump(base).result()["versions"][-1]["root"]["location"])]
+    out = {}
+    while level:
+        deeper = []
+        for loc in level:
+            for e in ts.ocdbt.dump(base, loc).result()["entries"]:
+                if "node" in e:
+                    deeper.append(str(e["node"]))
+                elif "indirect_value" in e:
+                    path, offset, length = str(e["indirect_value"]).removeprefix("value:").rsplit(":", 2)
+                    out[e["key"].decode()] = (ckpt / path.replace(":", ""), int(offset), int(length))
+        level = deeper
+    return out
+
+
+def test_a_shard_whose_index_checksum_is_corrupt_is_an_error_also_when_its_chunk_streams(tmp_path):
+    """orbax zarr3 shards end in a crc32c-checked index. tensorstore refuses a shard whose checksum
+    does not match; the streamed path (chunks bigger than a block) read the index without checking
+    it and called the pair identical, exit 0."""
+    w = np.random.default_rng(0).standard_normal((512, 256)).astype(np.float32)
+    a, b = tmp_path / "a", tmp_path / "b"
+    save(a, {"w": w}, use_zarr3=True, use_compression=False)
+    shutil.copytree(a, b)
+    path, offset, length = _indirect_values(b)["w/c/0/0"]
+    assert length == w.nbytes + 16 + 4  # one inner chunk, its (offset, nbytes) index, the crc32c
+    data = bytearray(path.read_bytes())
+    data[offset + length - 1] ^= 1  # the index checksum's last byte
+    path.write_bytes(bytes(data))
+
+    whole = streamdiff.diff(str(a), str(b))
+    streamed = streamdiff.diff(str(a), str(b), block_bytes=64 << 10)
+    assert [x.status for x in whole.leaves] == ["error"]
+    assert [x.status for x in streamed.leaves] == ["error"]
+    assert streamed.exit_code == 2
