@@ -359,8 +359,12 @@ def _slabs(f: ChunkFormat, key: str | None, reader, rows_per_slab: int, fill: An
             if not k:
                 raise ValueError(f"chunk {key!r} ended early: truncated data")
             got += k
-        yield buf[:n]
         row += n
+        if row >= total_rows and reader.read(1):
+            # tensorstore refuses a chunk with bytes after its data (a second frame, junk): so does
+            # this path, before the last slab is compared, or the pair would read as identical.
+            raise ValueError(f"chunk {key!r} holds bytes after its data: corrupt chunk")
+        yield buf[:n]
 
 
 def _chunk_reader(raw: RawStore, grid_index: tuple[int, ...], piece: int, depth: int):
@@ -383,5 +387,7 @@ def _chunk_reader(raw: RawStore, grid_index: tuple[int, ...], piece: int, depth:
             issued = started.reads
     source = _RangeSource(raw, key, start, stop, piece, depth, issued)
     raw.start_next(grid_index, piece, depth)
-    reader = zstandard.ZstdDecompressor().stream_reader(source, read_size=piece) if f.compressor == "zstd" else source
+    reader = source
+    if f.compressor == "zstd":  # across frames: bytes after the first frame are seen (and refused) by _slabs
+        reader = zstandard.ZstdDecompressor().stream_reader(source, read_size=piece, read_across_frames=True)
     return key, reader

@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pytest
 from helpers import save
 
 import streamdiff
@@ -83,7 +84,6 @@ def test_a_zstd_bomb_b_tree_node_is_refused_before_it_inflates_past_the_manifest
     enforces it), not at 1 GiB: a ~90 KB node file may not cost hundreds of MB of memory."""
     import tracemalloc
 
-    import pytest
     import tensorstore as ts
 
     from streamdiff.formats import ocdbt
@@ -140,3 +140,49 @@ def test_a_shard_whose_index_checksum_is_corrupt_is_an_error_also_when_its_chunk
     assert [x.status for x in whole.leaves] == ["error"]
     assert [x.status for x in streamed.leaves] == ["error"]
     assert streamed.exit_code == 2
+
+
+def _zarr_pair_with_junk_after_a_chunk(tmp_path: Path, zarr_format: int) -> tuple[Path, Path]:
+    """A zarr-python array of one zstd chunk (512 KiB decoded) and a copy whose chunk file has one
+    byte appended: zarr-python itself refuses the copy ("Zstd decompression error")."""
+    import zarr
+    from numcodecs import Zstd
+
+    w = np.random.default_rng(0).standard_normal((512, 256)).astype(np.float32)
+    a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    kw = {"compressors": Zstd(level=1)} if zarr_format == 2 else {}
+    z = zarr.open_group(str(a), mode="w", zarr_format=zarr_format).create_array(
+        "w", shape=w.shape, dtype=w.dtype, chunks=w.shape, fill_value=0, **kw
+    )
+    z[...] = w
+    shutil.copytree(a, b)
+    chunk = b / "w" / ("0.0" if zarr_format == 2 else "c/0/0")
+    chunk.write_bytes(chunk.read_bytes() + b"\x01")
+    with pytest.raises(RuntimeError, match="Zstd"):
+        zarr.open_group(str(b), mode="r")["w"][...]
+    return a, b
+
+
+def test_a_zarr2_zstd_chunk_with_bytes_after_its_frame_is_an_error_also_when_it_streams(tmp_path):
+    """tensorstore refuses the grown chunk when it decodes it whole; the streamed path stopped at the
+    end of the zstd frame and called the pair identical, exit 0."""
+    a, b = _zarr_pair_with_junk_after_a_chunk(tmp_path, 2)
+    assert [x.status for x in streamdiff.diff(str(a), str(b)).leaves] == ["error"]
+    streamed = streamdiff.diff(str(a), str(b), block_bytes=64 << 10)
+    assert [x.status for x in streamed.leaves] == ["error"]
+
+
+def test_a_zarr3_zstd_chunk_with_bytes_after_its_frame_is_an_error_when_it_streams(tmp_path):
+    a, b = _zarr_pair_with_junk_after_a_chunk(tmp_path, 3)
+    streamed = streamdiff.diff(str(a), str(b), block_bytes=64 << 10)
+    assert [x.status for x in streamed.leaves] == ["error"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="tensorstore's zarr3 zstd codec ignores bytes after the frame when it decodes a chunk whole: "
+    "the pair reads identical (exit 0) although zarr-python refuses B's chunk",
+)
+def test_a_zarr3_zstd_chunk_with_bytes_after_its_frame_is_an_error_when_decoded_whole(tmp_path):
+    a, b = _zarr_pair_with_junk_after_a_chunk(tmp_path, 3)
+    assert [x.status for x in streamdiff.diff(str(a), str(b)).leaves] == ["error"]
