@@ -186,3 +186,64 @@ def test_a_zarr3_zstd_chunk_with_bytes_after_its_frame_is_an_error_when_it_strea
 def test_a_zarr3_zstd_chunk_with_bytes_after_its_frame_is_an_error_when_decoded_whole(tmp_path):
     a, b = _zarr_pair_with_junk_after_a_chunk(tmp_path, 3)
     assert [x.status for x in streamdiff.diff(str(a), str(b)).leaves] == ["error"]
+
+
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, v = v & 0x7F, v >> 7
+        out.append(b | (0x80 if v else 0))
+        if not v:
+            return bytes(out)
+
+
+def _key_bomb_root(path: Path) -> int:
+    """A real OCDBT database written by tensorstore (uncompressed nodes, one leaf root), whose root
+    node is replaced, at its offset and length with a valid checksum, by a leaf of n keys where key i
+    shares all i bytes of key i-1 and adds one: 'a', 'aa', 'aaa'... (n*n/2 key bytes). Returns n."""
+    import struct
+
+    import google_crc32c
+    import tensorstore as ts
+
+    kv = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{path}/", "config": {"compression": None}}).result()
+    with ts.Transaction() as txn:
+        for i in range(4000):
+            kv.with_transaction(txn)[f"k{i:05d}/.zarray"] = b'{"v":%d}' % i
+    manifest = ts.ocdbt.dump(ts.KvStore.open(f"file://{path}/").result()).result()
+    where, offset, length = str(manifest["versions"][-1]["root"]["location"]).removeprefix("btreenode::").rsplit(":", 2)
+    offset, length = int(offset), int(length)
+    room = length - 12 - 2 - 4
+    n = room // 8  # each key: <= 3 bytes of shared length, suffix length, suffix, value length, kind
+    body = b"\x00" + _varint(0) + _varint(n)  # height 0, no data files, n entries
+    body += b"".join(_varint(i) for i in range(1, n)) + b"\x01" * n + b"a" * n + b"\x00" * n + b"\x00" * n
+    assert len(body) <= room
+    node = struct.pack(">I", 0x0CDB20DE) + struct.pack("<Q", length) + b"\x00\x00" + body + bytes(room - len(body))
+    node += struct.pack("<I", google_crc32c.value(node))
+    data = bytearray((path / where).read_bytes())
+    data[offset : offset + length] = node
+    (path / where).write_bytes(bytes(data))
+    return n
+
+
+def test_a_b_tree_node_whose_prefix_compressed_keys_expand_quadratically_is_refused_in_little_memory(tmp_path):
+    """~11k one-byte suffixes in a 91 KB node spell 65 MB of keys (a 1 MB node: 15 GB); the decoder
+    built them all (283 MB peak RSS). It must refuse the node (callers then read key by key through
+    tensorstore, which decodes such a node itself) without materialising the keys."""
+    import tracemalloc
+
+    import tensorstore as ts
+
+    from streamdiff.formats import ocdbt
+
+    n = _key_bomb_root(tmp_path)
+    assert n * n // 2 > 50 << 20
+    base = ts.KvStore.open(f"file://{tmp_path}/").result()
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError):
+            ocdbt.index(base, frozenset({".zarray"}))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, f"decoding the hostile node peaked at {peak >> 20} MiB"

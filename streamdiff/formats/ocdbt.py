@@ -340,6 +340,16 @@ def _keys(
     subtree = None
     if common:
         subtree, pos = _varints(buf, pos, n)
+    if n and int(suffix.max()) > len(buf):
+        raise ValueError("truncated keys")
+    lengths = suffix.astype(np.int64)  # each full key: what it shares with the one before, then its suffix
+    lengths[1:] += shared.astype(np.int64)
+    if n > 1 and bool((shared > lengths[:-1].astype(np.uint64)).any()):
+        raise ValueError("a key shares more than the key before it holds")
+    if n and int(lengths.sum()) > KEY_EXPANSION * len(buf) + (1 << 20):
+        # Prefix compression lets n keys of one byte each spell n*n/2 bytes: a hostile 1 MB node
+        # would decode to 500 GB of keys.
+        raise ValueError("B-tree node keys expand past any real database's")
     ends = pos + np.cumsum(suffix, dtype=np.int64)
     if n and int(ends[-1]) > len(buf):
         raise ValueError("truncated keys")
@@ -367,6 +377,10 @@ def _keys(
         keys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
     return keys, subtree, (int(ends[-1]) if n else pos)
 
+
+#: Full key bytes a node may decode to per byte of node: prefix compression of real keys (paths that
+#: share all but their last few bytes) stays far below it.
+KEY_EXPANSION = 64
 
 #: Column entries turned into Python objects at once (a node may hold a million keys).
 _PIECE = 1 << 16
