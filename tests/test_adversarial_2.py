@@ -247,3 +247,68 @@ def test_a_b_tree_node_whose_prefix_compressed_keys_expand_quadratically_is_refu
     finally:
         tracemalloc.stop()
     assert peak < 32 << 20, f"decoding the hostile node peaked at {peak >> 20} MiB"
+
+
+def _indirect_length_root(path: Path, length: int) -> None:
+    """A real OCDBT database written by tensorstore (uncompressed nodes, values out of line), whose
+    root leaf is replaced, at its offset and length with a valid checksum, by one of two keys: 'w/0.0'
+    pointing at its real 1024 stored bytes but claiming `length`, and 'zz' whose inline value pads
+    the node to its length (tensorstore refuses bytes after a node's entries)."""
+    import struct
+
+    import google_crc32c
+    import tensorstore as ts
+
+    config = {"compression": None, "max_inline_value_bytes": 0}
+    kv = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{path}/", "config": config}).result()
+    kv["w/0.0"] = bytes(range(256)) * 4
+    for i in range(20):
+        kv[f"z{i:02d}"] = b"x" * 10
+    base = ts.KvStore.open(f"file://{path}/").result()
+    root = str(ts.ocdbt.dump(base).result()["versions"][-1]["root"]["location"])
+    where, offset, node_len = root.removeprefix("btreenode::").rsplit(":", 2)
+    offset, node_len = int(offset), int(node_len)
+    entry = next(e for e in ts.ocdbt.dump(base, root).result()["entries"] if e["key"] == b"w/0.0")
+    data_file, value_offset, _ = str(entry["indirect_value"]).removeprefix("value::").rsplit(":", 2)
+    room = node_len - 12 - 2 - 4
+    head = b"\x00" + _varint(1) + _varint(len(data_file)) + _varint(0) + data_file.encode()  # one data file
+    for pad in range(room, 0, -1):
+        body = head + _varint(2) + _varint(0) + _varint(5) + _varint(2) + b"w/0.0zz"  # two keys
+        body += _varint(length) + _varint(pad) + _varint(1) + _varint(0)  # lengths; kinds: indirect, inline
+        body += _varint(0) + _varint(int(value_offset)) + b"v" * pad  # file id, offset; the inline value
+        if len(body) == room:
+            break
+    node = struct.pack(">I", 0x0CDB20DE) + struct.pack("<Q", node_len) + b"\x00\x00" + body
+    node += struct.pack("<I", google_crc32c.value(node))
+    data = bytearray((path / where).read_bytes())
+    data[offset : offset + node_len] = node
+    (path / where).write_bytes(bytes(data))
+
+
+def test_a_value_length_past_2_to_the_63_is_refused_not_wrapped_into_a_plausible_size(tmp_path):
+    """tensorstore refuses the node ('Invalid offset/length pair'); the decoder wrapped the length
+    2**63 + 1024 into 1024, the real stored size, a size the equal-bytes shortcut would trust."""
+    import tensorstore as ts
+
+    from streamdiff.formats import ocdbt
+
+    _indirect_length_root(tmp_path, (1 << 63) + 1024)
+    base = ts.KvStore.open(f"file://{tmp_path}/").result()
+    with pytest.raises(ValueError, match="offset/length"):
+        ts.ocdbt.dump(base, str(ts.ocdbt.dump(base).result()["versions"][-1]["root"]["location"])).result()
+    with pytest.raises(ValueError):
+        ocdbt.sizes(base)
+
+
+def test_a_value_length_past_its_data_file_is_the_size_tensorstore_reports(tmp_path):
+    """Below 2**62 the decoder agrees with tensorstore's own listing of the node, however absurd."""
+    import tensorstore as ts
+
+    from streamdiff.formats import ocdbt
+
+    _indirect_length_root(tmp_path, (1 << 32) + 1024)
+    base = ts.KvStore.open(f"file://{tmp_path}/").result()
+    root = str(ts.ocdbt.dump(base).result()["versions"][-1]["root"]["location"])
+    entry = next(e for e in ts.ocdbt.dump(base, root).result()["entries"] if e["key"] == b"w/0.0")
+    assert str(entry["indirect_value"]).endswith(f":{(1 << 32) + 1024}")
+    assert ocdbt.sizes(base).get("w/0.0") == (1 << 32) + 1024

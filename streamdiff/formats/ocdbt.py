@@ -397,7 +397,10 @@ def _leaf(buf: bytes, pos: int, sink: tuple[bytearray, bytes] | None = None) -> 
         raise ValueError("unknown value kind")
     indirect = int(kinds.sum())
     _, pos = _varints(buf, pos, indirect)  # data file ids
-    _, pos = _varints(buf, pos, indirect)  # offsets
+    offsets, pos = _varints(buf, pos, indirect)
+    # tensorstore refuses offset + length past 2**63; a size there would wrap in int64 (and int32).
+    if n and max(int(lengths.max()), int(offsets.max()) if indirect else 0) >= 1 << 62:
+        raise ValueError("value offset or length out of range")
     direct = kinds == 0
     starts = pos + np.concatenate(([0], np.cumsum(lengths[direct], dtype=np.int64)))
     if int(starts[-1]) > len(buf):
