@@ -1,6 +1,6 @@
 # Two commands on a fresh machine (python3 >= 3.11 with venv):
 #   make demo   installs streamdiff and diffs real MaxText checkpoints shipped in tests/data
-#   make test   installs streamdiff with its test dependencies and runs lint + the whole suite
+#   make test   installs streamdiff with its test dependencies and runs lint (ruff, mypy --strict) + the whole suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -44,6 +44,7 @@ demo: install
 lint: install-test
 	$(PY) -m ruff check $(SRC)
 	$(PY) -m ruff format --check $(SRC)
+	$(PY) -m mypy
 
 format: install-test
 	$(PY) -m ruff check --fix $(SRC)

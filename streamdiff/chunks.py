@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import google_crc32c
 import numpy as np
 import tensorstore as ts
 import zstandard
@@ -46,6 +47,8 @@ class _Reader(Protocol):
     """What `_slabs` reads decoded bytes from: a `_RangeSource`, or zstandard's stream reader over one."""
 
     def readinto(self, b: memoryview) -> int: ...
+
+    def read(self, n: int = -1) -> bytes: ...
 
 
 class MissingChunk(ValueError):
@@ -337,8 +340,17 @@ def inner_chunk_range(
     r = (read or raw.kv.read(shard_key, byte_range=_index_range(f))).result()
     if r.state != "value":
         raise MissingChunk(f"shard {shard_key!r} is missing")
+    index = bytes(r.value)
+    shard = f.shard_index
+    if shard is None:
+        raise ValueError(f"{shard_key!r}: not a shard (the array is not sharded)")
+    if len(index) != shard.nbytes:
+        raise ValueError(f"shard {shard_key!r} is shorter than its index: truncated data")
+    if shard.crc and google_crc32c.value(index[:-4]) != struct.unpack_from("<I", index, len(index) - 4)[0]:
+        # tensorstore refuses such a shard: a streamed read must not trust its offsets either.
+        raise ValueError(f"shard {shard_key!r}: the index's crc32c checksum does not match")
     flat = int(np.ravel_multi_index(inner_index, f.inner_per_shard)) if inner_index else 0
-    offset, nbytes = struct.unpack_from("<QQ", bytes(r.value), 16 * flat)
+    offset, nbytes = struct.unpack_from("<QQ", index, 16 * flat)
     if offset == 2**64 - 1:
         raise MissingChunk(f"inner chunk {inner_index} of shard {shard_key!r} is missing")
     return offset, nbytes
@@ -406,8 +418,12 @@ def _slabs(
             if not k:
                 raise ValueError(f"chunk {key!r} ended early: truncated data")
             got += k
-        yield buf[:n]
         row += n
+        if row >= total_rows and reader.read(1):
+            # tensorstore refuses a chunk with bytes after its data (a second frame, junk): so does
+            # this path, before the last slab is compared, or the pair would read as identical.
+            raise ValueError(f"chunk {key!r} holds bytes after its data: corrupt chunk")
+        yield buf[:n]
 
 
 def _chunk_reader(raw: RawStore, grid_index: tuple[int, ...], piece: int, depth: int) -> tuple[str, _Reader]:
@@ -430,10 +446,13 @@ def _chunk_reader(raw: RawStore, grid_index: tuple[int, ...], piece: int, depth:
             issued = started.reads
     source = _RangeSource(raw, key, start, stop, piece, depth, issued)
     raw.start_next(grid_index, piece, depth)
-    # zstandard reads any object with `.read(n)`; its stubs ask for IO[bytes].
-    reader: _Reader = (
-        zstandard.ZstdDecompressor().stream_reader(source, read_size=piece)  # type: ignore[arg-type]
-        if f.compressor == "zstd"
-        else source
-    )
+    # zstandard reads any object with `.read(n)`; its stubs ask for IO[bytes]. Across frames: bytes
+    # after the first frame are seen (and refused) by _slabs.
+    reader: _Reader = source
+    if f.compressor == "zstd":
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            source,  # type: ignore[arg-type]
+            read_size=piece,
+            read_across_frames=True,
+        )
     return key, reader

@@ -11,19 +11,25 @@ frees everything acyclic at once) and, on the way out, moves every object alive 
 generation (`gc.freeze`): otherwise the first collection after re-enabling would walk every object
 allocated meanwhile, and each full collection during the value stage would walk the leaves again.
 `unfreezes` on the whole run gives the collector everything back at its end (`gc.unfreeze`), so
-cyclic garbage made meanwhile is still collected afterwards.
+cyclic garbage made meanwhile is still collected afterwards. A caller that froze objects itself
+(`gc.freeze()` before forking workers) keeps them frozen: `gc.unfreeze` cannot tell its objects from
+ours, so such a run only pauses the collector and freezes nothing.
 """
 
 from __future__ import annotations
 
 import functools
 import gc
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: Per thread: whether `paused` may freeze (False inside an `unfreezes` run whose caller froze objects).
+_may_freeze = threading.local()
 
 
 @contextmanager
@@ -34,7 +40,8 @@ def paused() -> Iterator[None]:
     try:
         yield
     finally:
-        gc.freeze()
+        if getattr(_may_freeze, "value", True):
+            gc.freeze()
         if was:
             gc.enable()
 
@@ -44,9 +51,14 @@ def unfreezes(f: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(f)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        ours = gc.get_freeze_count() == 0  # else the caller's frozen objects: leave them, add none
+        outer = getattr(_may_freeze, "value", True)
+        _may_freeze.value = ours and outer
         try:
             return f(*args, **kwargs)
         finally:
-            gc.unfreeze()
+            _may_freeze.value = outer
+            if ours:
+                gc.unfreeze()
 
     return run

@@ -25,7 +25,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import overload
+from typing import Any, overload
 
 import google_crc32c
 import numpy as np
@@ -35,7 +35,8 @@ import zstandard
 #: Kept for callers that bound a walk; decoding nodes here holds no leaked objects, so any size is walked.
 MAX_WALK_KEYS = 1 << 62
 BTREE_MAGIC = 0x0CDB20DE
-#: Largest decoded node accepted (tensorstore's default `max_decoded_node_bytes` is 8 MiB; orbax sets 100 MB).
+#: Largest decoded node accepted whatever the manifest says (tensorstore's default `max_decoded_node_bytes`
+#: is 8 MiB; orbax sets 100 MB). Below it, the manifest's own limit applies, as tensorstore applies it.
 MAX_NODE_BYTES = 1 << 30
 
 
@@ -273,21 +274,32 @@ def _leaf_nodes(
     keys = versions[-1]["root"].get("statistics", {}).get("num_keys", 0)
     if keys > MAX_WALK_KEYS:
         raise TooManyKeys(f"{keys} keys")
+    cap = node_limit(manifest.get("config") or {})
     level = [_root_ref(str(versions[-1]["root"]["location"]))]
     while level:
+        if any(r.length > cap + cap // 128 + 1024 for r in level):  # zstd's worst-case growth
+            raise ValueError("B-tree node larger than the database's max_decoded_node_bytes")
         futures = [(base.read(r.path, byte_range=slice(r.offset, r.offset + r.length)), r) for r in level]
         level = []
         for fut, ref in futures:
             got = fut.result()
             if got.state != "value" or len(got.value) != ref.length:
                 raise ValueError(f"B-tree node {ref.path}@{ref.offset} not found")
-            height, body, pos, files = _open_node(bytes(got.value))
+            height, body, pos, files = _open_node(bytes(got.value), cap)
             if height > 0:
                 level.extend(_interior(body, pos, files, ref))
             elif blob is None:
                 yield (ref.prefix, *_leaf(body, pos), body)
             else:
                 yield (ref.prefix, *_leaf(body, pos, (blob, ref.prefix)), body)
+
+
+def node_limit(config: dict[str, Any]) -> int:
+    """Decoded bytes a node of a database with this manifest `config` may hold: its own
+    `max_decoded_node_bytes` (0 or absent: no limit of its own), never more than MAX_NODE_BYTES. A
+    hostile node of a few KB decompressing to a GB must not be inflated past what tensorstore accepts."""
+    own = config.get("max_decoded_node_bytes")
+    return min(own, MAX_NODE_BYTES) if isinstance(own, int) and own > 0 else MAX_NODE_BYTES
 
 
 def _root_ref(location: str) -> _Ref:
@@ -349,7 +361,7 @@ def _multi_byte(window: np.ndarray, starts: np.ndarray, widths: np.ndarray) -> n
     return values
 
 
-def _open_node(raw: bytes) -> tuple[int, bytes, int, list[tuple[str, str]]]:
+def _open_node(raw: bytes, cap: int = MAX_NODE_BYTES) -> tuple[int, bytes, int, list[tuple[str, str]]]:
     """Checks the envelope; returns (height, decoded body, position after the data file table, table)."""
     if len(raw) < 16 or struct.unpack_from(">I", raw)[0] != BTREE_MAGIC:
         raise ValueError("not an OCDBT B-tree node")
@@ -364,20 +376,22 @@ def _open_node(raw: bytes) -> tuple[int, bytes, int, list[tuple[str, str]]]:
         raise ValueError(f"B-tree node version {version} / compression {compression} not known")
     body = raw[pos:-4]
     if compression == 1:
-        body = _unzstd(body)
+        body = _unzstd(body, cap)
+    if not body or len(body) > cap:
+        raise ValueError("B-tree node body empty or larger than max_decoded_node_bytes")
     height = body[0]
     files, pos = _data_files(body, 1)
     return height, body, pos, files
 
 
-def _unzstd(data: bytes) -> bytes:
+def _unzstd(data: bytes, cap: int) -> bytes:
     """Decompressed in pieces: `decompress(max_output_size=...)` would allocate the whole cap up front."""
     parts = []
     total = 0
     for piece in zstandard.ZstdDecompressor().read_to_iter(data):
         total += len(piece)
-        if total > MAX_NODE_BYTES:
-            raise ValueError("B-tree node decodes to more than MAX_NODE_BYTES")
+        if total > cap:
+            raise ValueError("B-tree node decodes to more than max_decoded_node_bytes")
         parts.append(piece)
     return b"".join(parts)
 
@@ -425,6 +439,16 @@ def _keys(
     subtree = None
     if common:
         subtree, pos = varints(buf, pos, n)
+    if n and int(suffix.max()) > len(buf):
+        raise ValueError("truncated keys")
+    lengths = suffix.astype(np.int64)  # each full key: what it shares with the one before, then its suffix
+    lengths[1:] += shared.astype(np.int64)
+    if n > 1 and bool((shared > lengths[:-1].astype(np.uint64)).any()):
+        raise ValueError("a key shares more than the key before it holds")
+    if n and int(lengths.sum()) > KEY_EXPANSION * len(buf) + (1 << 20):
+        # Prefix compression lets n keys of one byte each spell n*n/2 bytes: a hostile 1 MB node
+        # would decode to 500 GB of keys.
+        raise ValueError("B-tree node keys expand past any real database's")
     ends = pos + np.cumsum(suffix, dtype=np.int64)
     if n and int(ends[-1]) > len(buf):
         raise ValueError("truncated keys")
@@ -455,6 +479,10 @@ def _keys(
     return keys, subtree, end
 
 
+#: Full key bytes a node may decode to per byte of node: prefix compression of real keys (paths that
+#: share all but their last few bytes) stays far below it.
+KEY_EXPANSION = 64
+
 #: Column entries turned into Python objects at once (a node may hold a million keys).
 _PIECE = 1 << 16
 
@@ -480,7 +508,10 @@ def _leaf(
         raise ValueError("unknown value kind")
     indirect = int(kinds.sum())
     _, pos = varints(buf, pos, indirect)  # data file ids
-    _, pos = varints(buf, pos, indirect)  # offsets
+    offsets, pos = varints(buf, pos, indirect)
+    # tensorstore refuses offset + length past 2**63; a size there would wrap in int64 (and int32).
+    if n and max(int(lengths.max()), int(offsets.max()) if indirect else 0) >= 1 << 62:
+        raise ValueError("value offset or length out of range")
     direct = kinds == 0
     starts = pos + np.concatenate(([0], np.cumsum(lengths[direct], dtype=np.int64)))
     if int(starts[-1]) > len(buf):
