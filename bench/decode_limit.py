@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import tensorstore as ts
 
 from streamdiff import malloc
-from streamdiff.locate import locate
-from streamdiff.tree import build_tree
+from streamdiff.reader.locate import locate
+from streamdiff.reader.tree import build_tree
 
 
 def chunk_boxes(shape, chunks):

@@ -12,8 +12,8 @@ from collections import deque
 import tensorstore as ts
 
 from streamdiff import malloc
-from streamdiff.locate import locate
-from streamdiff.tree import build_tree
+from streamdiff.reader.locate import locate
+from streamdiff.reader.tree import build_tree
 
 
 def main() -> None:

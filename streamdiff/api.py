@@ -29,7 +29,6 @@ from .engine.dask import run_dask
 from .engine.plans import PairOutcome
 from .engine.threads import run_threads
 from .errors import NotACheckpointError, UsageError
-from .locate import Item, Located, choose_items, locate
 from .mapping.layouts import LayerAxes
 from .mapping.patterns import Pattern
 from .mapping.stage import MapResult, map_trees
@@ -37,9 +36,10 @@ from .mapping.views import moved_source, source_of
 from .options import Budget, DiffOptions, MapOptions, Steps, Tolerance
 from .pair import VALUE_KINDS, pair_trees
 from .plan import DEFAULT_MAX_MEMORY, DEFAULT_SAMPLE_SEED, Sample, default_jobs, memory_plan
+from .reader.locate import Item, Located, choose_items, locate
+from .reader.storage import DEFAULT_TIMEOUT, configure_http, io_counters
+from .reader.tree import read_item
 from .stats import Policy
-from .storage import DEFAULT_TIMEOUT, configure_http, io_counters
-from .tree import read_item
 from .units import parse_size
 
 

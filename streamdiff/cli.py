@@ -28,7 +28,7 @@ from .mapping.layouts import PRESETS
 from .native_log import filtered_native_stderr, mute
 from .options import Budget, DiffOptions, MapOptions, Steps, Tolerance
 from .plan import DEFAULT_MAX_MEMORY, DEFAULT_SAMPLE_SEED, default_jobs
-from .storage import DEFAULT_IO_CONCURRENCY, DEFAULT_TIMEOUT, MAX_IO_CONCURRENCY
+from .reader.storage import DEFAULT_IO_CONCURRENCY, DEFAULT_TIMEOUT, MAX_IO_CONCURRENCY
 from .units import human, parse_size
 
 __all__ = ["cli", "main", "parse_size", "run"]

@@ -14,8 +14,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .formats.zarr_metadata import ArrayMetadata
     from .mapping.views import View
+    from .reader.formats.zarr_metadata import ArrayMetadata
 
 #: A leaf's position in the tree: one string per nesting level (dict key, attribute or index).
 KeyPath = tuple[str, ...]
@@ -170,7 +170,7 @@ class Leaf:
         """Decoded size in bytes (0 for non-arrays)."""
         if self.shape is None or self.dtype is None:
             return 0
-        from .formats.dtypes import itemsize
+        from .reader.formats.dtypes import itemsize
 
         n = 1
         for s in self.shape:

@@ -16,13 +16,13 @@ import tensorstore as ts
 from rich.console import Console
 from rich.text import Text
 
-from .chunks import ItemSizes
 from .datatypes import Leaf, format_path
+from .engine.chunks import ItemSizes
 from .errors import NotFoundError
-from .locate import STEP_NAME, Item, locate
 from .mapping.layouts import detect
+from .reader.locate import STEP_NAME, Item, locate
+from .reader.tree import read_item
 from .report import FULL_WIDTH, PATH_MIN, LinePrinter, shorten
-from .tree import read_item
 from .units import human
 
 SCHEMA = "streamdiff-ls/1"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from .errors import UsageError
 from .plan import DEFAULT_MAX_MEMORY, DEFAULT_SAMPLE_SEED, check_max_memory
-from .storage import DEFAULT_TIMEOUT
+from .reader.storage import DEFAULT_TIMEOUT
 
 
 @dataclass(frozen=True)

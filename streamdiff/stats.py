@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from .datatypes import LayerStats, ValueStats
-from .formats.dtypes import compute_dtype, is_exact
 from .plan import DEFAULT_TILE
+from .reader.formats.dtypes import compute_dtype, is_exact
 
 #: Bytes compared first by `_bytes_equal`: differing blocks almost always differ early.
 EQUAL_PREFIX_BYTES = 4096

@@ -86,7 +86,7 @@ def test_a_zstd_bomb_b_tree_node_is_refused_before_it_inflates_past_the_manifest
 
     import tensorstore as ts
 
-    from streamdiff.formats import ocdbt
+    from streamdiff.reader.formats import ocdbt
 
     _zstd_bomb_root(tmp_path, 256)
     base = ts.KvStore.open(f"file://{tmp_path}/").result()
@@ -234,7 +234,7 @@ def test_a_b_tree_node_whose_prefix_compressed_keys_expand_quadratically_is_refu
 
     import tensorstore as ts
 
-    from streamdiff.formats import ocdbt
+    from streamdiff.reader.formats import ocdbt
 
     n = _key_bomb_root(tmp_path)
     assert n * n // 2 > 50 << 20
@@ -290,7 +290,7 @@ def test_a_value_length_past_2_to_the_63_is_refused_not_wrapped_into_a_plausible
     2**63 + 1024 into 1024, the real stored size, a size the equal-bytes shortcut would trust."""
     import tensorstore as ts
 
-    from streamdiff.formats import ocdbt
+    from streamdiff.reader.formats import ocdbt
 
     _indirect_length_root(tmp_path, (1 << 63) + 1024)
     base = ts.KvStore.open(f"file://{tmp_path}/").result()
@@ -304,7 +304,7 @@ def test_a_value_length_past_its_data_file_is_the_size_tensorstore_reports(tmp_p
     """Below 2**62 the decoder agrees with tensorstore's own listing of the node, however absurd."""
     import tensorstore as ts
 
-    from streamdiff.formats import ocdbt
+    from streamdiff.reader.formats import ocdbt
 
     _indirect_length_root(tmp_path, (1 << 32) + 1024)
     base = ts.KvStore.open(f"file://{tmp_path}/").result()

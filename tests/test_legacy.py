@@ -11,8 +11,8 @@ from reference import assert_stats_match, expected_stats
 from test_maxtext import load
 
 import streamdiff
-from streamdiff.locate import locate
-from streamdiff.tree import build_tree
+from streamdiff.reader.locate import locate
+from streamdiff.reader.tree import build_tree
 
 LEGACY = DATA / "legacy"
 EXPECTED = json.loads((LEGACY / "expected.json").read_text())

@@ -18,8 +18,8 @@ from reference import assert_stats_match, expected_stats
 
 import streamdiff
 from streamdiff.datatypes import format_path
-from streamdiff.locate import locate
-from streamdiff.tree import build_tree
+from streamdiff.reader.locate import locate
+from streamdiff.reader.tree import build_tree
 
 FOLDERS = sorted(p.name for p in MAXTEXT.iterdir() if p.is_dir())
 

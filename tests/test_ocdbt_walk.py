@@ -1,4 +1,4 @@
-"""The B-tree walk (streamdiff.formats.ocdbt) sees exactly what the ocdbt kvstore sees: every key,
+"""The B-tree walk (streamdiff.reader.formats.ocdbt) sees exactly what the ocdbt kvstore sees: every key,
 every inline value asked for, every stored size, on trees of several levels written by tensorstore."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
-from streamdiff.formats import ocdbt
+from streamdiff.reader.formats import ocdbt
 
 
 @pytest.mark.parametrize("node_bytes, inline_bytes", [(600, 50), (1 << 22, 1 << 10)])

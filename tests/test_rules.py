@@ -18,12 +18,12 @@ from test_maxtext import load
 
 import streamdiff
 from streamdiff.datatypes import Kind, Leaf, format_path
-from streamdiff.locate import locate
 from streamdiff.mapping.layouts import PRESETS, load_preset
 from streamdiff.mapping.patterns import Pattern, RulesError, fill
 from streamdiff.mapping.rules import PRESET_DIR, apply_rules, parse_rules, read_preset
 from streamdiff.mapping.views import move_axis, source_of, stacked
-from streamdiff.tree import read_item
+from streamdiff.reader.locate import locate
+from streamdiff.reader.tree import read_item
 
 LINEN = MAXTEXT / "v024_linen_scan/checkpoints"
 LINEN_NOSCAN = MAXTEXT / "v024_linen_noscan/checkpoints"

@@ -16,10 +16,10 @@ import zarr
 from helpers import save
 from zarr.codecs import BloscCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 
-from streamdiff.formats import orbax, zarr_metadata
-from streamdiff.formats.zarr import parse_array
-from streamdiff.locate import locate
-from streamdiff.tree import build_tree
+from streamdiff.reader.formats import orbax, zarr_metadata
+from streamdiff.reader.formats.zarr import parse_array
+from streamdiff.reader.locate import locate
+from streamdiff.reader.tree import build_tree
 
 #: name -> (zarr_format, create_array keyword arguments)
 ARRAYS = {

@@ -12,8 +12,8 @@ import pytest
 from conftest import run_cli
 from orbax_corpus import VARIANTS
 
-from streamdiff.locate import ItemKind, locate
-from streamdiff.tree import read_item
+from streamdiff.reader.locate import ItemKind, locate
+from streamdiff.reader.tree import read_item
 
 
 def _latest_items(variant: str, items: list[str]) -> set[str]:

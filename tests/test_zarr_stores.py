@@ -155,7 +155,7 @@ def test_string_arrays_are_compared_as_json_values(tmp_path, zarr_format):
 
 
 def test_string_array_over_the_size_limit_is_not_compared_rather_than_skipped(tmp_path, monkeypatch):
-    from streamdiff.formats import zarr as reader
+    from streamdiff.reader.formats import zarr as reader
 
     monkeypatch.setattr(reader, "SMALL_VALUES_MAX_ELEMENTS", 2)
     a = write_strings(tmp_path / "a", ["ab", "c", "d"])
@@ -388,7 +388,7 @@ def _grid(chunk_shape: list[int]) -> dict:
 
 
 def test_parsed_metadata_facts_match_what_zarr_python_wrote(tmp_path):
-    from streamdiff.formats.zarr import parse_array
+    from streamdiff.reader.formats.zarr import parse_array
 
     root = zarr.open_group(str(tmp_path / "z"), mode="w", zarr_format=3)
     root.create_array("s", shape=(8, 6), chunks=(2, 3), shards=(4, 6), dtype="f4", compressors=GzipCodec(level=2))

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import StreamdiffError, UsageError
 from ..plan import MemoryPlan
-from ..storage import DEFAULT_TIMEOUT
+from ..reader.storage import DEFAULT_TIMEOUT
 from .sides import one_line
 
 #: Loggers of Dask that report, on stderr, what streamdiff already reports per leaf (a task

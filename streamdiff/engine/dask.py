@@ -24,12 +24,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..chunks import ItemSizes
 from ..datatypes import Leaf, Pair
 from ..errors import StreamdiffError
 from ..plan import MemoryPlan, Sample
+from ..reader.storage import DEFAULT_TIMEOUT, configure_http, io_counters, make_context
 from ..stats import LeafStats, Policy
-from ..storage import DEFAULT_TIMEOUT, configure_http, io_counters, make_context
+from .chunks import ItemSizes
 from .cluster import batch_error, connect, lost
 from .plans import PairOutcome, cache_bytes, plan_pair, plan_pairs
 from .sides import STORAGE_ERRORS, ItemStores, OpenSide, Side, SideContexts, stored_bases

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..datatypes import Pair
-from ..formats.dtypes import family
 from ..plan import BlockGrid, MemoryPlan, RowsPlan, pair_grid, pair_rows, refuse_leaf
+from ..reader.formats.dtypes import family
 from ..stats import LeafStats, Policy
 from .sides import STORAGE_ERRORS, Side, dtype_of, itemsize, one_line, same_fill, shape_of, source_of
 

@@ -18,13 +18,13 @@ import numpy as np
 import tensorstore as ts
 import zstandard
 
-from ..chunks import ChunkFormat, ItemSizes, RawStore, chunk_format
 from ..datatypes import ArraySource, Leaf, format_path
-from ..encoding import Encoding, audit_chunk_files, encoding_of
 from ..errors import StreamdiffError
 from ..mapping.views import view_of
 from ..plan import prefetch_depth as plan_prefetch_depth
-from ..storage import cached_context, describe
+from ..reader.storage import cached_context, describe
+from .chunks import ChunkFormat, ItemSizes, RawStore, chunk_format
+from .encoding import Encoding, audit_chunk_files, encoding_of
 
 #: What reading and decoding stored data raises: tensorstore statuses (ValueError, TimeoutError), the
 #: file system (OSError), corrupt bytes (zstd, struct, MissingChunk), our own refusals (StreamdiffError)

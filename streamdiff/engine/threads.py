@@ -15,10 +15,10 @@ from typing import Protocol
 import tensorstore as ts
 
 from .. import malloc
-from ..chunks import ItemSizes
 from ..datatypes import Pair
 from ..plan import MemoryPlan, Sample
 from ..stats import LeafStats, Policy
+from .chunks import ItemSizes
 from .plans import PairOutcome, cache_bytes, plan_pairs
 from .sides import STORAGE_ERRORS, ItemStores, OpenSide, Side, SideContexts, one_line
 from .tasks import Task, tasks

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorstore as ts
 
-from ..chunks import Known, RawStore, Read, stream_chunk
 from ..datatypes import Pair
-from ..encoding import Encoding, plausible, plausible_ends
-from ..formats.dtypes import family
 from ..plan import MemoryPlan
+from ..reader.formats.dtypes import family
 from ..stats import LeafStats, Policy, block_stats, layers_settled
+from .chunks import Known, RawStore, Read, stream_chunk
+from .encoding import Encoding, plausible, plausible_ends
 from .plans import PairOutcome
 from .sides import OpenSide, dtype_of, prefetch_depth
 from .tasks import Task

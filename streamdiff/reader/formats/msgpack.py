@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..datatypes import KeyPath, Kind, Leaf, Tree
+from ...datatypes import KeyPath, Kind, Leaf, Tree
 from . import dtypes  # noqa: F401  (ml_dtypes names for np.dtype)
 
 PLACEHOLDER_PREFIXES = ("PLACEHOLDER://", "AGGREGATED://")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ml_dtypes  # noqa: F401  (registers bfloat16, int4, float8_* with numpy)
 import numpy as np
 
-from ..errors import CorruptCheckpointError
+from ...errors import CorruptCheckpointError
 
 
 def normalize(name: str) -> str:

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .datatypes import ArraySource
-from .errors import CorruptCheckpointError
-from .formats.zarr_metadata import Driver
-from .localfs import walk_files
-from .units import human_bytes
+from ..datatypes import ArraySource
+from ..errors import CorruptCheckpointError
+from ..reader.formats.zarr_metadata import Driver
+from ..reader.localfs import walk_files
+from ..units import human_bytes
 
 #: Slack allowed over the decoded size: n/8 + 64 KiB covers the worst-case expansion of zstd, blosc,
 #: zlib, gzip, lz4 and bz2 (all under 1% plus a few hundred bytes of headers).

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
-from .errors import CorruptCheckpointError
+from ..errors import CorruptCheckpointError
 
 #: Metadata files larger than this are refused by size before they are read (a real `_METADATA` of a
 #: 405B-parameter model with optimizer state is a few MB).

@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from ..errors import NotACheckpointError, NotFoundError, UnfinishedCheckpointError, UsageError
 from . import validate
-from .errors import NotACheckpointError, NotFoundError, UnfinishedCheckpointError, UsageError
 from .formats import foreign, zarr
 from .formats import msgpack as msgpack_format
 from .localfs import check_file

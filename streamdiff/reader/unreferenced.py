@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 
-from .datatypes import KeyPath, Kind, Leaf
+from ..datatypes import KeyPath, Kind, Leaf
 from .formats.zarr_metadata import METADATA_FILE, METADATA_FILES, ArrayMetadata
 from .storage import Dir
 

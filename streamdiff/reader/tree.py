@@ -22,9 +22,9 @@ from typing import Any
 
 import tensorstore as ts
 
+from ..datatypes import ArraySource, KeyPath, Kind, Leaf, Tree
+from ..errors import CorruptCheckpointError, NotACheckpointError, StreamdiffError
 from . import unreferenced, validate
-from .datatypes import ArraySource, KeyPath, Kind, Leaf, Tree
-from .errors import CorruptCheckpointError, NotACheckpointError, StreamdiffError
 from .formats import foreign, json_item, ocdbt, orbax, zarr, zarr_metadata
 from .formats import msgpack as msgpack_format
 from .formats.zarr_metadata import METADATA_FILE, METADATA_FILES, ArrayMetadata

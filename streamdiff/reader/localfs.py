@@ -13,8 +13,8 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 
-from .errors import CorruptCheckpointError
-from .units import human_bytes
+from ..errors import CorruptCheckpointError
+from ..units import human_bytes
 
 #: Deepest directory nesting walked (chunk keys nest at most one level per dimension, 32 at most).
 MAX_DEPTH = 40

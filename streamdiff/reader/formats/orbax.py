@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from ...datatypes import KeyPath
+from ...errors import CorruptCheckpointError
 from .. import validate
-from ..datatypes import KeyPath
-from ..errors import CorruptCheckpointError
 from .msgpack import MsgpackEntry
 
 # `_METADATA` keys (orbax `_src/metadata/tree.py` and `value_metadata_entry.py`).

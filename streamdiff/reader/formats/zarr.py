@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
-from ..datatypes import ArraySource, KeyPath, Kind, Leaf, Tree, format_path
-from ..errors import CorruptCheckpointError, StreamdiffError
+from ...datatypes import ArraySource, KeyPath, Kind, Leaf, Tree, format_path
+from ...errors import CorruptCheckpointError, StreamdiffError
 from ..storage import META_CACHE, Dir, storage_error
 from ..validate import parse_json
 from . import zarr_metadata

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import StreamdiffError
+from ...errors import StreamdiffError
 from . import dtypes
 
 #: Metadata file name -> zarr format: the files that define an array (.zgroup / .zattrs do not).

@@ -28,10 +28,10 @@ import numpy as np
 import tensorstore as ts
 import zstandard
 
-from .datatypes import ArraySource
-from .formats import ocdbt
-from .formats.zarr_metadata import ArrayMetadata
-from .plan import PIECE_BYTES
+from ..datatypes import ArraySource
+from ..plan import PIECE_BYTES
+from ..reader.formats import ocdbt
+from ..reader.formats.zarr_metadata import ArrayMetadata
 
 #: What the stored bytes of one array's chunks look like: the array's typed metadata, which has the
 #: storage grid (`chunk_shape`), the read chunk (`inner_shape`), `key()`, `streamable`, `signature`,

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..datatypes import KeyPath, Kind, Leaf, Tree
-from ..errors import CorruptCheckpointError
+from ...datatypes import KeyPath, Kind, Leaf, Tree
+from ...errors import CorruptCheckpointError
 from ..validate import parse_json
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import tensorstore as ts
 
-from .errors import NotFoundError, StreamdiffError, UsageError
+from ..errors import NotFoundError, StreamdiffError, UsageError
 from .localfs import check_file
 from .validate import MAX_METADATA_BYTES
 
