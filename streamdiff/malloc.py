@@ -11,7 +11,12 @@ from __future__ import annotations
 import ctypes
 import sys
 
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
+#: glibc's own ceiling for its adaptive mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX): a
+#: freed buffer up to this size goes back to the heap, to be reused, instead of to the OS.
+MMAP_THRESHOLD_MAX = 32 << 20
 _trim_enabled = [False]  # set by the program (the CLI), never by a library call
 _libc = None
 if sys.platform.startswith("linux"):
@@ -27,6 +32,17 @@ def limit_arenas(n: int = 1) -> None:
     means fewer fresh pages to fault in, so reading is faster, not slower."""
     if _libc is not None:
         _libc.mallopt(_M_ARENA_MAX, n)
+
+
+def reuse_freed_buffers() -> None:
+    """Undo a fixed small trim threshold inherited from the environment: Dask's nanny starts its
+    workers with MALLOC_TRIM_THRESHOLD_=65536, and any such setting turns off glibc's adaptive
+    thresholds, so every chunk buffer over 128 KiB is mmapped fresh and unmapped when freed and
+    each of its pages faults in again (system time about equal to the decoding time). Fixing the
+    thresholds where the adaptive ones end up restores the reuse; `trim` still returns the heap."""
+    if _libc is not None:
+        _libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
+        _libc.mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_MAX)
 
 
 def trim() -> None:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
+from .. import malloc
 from ..datatypes import Leaf, Pair
 from ..errors import StreamdiffError
 from ..plan import MemoryPlan, Sample
@@ -221,6 +222,7 @@ def _worker_cache(state: RunState) -> WorkerCache:
         if not _cache or _cache[0].state.run_id != state.run_id:
             if any(state.remote):
                 configure_http(state.timeout)  # before this worker's first remote request
+            malloc.reuse_freed_buffers()  # the nanny's MALLOC_TRIM_THRESHOLD_ makes every buffer fault in
             _cache[:] = [WorkerCache(state)]
         return _cache[0]
 
