@@ -1,4 +1,4 @@
-"""Build a checkpoint item's tree from metadata alone (orbax-format.md §12.B). No chunk data is read.
+"""Build a checkpoint item's tree from metadata alone. No chunk data is read.
 
 This module orchestrates: which files to read, every read issued at once, and which reader gets the
 bytes. What a file means is in `formats/`: `_METADATA` and `array_metadatas/*` in `formats/orbax.py`,
@@ -302,7 +302,7 @@ def _parse_msgpack(raw: bytes | None, item: Dir) -> list[msgpack_format.MsgpackE
 
 
 def _prng_impls(futures: list[ts.Future[ts.KvStore.ReadResult]], item: Dir) -> dict[str, str]:
-    """param name -> random_key_impl, merged over all array_metadatas/process_* files (§8.1)."""
+    """param name -> random_key_impl, merged over all array_metadatas/process_* files."""
     out: dict[str, str] = {}
     for fut in futures:
         raw = result_bytes(fut, f"{item.display}/array_metadatas")
@@ -313,7 +313,7 @@ def _prng_impls(futures: list[ts.Future[ts.KvStore.ReadResult]], item: Dir) -> d
 
 
 def _arrays_from_keys(keys: Iterable[str]) -> dict[str, int]:
-    """Array name -> zarr version: only keys ending in .zarray / zarr.json define arrays (§13.6)."""
+    """Array name -> zarr version: only keys ending in .zarray / zarr.json define arrays."""
     out: dict[str, int] = {}
     for k in keys:
         head, _, last = k.rpartition("/")
@@ -421,7 +421,7 @@ COMPACT_KEYS = 1 << 18
 
 
 def _legacy_strings(item: Dir, entries: list[_Entry]) -> dict[str, str]:
-    """orbax <= 0.3 non-OCDBT kept each string in `<name>/_strings.json` (§5)."""
+    """orbax <= 0.3 non-OCDBT kept each string in `<name>/_strings.json`."""
     futs = {e.storage_name: item.read_async(e.storage_name + "/_strings.json") for e in entries}
     out = {}
     for name, fut in futs.items():
@@ -519,7 +519,7 @@ def _array_source(item: Dir, base: dict[str, Any] | None, name: str, md: ArrayMe
         "driver": str(md.driver),
         "kvstore": kv,
         "metadata": md.document,
-        # A missing chunk must be an error, not zeros: orbax writes every chunk (§6.3).
+        # A missing chunk must be an error, not zeros: orbax writes every chunk.
         "fill_missing_data_reads": False,
         "recheck_cached_data": False,
         "recheck_cached_metadata": False,

@@ -7,7 +7,7 @@ What a leaf can be:
 
 * the value itself (an "aggregated" leaf in orbax, every leaf of a flax file);
 * `PLACEHOLDER://<param name>` (`AGGREGATED://` in very old orbax): stored in tensorstore under that
-  name (orbax <= 0.5.15, orbax-format.md §8.4);
+  name (orbax <= 0.5.15);
 * a tensorstore spec (T5X): `{"driver": "zarr", "dtype": ..., "kvstore": {"driver": "gfile" | "file" |
   "gcs", "path": "state.param_states.kernel/"}, "metadata": {...}}`, the array stored as a zarr v2
   folder at that path relative to the checkpoint directory. The spec carries the metadata, so the

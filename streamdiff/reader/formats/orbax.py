@@ -1,9 +1,9 @@
 """Orbax's own metadata files as typed frozen objects: `_METADATA` (the tree) and `array_metadatas/*`.
 
-`_METADATA` is written by orbax's `InternalTreeMetadata.to_json` (orbax `_src/metadata/tree.py`;
-orbax-format.md §4): `tree_metadata` maps the repr of each leaf's key tuple (never parsed: it is
-ambiguous) to its `key_metadata` (one {key, key_type} per nesting level) and `value_metadata`
-(value_type, skip_deserialize, write_shape). The key names below are orbax's, as constants.
+`_METADATA` is written by orbax's `InternalTreeMetadata.to_json` (orbax `_src/metadata/tree.py`):
+`tree_metadata` maps the repr of each leaf's key tuple (never parsed: it is ambiguous) to its
+`key_metadata` (one {key, key_type} per nesting level) and `value_metadata` (value_type,
+skip_deserialize, write_shape). The key names below are orbax's, as constants.
 
 Documents are checked by `validate.check_tree_metadata` / `check_array_metadatas` before they are
 parsed here, so a hostile one is a one-line error naming the file and field.
@@ -35,14 +35,14 @@ STORE_ARRAY_DATA_EQUAL_TO_FILL_VALUE = "store_array_data_equal_to_fill_value"
 VALUE_METADATA_TREE = "value_metadata_tree"
 CUSTOM_METADATA = "custom_metadata"
 
-# `array_metadatas/process_<i>` keys (orbax `_src/metadata/array_metadata.py`, orbax-format.md §8.1).
+# `array_metadatas/process_<i>` keys (orbax `_src/metadata/array_metadata.py`).
 ARRAY_METADATAS = "array_metadatas"
 ARRAY_METADATA = "array_metadata"
 PARAM_NAME = "param_name"
 EXT_METADATA = "ext_metadata"
 RANDOM_KEY_IMPL = "random_key_impl"
 
-#: value_types of nodes that hold no data: empty containers and unregistered leaf types (§4).
+#: value_types of nodes that hold no data: empty containers and unregistered leaf types.
 EMPTY_VALUE_TYPES = frozenset({"None", "Dict", "List", "Tuple", "NamedTuple"})
 UNKNOWN = "unknown"
 #: value_types of a rank-0 array compared as a scalar: Python and numpy scalars (StandardCheckpointHandler
@@ -94,7 +94,7 @@ class TreeEntry:
 
     @property
     def param_name(self) -> str:
-        """The name orbax stores the value under: the keys joined by '.', unescaped (§3)."""
+        """The name orbax stores the value under: the keys joined by '.', unescaped."""
         return ".".join(self.keys)
 
 
@@ -143,7 +143,7 @@ def msgpack_conflict(value: ValueMetadata, m: MsgpackEntry | None) -> str | None
 
 
 def prng_impls(doc: Any, where: str) -> dict[str, str]:
-    """param name -> random_key_impl, from one `array_metadatas/process_<i>` document (§8.1): the
+    """param name -> random_key_impl, from one `array_metadatas/process_<i>` document: the
     only marker of a typed PRNG key."""
     validate.check_array_metadatas(doc, where)
     out: dict[str, str] = {}
