@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,20 +14,12 @@ from helpers import save
 import streamdiff
 
 
-def save_orbax(path: Path, tree: dict) -> Path:
-    import orbax.checkpoint as ocp
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=True)).save(path, args=ocp.args.PyTreeSave(tree))
-    return path
-
-
 def test_diff_keeps_objects_the_caller_froze_frozen_and_freezes_none_of_its_own(tmp_path):
     """A server that calls gc.freeze() before forking must find its objects still frozen after a
     library diff, and the diff must not leave its own objects in the permanent generation."""
-    a = save_orbax(tmp_path / "a", {"w": np.arange(6, dtype=np.float32)})
-    b = save_orbax(tmp_path / "b", {"w": np.arange(6, dtype=np.float32) + 1})
+    a, b = tmp_path / "a", tmp_path / "b"
+    save(a, {"w": np.arange(6, dtype=np.float32)}, use_ocdbt=True)
+    save(b, {"w": np.arange(6, dtype=np.float32) + 1}, use_ocdbt=True)
     held = [[object()] for _ in range(1000)]  # the caller's objects, frozen by the caller
     gc.freeze()
     try:
@@ -79,17 +70,15 @@ def _zstd_bomb_root(path: Path, decoded_mib: int) -> None:
     (path / where).write_bytes(bytes(data))
 
 
-def test_a_zstd_bomb_b_tree_node_is_refused_before_it_inflates_past_the_manifests_node_limit(tmp_path):
-    """The node decoder must stop at the database's max_decoded_node_bytes (8 MiB here, as tensorstore
-    enforces it), not at 1 GiB: a ~90 KB node file may not cost hundreds of MB of memory."""
+def _assert_index_refuses_in_little_memory(path: Path) -> None:
+    """Indexing the hostile OCDBT database at `path` raises ValueError with a traced peak under 32 MiB."""
     import tracemalloc
 
     import tensorstore as ts
 
     from streamdiff.reader.formats import ocdbt
 
-    _zstd_bomb_root(tmp_path, 256)
-    base = ts.KvStore.open(f"file://{tmp_path}/").result()
+    base = ts.KvStore.open(f"file://{path}/").result()
     tracemalloc.start()
     try:
         with pytest.raises(ValueError):
@@ -98,6 +87,13 @@ def test_a_zstd_bomb_b_tree_node_is_refused_before_it_inflates_past_the_manifest
     finally:
         tracemalloc.stop()
     assert peak < 32 << 20, f"decoding the hostile node peaked at {peak >> 20} MiB"
+
+
+def test_a_zstd_bomb_b_tree_node_is_refused_before_it_inflates_past_the_manifests_node_limit(tmp_path):
+    """The node decoder must stop at the database's max_decoded_node_bytes (8 MiB here, as tensorstore
+    enforces it), not at 1 GiB: a ~90 KB node file may not cost hundreds of MB of memory."""
+    _zstd_bomb_root(tmp_path, 256)
+    _assert_index_refuses_in_little_memory(tmp_path)
 
 
 def _indirect_values(ckpt: Path) -> dict[str, tuple[Path, int, int]]:
@@ -230,23 +226,9 @@ def test_a_b_tree_node_whose_prefix_compressed_keys_expand_quadratically_is_refu
     """~11k one-byte suffixes in a 91 KB node spell 65 MB of keys (a 1 MB node: 15 GB); the decoder
     built them all (283 MB peak RSS). It must refuse the node (callers then read key by key through
     tensorstore, which decodes such a node itself) without materialising the keys."""
-    import tracemalloc
-
-    import tensorstore as ts
-
-    from streamdiff.reader.formats import ocdbt
-
     n = _key_bomb_root(tmp_path)
     assert n * n // 2 > 50 << 20
-    base = ts.KvStore.open(f"file://{tmp_path}/").result()
-    tracemalloc.start()
-    try:
-        with pytest.raises(ValueError):
-            ocdbt.index(base, frozenset({".zarray"}))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 32 << 20, f"decoding the hostile node peaked at {peak >> 20} MiB"
+    _assert_index_refuses_in_little_memory(tmp_path)
 
 
 def _indirect_length_root(path: Path, length: int) -> None:

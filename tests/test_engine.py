@@ -104,6 +104,7 @@ def test_with_trim_enabled_the_heap_is_trimmed_every_trim_every_tasks(many_leave
     monkeypatch.setattr(malloc, "trim_enabled", lambda: True)
     streamdiff.diff(str(many_leaves / "a"), str(many_leaves / "b"), shortcut=False)
     assert len(calls) == 30 // threads.TRIM_EVERY  # one task per leaf, one trim every TRIM_EVERY settled
+    assert calls  # TRIM_EVERY above the 30 tasks would make the count above 0 == 0
 
 
 def test_leaves_planned_alike_in_one_ocdbt_item_keep_their_own_statistics(tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import DATA, run_cli
-from helpers import one_error_line
+from helpers import one_error_line, save
 from writers_msgpack import (
     open_t5x_array,
     t5x_specs,
@@ -352,11 +352,7 @@ def test_older_manager_step_given_directly_is_read_like_under_its_root():
 
 
 def test_unfinished_ocdbt_save_with_metadata_says_unfinished(tmp_path):
-    import orbax.checkpoint as ocp
-
-    ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=True)).save(
-        tmp_path / "ck", args=ocp.args.PyTreeSave({"w": np.ones(4, np.float32)})
-    )
+    save(tmp_path / "ck", {"w": np.ones(4, np.float32)}, use_ocdbt=True)
     assert (tmp_path / "ck/_METADATA").exists() and (tmp_path / "ck/ocdbt.process_0").is_dir()
     (tmp_path / "ck/manifest.ocdbt").unlink()  # the merge into the root manifest never happened
     one_error_line(run_cli(tmp_path / "ck", tmp_path / "ck"), "unfinished save")

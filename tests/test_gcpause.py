@@ -4,24 +4,14 @@ collector on, nothing frozen, also when the run fails; and a diff run through it
 from __future__ import annotations
 
 import gc
-import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import save
 
 import streamdiff
 from streamdiff import gcpause
 from streamdiff.errors import StreamdiffError
-
-
-def save_orbax(path: Path, tree: dict) -> Path:
-    import orbax.checkpoint as ocp
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=True)).save(path, args=ocp.args.PyTreeSave(tree))
-    return path
 
 
 def test_paused_turns_the_collector_off_inside_and_back_on_after_even_on_error():
@@ -51,8 +41,9 @@ def test_unfreezes_hands_frozen_objects_back_after_the_call_even_when_it_raises(
 
 
 def test_diff_leaves_the_collector_on_and_nothing_frozen_and_still_finds_a_difference(tmp_path):
-    a = save_orbax(tmp_path / "a", {"w": np.arange(6, dtype=np.float32)})
-    b = save_orbax(tmp_path / "b", {"w": np.arange(6, dtype=np.float32) + 1})
+    a, b = tmp_path / "a", tmp_path / "b"
+    save(a, {"w": np.arange(6, dtype=np.float32)}, use_ocdbt=True)
+    save(b, {"w": np.arange(6, dtype=np.float32) + 1}, use_ocdbt=True)
     r = streamdiff.diff(str(a), str(b))
     assert [x.status for x in r.leaves] == ["different"]
     assert gc.isenabled() and gc.get_freeze_count() == 0

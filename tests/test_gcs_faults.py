@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from fault_proxy import Fault, FaultProxy
 from gcs_emulator import Emulator, tensorstore_env, upload
-from helpers import one_error_line
+from helpers import one_error_line, save
 
 BUCKET = "faults"
 TIMEOUT = 2  # seconds: each try gets 1 s without progress, 4 tries
@@ -44,13 +44,11 @@ class Run:
 def write_checkpoint(path, w_delta: float = 0.0) -> None:
     """Per-leaf zarr2 directories (no OCDBT), so each array's chunk is its own object: a fault
     can hit one leaf's data and nothing else."""
-    import orbax.checkpoint as ocp
-
     tree = {
         "w": np.arange(64, dtype=np.float32).reshape(8, 8) + np.float32(w_delta) * (np.arange(64) == 5).reshape(8, 8),
         "b": np.linspace(0, 1, 16, dtype=np.float32),
     }
-    ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=False)).save(path, args=ocp.args.PyTreeSave(tree))
+    save(path, tree, use_ocdbt=False)
 
 
 @pytest.fixture(scope="module")

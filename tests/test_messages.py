@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import MAXTEXT, run_cli
-from helpers import one_error_line
+from helpers import one_error_line, save
 
 GOOD = MAXTEXT / "v024_linen_scan/checkpoints"
 
@@ -62,11 +62,8 @@ def test_file_url_with_percent_encoded_space(tmp_path):
 
 
 def _per_leaf(path, zarr3: bool):
-    import orbax.checkpoint as ocp
-
     tree = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(3, np.float32)}
-    handler = ocp.PyTreeCheckpointHandler(use_ocdbt=False, use_zarr3=zarr3)
-    ocp.Checkpointer(handler).save(path, args=ocp.args.PyTreeSave(tree))
+    save(path, tree, use_ocdbt=False, use_zarr3=zarr3)
     return path
 
 

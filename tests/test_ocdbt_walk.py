@@ -3,6 +3,8 @@ every inline value asked for, every stored size, on trees of several levels writ
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import tensorstore as ts
@@ -31,14 +33,20 @@ def test_walk_yields_every_key_value_and_size_that_the_ocdbt_driver_reads(tmp_pa
         assert height >= 2  # the small-node case really walks interior nodes
 
 
-@pytest.mark.parametrize("node_bytes", [600, 1 << 22])
-def test_key_sizes_give_every_stored_length_the_ocdbt_driver_reads_and_none_for_absent_keys(tmp_path, node_bytes):
+def _seven_prefixes_of_300_keys(path, node_bytes: int, value: Callable[[int], bytes]) -> tuple[ts.KvStore, ts.KvStore]:
+    """An OCDBT database written by tensorstore (values over 50 bytes out of line) holding `value(i)` at
+    'a{i % 7}/c/{i}' for i < 300: the ocdbt kvstore that wrote it, and the base kvstore it lies in."""
     config = {"max_decoded_node_bytes": node_bytes, "max_inline_value_bytes": 50}
-    kv = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{tmp_path}/", "config": config}).result()
+    kv = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{path}/", "config": config}).result()
     with ts.Transaction() as txn:
         for i in range(300):
-            kv.with_transaction(txn)[f"a{i % 7}/c/{i}"] = bytes(range(i % 200))
-    base = ts.KvStore.open(f"file://{tmp_path}/").result()
+            kv.with_transaction(txn)[f"a{i % 7}/c/{i}"] = value(i)
+    return kv, ts.KvStore.open(f"file://{path}/").result()
+
+
+@pytest.mark.parametrize("node_bytes", [600, 1 << 22])
+def test_key_sizes_give_every_stored_length_the_ocdbt_driver_reads_and_none_for_absent_keys(tmp_path, node_bytes):
+    kv, base = _seven_prefixes_of_300_keys(tmp_path, node_bytes, lambda i: bytes(range(i % 200)))
     sizes = ocdbt.sizes(base)
 
     truth = {k.decode(): len(kv.read(k).result().value) for k in kv.list().result()}
@@ -71,12 +79,7 @@ def test_walk_refuses_databases_over_the_key_limit(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("node_bytes", [600, 1 << 22])
 def test_kept_inline_values_are_the_bytes_the_ocdbt_driver_reads_and_indirect_values_are_not_kept(tmp_path, node_bytes):
-    config = {"max_decoded_node_bytes": node_bytes, "max_inline_value_bytes": 50}
-    kv = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{tmp_path}/", "config": config}).result()
-    with ts.Transaction() as txn:
-        for i in range(300):
-            kv.with_transaction(txn)[f"a{i % 7}/c/{i}"] = bytes((i + j) % 256 for j in range(i % 120))
-    base = ts.KvStore.open(f"file://{tmp_path}/").result()
+    kv, base = _seven_prefixes_of_300_keys(tmp_path, node_bytes, lambda i: bytes((i + j) % 256 for j in range(i % 120)))
     sizes = ocdbt.sizes(base, values=True)
 
     truth = {k.decode(): bytes(kv.read(k).result().value) for k in kv.list().result()}
@@ -96,6 +99,9 @@ def test_kept_inline_values_stop_at_the_cap(tmp_path, monkeypatch):
     monkeypatch.setattr(ocdbt, "MAX_KEPT_VALUES", 999)
     sizes = ocdbt.sizes(base, values=True)
     assert [sizes.value(f"k{i:02d}") for i in (0, 49)] == [(20, None), (20, None)]  # one node of 1000 B: over
+    monkeypatch.setattr(ocdbt, "MAX_KEPT_VALUES", 1 << 20)  # under the cap the same values are kept
+    kept = ocdbt.sizes(base, values=True)
+    assert [kept.value(f"k{i:02d}") for i in (0, 49)] == [(20, b"x" * 20), (20, b"x" * 20)]
 
 
 def test_varint_columns_of_multi_byte_values_longer_than_one_search_piece_decode_exactly():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -453,6 +454,13 @@ def test_a_rules_file_can_include_a_preset(tmp_path):
     assert r.json["ignored"] == {"a": ["opt_state/1"], "b": ["opt_state/1"]}
 
 
+def _write_presets(directory: Path, files: dict[str, list[str]]) -> None:
+    """One preset file per name, including the listed presets and ignoring the path of its own name."""
+    for name, includes in files.items():
+        inc = ", ".join(f'"{x}"' for x in includes)
+        (directory / f"{name}.toml").write_text(f'include = [{inc}]\n[[rule]]\nop = "ignore"\npath = "{name}"\n')
+
+
 @pytest.mark.parametrize(
     "files,needle",
     [
@@ -462,9 +470,7 @@ def test_a_rules_file_can_include_a_preset(tmp_path):
     ],
 )
 def test_preset_include_cycle_is_refused_in_one_line(tmp_path, files, needle):
-    for name, includes in files.items():
-        inc = ", ".join(f'"{x}"' for x in includes)
-        (tmp_path / f"{name}.toml").write_text(f'include = [{inc}]\n[[rule]]\nop = "ignore"\npath = "{name}"\n')
+    _write_presets(tmp_path, files)
     with pytest.raises(RulesError) as e:
         read_preset("a", tmp_path)
     assert str(e.value) == needle
@@ -472,9 +478,7 @@ def test_preset_include_cycle_is_refused_in_one_line(tmp_path, files, needle):
 
 def test_preset_included_twice_without_a_cycle_is_expanded_twice(tmp_path):
     """a includes b and c, both include d: a diamond, not a cycle."""
-    for name, includes in {"a": ["b", "c"], "b": ["d"], "c": ["d"], "d": []}.items():
-        inc = ", ".join(f'"{x}"' for x in includes)
-        (tmp_path / f"{name}.toml").write_text(f'include = [{inc}]\n[[rule]]\nop = "ignore"\npath = "{name}"\n')
+    _write_presets(tmp_path, {"a": ["b", "c"], "b": ["d"], "c": ["d"], "d": []})
     assert [r.args["path"] for r in read_preset("a", tmp_path).rules] == ["d", "b", "d", "c", "a"]
     assert [r.origin for r in read_preset("b", tmp_path).rules] == ["preset d rule 1", "preset b rule 1"]
 

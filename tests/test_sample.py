@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_cli
-from helpers import save
+from helpers import one_error_line, save
 
 import streamdiff
 from streamdiff.datatypes import Kind, LeafResult, Report, Status, Verdict
@@ -231,6 +231,7 @@ def test_bad_sample_options_are_one_line_usage_errors(marked, args, needle):
     assert r.code == 2 and r.out == ""
     lines = r.err.strip().splitlines()
     assert lines[0].startswith("streamdiff: error: ") and needle in lines[0], r.err
+    one_error_line(r, needle)  # exactly one line, no traceback
 
 
 def test_sampled_verdict_exits_0_only_when_nothing_else_keeps_it_from_0():

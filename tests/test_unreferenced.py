@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorstore as ts
 from conftest import DATA, run_cli
+from helpers import save
 
 LEGACY = DATA / "legacy"
 
@@ -32,11 +32,7 @@ def leaf(r, path: str) -> dict:
 
 
 def orbax_save(path: Path, tree: dict, use_ocdbt: bool = True) -> Path:
-    import orbax.checkpoint as ocp
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=use_ocdbt)).save(path, args=ocp.args.PyTreeSave(tree))
+    save(path, tree, use_ocdbt=use_ocdbt)
     return path
 
 
