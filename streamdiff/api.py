@@ -235,15 +235,7 @@ def _resolve(
             raise UsageError(f"{side}'s step ({own}) applies to a CheckpointManager root; {url} is not one")
     matched = choose_items(la, lb, item)
     if item is not None:  # the other items of the step are left out at the user's word: say which
-        for side in ("a", "b"):
-            loc = la if side == "a" else lb
-            left = sorted(i.name for i in loc.items if i.name and i.name != item)
-            if left:
-                note = f"--item {item}: other items not compared: {', '.join(left)}"
-                if side == "a":
-                    la = replace(la, notes=la.notes + (note,))
-                else:
-                    lb = replace(lb, notes=lb.notes + (note,))
+        la, lb = _note_items_left(la, item), _note_items_left(lb, item)
     trees_a, trees_b = _build_trees(matched)
     for side, url, trees in (("A", a, trees_a), ("B", b, trees_b)):
         if not any(leaf.kind != Kind.EMPTY for t in trees for leaf in t.leaves.values()):
@@ -253,6 +245,14 @@ def _resolve(
         same = ", ".join(i.display for _, i, _ in matched)
         la = replace(la, notes=(f"A and B are the same directory ({same})",) + la.notes)
     return la, lb, matched, trees_a, trees_b
+
+
+def _note_items_left(loc: Located, item: str) -> Located:
+    """`loc` with a note naming the items of its step that `--item` leaves out, if any."""
+    left = sorted(i.name for i in loc.items if i.name and i.name != item)
+    if not left:
+        return loc
+    return replace(loc, notes=loc.notes + (f"--item {item}: other items not compared: {', '.join(left)}",))
 
 
 def _notes(located: tuple[str, ...], trees: list[Tree]) -> tuple[str, ...]:
