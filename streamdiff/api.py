@@ -143,7 +143,7 @@ def compare(a: str, b: str, o: DiffOptions, progress: Progress | None = None) ->
     tol = o.tolerance
     if not o.structure_only:
         layers = LayerAxes.of(pairs, o.mapping.layer_axis) if o.per_layer else None
-        policies = [_policy(p, tol.atol, tol.rtol, tol.nan_equal, m, layers) for p in pairs]
+        policies = [_policy(p, tol, m, layers) for p in pairs]
         mem = memory_plan(o.budget.max_memory, o.budget.jobs or default_jobs(), o.budget.block_bytes)
         if progress:  # sampled: about that share (a leaf's one block may be more)
             total = sum(sum(x.nbytes for x in p.both()) for p in pairs if p.status == PairStatus.COMPARE)
@@ -272,15 +272,12 @@ def _build_trees(matched: list[tuple[str, Item, Item]]) -> tuple[list[Tree], lis
         return [f.result() for f in fa], [f.result() for f in fb]
 
 
-def _policy(
-    p: Pair, atol: float, rtol: float, nan_equal: bool, m: MapResult, layers: LayerAxes | None = None
-) -> Policy:
+def _policy(p: Pair, tol: Tolerance, m: MapResult, layers: LayerAxes | None = None) -> Policy:
+    """`tol`, unless a rules file's tolerance matches the pair's path."""
     exact = p.a is not None and p.b is not None and Kind.SCALAR in (p.a.kind, p.b.kind)
-    tol = m.tolerance_for(p.path)
-    if tol is not None:
-        atol, rtol = tol
+    atol, rtol = m.tolerance_for(p.path) or (tol.atol, tol.rtol)
     layer = layers.axis(p) if layers is not None else None
-    return Policy(atol=atol, rtol=rtol, nan_equal=nan_equal, exact=exact, layer_axis=layer)
+    return Policy(atol=atol, rtol=rtol, nan_equal=tol.nan_equal, exact=exact, layer_axis=layer)
 
 
 @dataclass(frozen=True)
