@@ -25,7 +25,6 @@ stacks are lazy views (`views.py`), never copies.
 
 from __future__ import annotations
 
-import math
 import re
 import tomllib
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from importlib.resources.abc import Traversable
 from typing import Any
 
 from ..datatypes import KeyPath, Leaf, format_path
+from ..options import is_tolerance
 from .patterns import Pattern, RulesError, fill
 from .views import View, move_axis, stacked, transposed, view_of, with_view
 
@@ -149,7 +149,7 @@ def _validate(r: Rule) -> None:
     if r.op == "tolerance":
         for k in ("atol", "rtol"):
             v = r.args.get(k, 0.0)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            if not is_tolerance(v):
                 raise RulesError(f"{r.origin}: {k} must be a finite number >= 0, got {v!r}")
 
 
