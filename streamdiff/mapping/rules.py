@@ -214,7 +214,7 @@ def _apply(r: Rule, m: MappedSide) -> int:
             m.ignored.append(format_path(leaf.source_path or path))  # as stored
         elif op == "rename":
             dst = fill(r.args["to"], caps)
-            _put(new, dst, replace(leaf, path=dst, source_path=leaf.source_path or leaf.path), r)
+            _put(new, dst, _moved(leaf, dst), r)
         elif op in ("transpose", "moveaxis"):
             _put(new, path, _transposed(leaf, r), r)
         elif op == "unstack":
@@ -231,11 +231,16 @@ def _strip(r: Rule, m: MappedSide) -> int:
     for path, leaf in m.leaves.items():
         if path and path[-1] == r.args["key"]:
             count += 1
-            _put(new, path[:-1], replace(leaf, path=path[:-1], source_path=leaf.source_path or leaf.path), r)
+            _put(new, path[:-1], _moved(leaf, path[:-1]), r)
         else:
             _put(new, path, leaf, r)
     m.leaves = new
     return count
+
+
+def _moved(leaf: Leaf, path: KeyPath) -> Leaf:
+    """`leaf` at `path`, remembering where it was stored (the first move records it)."""
+    return replace(leaf, path=path, source_path=leaf.source_path or leaf.path)
 
 
 def _put(new: dict[KeyPath, Leaf], path: KeyPath, leaf: Leaf, r: Rule) -> None:
