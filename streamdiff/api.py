@@ -143,7 +143,7 @@ def compare(a: str, b: str, o: DiffOptions, progress: Progress | None = None) ->
     tol = o.tolerance
     if not o.structure_only:
         layers = LayerAxes.of(pairs, o.mapping.layer_axis) if o.per_layer else None
-        policies = [_policy(p, tol.atol, tol.rtol, tol.nan_equal, m, layers) for p in pairs]
+        policies = [_policy(p, tol, m, layers) for p in pairs]
         mem = memory_plan(o.budget.max_memory, o.budget.jobs or default_jobs(), o.budget.block_bytes)
         if progress:  # sampled: about that share (a leaf's one block may be more)
             total = sum(sum(x.nbytes for x in p.both()) for p in pairs if p.status == PairStatus.COMPARE)
@@ -235,15 +235,7 @@ def _resolve(
             raise UsageError(f"{side}'s step ({own}) applies to a CheckpointManager root; {url} is not one")
     matched = choose_items(la, lb, item)
     if item is not None:  # the other items of the step are left out at the user's word: say which
-        for side in ("a", "b"):
-            loc = la if side == "a" else lb
-            left = sorted(i.name for i in loc.items if i.name and i.name != item)
-            if left:
-                note = f"--item {item}: other items not compared: {', '.join(left)}"
-                if side == "a":
-                    la = replace(la, notes=la.notes + (note,))
-                else:
-                    lb = replace(lb, notes=lb.notes + (note,))
+        la, lb = _note_items_left(la, item), _note_items_left(lb, item)
     trees_a, trees_b = _build_trees(matched)
     for side, url, trees in (("A", a, trees_a), ("B", b, trees_b)):
         if not any(leaf.kind != Kind.EMPTY for t in trees for leaf in t.leaves.values()):
@@ -253,6 +245,14 @@ def _resolve(
         same = ", ".join(i.display for _, i, _ in matched)
         la = replace(la, notes=(f"A and B are the same directory ({same})",) + la.notes)
     return la, lb, matched, trees_a, trees_b
+
+
+def _note_items_left(loc: Located, item: str) -> Located:
+    """`loc` with a note naming the items of its step that `--item` leaves out, if any."""
+    left = sorted(i.name for i in loc.items if i.name and i.name != item)
+    if not left:
+        return loc
+    return replace(loc, notes=loc.notes + (f"--item {item}: other items not compared: {', '.join(left)}",))
 
 
 def _notes(located: tuple[str, ...], trees: list[Tree]) -> tuple[str, ...]:
@@ -272,15 +272,12 @@ def _build_trees(matched: list[tuple[str, Item, Item]]) -> tuple[list[Tree], lis
         return [f.result() for f in fa], [f.result() for f in fb]
 
 
-def _policy(
-    p: Pair, atol: float, rtol: float, nan_equal: bool, m: MapResult, layers: LayerAxes | None = None
-) -> Policy:
+def _policy(p: Pair, tol: Tolerance, m: MapResult, layers: LayerAxes | None = None) -> Policy:
+    """`tol`, unless a rules file's tolerance matches the pair's path."""
     exact = p.a is not None and p.b is not None and Kind.SCALAR in (p.a.kind, p.b.kind)
-    tol = m.tolerance_for(p.path)
-    if tol is not None:
-        atol, rtol = tol
+    atol, rtol = m.tolerance_for(p.path) or (tol.atol, tol.rtol)
     layer = layers.axis(p) if layers is not None else None
-    return Policy(atol=atol, rtol=rtol, nan_equal=nan_equal, exact=exact, layer_axis=layer)
+    return Policy(atol=atol, rtol=rtol, nan_equal=tol.nan_equal, exact=exact, layer_axis=layer)
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,8 @@ class _UsageError(click.UsageError):
         return f"{self.message} (usage: {usage}; see '{prog} --help')"
 
 
-def _not_empty(param: click.Parameter, value: str | None) -> str | None:
-    """An empty string would silently mean "not given"."""
+def _not_empty(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A click callback: an empty string would silently mean "not given"."""
     if value is not None and not value.strip():
         raise click.BadParameter("must not be empty", param=param)
     return value
@@ -234,7 +234,7 @@ class _Bar:
     "--scheduler",
     default=None,
     metavar="ADDRESS",
-    callback=lambda ctx, param, v: _not_empty(param, v),
+    callback=_not_empty,
     help="Run the value diff on Dask: tcp://host:8786 for an existing cluster, local:N for N local "
     "worker processes (needs pip install 'streamdiff[dask]'). --max-memory applies per worker.",
 )
@@ -253,7 +253,7 @@ class _Bar:
     "json_path",
     default=None,
     metavar="PATH",
-    callback=lambda ctx, param, v: _not_empty(param, v),
+    callback=_not_empty,
     help="Write the full report as JSON ('-' for stdout).",
 )
 @click.option(

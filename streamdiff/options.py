@@ -17,6 +17,12 @@ from .plan import DEFAULT_MAX_MEMORY, DEFAULT_SAMPLE_SEED, check_max_memory
 from .reader.storage import DEFAULT_TIMEOUT
 
 
+def is_tolerance(v: object) -> bool:
+    """Whether `v` can be an atol or rtol (here and in rules files): a finite number >= 0. NaN
+    passes `v < 0` and would make every comparison true; infinities too."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
 @dataclass(frozen=True)
 class Tolerance:
     """A value differs when `|a - b| > atol + rtol * |b|`; NaN vs NaN is equal unless not `nan_equal`."""
@@ -26,9 +32,8 @@ class Tolerance:
     nan_equal: bool = True
 
     def __post_init__(self) -> None:
-        # NaN passes `atol < 0` and makes every comparison true: refuse it, and infinities, here.
         for name, v in (("atol", self.atol), ("rtol", self.rtol)):
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            if not is_tolerance(v):
                 raise UsageError(f"--{name} must be a finite number >= 0, got {v!r}")
 
 

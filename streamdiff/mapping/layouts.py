@@ -131,9 +131,9 @@ def _stack_axis(member: tuple[int, ...], n: int, other: tuple[int, ...] | None, 
     """The axis at which inserting the layer count turns `member` into the other side's shape:
     `layer_axis` if given, else the only axis that fits, else axis 1 (MaxText's param_scan_axis)
     when several fit; None when none does."""
-    fits = [k for k in range(len(member) + 1) if member[:k] + (n,) + member[k:] == other] if other else []
     if layer_axis is not None:
         return layer_axis if layer_axis <= len(member) else None
+    fits = [k for k in range(len(member) + 1) if member[:k] + (n,) + member[k:] == other] if other else []
     if len(fits) == 1:
         return fits[0]
     if fits:

@@ -25,7 +25,6 @@ stacks are lazy views (`views.py`), never copies.
 
 from __future__ import annotations
 
-import math
 import re
 import tomllib
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from importlib.resources.abc import Traversable
 from typing import Any
 
 from ..datatypes import KeyPath, Leaf, format_path
+from ..options import is_tolerance
 from .patterns import Pattern, RulesError, fill
 from .views import View, move_axis, stacked, transposed, view_of, with_view
 
@@ -149,7 +149,7 @@ def _validate(r: Rule) -> None:
     if r.op == "tolerance":
         for k in ("atol", "rtol"):
             v = r.args.get(k, 0.0)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            if not is_tolerance(v):
                 raise RulesError(f"{r.origin}: {k} must be a finite number >= 0, got {v!r}")
 
 
@@ -214,7 +214,7 @@ def _apply(r: Rule, m: MappedSide) -> int:
             m.ignored.append(format_path(leaf.source_path or path))  # as stored
         elif op == "rename":
             dst = fill(r.args["to"], caps)
-            _put(new, dst, replace(leaf, path=dst, source_path=leaf.source_path or leaf.path), r)
+            _put(new, dst, _moved(leaf, dst), r)
         elif op in ("transpose", "moveaxis"):
             _put(new, path, _transposed(leaf, r), r)
         elif op == "unstack":
@@ -231,11 +231,16 @@ def _strip(r: Rule, m: MappedSide) -> int:
     for path, leaf in m.leaves.items():
         if path and path[-1] == r.args["key"]:
             count += 1
-            _put(new, path[:-1], replace(leaf, path=path[:-1], source_path=leaf.source_path or leaf.path), r)
+            _put(new, path[:-1], _moved(leaf, path[:-1]), r)
         else:
             _put(new, path, leaf, r)
     m.leaves = new
     return count
+
+
+def _moved(leaf: Leaf, path: KeyPath) -> Leaf:
+    """`leaf` at `path`, remembering where it was stored (the first move records it)."""
+    return replace(leaf, path=path, source_path=leaf.source_path or leaf.path)
 
 
 def _put(new: dict[KeyPath, Leaf], path: KeyPath, leaf: Leaf, r: Rule) -> None:
