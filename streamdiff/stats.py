@@ -354,17 +354,17 @@ def _tile_stats(
     with np.errstate(all="ignore"):  # inf/nan arithmetic is expected here, not an error
         xa = ta.astype(cdt)
         xb = tb.astype(cdt)
-        # Exact kinds compare natively: float64 cannot tell int64 values above 2**53 apart.
-        native = exact and (ta.dtype == tb.dtype or (ta.dtype.kind in "iub" and tb.dtype.kind in "iub"))
-        eq = (ta == tb) if native else (xa == xb)
+        if _wide_int_vs_float(ta.dtype, tb.dtype):
+            eq, d = _int_float_exact(ta, tb)
+        else:
+            # Exact kinds compare natively: float64 cannot tell int64 values above 2**53 apart.
+            native = exact and (ta.dtype == tb.dtype or (ta.dtype.kind in "iub" and tb.dtype.kind in "iub"))
+            eq = (ta == tb) if native else (xa == xb)
+            wide = _wide_int_abs_diff(ta, tb)
+            d = np.abs(xa - xb) if wide is None else wide
         nan_a = np.isnan(xa)
         nan_b = np.isnan(xb)
         any_nan = nan_a | nan_b
-        d = _wide_int_abs_diff(ta, tb)
-        if _wide_int_vs_float(ta.dtype, tb.dtype):
-            eq, d = _int_float_exact(ta, tb)
-        elif d is None:
-            d = np.abs(xa - xb)
         d[eq] = 0.0
         d[any_nan] = np.nan
         absb = np.abs(xb)
