@@ -55,11 +55,6 @@ class MissingChunk(ValueError):
     """A chunk (or a shard's inner chunk) that is not stored."""
 
 
-def chunk_format(source: ArraySource) -> ChunkFormat:
-    """The chunk format of a stored array: its metadata, parsed once by the reader."""
-    return source.metadata
-
-
 class RawStore:
     """Stored bytes of one array: an opened kvstore under the array's prefix, plus known sizes."""
 
@@ -67,7 +62,7 @@ class RawStore:
         self, source: ArraySource, context: ts.Context, sizes: ArraySizes | None, kv: ts.KvStore | None = None
     ):
         self.source = source
-        self.format = chunk_format(source)
+        self.format: ChunkFormat = source.metadata
         # `kv`: the array's kvstore already open (an OCDBT item's held store under the array's path).
         self.kv = kv if kv is not None else ts.KvStore.open(source.spec["kvstore"], context=context).result()
         self._sizes = sizes  # key -> stored size, or None when unknown

@@ -133,9 +133,8 @@ def lost(e: BaseException) -> bool:
 def batch_error(e: BaseException) -> str:
     """A batch Dask gave up on, in words: a worker that died (killed, out of memory) leaves Dask's
     own texts ("cancelled for reason: already forgotten", KilledWorker's task keys)."""
-    name = type(e).__name__
-    if name == "KilledWorker":
+    if type(e).__name__ == "KilledWorker":
         return "the Dask workers running this leaf's batch kept dying (killed, or out of memory?)"
-    if name in ("CancelledError", "FutureCancelledError") or "already forgotten" in str(e) or "cancelled" in str(e):
+    if lost(e):
         return "the Dask batch holding this leaf was lost (its worker died or the scheduler went away)"
     return one_line(e)

@@ -32,7 +32,7 @@ from ..reader.storage import DEFAULT_TIMEOUT, configure_http, io_counters, make_
 from ..stats import LeafStats, Policy
 from .chunks import ItemSizes
 from .cluster import batch_error, connect, lost
-from .plans import PairOutcome, cache_bytes, plan_pair, plan_pairs
+from .plans import PairOutcome, cache_bytes, plan_pairs
 from .sides import STORAGE_ERRORS, ItemStores, OpenSide, Side, SideContexts, stored_bases
 from .tasks import Task, pair_tasks
 from .threads import ProgressFn, ThreadRun
@@ -236,7 +236,8 @@ def run_batch(state: RunState, spans: tuple[Span, ...]) -> list[tuple[int, LeafS
     """On a worker: plan the batch's pairs, run its tasks with local threads, return statistics."""
     cache = _worker_cache(state)
     pairs, mem = state.pairs, state.mem
-    plans = {i: plan_pair(pairs[i], state.policies[i], mem, state.shortcut) for i, _, _ in spans}
+    # Planned as the client did; pairs of one metadata in the batch are planned once (plans.plan_key).
+    plans = plan_pairs(pairs, state.policies, mem, state.shortcut, only=(i for i, _, _ in spans))
     todo = (
         t for i, k0, k1 in spans for t in itertools.islice(pair_tasks(i, pairs[i], plans[i], mem, state.sample), k0, k1)
     )

@@ -5,7 +5,7 @@ plans a pair exactly as the client did."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..datatypes import Pair
@@ -52,16 +52,7 @@ class PairOutcome:
 
     def fresh(self) -> PairOutcome:
         """The same plan for another pair: its own statistics and shortcut state (grids are frozen)."""
-        return PairOutcome(
-            LeafStats(),
-            self.grid,
-            self.rows,
-            self.error,
-            list(self.warnings),
-            self.shortcut,
-            0,
-            self.both_missing_equal,
-        )
+        return replace(self, stats=LeafStats(), warnings=list(self.warnings), misses=0)
 
     def absorb(self, stats: LeafStats | None, error: str | None) -> None:
         """Fold in one task's result (from a thread or a Dask worker); the first error sticks."""

@@ -23,7 +23,7 @@ from ..errors import StreamdiffError
 from ..mapping.views import view_of
 from ..plan import prefetch_depth as plan_prefetch_depth
 from ..reader.storage import cached_context, describe
-from .chunks import ChunkFormat, ItemSizes, RawStore, chunk_format
+from .chunks import ChunkFormat, ItemSizes, RawStore
 from .encoding import Encoding, audit_chunk_files, encoding_of
 
 #: What reading and decoding stored data raises: tensorstore statuses (ValueError, TimeoutError), the
@@ -54,7 +54,7 @@ class Side:
         #: The stored array this side reads directly; None for views and in-memory values.
         self.source: ArraySource | None = leaf.source if leaf.view is None else None
         self.stored = self.source is not None
-        self.format: ChunkFormat | None = chunk_format(self.source) if self.source is not None else None
+        self.format: ChunkFormat | None = self.source.metadata if self.source is not None else None
 
     @property
     def stored_source(self) -> ArraySource:
