@@ -123,8 +123,9 @@ class OpenSide:
         self._raw: RawStore | None = None
         self._lock = threading.Lock()
         self.encoding: Encoding | None = None if side.source is None else encoding_of(side.source, dtype_of(self.leaf))
-        for base in stored_bases(self.leaf):
-            audit_chunk_files(source_of(base), encoding_of(source_of(base), dtype_of(base)))
+        for base in stored_bases(self.leaf):  # a stored leaf is its own one base: its encoding is known
+            enc = self.encoding if base is self.leaf and self.encoding is not None else None
+            audit_chunk_files(source_of(base), enc or encoding_of(source_of(base), dtype_of(base)))
         self._opened = context if cache is None else cache
         self._store: ts.TensorStore | None = None
 
