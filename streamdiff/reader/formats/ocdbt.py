@@ -189,7 +189,7 @@ def index(
     wanted = tuple(("/" + name).encode() for name in keep_inline)
     bare = {len(name.encode()) for name in keep_inline}  # a key that is the name itself (a root array)
     last = (0, 0)  # the previous node's last key, as offsets in blob
-    for _, node_ends, node_lengths, starts, body in _leaf_nodes(base, blob):
+    for node_ends, node_lengths, starts, body in _leaf_nodes(base, blob):
         if not len(node_ends):
             continue
         first = last[1]
@@ -243,8 +243,8 @@ def _keep_values(store: bytearray, starts: np.ndarray, lengths: np.ndarray, body
     return at
 
 
-def _leaf_nodes(base: ts.KvStore, blob: bytearray) -> Iterator[tuple[bytes, np.ndarray, np.ndarray, np.ndarray, bytes]]:
-    """(key prefix, key end offsets in `blob`, value lengths, inline value offsets or -1, node body)
+def _leaf_nodes(base: ts.KvStore, blob: bytearray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, bytes]]:
+    """(key end offsets in `blob`, value lengths, inline value offsets or -1, node body)
     of every leaf node, level by level with every read of a level in flight at once; each full key
     is appended to `blob`."""
     manifest = ts.ocdbt.dump(base).result()
@@ -269,7 +269,7 @@ def _leaf_nodes(base: ts.KvStore, blob: bytearray) -> Iterator[tuple[bytes, np.n
             if height > 0:
                 level.extend(_interior(body, pos, files, ref))
             else:
-                yield (ref.prefix, *_leaf(body, pos, (blob, ref.prefix)), body)
+                yield (*_leaf(body, pos, (blob, ref.prefix)), body)
 
 
 def node_limit(config: dict[str, Any]) -> int:
