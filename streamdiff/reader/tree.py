@@ -137,7 +137,7 @@ def build_tree(item: Dir) -> Tree:
                 keys = [k.decode() for k in listing.result()]
             except Exception as e:
                 raise storage_error(e, f"{item.display}/manifest.ocdbt") from e
-        stored = _arrays_from_keys(keys)
+        stored = unreferenced.arrays_in(keys)
     else:
         stored = None  # discovered per name below
 
@@ -148,7 +148,7 @@ def build_tree(item: Dir) -> Tree:
         entries = _entries_from_msgpack(msgpack_entries)
     else:
         if stored is None:
-            stored = _arrays_from_keys(item.list_recursive())
+            stored = unreferenced.arrays_in(item.list_recursive())
         elif _plain_store(keys, stored):
             return zarr.build_tree(item, ocdbt_kv)
         entries = [_Entry(tuple(name.split(".")) if name else (), "unknown", name) for name in sorted(stored)]
@@ -309,16 +309,6 @@ def _prng_impls(futures: list[ts.Future[ts.KvStore.ReadResult]], item: Dir) -> d
         if raw is not None:
             doc = _parse_json(raw, item, "array_metadatas/*")
             out.update(orbax.prng_impls(doc, f"{item.display}/array_metadatas"))
-    return out
-
-
-def _arrays_from_keys(keys: Iterable[str]) -> dict[str, int]:
-    """Array name -> zarr version: only keys ending in .zarray / zarr.json define arrays."""
-    out: dict[str, int] = {}
-    for k in keys:
-        head, _, last = k.rpartition("/")
-        if last in METADATA_FILES:
-            out.setdefault(head, METADATA_FILES[last])
     return out
 
 

@@ -71,13 +71,14 @@ def owner(key: str, arrays: set[str] | frozenset[str]) -> str | None:
     return found
 
 
-def arrays_in(keys: Iterable[str]) -> set[str]:
-    """Array names among stored keys: the prefix of every `.zarray` / `zarr.json` key."""
-    out = set()
+def arrays_in(keys: Iterable[str]) -> dict[str, int]:
+    """Array name -> zarr version among stored keys: only keys ending in .zarray / zarr.json define
+    arrays (the name is the key's prefix)."""
+    out: dict[str, int] = {}
     for k in keys:
         head, _, last = k.rpartition("/")
         if last in METADATA_FILES:
-            out.add(head)
+            out.setdefault(head, METADATA_FILES[last])
     return out
 
 
@@ -91,7 +92,7 @@ def _contents(keys: list[str]) -> str:
     arrays = arrays_in(keys)
     if "" in arrays:  # the folder is itself an array
         return f"a zarr array ({len(keys)} file(s))" + (
-            f" and arrays {_shown(list(arrays - {''}))}" if len(arrays) > 1 else ""
+            f" and arrays {_shown(list(arrays.keys() - {''}))}" if len(arrays) > 1 else ""
         )
     return f"zarr array(s) {_shown(list(arrays))}" if arrays else f"{len(keys)} file(s): {_shown(keys)}"
 

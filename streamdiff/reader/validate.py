@@ -26,6 +26,7 @@ import numpy as np
 import tensorstore as ts
 
 from ..errors import CorruptCheckpointError
+from .formats.zarr_metadata import METADATA_FILE
 
 #: Metadata files larger than this are refused by size before they are read (a real `_METADATA` of a
 #: 405B-parameter model with optimizer state is a few MB).
@@ -322,10 +323,10 @@ class _StrictParser:
         """key -> tensorstore's reason, for the (key, metadata, zarr_format) it refuses."""
         ctx, kv = self._store()
         batch = f"{next(self._n)}/"
-        names = {2: ".zarray", 3: "zarr.json"}
         try:
             writes = [
-                kv.write(f"{batch}{i}/{names[fmt]}", json.dumps(md).encode()) for i, (_, md, fmt) in enumerate(docs)
+                kv.write(f"{batch}{i}/{METADATA_FILE[fmt]}", json.dumps(md).encode())
+                for i, (_, md, fmt) in enumerate(docs)
             ]
             for w in writes:
                 w.result()
@@ -345,7 +346,7 @@ class _StrictParser:
                 try:
                     f.result()
                 except Exception as e:  # noqa: BLE001 - tensorstore reports any refusal as ValueError/OSError
-                    out[key] = _ts_reason(e, names[fmt])
+                    out[key] = _ts_reason(e, METADATA_FILE[fmt])
             return out
         finally:
             kv.delete_range(ts.KvStore.KeyRange(batch, batch[:-1] + "0")).result()

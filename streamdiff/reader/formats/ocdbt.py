@@ -72,14 +72,8 @@ def walk(base: ts.KvStore, keep_inline: frozenset[str] | None = None) -> list[En
     Raises `TooManyKeys`, `ValueError` (a node not decoded) or whatever tensorstore raises: callers
     fall back to per-key reads.
     """
-    out: list[Entry] = []
-    for prefix, keys, lengths, starts, buf in _leaf_nodes(base):
-        for key, start, size in zip(keys, starts.tolist(), lengths.tolist()):
-            name = (prefix + key).decode()
-            keep = start >= 0 and keep_inline is not None and name.rpartition("/")[2] in keep_inline
-            out.append(Entry(name, buf[start : start + size] if keep else None, size))
-    out.sort(key=lambda e: e.key)
-    return out
+    kept, every = index(base, keep_inline or frozenset())
+    return [Entry(key, kept.get(key), size) for key, size in every.items()]
 
 
 class KeySizes:
@@ -195,7 +189,7 @@ def index(
     wanted = tuple(("/" + name).encode() for name in keep_inline)
     bare = {len(name.encode()) for name in keep_inline}  # a key that is the name itself (a root array)
     last = (0, 0)  # the previous node's last key, as offsets in blob
-    for _, node_ends, node_lengths, starts, body in _leaf_nodes(base, blob):
+    for node_ends, node_lengths, starts, body in _leaf_nodes(base, blob):
         if not len(node_ends):
             continue
         first = last[1]
@@ -249,24 +243,10 @@ def _keep_values(store: bytearray, starts: np.ndarray, lengths: np.ndarray, body
     return at
 
 
-@overload
-def _leaf_nodes(
-    base: ts.KvStore, blob: None = None
-) -> Iterator[tuple[bytes, list[bytes], np.ndarray, np.ndarray, bytes]]: ...
-
-
-@overload
-def _leaf_nodes(
-    base: ts.KvStore, blob: bytearray
-) -> Iterator[tuple[bytes, np.ndarray, np.ndarray, np.ndarray, bytes]]: ...
-
-
-def _leaf_nodes(
-    base: ts.KvStore, blob: bytearray | None = None
-) -> Iterator[tuple[bytes, list[bytes] | np.ndarray, np.ndarray, np.ndarray, bytes]]:
-    """(key prefix, relative keys, value lengths, inline value offsets or -1, node body) of every
-    leaf node, level by level with every read of a level in flight at once. With `blob`, full keys
-    are appended to it and their end offsets given in place of relative keys."""
+def _leaf_nodes(base: ts.KvStore, blob: bytearray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, bytes]]:
+    """(key end offsets in `blob`, value lengths, inline value offsets or -1, node body)
+    of every leaf node, level by level with every read of a level in flight at once; each full key
+    is appended to `blob`."""
     manifest = ts.ocdbt.dump(base).result()
     versions = manifest.get("versions") or []
     if not versions or "location" not in versions[-1].get("root", {}):
@@ -288,10 +268,8 @@ def _leaf_nodes(
             height, body, pos, files = _open_node(bytes(got.value), cap)
             if height > 0:
                 level.extend(_interior(body, pos, files, ref))
-            elif blob is None:
-                yield (ref.prefix, *_leaf(body, pos), body)
             else:
-                yield (ref.prefix, *_leaf(body, pos, (blob, ref.prefix)), body)
+                yield (*_leaf(body, pos, (blob, ref.prefix)), body)
 
 
 def node_limit(config: dict[str, Any]) -> int:
@@ -487,19 +465,9 @@ KEY_EXPANSION = 64
 _PIECE = 1 << 16
 
 
-@overload
-def _leaf(buf: bytes, pos: int, sink: None = None) -> tuple[list[bytes], np.ndarray, np.ndarray]: ...
-
-
-@overload
-def _leaf(buf: bytes, pos: int, sink: tuple[bytearray, bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
-
-
-def _leaf(
-    buf: bytes, pos: int, sink: tuple[bytearray, bytes] | None = None
-) -> tuple[list[bytes] | np.ndarray, np.ndarray, np.ndarray]:
-    """(relative keys, value lengths, offset in `buf` of each inline value or -1) of a leaf node;
-    with `sink`, key end offsets in the sink's buffer in place of keys (see `_keys`)."""
+def _leaf(buf: bytes, pos: int, sink: tuple[bytearray, bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(key end offsets in the sink's buffer (see `_keys`), value lengths, offset in `buf` of each
+    inline value or -1) of a leaf node."""
     n, pos = _varint(buf, pos)
     keys, _, pos = _keys(buf, pos, n, False, sink)
     lengths, pos = varints(buf, pos, n)

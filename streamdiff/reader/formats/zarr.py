@@ -388,30 +388,10 @@ def _decode_with_zarr_python(raw: dict[str, bytes]) -> Any:
     import zarr
     from zarr.core.buffer import cpu
 
-    raw = _v2_chunk_keys_checked(raw)
     mem = zarr.storage.MemoryStore({k: cpu.Buffer.from_bytes(v) for k, v in raw.items()})
     # zarr-python types `[...]` as any scalar or array; on an array it is an ndarray (else: the
     # AttributeError leaves the value not compared, as for anything zarr-python cannot decode).
     return zarr.open_array(store=mem, mode="r")[...].tolist()  # type: ignore[union-attr]
-
-
-def _v2_chunk_keys_checked(raw: dict[str, bytes]) -> dict[str, bytes]:
-    """A zarr v2 array's files, with `.zarray` saying '/' when its chunks are stored under legacy
-    nested keys ('0/0' without dimension_separator, zarr-python 2's NestedDirectoryStore). zarr-python
-    would look for '0.0', find nothing and read the fill value: two different string arrays equal.
-    Raises ValueError when a stored key is not a chunk of the array in the resulting spelling."""
-    if ".zarray" not in raw:
-        return raw
-    doc = json.loads(raw[".zarray"])
-    chunks = [k for k in raw if k not in NODE_FILES]
-    if doc.get("dimension_separator") is None:
-        doc = dict(doc, dimension_separator="/" if any("/" in k for k in chunks) else ".")
-        raw = dict(raw, **{".zarray": json.dumps(doc).encode()})
-    md = zarr_metadata.parse(Driver.ZARR, doc)
-    odd = [k for k in chunks if not md.is_chunk_key(k)]
-    if odd:
-        raise ValueError(f"stored keys that are not chunks of this array: {', '.join(sorted(odd)[:3])}")
-    return raw
 
 
 def _empty_groups(docs: dict[str, dict[str, Any]], leaves: dict[KeyPath, Leaf]) -> None:
