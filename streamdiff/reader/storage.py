@@ -18,7 +18,8 @@ from typing import Any
 
 import tensorstore as ts
 
-from ..errors import NotFoundError, StreamdiffError, UsageError
+from ..errors import CorruptCheckpointError, NotFoundError, StreamdiffError, UsageError
+from ..units import human_bytes
 from .localfs import check_file
 from .validate import MAX_METADATA_BYTES
 
@@ -189,12 +190,15 @@ class Dir:
     def kv_spec(self) -> dict[str, Any]:
         return self.storage.spec(self.relpath)
 
-    def read_async(self, name: str, max_bytes: int = MAX_METADATA_BYTES) -> ts.Future[ts.KvStore.ReadResult]:
-        """Read a metadata file. On local disk it is checked first: a FIFO or device is refused
-        (tensorstore would block on it or read without end), and so is a file over `max_bytes`."""
+    def read_async(self, name: str, max_bytes: int | None = MAX_METADATA_BYTES) -> ts.Future[ts.KvStore.ReadResult]:
+        """Read a metadata file whole, refusing one over `max_bytes` (None: no limit) before its
+        bytes are read. On local disk it is `stat`ed first: a FIFO or device is refused too
+        (tensorstore would block on it or read without end). Remote: see `read_capped`."""
+        display = self.display + "/" + name
         if self.storage.is_local:
-            path = os.path.join(self.storage.root_path, self.relpath + name)
-            check_file(path, self.display + "/" + name, max_bytes)
+            check_file(os.path.join(self.storage.root_path, self.relpath + name), display, max_bytes)
+        elif max_bytes is not None:
+            return read_capped(self.storage.kv, self.relpath + name, max_bytes, display)
         return self.storage.kv.read(self.relpath + name)
 
     def exists(self, name: str) -> bool:
@@ -202,11 +206,16 @@ class Dir:
         if self.storage.is_local:
             path = os.path.join(self.storage.root_path, self.relpath + name)
             return check_file(path, self.display + "/" + name) is not None
-        return self.storage.kv.read(self.relpath + name, byte_range=slice(0, 1)).result().state == "value"
+        try:
+            return self.storage.kv.read(self.relpath + name, byte_range=slice(0, 1)).result().state == "value"
+        except Exception as e:
+            if _unsatisfiable(e):  # an empty object has no first byte
+                return True
+            raise storage_error(e, self.display + "/" + name) from e
 
-    def read(self, name: str) -> bytes | None:
-        """The file's bytes, or None when it does not exist."""
-        return result_bytes(self.read_async(name), self.display + "/" + name)
+    def read(self, name: str, max_bytes: int | None = MAX_METADATA_BYTES) -> bytes | None:
+        """The file's bytes, or None when it does not exist; over `max_bytes` it is refused."""
+        return result_bytes(self.read_async(name, max_bytes), self.display + "/" + name)
 
     def list_children(self) -> dict[str, str]:
         """Immediate children: name -> 'file' or 'dir'."""
@@ -226,6 +235,53 @@ class Dir:
         prefix = self.relpath.encode()
         keys = _listing(self)
         return [k[len(prefix) :].decode() for k in keys]
+
+
+def read_capped(kv: ts.KvStore, key: str, max_bytes: int, display: str) -> ts.Future[ts.KvStore.ReadResult]:
+    """A remote object read whole, unless it holds more than `max_bytes`: then the future fails with
+    a `CorruptCheckpointError` and at most one byte of it was read.
+
+    tensorstore's kvstore API gives no object size (its listing has keys only, a 0-byte "stat" read
+    only the generation), and it fails a byte range the object cannot fill, so a single capped read
+    of an object of unknown size does not exist. Hence two requests: first the one byte at offset
+    `max_bytes`, which exists only when the object is too big (the server answers 416, without a
+    body, for every smaller one), then the whole object. A missing object costs only the probe.
+    The read is chained to the probe (no caller waits between them), so many objects still
+    overlap their round trips. An object replaced by a bigger one between the two requests would
+    escape the cap: streamdiff reads checkpoints at rest.
+    """
+    promise, future = ts.Promise[ts.KvStore.ReadResult].new()
+
+    def forward(done: ts.Future[ts.KvStore.ReadResult]) -> None:
+        try:
+            promise.set_result(done.result())
+        except Exception as e:  # noqa: BLE001 - handed to whoever waits on the future
+            promise.set_exception(e)
+
+    def probed(probe: ts.Future[ts.KvStore.ReadResult]) -> None:
+        try:
+            r = probe.result()
+        except Exception as e:  # noqa: BLE001 - handed on, or the expected "no such byte"
+            if not _unsatisfiable(e):
+                promise.set_exception(e)
+                return
+            kv.read(key).add_done_callback(forward)
+            return
+        if r.state == "value":
+            promise.set_exception(
+                CorruptCheckpointError(f"{display}: over the {human_bytes(max_bytes)} limit for a metadata file")
+            )
+        else:  # missing: nothing more to read
+            promise.set_result(r)
+
+    kv.read(key, byte_range=slice(max_bytes, max_bytes + 1)).add_done_callback(probed)
+    return future
+
+
+def _unsatisfiable(e: BaseException) -> bool:
+    """Whether a byte-range read failed because the object ends before the range starts."""
+    text = str(e)
+    return text.startswith("OUT_OF_RANGE") or "http_response_code='416'" in text
 
 
 def _list(kv: ts.KvStore, prefix: bytes, what: str, remote: bool = False) -> list[bytes]:
@@ -292,7 +348,10 @@ def result_bytes(future: ts.Future[ts.KvStore.ReadResult], what: str) -> bytes |
 
 
 def storage_error(e: BaseException, what: str) -> StreamdiffError:
-    """Turn a tensorstore status into a one-line user error naming the object."""
+    """Turn a tensorstore status into a one-line user error naming the object (a StreamdiffError,
+    such as a size refused by `read_capped`, already is one)."""
+    if isinstance(e, StreamdiffError):
+        return type(e)(*e.args)  # a copy: callers raise it `from e`
     text = describe(e)
     if text.startswith("not found"):
         return NotFoundError(f"{what}: {text}")

@@ -91,7 +91,7 @@ def _read_whole(d: Dir, name: str) -> bytes | None:
             return None
         except OSError as e:
             raise StreamdiffError(f"{d.display}/{name}: {e.strerror}") from e
-    return d.read(name)
+    return d.read(name, max_bytes=None)
 
 
 def build_tree(item: Dir) -> Tree:

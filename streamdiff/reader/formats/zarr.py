@@ -119,12 +119,13 @@ def build_tree(item: Dir, ocdbt_kv: ts.KvStore | None = None) -> Tree:
         keys = item.list_recursive()
     # A key ending in '/' is a folder marker (GCS console / gcsfuse "folders"), not data.
     keys = [k for k in keys if k and not k.endswith("/")]
-    # node path -> {metadata file name -> future}; all reads in flight at once.
+    # node path -> {metadata file name -> future}; all reads in flight at once. Outside OCDBT each
+    # file is refused over the metadata size limit before it is read (a hostile 10 GB `.zarray`).
     futures: dict[str, dict[str, ts.Future[ts.KvStore.ReadResult]]] = {}
     for k in keys:
         head, _, last = k.rpartition("/")
         if last in NODE_FILES:
-            futures.setdefault(head, {})[last] = store.kv.read(store.prefix + k)
+            futures.setdefault(head, {})[last] = store.kv.read(k) if store.ocdbt else item.read_async(k)
     docs: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
     for node, files in futures.items():
