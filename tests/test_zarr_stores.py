@@ -466,3 +466,18 @@ def test_64_bit_integer_differences_are_exact(tmp_path, case, zarr_format):
         assert (got["mismatches"], got["max_abs_diff"], got["max_abs_diff_index"]) == (1, 1.0, [0])
         assert got["max_abs_diff_values"] == [2**62, 2**62 + 1]
         assert got["rms_diff"] == pytest.approx(np.sqrt(0.5), rel=1e-15)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_store_of_string_arrays_is_read_once_every_stored_byte_once(tmp_path, zarr_format):
+    """Metadata documents parsed with the listing are what zarr-python decodes the strings with: a
+    side's bytes read are its stored bytes, no file read twice."""
+    a = tmp_path / "a"
+    root = zarr.open_group(str(a), mode="w", zarr_format=zarr_format, attributes={"note": "kept"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        root.create_array("names", shape=(5,), chunks=(2,), dtype=str, attributes={"unit": "n/a"})[...] = list("abcde")
+    stored = sum(f.stat().st_size for f in a.rglob("*") if f.is_file())
+    r = diff(a, a, "--structure-only")
+    assert r.code == 0 and leaf(r, "names")["kind"] == "json", r.err
+    assert r.json["summary"]["bytes_read"] == 2 * stored

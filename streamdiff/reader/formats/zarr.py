@@ -355,9 +355,8 @@ def _read_small_values(
     for leaf in leaves:
         node = "/".join(leaf.path)
         if leaf.shape is not None and int(np.prod(leaf.shape)) <= SMALL_VALUES_MAX_ELEMENTS:
-            names = [n for n in docs[node] if n in NODE_FILES] + stored.get(node, [])
             sub = node + "/" if node else ""
-            wanted[leaf.path] = {n: store.kv.read(store.prefix + sub + n) for n in names}
+            wanted[leaf.path] = {n: store.kv.read(store.prefix + sub + n) for n in stored.get(node, [])}
     out = {}
     for leaf in leaves:
         if leaf.path not in wanted:
@@ -365,7 +364,12 @@ def _read_small_values(
                 leaf, not_compared=f"{leaf.not_compared}, over {SMALL_VALUES_MAX_ELEMENTS} elements: not read"
             )
             continue
-        raw = {}
+        node = "/".join(leaf.path)
+        # The metadata files were read and parsed with the listing: only the chunks are read here.
+        meta = {n: doc for n, doc in docs[node].items() if n in NODE_FILES and doc is not None}
+        if node in legacy:  # '0/0' keys that .zarray does not declare: zarr-python would read fill values
+            meta[".zarray"] = dict(meta[".zarray"], dimension_separator="/")
+        raw = {n: json.dumps(doc).encode() for n, doc in meta.items()}
         for name, fut in wanted[leaf.path].items():
             try:
                 r = fut.result()
@@ -373,9 +377,6 @@ def _read_small_values(
                 raise storage_error(e, f"{item.display}/{format_path(leaf.path)}/{name}") from e
             if r.state == "value":
                 raw[name] = bytes(r.value)
-        node = "/".join(leaf.path)
-        if node in legacy:  # '0/0' keys that .zarray does not declare: zarr-python would read fill values
-            raw[".zarray"] = json.dumps(dict(docs[node][".zarray"], dimension_separator="/")).encode()
         try:
             value = _decode_with_zarr_python(raw)
         except Exception as e:  # noqa: BLE001 - whatever zarr-python cannot decode stays not compared
