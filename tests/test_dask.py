@@ -167,3 +167,92 @@ def test_dask_crossed_grids_read_through_a_chunk_cache_built_on_the_worker(clust
     with Client(cluster) as client:
         seen = [v for v in client.run(cache_limits).values() if v is not None]
     assert seen and all(v[0] is None and v[1] >= g.cache_b for v in seen)
+
+
+def write_zarr_pair(root: Path) -> tuple[str, str]:
+    """Two zarr-python v2 groups, B differing from A at a few points: `blocks` (chunks of 8 rows,
+    many blocks at a 4 KiB block budget) and `streamed` (raw 8 KiB chunks, over that budget: a task
+    each, streamed in slabs)."""
+    import numpy as np
+    import zarr
+
+    rng = np.random.default_rng(5)
+    a = {"blocks": rng.standard_normal((256, 64)).astype(np.float32)}
+    a["streamed"] = rng.standard_normal((256, 64)).astype(np.float32)
+    b = {k: v.copy() for k, v in a.items()}
+    b["blocks"][[3, 100, 250], [1, 2, 63]] += 0.5
+    b["streamed"][[0, 128, 255], [0, 7, 9]] -= 1.5
+    out = []
+    for name, arrays in (("a", a), ("b", b)):
+        g = zarr.open_group(str(root / name), mode="w", zarr_format=2)
+        g.create_array("blocks", shape=(256, 64), chunks=(8, 64), dtype="f4")[...] = arrays["blocks"]
+        g.create_array("streamed", shape=(256, 64), chunks=(32, 64), dtype="f4", compressors=None)[...] = arrays[
+            "streamed"
+        ]
+        out.append(str(root / name))
+    return out[0], out[1]
+
+
+def count_cells(monkeypatch) -> list[int]:
+    """How many blocks every task generator builds, in this process (BlockGrid.cells yields one per task)."""
+    from streamdiff.plan import BlockGrid
+
+    built = [0]
+    cells = BlockGrid.cells
+
+    def counted(self, picks=None):
+        for cell in cells(self, picks):
+            built[0] += 1
+            yield cell
+
+    monkeypatch.setattr(BlockGrid, "cells", counted)
+    return built
+
+
+@pytest.mark.parametrize("sample", [None, 0.5])
+def test_task_k_of_a_pair_is_generated_alone_and_equals_the_kth_of_the_whole_stream(tmp_path, sample):
+    from streamdiff.datatypes import PairStatus
+    from streamdiff.engine.plans import plan_pairs
+    from streamdiff.engine.tasks import pair_tasks
+    from streamdiff.pair import pair_trees
+    from streamdiff.plan import Sample, memory_plan
+    from streamdiff.reader.locate import locate
+    from streamdiff.reader.tree import read_item
+    from streamdiff.stats import Policy
+
+    a, b = write_zarr_pair(tmp_path)
+    leaves = [read_item(locate(x).items[0]).leaves for x in (a, b)]
+    pairs = [p for p in pair_trees(*leaves) if p.status is PairStatus.COMPARE]
+    mem = memory_plan(2 << 30, 2, 4096)
+    plans = plan_pairs(pairs, [Policy()] * len(pairs), mem, True)
+    assert sorted(plans[i].rows is None for i in plans) == [False, True]  # one streamed, one in blocks
+    s = Sample(sample) if sample else None
+    for i, p in enumerate(pairs):
+        whole = list(pair_tasks(i, p, plans[i], mem, s))
+        assert len(whole) >= 4
+        assert [t for k in range(len(whole)) for t in pair_tasks(i, p, plans[i], mem, s, k, k + 1)] == whole
+        assert list(pair_tasks(i, p, plans[i], mem, s, 3, None)) == whole[3:]
+        assert list(pair_tasks(i, p, plans[i], mem, s, len(whole), len(whole) + 5)) == []
+
+
+@pytest.mark.filterwarnings("ignore:Port .* is already in use")  # in-process workers
+def test_a_pair_split_into_one_batch_per_task_builds_each_task_once_and_equals_threads(tmp_path, monkeypatch):
+    """Every task its own Dask batch (in-process workers, so the generators can be counted): the
+    client builds each task once to cut batches, the workers once to run it; before, a batch built
+    every task of its pair before its own (n**2 / 2 per pair)."""
+    from dask.distributed import LocalCluster
+
+    import streamdiff.engine.dask as engine_dask
+
+    a, b = write_zarr_pair(tmp_path)
+    built = count_cells(monkeypatch)
+    threads = streamdiff.diff(a, b, block_bytes=4096)
+    tasks = built[0]
+    assert tasks == 32 + 8 and threads.exit_code == 1  # 32 blocks of `blocks`, 8 chunks of `streamed`
+    monkeypatch.setattr(engine_dask, "BATCH_BYTES", 1)
+    monkeypatch.setattr(engine_dask, "MIN_BATCH_BYTES", 1)
+    built[0] = 0
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as c:
+        dask = streamdiff.diff(a, b, block_bytes=4096, scheduler=c.scheduler_address)
+    assert built[0] == 2 * tasks
+    assert comparable(dask) == comparable(threads)

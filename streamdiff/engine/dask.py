@@ -238,8 +238,6 @@ def run_batch(state: RunState, spans: tuple[Span, ...]) -> list[tuple[int, LeafS
     pairs, mem = state.pairs, state.mem
     # Planned as the client did; pairs of one metadata in the batch are planned once (plans.plan_key).
     plans = plan_pairs(pairs, state.policies, mem, state.shortcut, only=(i for i, _, _ in spans))
-    todo = (
-        t for i, k0, k1 in spans for t in itertools.islice(pair_tasks(i, pairs[i], plans[i], mem, state.sample), k0, k1)
-    )
+    todo = (t for i, k0, k1 in spans for t in pair_tasks(i, pairs[i], plans[i], mem, state.sample, k0, k1))
     ThreadRun(pairs, state.policies, plans, mem, cache, trim_memory=state.trim_memory).execute(todo)
     return [(i, None if plans[i].error else plans[i].stats, plans[i].error) for i in plans]

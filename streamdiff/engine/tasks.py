@@ -8,8 +8,9 @@ a million chunks is generated block by block.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from ..datatypes import Pair, format_path
@@ -37,13 +38,26 @@ def tasks(
             yield from pair_tasks(i, pairs[i], plans[i], mem, sample)
 
 
-def pair_tasks(i: int, p: Pair, o: PairOutcome, mem: MemoryPlan, sample: Sample | None = None) -> Iterator[Task]:
+def pair_tasks(
+    i: int,
+    p: Pair,
+    o: PairOutcome,
+    mem: MemoryPlan,
+    sample: Sample | None = None,
+    first: int = 0,
+    end: int | None = None,
+) -> Iterator[Task]:
     """The tasks of one pair, in C order of its blocks (reads walk the chunks in key order); with a
-    `sample`, only the blocks it picks (the same in every process: a Dask worker re-derives them)."""
+    `sample`, only the blocks it picks (the same in every process: a Dask worker re-derives them).
+    Only tasks `first` to `end` (exclusive) of that order when given: task k is block k (or the k-th
+    pick), so a Dask batch starting mid-pair builds no task before its own."""
     a, b = p.both()
     grid = o.planned_grid
     bpe = itemsize(a) + itemsize(b)
-    picks = sample.picks(grid.count, format_path(p.path)) if sample is not None else None
+    if sample is None:
+        picks: Iterable[int] = range(first, grid.count if end is None else min(end, grid.count))
+    else:  # each pick is drawn after the ones before it: drawn, not built into tasks
+        picks = itertools.islice(sample.picks(grid.count, format_path(p.path)), first, end)
     if o.rows is None:
         for start, stop in grid.boxes(picks):
             n = math.prod(e - s for s, e in zip(start, stop)) * bpe
