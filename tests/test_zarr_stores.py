@@ -8,6 +8,7 @@ library) and against a copy with one attribute changed (exit 1, the attribute's 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -481,3 +482,14 @@ def test_a_store_of_string_arrays_is_read_once_every_stored_byte_once(tmp_path, 
     r = diff(a, a, "--structure-only")
     assert r.code == 0 and leaf(r, "names")["kind"] == "json", r.err
     assert r.json["summary"]["bytes_read"] == 2 * stored
+
+
+def test_a_string_chunk_grown_to_5_gib_is_an_error_leaf_without_reading_it(tmp_path):
+    a = write_strings(tmp_path / "a", ["ab", "c", "d"])
+    b = write_strings(tmp_path / "b", ["ab", "c", "d"])
+    chunk = next(p for p in (b / "names").iterdir() if not p.name.startswith("."))
+    os.truncate(chunk, 5 << 30)
+    r = diff(a, b)
+    assert r.code == 2 and leaf(r, "names")["status"] == "error", r.err
+    assert f"names/{chunk.name}: 5 GiB, over the 64 MiB limit" in leaf(r, "names")["message"]
+    assert leaf(r, "x")["status"] == "equal"

@@ -202,16 +202,11 @@ class Dir:
         return self.storage.kv.read(self.relpath + name)
 
     def exists(self, name: str) -> bool:
-        """Whether the object exists, reading at most its first byte (it may be a 1 GB file)."""
+        """Whether the object exists, reading none of its bytes (it may be a 1 GB file)."""
         if self.storage.is_local:
             path = os.path.join(self.storage.root_path, self.relpath + name)
             return check_file(path, self.display + "/" + name) is not None
-        try:
-            return self.storage.kv.read(self.relpath + name, byte_range=slice(0, 1)).result().state == "value"
-        except Exception as e:
-            if _unsatisfiable(e):  # an empty object has no first byte
-                return True
-            raise storage_error(e, self.display + "/" + name) from e
+        return _stat(self.storage.kv, self.relpath + name).result().state == "value"
 
     def read(self, name: str, max_bytes: int | None = MAX_METADATA_BYTES) -> bytes | None:
         """The file's bytes, or None when it does not exist; over `max_bytes` it is refused."""
@@ -278,6 +273,12 @@ def read_capped(kv: ts.KvStore, key: str, max_bytes: int, display: str) -> ts.Fu
     return future
 
 
+def _stat(kv: ts.KvStore, key: str | bytes) -> ts.Future[ts.KvStore.ReadResult]:
+    """A read of no bytes: whether the object exists (or why it cannot be read), without its body
+    (the gcs driver asks for the object's metadata instead of its media)."""
+    return kv.read(key, byte_range=slice(0, 0))
+
+
 def _unsatisfiable(e: BaseException) -> bool:
     """Whether a byte-range read failed because the object ends before the range starts."""
     text = str(e)
@@ -293,7 +294,7 @@ def _list(kv: ts.KvStore, prefix: bytes, what: str, remote: bool = False) -> lis
         # tensorstore's gcs listing turns a non-retryable HTTP error (403, 401, 404) into an empty
         # listing. A read does report them: probe one, then list once more (a passing 404), so
         # that only a listing that is empty twice means "no objects".
-        kv.read(prefix + b"_METADATA").result()
+        _stat(kv, prefix + b"_METADATA").result()
         time.sleep(LIST_RECHECK_SECONDS)
         return kv.list(rng).result() if rng else kv.list().result()
     except Exception as e:  # tensorstore raises ValueError/OSError with a status message

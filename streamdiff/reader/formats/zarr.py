@@ -350,13 +350,20 @@ def _read_small_values(
     legacy: set[str],
 ) -> dict[KeyPath, Leaf]:
     """Non-numeric arrays, decoded by zarr-python from their stored bytes (read here through
-    tensorstore, every key of every such array in flight at once), as `json` leaves of nested lists."""
-    wanted = {}
+    tensorstore, every key of every such array in flight at once), as `json` leaves of nested lists.
+    Outside OCDBT each stored file is refused over the metadata size limit before it is read (a
+    few strings cannot need 64 MiB): the leaf is then an error."""
+    wanted: dict[KeyPath, dict[str, ts.Future[ts.KvStore.ReadResult]] | str] = {}
     for leaf in leaves:
         node = "/".join(leaf.path)
         if leaf.shape is not None and int(np.prod(leaf.shape)) <= SMALL_VALUES_MAX_ELEMENTS:
             sub = node + "/" if node else ""
-            wanted[leaf.path] = {n: store.kv.read(store.prefix + sub + n) for n in stored.get(node, [])}
+            try:
+                wanted[leaf.path] = {
+                    n: store.kv.read(sub + n) if store.ocdbt else item.read_async(sub + n) for n in stored.get(node, [])
+                }
+            except CorruptCheckpointError as e:  # local: refused by its type or size, unread
+                wanted[leaf.path] = str(e)
     out = {}
     for leaf in leaves:
         if leaf.path not in wanted:
@@ -364,19 +371,30 @@ def _read_small_values(
                 leaf, not_compared=f"{leaf.not_compared}, over {SMALL_VALUES_MAX_ELEMENTS} elements: not read"
             )
             continue
+        reads = wanted[leaf.path]
+        if isinstance(reads, str):
+            out[leaf.path] = replace(leaf, not_compared=None, error=reads)
+            continue
         node = "/".join(leaf.path)
         # The metadata files were read and parsed with the listing: only the chunks are read here.
         meta = {n: doc for n, doc in docs[node].items() if n in NODE_FILES and doc is not None}
         if node in legacy:  # '0/0' keys that .zarray does not declare: zarr-python would read fill values
             meta[".zarray"] = dict(meta[".zarray"], dimension_separator="/")
         raw = {n: json.dumps(doc).encode() for n, doc in meta.items()}
-        for name, fut in wanted[leaf.path].items():
+        refused = None
+        for name, fut in reads.items():
             try:
                 r = fut.result()
+            except CorruptCheckpointError as e:  # remote: over the size limit, one byte read
+                refused = str(e)
+                continue
             except Exception as e:
                 raise storage_error(e, f"{item.display}/{format_path(leaf.path)}/{name}") from e
             if r.state == "value":
                 raw[name] = bytes(r.value)
+        if refused is not None:
+            out[leaf.path] = replace(leaf, not_compared=None, error=refused)
+            continue
         try:
             value = _decode_with_zarr_python(raw)
         except Exception as e:  # noqa: BLE001 - whatever zarr-python cannot decode stays not compared
