@@ -260,7 +260,10 @@ def read_capped(kv: ts.KvStore, key: str, max_bytes: int, display: str) -> ts.Fu
             if not _unsatisfiable(e):
                 promise.set_exception(e)
                 return
-            kv.read(key).add_done_callback(forward)
+            try:
+                kv.read(key).add_done_callback(forward)
+            except Exception as e2:  # noqa: BLE001 - raised in a tensorstore callback it would be lost: hand it on
+                promise.set_exception(e2)
             return
         if r.state == "value":
             promise.set_exception(
