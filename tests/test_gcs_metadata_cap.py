@@ -64,9 +64,15 @@ def put(key: str, value: bytes) -> None:
     ts.KvStore.open({"driver": "gcs", "bucket": BUCKET}).result().write(key, value).result()
 
 
-def hostile_json() -> bytes:
-    """Valid JSON (an object padded with spaces) over the limit: only its size is wrong."""
-    return b"{}" + b" " * (HOSTILE - 2)
+def put_hostile_json(key: str) -> None:
+    """Valid JSON (an object padded with spaces) over the limit: only its size is wrong. Written by a
+    child process, so this test process's peak RSS (which its later children inherit) stays small."""
+    script = (
+        "import sys, tensorstore as ts; "
+        "kv = ts.KvStore.open({'driver': 'gcs', 'bucket': sys.argv[1]}).result(); "
+        "kv.write(sys.argv[2], b'{}' + b' ' * (int(sys.argv[3]) - 2)).result()"
+    )
+    subprocess.run([sys.executable, "-c", script, BUCKET, key, str(HOSTILE)], check=True, capture_output=True)
 
 
 @pytest.mark.parametrize("size", [0, 1, 999, 1000])
@@ -142,7 +148,7 @@ CASES = {
 def test_remote_metadata_over_the_limit_is_one_line_exit_2_with_bounded_memory(gcs, stores, case):
     store, key = CASES[case]
     upload(str(stores / store), BUCKET, f"{case}/{store}")
-    put(f"{case}/{store}/{key}", hostile_json())
+    put_hostile_json(f"{case}/{store}/{key}")
     clean = run_measured(f"gs://{BUCKET}/clean/{store}", f"gs://{BUCKET}/clean/{store}")
     assert clean.code == 0, clean.err
     r = run_measured(f"gs://{BUCKET}/{case}/{store}", f"gs://{BUCKET}/clean/{store}")
