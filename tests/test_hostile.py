@@ -1,7 +1,7 @@
 """Hostile local input (issue #10): every case is one line on stderr and exit 2, within bounded time
 and memory, or the right verdict. Fixtures are real orbax saves (and real MaxText checkpoints),
 copied and then damaged by the test. Cases that used to hang or abort run in a subprocess with a
-deadline, and the child's own peak RSS (from wait4) is checked against the budget."""
+deadline, and the child's own peak RSS (from /usr/bin/time) is checked against the budget."""
 
 from __future__ import annotations
 
@@ -40,27 +40,31 @@ class Sub:
 
 def run_sub(*args, timeout: float = DEADLINE) -> Sub:
     """The CLI in a child process (a hang fails the test instead of hanging it; a SIGABRT is seen as
-    a negative code), with the child's peak RSS from wait4."""
+    a negative code), with the child's own peak RSS as /usr/bin/time measures it.
+
+    Not wait4's `ru_maxrss` of a child of pytest: Linux carries the parent's high-water mark through
+    fork and exec into the child's figure, so it would report pytest's peak whenever that is larger.
+    /usr/bin/time's own child starts from the small `time` process instead."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryDirectory() as td:
+        rss_file = os.path.join(td, "rss")
+        cmd = ["/usr/bin/time", "-f", "%M", "-o", rss_file, sys.executable, "-m", "streamdiff", *map(str, args)]
         t0 = time.monotonic()
-        p = subprocess.Popen([sys.executable, "-m", "streamdiff", *map(str, args)], stdout=out, stderr=err, env=env)
-        while True:
-            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() - t0 > timeout:
-                p.kill()
-                os.wait4(p.pid, 0)
-                p.returncode = -9
-                pytest.fail(f"streamdiff {' '.join(map(str, args))} still running after {timeout} s")
-            time.sleep(0.05)
-        p.returncode = os.waitstatus_to_exitcode(status)
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, 9)
+            p.wait()
+            pytest.fail(f"streamdiff {' '.join(map(str, args))} still running after {timeout} s")
+        # `time` writes "Command terminated by signal N" (or "... exited with non-zero status N") before the figure.
+        lines = Path(rss_file).read_text().split()
+        code = p.returncode
+        if "signal" in lines:
+            code = -int(lines[lines.index("signal") + 1])
         out.seek(0)
         err.seek(0)
-        return Sub(
-            p.returncode, out.read().decode(), err.read().decode(), usage.ru_maxrss * 1024, time.monotonic() - t0
-        )
+        return Sub(code, out.read().decode(), err.read().decode(), int(lines[-1]) * 1024, time.monotonic() - t0)
 
 
 def bounded(r: Sub) -> None:
