@@ -336,7 +336,8 @@ def _tile_fast(
             dm = float(t64[i])
         if dm == 0:
             return True
-        _record_max(out, dm, where.index(i), float(ta[i]), float(tb[i]))
+        if dm >= out.max_abs:  # else this tile's maximum cannot change the block's
+            _record_max(out, dm, where.index(i), float(ta[i]), float(tb[i]))
         # |b|, in b's own dtype when numpy handles it natively (exact: abs only drops the sign)
         if tb.dtype in _NATIVE:
             t = np.abs(tb, out=t32 if tb.dtype == np.float32 else t64)
@@ -589,8 +590,16 @@ class _Placement:
     full_shape: tuple[int, ...]
 
     def index(self, in_tile: int) -> int:
-        """Flat index in the whole array of a flat index within the tile."""
+        """Flat index in the whole array of a flat index within the tile (C order; in Python
+        integers: np.unravel_index and np.ravel_multi_index cost microseconds a call, per tile)."""
         if not self.block_shape:
             return 0
-        local = np.unravel_index(self.offset + in_tile, self.block_shape)
-        return int(np.ravel_multi_index(tuple(int(s) + int(i) for s, i in zip(self.start, local)), self.full_shape))
+        rest = self.offset + in_tile
+        local = []
+        for n in reversed(self.block_shape):
+            rest, k = divmod(rest, n)
+            local.append(k)
+        flat = 0
+        for s, k, n in zip(self.start, reversed(local), self.full_shape):
+            flat = flat * n + int(s) + k
+        return flat

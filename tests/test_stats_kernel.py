@@ -193,3 +193,22 @@ def test_squares_of_neighbouring_doubles_differ_above_the_smallest_normal():
     x = x[(x * x >= np.finfo(np.float64).tiny) & np.isfinite(np.nextafter(x, np.inf) ** 2)]
     assert x.size > 40_000
     assert (x * x < np.nextafter(x, np.inf) ** 2).all()
+
+
+def test_placement_index_equals_numpys_unravel_and_ravel():
+    """A tile's flat position, placed through its block into the whole array, is numpy's
+    ravel_multi_index(start + unravel_index(offset + i, block), full) for random shapes."""
+    from streamdiff.stats import _Placement
+
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        nd = int(rng.integers(1, 5))
+        block = tuple(int(x) for x in rng.integers(1, 9, nd))
+        start = tuple(int(x) for x in rng.integers(0, 5, nd))
+        full = tuple(s + b + int(e) for s, b, e in zip(start, block, rng.integers(0, 4, nd)))
+        flat = int(rng.integers(0, math.prod(block)))
+        offset = int(rng.integers(0, flat + 1))
+        local = np.unravel_index(flat, block)
+        want = int(np.ravel_multi_index(tuple(s + int(k) for s, k in zip(start, local)), full))
+        assert _Placement(offset, block, start, full).index(flat - offset) == want
+    assert _Placement(0, (), (), ()).index(0) == 0
