@@ -403,7 +403,7 @@ def _relative(
         if few == 0:
             return  # nothing here reaches the block's best ratio
         if few * _FEW <= d.size:
-            at = m.nonzero()[0] if few > 1 else np.array([int(np.argmax(m))])
+            at = _positions(m, few)
             q = np.abs(d[at]) / t[at].astype(np.float64)
             q[np.isnan(q)] = 0.0  # 0/0 where a == b == 0
             j = int(np.argmax(q))
@@ -417,6 +417,20 @@ def _relative(
         np.equal(r, rmax, out=m)
         j = int(np.argmax(m))
     _keep_rel(out, float(r[j]), where, j)
+
+
+def _positions(m: np.ndarray, count: int) -> np.ndarray:
+    """Where m is True, ascending; `count` of them. A handful are found by argmax (which stops at
+    the first True, and skips along the mask without writing), more by nonzero (a full pass)."""
+    if count > 8:
+        return m.nonzero()[0]
+    at = np.empty(count, np.intp)
+    lo = 0
+    for k in range(count):
+        lo += int(np.argmax(m[lo:]))
+        at[k] = lo
+        lo += 1
+    return at
 
 
 def _keep_rel(out: LeafStats, q: float, where: _Placement, j: int) -> None:
