@@ -1,13 +1,14 @@
 """CPU cost of the comparison kernel alone: `stats.block_stats` on float32 block pairs, this
 worktree's code against an earlier commit's, round-robin in one process, results checked equal.
 
-Blocks are what the engine hands over for the sharded bench pair (B = A + 1e-4 noise, as
-bench/make_pair.py writes): float32, `--block-mib` per side, cycled from a pool larger than the
-last-level cache so every block arrives cold, as a freshly decoded one does. The figure is CPU
-seconds (of the comparing threads alone, `--threads` comparing at once, while a neighbour
-thread streams memory as tensorstore's decoding does) per GiB of float32 per side.
+Blocks are what the engine hands over for the sharded bench pair at --max-memory 256M (B = A +
+1e-4 noise, as bench/make_pair.py writes; 1.25 MiB of float32 per side; tile 2**17), cycled from a
+pool larger than the last-level cache so every block arrives cold, as a freshly decoded one does.
+The figure is CPU seconds of the comparing threads alone (`--threads` comparing at once, and with
+`--neighbour-mib`, a thread streaming memory meanwhile as tensorstore's decoding does) per GiB of
+float32 per side. `--set NAME=VALUE` overrides a constant of the new stats module, to try variants.
 
-    PYTHONPATH=$PWD python bench/stats_kernel.py [--ref 67d06ef] [--repeat 5] [--tile 131072]
+    PYTHONPATH=$PWD python bench/stats_kernel.py [--ref 67d06ef] [--repeat 5] [--block-mib 1.25]
 
 `--ref` names the commit whose streamdiff/stats.py is "before" (default: the branch point of the
 issue-13 kernel work). Every statistic (including each per-tile sum of squares) of both versions
