@@ -263,17 +263,16 @@ class _Scratch(threading.local):
         self.n = 0
 
     def get(self, n: int) -> tuple[np.ndarray, ...]:
-        """(xa, xb, d, r, t) float64, t32 float32, m bool: n elements each."""
+        """(xa, xb, d, r) float64, t32 float32, m bool: n elements each."""
         if n > self.n:
             self.xa = np.empty(n, np.float64)
             self.xb = np.empty(n, np.float64)
             self.d = np.empty(n, np.float64)
             self.r = np.empty(n, np.float64)
-            self.t = np.empty(n, np.float64)
             self.t32 = np.empty(n, np.float32)
             self.m = np.empty(n, np.bool_)
             self.n = n
-        return self.xa[:n], self.xb[:n], self.d[:n], self.r[:n], self.t[:n], self.t32[:n], self.m[:n]
+        return self.xa[:n], self.xb[:n], self.d[:n], self.r[:n], self.t32[:n], self.m[:n]
 
 
 _SCRATCH = _Scratch()
@@ -314,11 +313,11 @@ def _tile_fast(
     * the largest d/|b| is taken only where |b| is small enough to beat the best ratio known
       (`_relative`).
     """
-    xa, xb, d, r, t64, t32, m = _SCRATCH.get(ta.size)
+    t64, xb, d, r, t32, m = _SCRATCH.get(ta.size)
     with np.errstate(all="ignore"):
         # Explicit upcasts into cached buffers beat casting inside each ufunc (buffered loops).
         xb = _as_float64(tb, xb)
-        np.subtract(_as_float64(ta, xa), xb, out=d)
+        np.subtract(_as_float64(ta, t64), xb, out=d)  # a's upcast is not needed after this: t64 reuses it
         # Not np.dot: OpenBLAS would spin up its own threads on every call, doubling the CPU
         # time of a threaded diff. square + pairwise sum is single-threaded and still cheap.
         np.square(d, out=r)
