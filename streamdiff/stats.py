@@ -243,22 +243,36 @@ def _bytes_equal(fa: np.ndarray, fb: np.ndarray) -> bool:
     return bool(np.array_equal(ba, bb))
 
 
+#: Smallest normal float64. Where x*x is at least this (and finite), fl(x*x) is strictly increasing
+#: in x: the exact squares of neighbouring doubles lie 2x*ulp(x) apart, more than the rounding can
+#: close. So when the largest square exceeds it, every element holding that square holds the
+#: largest |d| (smaller ones square to less, or, below it, to at most _TINY itself).
+_TINY = float(np.finfo(np.float64).tiny)
+#: When bounds leave at most 1/_FEW of a tile's elements undecided (the tolerance test) or possibly
+#: holding the largest ratio (the relative difference), only those are computed one by one.
+_FEW = 16
+#: Dtypes whose |b| numpy takes natively; others are widened to float64 first.
+_NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 class _Scratch(threading.local):
-    """Per-thread float64 work buffers, reused across tiles: no allocation (and no page faults)
-    in the hot loop."""
+    """Per-thread work buffers, reused across tiles: no allocation (and no page faults) in the
+    hot loop."""
 
     def __init__(self) -> None:
         self.n = 0
 
     def get(self, n: int) -> tuple[np.ndarray, ...]:
+        """(xa, xb, d, r) float64, t32 float32, m bool: n elements each."""
         if n > self.n:
             self.xa = np.empty(n, np.float64)
             self.xb = np.empty(n, np.float64)
             self.d = np.empty(n, np.float64)
             self.r = np.empty(n, np.float64)
+            self.t32 = np.empty(n, np.float32)
             self.m = np.empty(n, np.bool_)
             self.n = n
-        return self.xa[:n], self.xb[:n], self.d[:n], self.r[:n], self.m[:n]
+        return self.xa[:n], self.xb[:n], self.d[:n], self.r[:n], self.t32[:n], self.m[:n]
 
 
 _SCRATCH = _Scratch()
@@ -271,6 +285,16 @@ def _as_float64(x: np.ndarray, buf: np.ndarray) -> np.ndarray:
     return buf
 
 
+def _at_least(c: float, dtype: np.dtype) -> np.floating:
+    """The smallest value of `dtype` >= c: `x <= it` keeps every x <= c, where comparing a float32
+    array with the Python float itself would round c to float32, possibly below c."""
+    with np.errstate(over="ignore"):  # c beyond the dtype's range: inf, still >= c
+        v: np.floating = dtype.type(c)
+    if float(v) < c:
+        v = np.nextafter(v, dtype.type(np.inf))
+    return v
+
+
 def _tile_fast(
     ta: np.ndarray,
     tb: np.ndarray,
@@ -278,18 +302,22 @@ def _tile_fast(
     out: LeafStats,
     where: _Placement,
 ) -> bool:
-    """Real floats with no NaN or Inf anywhere: about a dozen cheap passes over cached buffers.
+    """Real floats with no NaN or Inf anywhere: a handful of cheap passes over cached buffers.
 
     Returns False, having recorded nothing, when the tile holds NaN or Inf (the sum of squares is
-    then not finite); `_tile_stats` handles those tiles. Every number equals the slow path's.
+    then not finite); `_tile_stats` handles those tiles. Every number equals the slow path's:
+
+    * the largest |d| is found from the squares, which keep its order (`_TINY`);
+    * the tolerance test `|d| > atol + rtol*|b|` is settled by bounds for most elements and taken
+      exactly for the others (`_mismatches`);
+    * the largest d/|b| is taken only where |b| is small enough to beat the best ratio known
+      (`_relative`).
     """
-    t, xb, d, r, m = _SCRATCH.get(ta.size)
+    t64, xb, d, r, t32, m = _SCRATCH.get(ta.size)
     with np.errstate(all="ignore"):
         # Explicit upcasts into cached buffers beat casting inside each ufunc (buffered loops).
-        xa = _as_float64(ta, t)
         xb = _as_float64(tb, xb)
-        np.subtract(xa, xb, out=d)
-        np.abs(d, out=d)
+        np.subtract(_as_float64(ta, t64), xb, out=d)  # a's upcast is not needed after this: t64 reuses it
         # Not np.dot: OpenBLAS would spin up its own threads on every call, doubling the CPU
         # time of a threaded diff. square + pairwise sum is single-threaded and still cheap.
         np.square(d, out=r)
@@ -298,30 +326,115 @@ def _tile_fast(
             return False
         out.n_defined += d.size
         out.sq_sums.append(sq)
-        i = int(np.argmax(d))
-        if d[i] == 0:
+        i = int(np.argmax(r))
+        if r[i] > _TINY:
+            dm = abs(float(d[i]))
+        else:  # the largest difference is below 2**-511 or so: squares underflow, take |d| itself
+            np.abs(d, out=t64)
+            i = int(np.argmax(t64))
+            dm = float(t64[i])
+        if dm == 0:
             return True
-        _record_max(out, float(d[i]), where.index(i), float(xa[i]), float(xb[i]))
-        np.abs(xb, out=t)  # t held a's upcast, no longer needed
-        np.divide(d, t, out=r)  # 0/0 -> nan where a == b == 0
-        j = int(np.argmax(r))  # argmax stops at the first nan: one pass when there is none
-        if np.isnan(r[j]):
-            rmax = float(np.fmax.reduce(r))  # fmax ignores the 0/0 positions
-            np.equal(r, rmax, out=m)
-            j = int(np.argmax(m))
-        rmax = float(r[j])
-        if rmax > 0:
-            out.max_rel, out.max_rel_index = _better(out.max_rel, out.max_rel_index, rmax, where.index(j))
-        if policy.atol == 0 and policy.rtol == 0:
-            out.mismatches += int(np.count_nonzero(d))
-        elif float(d[i]) <= policy.atol:
-            pass  # every |a-b| is within atol <= atol + rtol*|b|: no mismatch in this tile
+        if dm >= out.max_abs:  # else this tile's maximum cannot change the block's
+            _record_max(out, dm, where.index(i), float(ta[i]), float(tb[i]))
+        # |b|, in b's own dtype when numpy handles it natively (exact: abs only drops the sign)
+        if tb.dtype in _NATIVE:
+            t = np.abs(tb, out=t32 if tb.dtype == np.float32 else t64)
         else:
-            np.multiply(t, policy.rtol, out=t)
-            np.add(t, policy.atol, out=t)
-            np.greater(d, t, out=m)
-            out.mismatches += int(np.count_nonzero(m))
+            t = np.abs(xb, out=t64)
+        out.mismatches += _mismatches(policy, d, r, t, m, dm)
+        _relative(out, d, r, t, m, dm, abs(float(tb[i])), where)
     return True
+
+
+def _mismatches(policy: Policy, d: np.ndarray, r: np.ndarray, t: np.ndarray, m: np.ndarray, dm: float) -> int:
+    """How many |d| > atol + rtol*|b| (d signed, r = d*d, t = |b|; r and d may be overwritten)."""
+    atol, rtol = policy.atol, policy.rtol
+    if atol == 0 and rtol == 0:
+        np.not_equal(d, 0.0, out=m)
+        return int(np.count_nonzero(m))
+    if dm <= atol:
+        return 0  # every |a-b| is within atol <= atol + rtol*|b|
+    n = d.size
+    # The threshold grows with |b| (rounding is monotonic), so none exceeds hi, the one at max|b|:
+    # r > fl(hi*hi) implies |d| > hi, a mismatch for sure. Likewise r < fl(atol*atol) implies
+    # |d| < atol, no mismatch. The others are open: tested one by one when few.
+    hi = atol + rtol * float(np.maximum.reduce(t))
+    np.less_equal(r, hi * hi, out=m)
+    below = int(np.count_nonzero(m))  # n - below are mismatches for sure
+    open_ = below
+    if open_ * _FEW > n and atol * atol > 0:
+        m &= r >= atol * atol
+        open_ = int(np.count_nonzero(m))
+    if open_ * _FEW <= n:
+        at = m.nonzero()[0]
+        thr = np.add(np.multiply(t[at].astype(np.float64), rtol), atol)
+        return n - below + int(np.count_nonzero(np.abs(d[at]) > thr))
+    np.multiply(t, rtol, out=r, dtype=np.float64)  # dtype: never multiply in float32
+    np.add(r, atol, out=r)
+    np.abs(d, out=d)  # d is signed up to here
+    np.greater(d, r, out=m)
+    return int(np.count_nonzero(m))
+
+
+def _relative(
+    out: LeafStats,
+    d: np.ndarray,
+    r: np.ndarray,
+    t: np.ndarray,
+    m: np.ndarray,
+    dm: float,
+    b_at: float,
+    where: _Placement,
+) -> None:
+    """Largest d/|b| of the tile, first position on ties (t = |b|; d and r may be overwritten).
+
+    A ratio of at least q needs |b| <= |d|/q <= dm/q: with q the best ratio known (this block's so
+    far, or the one where |d| is largest), only elements under that threshold on |b| can hold it.
+    """
+    k = int(np.argmin(t))  # the smallest |b| usually holds the largest ratio: a good first bound
+    bk = float(t[k])
+    seed = max(dm / b_at if b_at else math.inf, abs(float(d[k])) / bk if bk else (math.inf if d[k] else 0.0))
+    best = max(out.max_rel, seed)
+    if best > 0 and math.isfinite(dm / best):
+        np.less_equal(t, _at_least(dm / best * (1 + 2.0**-40), t.dtype), out=m)  # margin: rounding
+        few = int(np.count_nonzero(m))
+        if few == 0:
+            return  # nothing here reaches the block's best ratio
+        if few * _FEW <= d.size:
+            at = _positions(m, few)
+            q = np.abs(d[at]) / t[at].astype(np.float64)
+            q[np.isnan(q)] = 0.0  # 0/0 where a == b == 0
+            j = int(np.argmax(q))
+            _keep_rel(out, float(q[j]), where, int(at[j]))
+            return
+    np.abs(d, out=d)
+    np.divide(d, t, out=r, dtype=np.float64)  # 0/0 -> nan where a == b == 0
+    j = int(np.argmax(r))  # argmax stops at the first nan: one pass when there is none
+    if np.isnan(r[j]):
+        rmax = float(np.fmax.reduce(r))  # fmax ignores the 0/0 positions
+        np.equal(r, rmax, out=m)
+        j = int(np.argmax(m))
+    _keep_rel(out, float(r[j]), where, j)
+
+
+def _positions(m: np.ndarray, count: int) -> np.ndarray:
+    """Where m is True, ascending; `count` of them. A handful are found by argmax (which stops at
+    the first True, and skips along the mask without writing), more by nonzero (a full pass)."""
+    if count > 8:
+        return m.nonzero()[0]
+    at = np.empty(count, np.intp)
+    lo = 0
+    for k in range(count):
+        lo += int(np.argmax(m[lo:]))
+        at[k] = lo
+        lo += 1
+    return at
+
+
+def _keep_rel(out: LeafStats, q: float, where: _Placement, j: int) -> None:
+    if q > 0 and q >= out.max_rel:
+        out.max_rel, out.max_rel_index = _better(out.max_rel, out.max_rel_index, q, where.index(j))
 
 
 def _count_special(ta: np.ndarray, cdt: np.dtype, policy: Policy, out: LeafStats) -> None:
@@ -490,8 +603,16 @@ class _Placement:
     full_shape: tuple[int, ...]
 
     def index(self, in_tile: int) -> int:
-        """Flat index in the whole array of a flat index within the tile."""
+        """Flat index in the whole array of a flat index within the tile (C order; in Python
+        integers: np.unravel_index and np.ravel_multi_index cost microseconds a call, per tile)."""
         if not self.block_shape:
             return 0
-        local = np.unravel_index(self.offset + in_tile, self.block_shape)
-        return int(np.ravel_multi_index(tuple(int(s) + int(i) for s, i in zip(self.start, local)), self.full_shape))
+        rest = self.offset + in_tile
+        local = []
+        for n in reversed(self.block_shape):
+            rest, k = divmod(rest, n)
+            local.append(k)
+        flat = 0
+        for s, k, n in zip(self.start, reversed(local), self.full_shape):
+            flat = flat * n + int(s) + k
+        return flat
