@@ -107,10 +107,24 @@ class ArraySource:
     """How to open one stored zarr array with tensorstore, and what its storage looks like.
 
     `metadata` is the array's parsed metadata (formats/zarr_metadata.py), shared by every leaf
-    whose document is the same; the spec carries its document for tensorstore."""
+    whose document is the same; the spec carries its document for tensorstore. A reader of many
+    arrays gives them one shared `base_spec` each (per item and metadata document) and each its own
+    `path` in that spec's kvstore: `spec` is spelled out when asked for, so a tree of 100k leaves
+    does not hold 100k specs."""
 
-    spec: dict[str, Any] = field(hash=False, compare=False)  # tensorstore spec (metadata assumed)
+    #: The tensorstore spec (metadata assumed); with `path`, all of it but the kvstore's path.
+    base_spec: dict[str, Any] = field(hash=False, compare=False)
     metadata: ArrayMetadata
+    path: str | None = None  # the array's path in the kvstore of `base_spec` (None: `base_spec` is whole)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """The tensorstore spec: a new dict (its kvstore too) when `path` is set, never to be mutated."""
+        if self.path is None:
+            return self.base_spec
+        spec = dict(self.base_spec)
+        spec["kvstore"] = {**spec["kvstore"], "path": self.path}
+        return spec
 
     @property
     def zarr_format(self) -> int:
@@ -135,12 +149,12 @@ class ArraySource:
     @property
     def is_local(self) -> bool:
         """Stored on local disk (under OCDBT, the base store decides)."""
-        kv = self.spec["kvstore"]
+        kv = self.base_spec["kvstore"]
         base = kv.get("base", kv) if kv.get("driver") == "ocdbt" else kv
         return isinstance(base, dict) and base.get("driver") == "file"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Leaf:
     """One entry of a checkpoint tree, described from metadata only."""
 

@@ -17,8 +17,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import tensorstore as ts
 
@@ -36,9 +35,9 @@ from .storage import META_CACHE, Dir, result_bytes, storage_error
 PLAIN_ONLY = {".zgroup", ".zattrs", "attributes.json"}
 
 
-@dataclass(frozen=True)
-class _Entry:
-    """One leaf as the structure source describes it, before storage is consulted."""
+class _Entry(NamedTuple):
+    """One leaf as the structure source describes it, before storage is consulted (a tuple: a
+    huge tree makes one per leaf, briefly)."""
 
     keys: KeyPath
     value_type: str
@@ -48,6 +47,14 @@ class _Entry:
     has_inline: bool = False
     spec: msgpack_format.TsSpec | None = None  # T5X: the array is where this tensorstore spec says
     conflict: str | None = None  # _METADATA and the legacy msgpack file disagree about this leaf
+
+    @property
+    def needs_array(self) -> bool:
+        """Its value is a stored array (not an empty node, a string, an inline value or a spec
+        refused as unsupported, whose path may not even be a key)."""
+        if self.spec is not None and self.spec.unsupported():
+            return False
+        return self.value_type not in orbax.NO_ARRAY_VALUE_TYPES and not self.has_inline
 
 
 def read_item(item: Item) -> Tree:
@@ -118,9 +125,10 @@ def build_tree(item: Dir) -> Tree:
     raw = {n: result_bytes(f, f"{item.display}/{n}") for n, f in futures.items()}
     notes: list[str] = []
     metadata = None
-    if raw.get("_METADATA") is not None:  # present: must be valid (`null` is not "missing")
-        doc = _parse_json(raw["_METADATA"], item, "_METADATA")
-        metadata = orbax.tree_metadata(doc, f"{item.display}/_METADATA")
+    raw_tree = raw.get("_METADATA")
+    if raw_tree is not None:  # present: must be valid (`null` is not "missing")
+        metadata = orbax.read_tree_metadata(raw_tree, f"{item.display}/_METADATA")
+        del raw_tree
     msgpack_entries = _parse_msgpack(raw.get("checkpoint"), item)
     strings = _parse_json(raw.get("_strings.json"), item, "_strings.json")
     if raw.get("_strings.json") is not None:
@@ -156,7 +164,7 @@ def build_tree(item: Dir) -> Tree:
 
     # The parsed _METADATA is the biggest object of a huge tree (objects per key): not held past here.
     del metadata, raw
-    wanted = [e.storage_name for e in entries if _needs_array(e)]
+    wanted = [e.storage_name for e in entries if e.needs_array]
     if stored is None:
         stored, probed = _probe_per_leaf(item, wanted)
         inline.update(probed)
@@ -165,35 +173,38 @@ def build_tree(item: Dir) -> Tree:
         for name in dict.fromkeys(wanted)
         if name in stored
     }
+    del inline  # the bytes are in `meta_futures` now, and dropped with it once parsed
     zmeta: dict[str, tuple[int, dict[str, Any]]] = {}
     # Leaves of one model share a handful of distinct metadata documents: parse each once (and
     # share the parsed object: nothing downstream mutates it).
     parsed: dict[bytes, Any] = {}
     for name, fut in meta_futures.items():
         fmt = stored[name]
-        key = _meta_key(name, fmt)
-        raw_meta = fut if isinstance(fut, bytes) else result_bytes(fut, f"{item.display}/{key}")
+        raw_meta = fut if isinstance(fut, bytes) else result_bytes(fut, f"{item.display}/{_meta_key(name, fmt)}")
         if raw_meta is not None:
-            if raw_meta not in parsed:
-                parsed[raw_meta] = _parse_json(raw_meta, item, key)
-            zmeta[name] = (fmt, parsed[raw_meta])
+            doc = parsed.get(raw_meta)
+            if doc is None:
+                doc = parsed[raw_meta] = _parse_json(raw_meta, item, _meta_key(name, fmt))
+            zmeta[name] = (fmt, doc)
+    del meta_futures, parsed
     specs, leaves_extra = _t5x_arrays(entries, zmeta, children)
-    docs = {n: (f, md, f"{item.display}/{_meta_key(n, f)}") for n, (f, md) in zmeta.items()}
-    arrays = _typed_metadata(zmeta, validate.check_zarr_documents(docs))  # tensorstore checks them all at once
-    legacy_strings = _legacy_strings(item, [e for e in entries if _needs_array(e) and e.storage_name not in zmeta])
+    # tensorstore checks them all at once
+    bad = validate.check_zarr_documents(zmeta, lambda n: f"{item.display}/{_meta_key(n, zmeta[n][0])}")
+    arrays = _typed_metadata(zmeta, bad)
+    legacy_strings = _legacy_strings(item, [e for e in entries if e.needs_array and e.storage_name not in zmeta])
     claimed: dict[KeyPath, str] = {}
     if not specs:  # T5X: `_t5x_arrays` already accounts for every child of its directory
         valid = {n: md for n, md in arrays.items() if isinstance(md, ArrayMetadata)}  # the others are errors
         claimed = _unreferenced(item, children, ocdbt, keys if ocdbt else [], stored, entries, unnamed, valid)
+        del valid
     leaves: dict[KeyPath, Leaf] = {}
-    # One base kvstore spec for every leaf of the item (a copy per leaf costs memory at 100k leaves).
-    base = item.kv_spec() if ocdbt else None
+    sources = _Sources(item, ocdbt)
     for entry in entries:
         if entry.keys in claimed:
             why = f"value_type {entry.value_type!r} in the tree (no stored array), {claimed[entry.keys]}"
             leaves[entry.keys] = Leaf(entry.keys, Kind.ARRAY, entry.value_type, not_compared=why)
         else:
-            leaves[entry.keys] = _make_leaf(entry, item, base, arrays, strings, legacy_strings, prng)
+            leaves[entry.keys] = _make_leaf(entry, sources, arrays, strings, legacy_strings, prng)
     leaves.update(leaves_extra)
     unreferenced.add_leaves(leaves, unnamed)
     fmts = sorted({f for f, _ in zmeta.values()})
@@ -217,8 +228,8 @@ def _unreferenced(
 ) -> dict[KeyPath, str]:
     """Add to `unnamed` what the item stores that no entry reads (see unreferenced.py); return the
     entries whose value_type gives them no array although one is stored under their name."""
-    used = {e.storage_name for e in entries if _needs_array(e)}
-    no_data = {e.storage_name: e.keys for e in entries if not _needs_array(e) and e.spec is None}
+    used = {e.storage_name for e in entries if e.needs_array}
+    no_data = {e.storage_name: e.keys for e in entries if not e.needs_array and e.spec is None}
     claimed: dict[KeyPath, str] = {}
     if ocdbt:
         extra, claimed = unreferenced.ocdbt_leftovers(keys, set(stored), used, no_data, arrays)
@@ -317,7 +328,12 @@ def _entries_from_metadata(
 ) -> tuple[list[_Entry], dict[KeyPath, str]]:
     """The leaves `_METADATA` names, and (why, by path) the legacy msgpack file's entries it lacks:
     orbax restores from both, so a value only the msgpack file holds is never silently dropped."""
-    inline = {m.keys: m for m in packed or []}
+    if packed is None:  # the common case, kept lean: one tuple per leaf of a tree of 100k
+        return [
+            _Entry(e.keys, e.value.value_type, ".".join(e.keys), e.value.skip_deserialize)
+            for e in orbax.without_placeholders(metadata)
+        ], {}
+    inline = {m.keys: m for m in packed}
     out: list[_Entry] = []
     for entry in orbax.without_placeholders(metadata):
         vt, skip = entry.value.value_type, entry.value.skip_deserialize
@@ -355,12 +371,6 @@ def _entries_from_msgpack(packed: list[msgpack_format.MsgpackEntry]) -> list[_En
             vt = "aggregated"
         out.append(_Entry(m.keys, vt, ".".join(m.keys), True, v, vt not in orbax.EMPTY_VALUE_TYPES))
     return out
-
-
-def _needs_array(e: _Entry) -> bool:
-    if e.spec is not None and e.spec.unsupported():
-        return False  # reported as not compared; its path may not even be a key
-    return e.value_type not in orbax.EMPTY_VALUE_TYPES and e.value_type != "string" and not e.has_inline
 
 
 def _probe_per_leaf(item: Dir, names: list[str]) -> tuple[dict[str, int], dict[str, bytes]]:
@@ -424,8 +434,7 @@ def _legacy_strings(item: Dir, entries: list[_Entry]) -> dict[str, str]:
 
 def _make_leaf(
     e: _Entry,
-    item: Dir,
-    base: dict[str, Any] | None,
+    sources: _Sources,
     arrays: dict[str, ArrayMetadata | str],
     strings: dict[str, Any],
     legacy_strings: dict[str, str],
@@ -446,25 +455,56 @@ def _make_leaf(
         if name in legacy_strings:
             return Leaf(e.keys, Kind.STRING, "string", value=legacy_strings[name])
         return Leaf(e.keys, Kind.STRING, "string", error=f"string {name!r} is missing from _strings.json")
-    if e.storage_name not in arrays:
+    md = arrays.get(e.storage_name)
+    if md is None:
         return Leaf(
             e.keys,
             Kind.ARRAY,
             e.value_type,
             error=f"array {e.storage_name!r} is listed in the tree metadata but missing from storage",
         )
-    md = arrays[e.storage_name]
     if isinstance(md, str):
         return Leaf(e.keys, Kind.ARRAY, e.value_type, error=md)
-    source, shape, dtype = _array_source(item, base, e.storage_name, md), md.shape, md.dtype
     impl = prng.get(e.storage_name)
     if impl:
         kind = Kind.PRNG_KEY
-    elif shape == () and e.value_type in orbax.SCALAR_VALUE_TYPES:
+    elif md.shape == () and e.value_type in orbax.SCALAR_VALUE_TYPES:
         kind = Kind.SCALAR
     else:
         kind = Kind.ARRAY
-    return Leaf(e.keys, kind, e.value_type, shape=shape, dtype=dtype, source=source, prng_impl=impl)
+    source = sources.of(e.storage_name, md)
+    return Leaf(e.keys, kind, e.value_type, shape=md.shape, dtype=md.dtype, source=source, prng_impl=impl)
+
+
+class _Sources:
+    """The `ArraySource` of each array of one item: one base spec per distinct metadata object
+    (its document, the item's kvstore), shared by the leaves using it, and the array's own path."""
+
+    def __init__(self, item: Dir, ocdbt: bool):
+        self._kv: dict[str, Any]
+        if ocdbt:
+            # One base kvstore spec for every leaf of the item: the engine holds one store per item.
+            self._kv = {"driver": "ocdbt", "base": item.kv_spec(), "path": "", "cache_pool": META_CACHE}
+            self._prefix = ""
+        else:  # one directory per array: `Storage.spec` of the array's folder
+            self._kv = item.storage.spec(item.relpath)
+            self._prefix = str(self._kv["path"])
+        self._specs: dict[int, tuple[ArrayMetadata, dict[str, Any]]] = {}
+
+    def of(self, name: str, md: ArrayMetadata) -> ArraySource:
+        known = self._specs.get(id(md))
+        if known is None:
+            base = {
+                "driver": str(md.driver),
+                "kvstore": self._kv,
+                "metadata": md.document,
+                # A missing chunk must be an error, not zeros: orbax writes every chunk.
+                "fill_missing_data_reads": False,
+                "recheck_cached_data": False,
+                "recheck_cached_metadata": False,
+            }
+            known = self._specs[id(md)] = (md, base)  # md held: its id stays its own
+        return ArraySource(known[1], md, self._prefix + name + "/" if name else self._prefix)
 
 
 def _typed_metadata(
@@ -496,22 +536,3 @@ def _parse_array(fmt: int, md: Any) -> ArrayMetadata | str:
         return f"{where}: no field {exc.args[0]!r}"
     except (TypeError, ValueError, AttributeError, StreamdiffError) as exc:
         return f"{where}: {exc}"
-
-
-def _array_source(item: Dir, base: dict[str, Any] | None, name: str, md: ArrayMetadata) -> ArraySource:
-    """The array's tensorstore spec, around its typed metadata; `base`: the item's kvstore spec,
-    shared by every leaf, when the item is an OCDBT database (None: one directory per array)."""
-    if base is not None:
-        kv = {"driver": "ocdbt", "base": base, "path": name + "/" if name else "", "cache_pool": META_CACHE}
-    else:
-        kv = item.storage.spec(item.relpath + (name + "/" if name else ""))
-    spec = {
-        "driver": str(md.driver),
-        "kvstore": kv,
-        "metadata": md.document,
-        # A missing chunk must be an error, not zeros: orbax writes every chunk.
-        "fill_missing_data_reads": False,
-        "recheck_cached_data": False,
-        "recheck_cached_metadata": False,
-    }
-    return ArraySource(spec, md)
