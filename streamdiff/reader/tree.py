@@ -164,15 +164,12 @@ def build_tree(item: Dir) -> Tree:
 
     # The parsed _METADATA is the biggest object of a huge tree (objects per key): not held past here.
     del metadata, raw
-    wanted = [e.storage_name for e in entries if e.needs_array]
+    needing = [e for e in entries if e.needs_array]
+    wanted = [e.storage_name for e in needing]
     if stored is None:
         stored, probed = _probe_per_leaf(item, wanted)
         inline.update(probed)
-    meta_futures = {
-        name: _meta_reader(item, ocdbt_kv, name, stored[name], inline)
-        for name in dict.fromkeys(wanted)
-        if name in stored
-    }
+    meta_futures = _meta_readers(item, ocdbt_kv, wanted, stored, inline)
     del inline  # the bytes are in `meta_futures` now, and dropped with it once parsed
     zmeta: dict[str, tuple[int, dict[str, Any]]] = {}
     # Leaves of one model share a handful of distinct metadata documents: parse each once (and
@@ -190,13 +187,13 @@ def build_tree(item: Dir) -> Tree:
     specs, leaves_extra = _t5x_arrays(entries, zmeta, children)
     # tensorstore checks them all at once
     bad = validate.check_zarr_documents(zmeta, lambda n: f"{item.display}/{_meta_key(n, zmeta[n][0])}")
-    arrays = _typed_metadata(zmeta, bad)
-    legacy_strings = _legacy_strings(item, [e for e in entries if e.needs_array and e.storage_name not in zmeta])
+    arrays, valid = _typed_metadata(zmeta, bad)
+    legacy_strings = _legacy_strings(item, [e for e in needing if e.storage_name not in zmeta])
     claimed: dict[KeyPath, str] = {}
     if not specs:  # T5X: `_t5x_arrays` already accounts for every child of its directory
-        valid = {n: md for n, md in arrays.items() if isinstance(md, ArrayMetadata)}  # the others are errors
-        claimed = _unreferenced(item, children, ocdbt, keys if ocdbt else [], stored, entries, unnamed, valid)
-        del valid
+        used = set(wanted)
+        claimed = _unreferenced(item, children, ocdbt, keys if ocdbt else [], stored, entries, used, unnamed, valid)
+    del needing, wanted, valid
     leaves: dict[KeyPath, Leaf] = {}
     sources = _Sources(item, ocdbt)
     for entry in entries:
@@ -223,12 +220,13 @@ def _unreferenced(
     keys: Iterable[str],
     stored: dict[str, int],
     entries: list[_Entry],
+    used: set[str],
     unnamed: dict[KeyPath, str],
     arrays: dict[str, ArrayMetadata],
 ) -> dict[KeyPath, str]:
     """Add to `unnamed` what the item stores that no entry reads (see unreferenced.py); return the
-    entries whose value_type gives them no array although one is stored under their name."""
-    used = {e.storage_name for e in entries if e.needs_array}
+    entries whose value_type gives them no array although one is stored under their name (`used`:
+    the names of the arrays entries read)."""
     no_data = {e.storage_name: e.keys for e in entries if not e.needs_array and e.spec is None}
     claimed: dict[KeyPath, str] = {}
     if ocdbt:
@@ -394,14 +392,23 @@ def _meta_key(name: str, fmt: int) -> str:
     return (name + "/" if name else "") + METADATA_FILE[fmt]
 
 
-def _meta_reader(
-    item: Dir, kv: ts.KvStore | None, name: str, fmt: int, inline: dict[str, bytes]
-) -> ts.Future[ts.KvStore.ReadResult] | bytes:
-    """The metadata bytes when the B-tree walk already has them, else a read in flight."""
-    key = _meta_key(name, fmt)
-    if key in inline:
-        return inline[key]
-    return kv.read(key) if kv is not None else item.read_async(key)
+def _meta_readers(
+    item: Dir, kv: ts.KvStore | None, names: list[str], stored: dict[str, int], inline: dict[str, bytes]
+) -> dict[str, ts.Future[ts.KvStore.ReadResult] | bytes]:
+    """name -> the metadata bytes of each stored array in `names`, when the B-tree walk already has
+    them, else a read in flight (all issued before any is waited for)."""
+    out: dict[str, ts.Future[ts.KvStore.ReadResult] | bytes] = {}
+    for name in names:
+        fmt = stored.get(name)
+        if fmt is None or name in out:
+            continue
+        key = _meta_key(name, fmt)
+        got = inline.get(key)
+        if got is None:
+            out[name] = kv.read(key) if kv is not None else item.read_async(key)
+        else:
+            out[name] = got
+    return out
 
 
 def _walk_ocdbt(item: Dir) -> tuple[dict[str, bytes], Iterable[str] | None]:
@@ -440,6 +447,10 @@ def _make_leaf(
     legacy_strings: dict[str, str],
     prng: dict[str, str],
 ) -> Leaf:
+    md = arrays.get(e.storage_name)
+    if type(md) is ArrayMetadata and e.conflict is None and e.spec is None and not e.has_inline:
+        if e.value_type not in orbax.NO_ARRAY_VALUE_TYPES and e.storage_name not in legacy_strings:
+            return _array_leaf(e, md, sources, prng)  # the common case, as decided below
     if e.conflict:
         return Leaf(e.keys, Kind.ARRAY, e.value_type, error=e.conflict)
     if e.value_type in orbax.EMPTY_VALUE_TYPES:
@@ -455,7 +466,6 @@ def _make_leaf(
         if name in legacy_strings:
             return Leaf(e.keys, Kind.STRING, "string", value=legacy_strings[name])
         return Leaf(e.keys, Kind.STRING, "string", error=f"string {name!r} is missing from _strings.json")
-    md = arrays.get(e.storage_name)
     if md is None:
         return Leaf(
             e.keys,
@@ -465,6 +475,10 @@ def _make_leaf(
         )
     if isinstance(md, str):
         return Leaf(e.keys, Kind.ARRAY, e.value_type, error=md)
+    return _array_leaf(e, md, sources, prng)
+
+
+def _array_leaf(e: _Entry, md: ArrayMetadata, sources: _Sources, prng: dict[str, str]) -> Leaf:
     impl = prng.get(e.storage_name)
     if impl:
         kind = Kind.PRNG_KEY
@@ -509,20 +523,25 @@ class _Sources:
 
 def _typed_metadata(
     zmeta: dict[str, tuple[int, dict[str, Any]]], bad: dict[str, str]
-) -> dict[str, ArrayMetadata | str]:
+) -> tuple[dict[str, ArrayMetadata | str], dict[str, ArrayMetadata]]:
     """name -> the array's typed metadata, or why it cannot be read (`bad`: name -> what the checks
-    refused); each distinct document is parsed once and its object shared by every leaf using it."""
+    refused), and the same for the readable ones only; each distinct document is parsed once and
+    its object shared by every leaf using it."""
     out: dict[str, ArrayMetadata | str] = {}
+    valid: dict[str, ArrayMetadata] = {}
     done: dict[int, ArrayMetadata | str] = {}
     for name, (fmt, md) in zmeta.items():
         if name in bad:
             out[name] = f"unreadable zarr metadata: {bad[name]}"
             continue
-        if id(md) not in done:
-            done[id(md)] = _parse_array(fmt, md)
-        parsed = done[id(md)]
-        out[name] = parsed if isinstance(parsed, ArrayMetadata) else f"unreadable zarr metadata {name}/{parsed}"
-    return out
+        parsed = done.get(id(md))
+        if parsed is None:
+            parsed = done[id(md)] = _parse_array(fmt, md)
+        if isinstance(parsed, ArrayMetadata):
+            out[name] = valid[name] = parsed
+        else:
+            out[name] = f"unreadable zarr metadata {name}/{parsed}"
+    return out, valid
 
 
 def _parse_array(fmt: int, md: Any) -> ArrayMetadata | str:

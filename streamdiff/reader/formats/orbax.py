@@ -105,40 +105,40 @@ class TreeEntry:
 def read_tree_metadata(raw: bytes, where: str) -> tuple[TreeEntry, ...]:
     """The entries of a `_METADATA` file's bytes: `tree_metadata` of the parsed document, the same
     entries. A document in the plain shape orbax writes (ASCII, nested no deeper than the limit,
-    every field `tree_metadata` reads of the type it needs) is decoded by msgspec straight into
-    typed objects, ignored fields skipped unbuilt; any other goes through `validate.parse_json`
-    and `tree_metadata`, whose checks then say which field is wrong, in the same words."""
+    string keys, integer key types, every other field `tree_metadata` reads of the type it needs)
+    is decoded by msgspec straight into typed objects, ignored fields skipped unbuilt: for a tree of
+    100k leaves, a fraction of the time and memory of building the generic document and walking
+    it. Any other document goes through `validate.parse_json` and `tree_metadata`, whose checks then
+    say which field is wrong, in the same words."""
     plain = _decode_plain(raw)
     if plain is None:
         return tree_metadata(validate.parse_json(raw, where), where)
     values: dict[tuple[str, bool], ValueMetadata] = {}
-    key_types: dict[tuple[Any, ...], tuple[KeyType | None, ...]] = {}
+    key_types: dict[tuple[int | None, ...], tuple[KeyType | None, ...]] = {}
     names: dict[str, str] = {}  # one string object per distinct key name: a path shares its levels' names
+    share = names.setdefault
     out = []
     for entry in plain.tree_metadata.values():
         levels = entry.key_metadata
-        keys = tuple([names.setdefault(n, n) for n in [str(k.key) for k in levels]])
+        keys = [k.key for k in levels]
         raw_types = tuple([k.key_type for k in levels])
-        try:
-            types = key_types.get(raw_types)
-        except TypeError:  # an unhashable key_type (a list): orbax writes none, kept like any unknown one
-            types = None
+        types = key_types.get(raw_types)
         if types is None:
-            types = tuple(KeyType.of(t) for t in raw_types)
-            if all(isinstance(t, (int, type(None))) for t in raw_types):
-                key_types[raw_types] = types
+            types = key_types[raw_types] = tuple(KeyType.of(t) for t in raw_types)
         vm = entry.value_metadata
         v = (vm.value_type, vm.skip_deserialize) if vm is not None else (UNKNOWN, False)
         value = values.get(v)
         if value is None:
             value = values[v] = ValueMetadata(*v)
-        out.append(TreeEntry(keys, types, value))
+        out.append(TreeEntry(tuple(map(share, keys, keys)), types, value))
     return tuple(out)
 
 
 class _PlainKey(msgspec.Struct, gc=False):
-    key: str | int
-    key_type: Any = None
+    """One level of a key path as orbax writes it (an integer key or key type: the checked parse)."""
+
+    key: str
+    key_type: int | None = None
 
 
 class _PlainValue(msgspec.Struct, gc=False):
