@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -217,7 +218,7 @@ class PairStatus(StrEnum):
     NOT_COMPARED = "not_compared"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pair:
     """The two sides of one canonical path after pairing (either may be missing)."""
 
@@ -295,7 +296,7 @@ class ValueStats:
     read_amplification: float | None = field(default=None, metadata=WHEN_SET)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeafResult:
     """Everything the report says about one path."""
 
@@ -381,7 +382,7 @@ class Report:
         """True when, in addition, every compared leaf is bit-for-bit identical."""
         return self.verdict is Verdict.IDENTICAL
 
-    @property
+    @cached_property
     def verdict(self) -> Verdict:
         """The one place that decides what exit 0 promises: every value stored under both inputs
         was compared (rules' exclusions are listed in `ignored_*`) and found equal. Anything not

@@ -169,21 +169,8 @@ def build_tree(item: Dir) -> Tree:
     if stored is None:
         stored, probed = _probe_per_leaf(item, wanted)
         inline.update(probed)
-    meta_futures = _meta_readers(item, ocdbt_kv, wanted, stored, inline)
-    del inline  # the bytes are in `meta_futures` now, and dropped with it once parsed
-    zmeta: dict[str, tuple[int, dict[str, Any]]] = {}
-    # Leaves of one model share a handful of distinct metadata documents: parse each once (and
-    # share the parsed object: nothing downstream mutates it).
-    parsed: dict[bytes, Any] = {}
-    for name, fut in meta_futures.items():
-        fmt = stored[name]
-        raw_meta = fut if isinstance(fut, bytes) else result_bytes(fut, f"{item.display}/{_meta_key(name, fmt)}")
-        if raw_meta is not None:
-            doc = parsed.get(raw_meta)
-            if doc is None:
-                doc = parsed[raw_meta] = _parse_json(raw_meta, item, _meta_key(name, fmt))
-            zmeta[name] = (fmt, doc)
-    del meta_futures, parsed
+    zmeta = _zarr_documents(item, ocdbt_kv, wanted, stored, inline)
+    del inline
     specs, leaves_extra = _t5x_arrays(entries, zmeta, children)
     # tensorstore checks them all at once
     bad = validate.check_zarr_documents(zmeta, lambda n: f"{item.display}/{_meta_key(n, zmeta[n][0])}")
@@ -196,12 +183,18 @@ def build_tree(item: Dir) -> Tree:
     del needing, wanted, valid
     leaves: dict[KeyPath, Leaf] = {}
     sources = _Sources(item, ocdbt)
+    plain = not (claimed or legacy_strings or prng)  # then an entry whose array was typed is a plain array leaf
     for entry in entries:
+        md = arrays.get(entry.storage_name)
+        if plain and type(md) is ArrayMetadata and entry.conflict is None and entry.spec is None:
+            if not entry.has_inline and entry.value_type not in orbax.NO_ARRAY_VALUE_TYPES:
+                leaves[entry.keys] = _array_leaf(entry, md, sources, None)  # the common case, as decided below
+                continue
         if entry.keys in claimed:
             why = f"value_type {entry.value_type!r} in the tree (no stored array), {claimed[entry.keys]}"
             leaves[entry.keys] = Leaf(entry.keys, Kind.ARRAY, entry.value_type, not_compared=why)
         else:
-            leaves[entry.keys] = _make_leaf(entry, sources, arrays, strings, legacy_strings, prng)
+            leaves[entry.keys] = _make_leaf(entry, md, sources, strings, legacy_strings, prng)
     leaves.update(leaves_extra)
     unreferenced.add_leaves(leaves, unnamed)
     fmts = sorted({f for f, _ in zmeta.values()})
@@ -392,23 +385,39 @@ def _meta_key(name: str, fmt: int) -> str:
     return (name + "/" if name else "") + METADATA_FILE[fmt]
 
 
-def _meta_readers(
+def _zarr_documents(
     item: Dir, kv: ts.KvStore | None, names: list[str], stored: dict[str, int], inline: dict[str, bytes]
-) -> dict[str, ts.Future[ts.KvStore.ReadResult] | bytes]:
-    """name -> the metadata bytes of each stored array in `names`, when the B-tree walk already has
-    them, else a read in flight (all issued before any is waited for)."""
-    out: dict[str, ts.Future[ts.KvStore.ReadResult] | bytes] = {}
+) -> dict[str, tuple[int, Any]]:
+    """name -> (zarr format, parsed metadata document) of each stored array in `names`: from the
+    bytes the B-tree walk (or the probe) already has, else read, every read issued before any is
+    waited for. Leaves of one model share a handful of distinct documents: each is parsed once and
+    its object shared (nothing downstream mutates it)."""
+    docs: dict[str, tuple[int, Any]] = {}
+    pending: dict[str, ts.Future[ts.KvStore.ReadResult]] = {}
+    parsed: dict[bytes, Any] = {}
+
+    def add(name: str, fmt: int, raw: bytes) -> None:
+        doc = parsed.get(raw)
+        if doc is None:
+            doc = parsed[raw] = _parse_json(raw, item, _meta_key(name, fmt))
+        docs[name] = (fmt, doc)
+
     for name in names:
         fmt = stored.get(name)
-        if fmt is None or name in out:
+        if fmt is None or name in docs or name in pending:
             continue
         key = _meta_key(name, fmt)
-        got = inline.get(key)
-        if got is None:
-            out[name] = kv.read(key) if kv is not None else item.read_async(key)
+        raw = inline.get(key)
+        if raw is not None:
+            add(name, fmt, raw)
         else:
-            out[name] = got
-    return out
+            pending[name] = kv.read(key) if kv is not None else item.read_async(key)
+    for name, fut in pending.items():
+        fmt = stored[name]
+        raw = result_bytes(fut, f"{item.display}/{_meta_key(name, fmt)}")
+        if raw is not None:
+            add(name, fmt, raw)
+    return docs
 
 
 def _walk_ocdbt(item: Dir) -> tuple[dict[str, bytes], Iterable[str] | None]:
@@ -441,16 +450,14 @@ def _legacy_strings(item: Dir, entries: list[_Entry]) -> dict[str, str]:
 
 def _make_leaf(
     e: _Entry,
+    md: ArrayMetadata | str | None,
     sources: _Sources,
-    arrays: dict[str, ArrayMetadata | str],
     strings: dict[str, Any],
     legacy_strings: dict[str, str],
     prng: dict[str, str],
 ) -> Leaf:
-    md = arrays.get(e.storage_name)
-    if type(md) is ArrayMetadata and e.conflict is None and e.spec is None and not e.has_inline:
-        if e.value_type not in orbax.NO_ARRAY_VALUE_TYPES and e.storage_name not in legacy_strings:
-            return _array_leaf(e, md, sources, prng)  # the common case, as decided below
+    """The leaf of one entry; `md`: the typed metadata of the array stored under its name, or why
+    it cannot be read, or None (no array stored under that name)."""
     if e.conflict:
         return Leaf(e.keys, Kind.ARRAY, e.value_type, error=e.conflict)
     if e.value_type in orbax.EMPTY_VALUE_TYPES:
@@ -478,8 +485,8 @@ def _make_leaf(
     return _array_leaf(e, md, sources, prng)
 
 
-def _array_leaf(e: _Entry, md: ArrayMetadata, sources: _Sources, prng: dict[str, str]) -> Leaf:
-    impl = prng.get(e.storage_name)
+def _array_leaf(e: _Entry, md: ArrayMetadata, sources: _Sources, prng: dict[str, str] | None) -> Leaf:
+    impl = prng.get(e.storage_name) if prng else None
     if impl:
         kind = Kind.PRNG_KEY
     elif md.shape == () and e.value_type in orbax.SCALAR_VALUE_TYPES:
@@ -487,7 +494,8 @@ def _array_leaf(e: _Entry, md: ArrayMetadata, sources: _Sources, prng: dict[str,
     else:
         kind = Kind.ARRAY
     source = sources.of(e.storage_name, md)
-    return Leaf(e.keys, kind, e.value_type, shape=md.shape, dtype=md.dtype, source=source, prng_impl=impl)
+    # Positional (path, kind, value_type, shape, dtype, source, value, prng_impl): a huge tree builds many.
+    return Leaf(e.keys, kind, e.value_type, md.shape, md.dtype, source, None, impl)
 
 
 class _Sources:
@@ -504,8 +512,11 @@ class _Sources:
             self._kv = item.storage.spec(item.relpath)
             self._prefix = str(self._kv["path"])
         self._specs: dict[int, tuple[ArrayMetadata, dict[str, Any]]] = {}
+        self._last: tuple[ArrayMetadata | None, dict[str, Any]] = (None, {})
 
     def of(self, name: str, md: ArrayMetadata) -> ArraySource:
+        if md is self._last[0]:  # leaves in a row mostly share one document
+            return ArraySource(self._last[1], md, self._prefix + name + "/" if name else self._prefix)
         known = self._specs.get(id(md))
         if known is None:
             base = {
@@ -518,6 +529,7 @@ class _Sources:
                 "recheck_cached_metadata": False,
             }
             known = self._specs[id(md)] = (md, base)  # md held: its id stays its own
+        self._last = known
         return ArraySource(known[1], md, self._prefix + name + "/" if name else self._prefix)
 
 
