@@ -307,3 +307,21 @@ def test_tree_entries_of_a_plain_document_share_their_key_name_strings(orbax_tre
     by_keys = {e.keys: e for e in entries}
     a, b = by_keys[("params", "layers_0", "w")], by_keys[("params", "layers_1", "w")]
     assert a.keys[0] is b.keys[0] and a.keys[2] is b.keys[2]
+
+
+@pytest.mark.parametrize("use_ocdbt", [True, False])
+def test_array_sources_share_one_base_spec_and_open_each_arrays_own_values(tmp_path, use_ocdbt):
+    import tensorstore as ts
+
+    tree = {"a": np.arange(6, dtype="f4").reshape(2, 3), "b": np.arange(6, 12, dtype="f4").reshape(2, 3)}
+    save(tmp_path / "ckpt", tree, use_ocdbt=use_ocdbt, use_zarr3=True)
+    item = locate(str(tmp_path / "ckpt")).items[0].dir
+    leaves = build_tree(item).leaves
+    a, b = leaves[("a",)].source, leaves[("b",)].source
+    assert a.base_spec is b.base_spec  # one per item and metadata document, not one per leaf
+    for name, source in (("a", a), ("b", b)):
+        spec = source.spec
+        assert spec["kvstore"]["path"].endswith(name + "/") and spec["metadata"] is source.metadata.document
+        got = ts.open(spec, context=item.storage.context, read=True, assume_metadata=True).result().read().result()
+        np.testing.assert_array_equal(got, tree[name])
+    assert a.spec["kvstore"] is not a.spec["kvstore"]  # spelled anew: a caller may not change the shared one

@@ -220,7 +220,9 @@ def _unreferenced(
     """Add to `unnamed` what the item stores that no entry reads (see unreferenced.py); return the
     entries whose value_type gives them no array although one is stored under their name (`used`:
     the names of the arrays entries read)."""
-    no_data = {e.storage_name: e.keys for e in entries if not e.needs_array and e.spec is None}
+    no_data: dict[str, KeyPath] = {}
+    if len(used) < len(entries):  # else every entry reads an array
+        no_data = {e.storage_name: e.keys for e in entries if not e.needs_array and e.spec is None}
     claimed: dict[KeyPath, str] = {}
     if ocdbt:
         extra, claimed = unreferenced.ocdbt_leftovers(keys, set(stored), used, no_data, arrays)
