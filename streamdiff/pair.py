@@ -17,13 +17,19 @@ VALUE_KINDS = {Kind.STRING, Kind.JSON}
 def pair_trees(a: dict[KeyPath, Leaf], b: dict[KeyPath, Leaf]) -> list[Pair]:
     out = []
     compare = PairStatus.COMPARE
+    in_both = 0
     for path, la in a.items():
         lb = b.get(path)
-        if lb is not None and la.kind is lb.kind is Kind.ARRAY and la.shape == lb.shape and _plain(la) and _plain(lb):
+        if lb is None:
+            out.append(Pair(path, la, None, PairStatus.ONLY_A))
+            continue
+        in_both += 1
+        if la.kind is lb.kind is Kind.ARRAY and la.shape == lb.shape and _plain(la) and _plain(lb):
             out.append(Pair(path, la, lb, compare))  # the common case, as `_pair` decides it, in fewer steps
         else:
             out.append(_pair(path, la, lb))
-    out.extend(Pair(path, None, leaf, PairStatus.ONLY_B) for path, leaf in b.items() if path not in a)
+    if in_both < len(b):  # else every path of B is one of A's
+        out.extend(Pair(path, None, leaf, PairStatus.ONLY_B) for path, leaf in b.items() if path not in a)
     return out
 
 
