@@ -88,7 +88,7 @@ def text_too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool | None:
     return False
 
 
-_SLICE = 1 << 22
+_SLICE = 1 << 18  # small enough for the heap to reuse its buffers slice after slice
 _QUOTE = ord('"')
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
 #: +1 for an opening bracket, -1 for a closing one, 0 for any other byte.
