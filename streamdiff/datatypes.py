@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -107,10 +108,24 @@ class ArraySource:
     """How to open one stored zarr array with tensorstore, and what its storage looks like.
 
     `metadata` is the array's parsed metadata (formats/zarr_metadata.py), shared by every leaf
-    whose document is the same; the spec carries its document for tensorstore."""
+    whose document is the same; the spec carries its document for tensorstore. A reader of many
+    arrays gives them one shared `base_spec` each (per item and metadata document) and each its own
+    `path` in that spec's kvstore: `spec` is spelled out when asked for, so a tree of 100k leaves
+    does not hold 100k specs."""
 
-    spec: dict[str, Any] = field(hash=False, compare=False)  # tensorstore spec (metadata assumed)
+    #: The tensorstore spec (metadata assumed); with `path`, all of it but the kvstore's path.
+    base_spec: dict[str, Any] = field(hash=False, compare=False)
     metadata: ArrayMetadata
+    path: str | None = None  # the array's path in the kvstore of `base_spec` (None: `base_spec` is whole)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """The tensorstore spec: a new dict (its kvstore too) when `path` is set, never to be mutated."""
+        if self.path is None:
+            return self.base_spec
+        spec = dict(self.base_spec)
+        spec["kvstore"] = {**spec["kvstore"], "path": self.path}
+        return spec
 
     @property
     def zarr_format(self) -> int:
@@ -135,12 +150,12 @@ class ArraySource:
     @property
     def is_local(self) -> bool:
         """Stored on local disk (under OCDBT, the base store decides)."""
-        kv = self.spec["kvstore"]
+        kv = self.base_spec["kvstore"]
         base = kv.get("base", kv) if kv.get("driver") == "ocdbt" else kv
         return isinstance(base, dict) and base.get("driver") == "file"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Leaf:
     """One entry of a checkpoint tree, described from metadata only."""
 
@@ -203,7 +218,7 @@ class PairStatus(StrEnum):
     NOT_COMPARED = "not_compared"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pair:
     """The two sides of one canonical path after pairing (either may be missing)."""
 
@@ -281,7 +296,7 @@ class ValueStats:
     read_amplification: float | None = field(default=None, metadata=WHEN_SET)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeafResult:
     """Everything the report says about one path."""
 
@@ -367,7 +382,7 @@ class Report:
         """True when, in addition, every compared leaf is bit-for-bit identical."""
         return self.verdict is Verdict.IDENTICAL
 
-    @property
+    @cached_property
     def verdict(self) -> Verdict:
         """The one place that decides what exit 0 promises: every value stored under both inputs
         was compared (rules' exclusions are listed in `ignored_*`) and found equal. Anything not

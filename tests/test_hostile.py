@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 from conftest import MAXTEXT, run_cli
 from helpers import one_error_line, save
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
 W = np.arange(64 * 32, dtype=np.float32).reshape(64, 32) / 7
@@ -288,6 +290,51 @@ MALFORMED = {
     "shape_negative": ("w/.zarray", {"shape": [-1, 32]}, "`shape` must be a list of integers >= 0"),
     "order_bad": ("w/.zarray", {"order": "X"}, "`order` must be"),
 }
+
+
+def _nesting(v) -> int:
+    """Containers nested in a parsed JSON value (the oracle of `text_too_deep`)."""
+    if isinstance(v, dict):
+        return 1 + max(map(_nesting, v.values()), default=0)
+    if isinstance(v, list):
+        return 1 + max(map(_nesting, v), default=0)
+    return 0
+
+
+_TRICKY = st.sampled_from(["", "[", "]", "{", "}", '"', "\\", "\\\\", '\\"', "a[{", '"]}'])
+_TEXT = st.lists(_TRICKY, max_size=4).map("".join)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=30,
+)
+
+
+@given(doc=_JSON, indent=st.sampled_from([None, 1]), limit=st.integers(0, 12))
+@settings(max_examples=400, deadline=None)
+def test_text_too_deep_counts_the_nesting_of_the_parsed_document(doc, indent, limit):
+    from streamdiff.reader import validate
+
+    text = json.dumps(doc, indent=indent).encode()
+    assert validate.text_too_deep(text, limit) is (_nesting(json.loads(text)) > limit)
+
+
+def test_text_too_deep_carries_strings_and_depth_across_its_slices(monkeypatch):
+    from streamdiff.reader import validate
+
+    monkeypatch.setattr(validate, "_SLICE", 3)
+    for doc in ({"a[": ['"{', [["\\"]]]}, [[[["x]]]]"]]]], '"[[["', {"k": {"k": {"k": []}}}):
+        text = json.dumps(doc).encode()
+        for limit in range(6):
+            assert validate.text_too_deep(text, limit) is (_nesting(doc) > limit), (text, limit)
+
+
+def test_text_too_deep_declines_text_that_is_not_ascii():
+    from streamdiff.reader import validate
+
+    assert validate.text_too_deep(b'["\\u00e4"]') is False
+    assert validate.text_too_deep('["ä"]'.encode()) is None
+    assert validate.text_too_deep('["ä"]'.encode("utf-16")) is None
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))

@@ -187,3 +187,141 @@ _V2_DOC = {
     "order": "C",
     "filters": None,
 }
+
+
+# ------------------------------------------------- _METADATA bytes: the fast decode and the checked parse
+
+
+def _outcome(read):
+    """(entries, None) or (None, the one-line error) of reading one `_METADATA` document."""
+    from streamdiff.errors import StreamdiffError
+
+    try:
+        return read(), None
+    except StreamdiffError as e:
+        return None, str(e)
+
+
+def _both_reads(raw: bytes):
+    from streamdiff.reader import validate
+
+    fast = _outcome(lambda: orbax.read_tree_metadata(raw, "x/_METADATA"))
+    checked = _outcome(lambda: orbax.tree_metadata(validate.parse_json(raw, "x/_METADATA"), "x/_METADATA"))
+    return fast, checked
+
+
+@pytest.fixture(scope="module")
+def orbax_tree_metadata(tmp_path_factory) -> bytes:
+    """A `_METADATA` written by real orbax: nested dicts, a list, a tuple, a string, empty nodes."""
+    path = tmp_path_factory.mktemp("tm") / "ckpt"
+    tree = {
+        "params": {"layers_0": {"w": np.ones((2, 3), "f4")}, "layers_1": {"w": np.ones((2, 3), "f4")}},
+        "lst": [np.ones(2, "f4"), {"x": np.int32(3)}],
+        "tup": (np.zeros(1, "i8"),),
+        "d": {"k": "text", "e": {}},
+        "n": None,
+    }
+    save(path, tree)
+    return (path / "_METADATA").read_bytes()
+
+
+def _edited(raw: bytes, edit) -> bytes:
+    doc = json.loads(raw)
+    edit(doc)
+    return json.dumps(doc).encode()
+
+
+def _first(doc):
+    return next(iter(doc["tree_metadata"].values()))
+
+
+#: Edits of a real `_METADATA`: each is read the same by the fast decode and by the checked parse
+#: (the same entries, or the same error line), whether or not the fast decode accepts it.
+EDITS = {
+    "as written": lambda d: None,
+    "integer key": lambda d: _first(d)["key_metadata"][0].update(key=7),
+    "huge integer key": lambda d: _first(d)["key_metadata"][0].update(key=10**30),
+    "unknown key_type": lambda d: _first(d)["key_metadata"][0].update(key_type=9),
+    "key_type a list": lambda d: _first(d)["key_metadata"][0].update(key_type=[1]),
+    "key_type a float": lambda d: _first(d)["key_metadata"][0].update(key_type=2.0),
+    "key_type missing": lambda d: _first(d)["key_metadata"][0].pop("key_type"),
+    "value_metadata null": lambda d: _first(d).update(value_metadata=None),
+    "value_metadata empty": lambda d: _first(d).update(value_metadata={}),
+    "value_metadata missing": lambda d: _first(d).pop("value_metadata"),
+    "value_type null": lambda d: _first(d)["value_metadata"].update(value_type=None),
+    "skip_deserialize 0": lambda d: _first(d)["value_metadata"].update(skip_deserialize=0),
+    "key a bool": lambda d: _first(d)["key_metadata"][0].update(key=True),
+    "key a float": lambda d: _first(d)["key_metadata"][0].update(key=1.5),
+    "key missing": lambda d: _first(d)["key_metadata"][0].pop("key"),
+    "key_metadata missing": lambda d: _first(d).pop("key_metadata"),
+    "key_metadata a dict": lambda d: _first(d).update(key_metadata={}),
+    "entry a list": lambda d: d["tree_metadata"].update({next(iter(d["tree_metadata"])): []}),
+    "tree_metadata a list": lambda d: d.update(tree_metadata=[]),
+    "no tree_metadata": lambda d: d.pop("tree_metadata"),
+    "extra fields everywhere": lambda d: (
+        d.update(extra={"a": [1, {"b": None}]}),
+        _first(d).update(extra=[[[]]]),
+        _first(d)["key_metadata"][0].update(extra="x"),
+        _first(d)["value_metadata"].update(write_shape=[1, 2]),
+    ),
+    "non-ASCII key": lambda d: _first(d)["key_metadata"][0].update(key="gewicht_\u00e4"),
+    "quotes, brackets and backslashes in a key": lambda d: _first(d)["key_metadata"][0].update(key='a"[{\\}]\\'),
+    "an ignored field 64 deep": lambda d: d.update(extra=json.loads("[" * 63 + "]" * 63)),
+    "an ignored field 65 deep": lambda d: d.update(extra=json.loads("[" * 64 + "]" * 64)),
+    "a key nested 70 deep": lambda d: _first(d)["key_metadata"][0].update(key=json.loads("[" * 70 + "]" * 70)),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_read_tree_metadata_reads_each_document_as_the_checked_parse_does(orbax_tree_metadata, edit):
+    fast, checked = _both_reads(_edited(orbax_tree_metadata, EDITS[edit]))
+    assert fast == checked
+    if edit == "as written":
+        assert fast[0] is not None and len(fast[0]) == 8
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"tree_metadata": {}, "x": NaN}',  # json reads NaN, msgspec does not
+        b'{"tree_metadata": {}, "x": "\xff"}',  # not UTF-8, in a field the tree does not use
+        b'{"tree_metadata": {}, "x": "\\ud800"}',  # a lone surrogate
+        b'\xef\xbb\xbf{"tree_metadata": {}}',  # a UTF-8 byte order mark
+        '{"tree_metadata": {}}'.encode("utf-16"),
+        b'{"tree_metadata": {"k": {"key_metadata": [{"key": "a"}]}, "k": {"key_metadata": [{"key": "b"}]}}}',
+        b'{"tree_metadata": {"k": {"key_metadata": [{"key": "a"}], "key_metadata": [{"key": "b"}]}}}',
+        b'{"tree_metadata": {}} trailing',
+        b'{"tree_metadata": {"k": {"key_metadata": [{"key": "a\\"]"}]}}}',
+        b"",
+        b'{"tree_metadata": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ],
+)
+def test_read_tree_metadata_reads_odd_json_as_the_checked_parse_does(text):
+    fast, checked = _both_reads(text)
+    assert fast == checked
+
+
+def test_tree_entries_of_a_plain_document_share_their_key_name_strings(orbax_tree_metadata):
+    """100k paths of one model repeat a few thousand names: each is one string object."""
+    entries = orbax.read_tree_metadata(orbax_tree_metadata, "_METADATA")
+    by_keys = {e.keys: e for e in entries}
+    a, b = by_keys[("params", "layers_0", "w")], by_keys[("params", "layers_1", "w")]
+    assert a.keys[0] is b.keys[0] and a.keys[2] is b.keys[2]
+
+
+@pytest.mark.parametrize("use_ocdbt", [True, False])
+def test_array_sources_share_one_base_spec_and_open_each_arrays_own_values(tmp_path, use_ocdbt):
+    import tensorstore as ts
+
+    tree = {"a": np.arange(6, dtype="f4").reshape(2, 3), "b": np.arange(6, 12, dtype="f4").reshape(2, 3)}
+    save(tmp_path / "ckpt", tree, use_ocdbt=use_ocdbt, use_zarr3=True)
+    item = locate(str(tmp_path / "ckpt")).items[0].dir
+    leaves = build_tree(item).leaves
+    a, b = leaves[("a",)].source, leaves[("b",)].source
+    assert a.base_spec is b.base_spec  # one per item and metadata document, not one per leaf
+    for name, source in (("a", a), ("b", b)):
+        spec = source.spec
+        assert spec["kvstore"]["path"].endswith(name + "/") and spec["metadata"] is source.metadata.document
+        got = ts.open(spec, context=item.storage.context, read=True, assume_metadata=True).result().read().result()
+        np.testing.assert_array_equal(got, tree[name])
+    assert a.spec["kvstore"] is not a.spec["kvstore"]  # spelled anew: a caller may not change the shared one

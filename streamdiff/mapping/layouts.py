@@ -63,8 +63,10 @@ def detect(paths: list[KeyPath]) -> str | None:
     collection (`params`, `batch_stats`). A plain module tree (`nnx.to_pure_dict`) is no layout:
     the other side's preset maps it to that form."""
 
+    heads = {p[:2] for p in paths}  # every prefix asked about is one or two keys long
+
     def has(*prefix: str) -> bool:
-        return any(p[: len(prefix)] == prefix for p in paths)
+        return any(h[: len(prefix)] == prefix for h in heads)
 
     if has("params", "params"):
         return "maxtext-nnx-released" if has("nnx_aux") else "maxtext-linen"
@@ -156,8 +158,10 @@ def _move_layer_axis(a: MappedSide, b: MappedSide, layer_axis: int | None = None
     at least one of them has 3 or more axes."""
     moves = []
     for path, lb in b.leaves.items():
+        if "layers" not in path:
+            continue
         la = a.leaves.get(path)
-        if la is None or la.shape is None or lb.shape is None or la.shape == lb.shape or "layers" not in path:
+        if la is None or la.shape is None or lb.shape is None or la.shape == lb.shape:
             continue
         perm = _single_move(lb.shape, la.shape)
         if perm is not None:

@@ -88,6 +88,10 @@ def map_trees(
 def _merge_items(trees: list[tuple[str, Tree]]) -> dict[KeyPath, Leaf]:
     """One tree for a side: several items (matched by name) go under their item names. Every leaf
     remembers its path as it was, so the report can say where rules moved it from."""
+    if len(trees) == 1 and not trees[0][0]:
+        leaves = trees[0][1].leaves
+        if all(leaf.path is path and leaf.source_path is None for path, leaf in leaves.items()):
+            return dict(leaves)  # one item, every leaf at its stored path (as readers make them): as is
     out: dict[KeyPath, Leaf] = {}
     for prefix, t in trees:
         for path, leaf in t.leaves.items():

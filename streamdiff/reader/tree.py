@@ -17,8 +17,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import tensorstore as ts
 
@@ -36,9 +35,9 @@ from .storage import META_CACHE, Dir, result_bytes, storage_error
 PLAIN_ONLY = {".zgroup", ".zattrs", "attributes.json"}
 
 
-@dataclass(frozen=True)
-class _Entry:
-    """One leaf as the structure source describes it, before storage is consulted."""
+class _Entry(NamedTuple):
+    """One leaf as the structure source describes it, before storage is consulted (a tuple: a
+    huge tree makes one per leaf, briefly)."""
 
     keys: KeyPath
     value_type: str
@@ -48,6 +47,14 @@ class _Entry:
     has_inline: bool = False
     spec: msgpack_format.TsSpec | None = None  # T5X: the array is where this tensorstore spec says
     conflict: str | None = None  # _METADATA and the legacy msgpack file disagree about this leaf
+
+    @property
+    def needs_array(self) -> bool:
+        """Its value is a stored array (not an empty node, a string, an inline value or a spec
+        refused as unsupported, whose path may not even be a key)."""
+        if self.spec is not None and self.spec.unsupported():
+            return False
+        return self.value_type not in orbax.NO_ARRAY_VALUE_TYPES and not self.has_inline
 
 
 def read_item(item: Item) -> Tree:
@@ -118,9 +125,10 @@ def build_tree(item: Dir) -> Tree:
     raw = {n: result_bytes(f, f"{item.display}/{n}") for n, f in futures.items()}
     notes: list[str] = []
     metadata = None
-    if raw.get("_METADATA") is not None:  # present: must be valid (`null` is not "missing")
-        doc = _parse_json(raw["_METADATA"], item, "_METADATA")
-        metadata = orbax.tree_metadata(doc, f"{item.display}/_METADATA")
+    raw_tree = raw.get("_METADATA")
+    if raw_tree is not None:  # present: must be valid (`null` is not "missing")
+        metadata = orbax.read_tree_metadata(raw_tree, f"{item.display}/_METADATA")
+        del raw_tree
     msgpack_entries = _parse_msgpack(raw.get("checkpoint"), item)
     strings = _parse_json(raw.get("_strings.json"), item, "_strings.json")
     if raw.get("_strings.json") is not None:
@@ -156,44 +164,37 @@ def build_tree(item: Dir) -> Tree:
 
     # The parsed _METADATA is the biggest object of a huge tree (objects per key): not held past here.
     del metadata, raw
-    wanted = [e.storage_name for e in entries if _needs_array(e)]
+    needing = [e for e in entries if e.needs_array]
+    wanted = [e.storage_name for e in needing]
     if stored is None:
         stored, probed = _probe_per_leaf(item, wanted)
         inline.update(probed)
-    meta_futures = {
-        name: _meta_reader(item, ocdbt_kv, name, stored[name], inline)
-        for name in dict.fromkeys(wanted)
-        if name in stored
-    }
-    zmeta: dict[str, tuple[int, dict[str, Any]]] = {}
-    # Leaves of one model share a handful of distinct metadata documents: parse each once (and
-    # share the parsed object: nothing downstream mutates it).
-    parsed: dict[bytes, Any] = {}
-    for name, fut in meta_futures.items():
-        fmt = stored[name]
-        key = _meta_key(name, fmt)
-        raw_meta = fut if isinstance(fut, bytes) else result_bytes(fut, f"{item.display}/{key}")
-        if raw_meta is not None:
-            if raw_meta not in parsed:
-                parsed[raw_meta] = _parse_json(raw_meta, item, key)
-            zmeta[name] = (fmt, parsed[raw_meta])
+    zmeta = _zarr_documents(item, ocdbt_kv, wanted, stored, inline)
+    del inline
     specs, leaves_extra = _t5x_arrays(entries, zmeta, children)
-    docs = {n: (f, md, f"{item.display}/{_meta_key(n, f)}") for n, (f, md) in zmeta.items()}
-    arrays = _typed_metadata(zmeta, validate.check_zarr_documents(docs))  # tensorstore checks them all at once
-    legacy_strings = _legacy_strings(item, [e for e in entries if _needs_array(e) and e.storage_name not in zmeta])
+    # tensorstore checks them all at once
+    bad = validate.check_zarr_documents(zmeta, lambda n: f"{item.display}/{_meta_key(n, zmeta[n][0])}")
+    arrays, valid = _typed_metadata(zmeta, bad)
+    legacy_strings = _legacy_strings(item, [e for e in needing if e.storage_name not in zmeta])
     claimed: dict[KeyPath, str] = {}
     if not specs:  # T5X: `_t5x_arrays` already accounts for every child of its directory
-        valid = {n: md for n, md in arrays.items() if isinstance(md, ArrayMetadata)}  # the others are errors
-        claimed = _unreferenced(item, children, ocdbt, keys if ocdbt else [], stored, entries, unnamed, valid)
+        used = set(wanted)
+        claimed = _unreferenced(item, children, ocdbt, keys if ocdbt else [], stored, entries, used, unnamed, valid)
+    del needing, wanted, valid
     leaves: dict[KeyPath, Leaf] = {}
-    # One base kvstore spec for every leaf of the item (a copy per leaf costs memory at 100k leaves).
-    base = item.kv_spec() if ocdbt else None
+    sources = _Sources(item, ocdbt)
+    plain = not (claimed or legacy_strings or prng)  # then an entry whose array was typed is a plain array leaf
     for entry in entries:
+        md = arrays.get(entry.storage_name)
+        if plain and type(md) is ArrayMetadata and entry.conflict is None and entry.spec is None:
+            if not entry.has_inline and entry.value_type not in orbax.NO_ARRAY_VALUE_TYPES:
+                leaves[entry.keys] = _array_leaf(entry, md, sources, None)  # the common case, as decided below
+                continue
         if entry.keys in claimed:
             why = f"value_type {entry.value_type!r} in the tree (no stored array), {claimed[entry.keys]}"
             leaves[entry.keys] = Leaf(entry.keys, Kind.ARRAY, entry.value_type, not_compared=why)
         else:
-            leaves[entry.keys] = _make_leaf(entry, item, base, arrays, strings, legacy_strings, prng)
+            leaves[entry.keys] = _make_leaf(entry, md, sources, strings, legacy_strings, prng)
     leaves.update(leaves_extra)
     unreferenced.add_leaves(leaves, unnamed)
     fmts = sorted({f for f, _ in zmeta.values()})
@@ -212,13 +213,16 @@ def _unreferenced(
     keys: Iterable[str],
     stored: dict[str, int],
     entries: list[_Entry],
+    used: set[str],
     unnamed: dict[KeyPath, str],
     arrays: dict[str, ArrayMetadata],
 ) -> dict[KeyPath, str]:
     """Add to `unnamed` what the item stores that no entry reads (see unreferenced.py); return the
-    entries whose value_type gives them no array although one is stored under their name."""
-    used = {e.storage_name for e in entries if _needs_array(e)}
-    no_data = {e.storage_name: e.keys for e in entries if not _needs_array(e) and e.spec is None}
+    entries whose value_type gives them no array although one is stored under their name (`used`:
+    the names of the arrays entries read)."""
+    no_data: dict[str, KeyPath] = {}
+    if len(used) < len(entries):  # else every entry reads an array
+        no_data = {e.storage_name: e.keys for e in entries if not e.needs_array and e.spec is None}
     claimed: dict[KeyPath, str] = {}
     if ocdbt:
         extra, claimed = unreferenced.ocdbt_leftovers(keys, set(stored), used, no_data, arrays)
@@ -317,7 +321,12 @@ def _entries_from_metadata(
 ) -> tuple[list[_Entry], dict[KeyPath, str]]:
     """The leaves `_METADATA` names, and (why, by path) the legacy msgpack file's entries it lacks:
     orbax restores from both, so a value only the msgpack file holds is never silently dropped."""
-    inline = {m.keys: m for m in packed or []}
+    if packed is None:  # the common case, kept lean: one tuple per leaf of a tree of 100k
+        return [
+            _Entry(e.keys, e.value.value_type, ".".join(e.keys), e.value.skip_deserialize)
+            for e in orbax.without_placeholders(metadata)
+        ], {}
+    inline = {m.keys: m for m in packed}
     out: list[_Entry] = []
     for entry in orbax.without_placeholders(metadata):
         vt, skip = entry.value.value_type, entry.value.skip_deserialize
@@ -357,12 +366,6 @@ def _entries_from_msgpack(packed: list[msgpack_format.MsgpackEntry]) -> list[_En
     return out
 
 
-def _needs_array(e: _Entry) -> bool:
-    if e.spec is not None and e.spec.unsupported():
-        return False  # reported as not compared; its path may not even be a key
-    return e.value_type not in orbax.EMPTY_VALUE_TYPES and e.value_type != "string" and not e.has_inline
-
-
 def _probe_per_leaf(item: Dir, names: list[str]) -> tuple[dict[str, int], dict[str, bytes]]:
     """Non-OCDBT: which of `<name>/.zarray` and `<name>/zarr.json` exists, asked concurrently; and
     the bytes read on the way (the metadata itself: not read a second time)."""
@@ -384,14 +387,39 @@ def _meta_key(name: str, fmt: int) -> str:
     return (name + "/" if name else "") + METADATA_FILE[fmt]
 
 
-def _meta_reader(
-    item: Dir, kv: ts.KvStore | None, name: str, fmt: int, inline: dict[str, bytes]
-) -> ts.Future[ts.KvStore.ReadResult] | bytes:
-    """The metadata bytes when the B-tree walk already has them, else a read in flight."""
-    key = _meta_key(name, fmt)
-    if key in inline:
-        return inline[key]
-    return kv.read(key) if kv is not None else item.read_async(key)
+def _zarr_documents(
+    item: Dir, kv: ts.KvStore | None, names: list[str], stored: dict[str, int], inline: dict[str, bytes]
+) -> dict[str, tuple[int, Any]]:
+    """name -> (zarr format, parsed metadata document) of each stored array in `names`: from the
+    bytes the B-tree walk (or the probe) already has, else read, every read issued before any is
+    waited for. Leaves of one model share a handful of distinct documents: each is parsed once and
+    its object shared (nothing downstream mutates it)."""
+    docs: dict[str, tuple[int, Any]] = {}
+    pending: dict[str, ts.Future[ts.KvStore.ReadResult]] = {}
+    parsed: dict[bytes, Any] = {}
+
+    def add(name: str, fmt: int, raw: bytes) -> None:
+        doc = parsed.get(raw)
+        if doc is None:
+            doc = parsed[raw] = _parse_json(raw, item, _meta_key(name, fmt))
+        docs[name] = (fmt, doc)
+
+    for name in names:
+        fmt = stored.get(name)
+        if fmt is None or name in docs or name in pending:
+            continue
+        key = _meta_key(name, fmt)
+        raw = inline.get(key)
+        if raw is not None:
+            add(name, fmt, raw)
+        else:
+            pending[name] = kv.read(key) if kv is not None else item.read_async(key)
+    for name, fut in pending.items():
+        fmt = stored[name]
+        raw = result_bytes(fut, f"{item.display}/{_meta_key(name, fmt)}")
+        if raw is not None:
+            add(name, fmt, raw)
+    return docs
 
 
 def _walk_ocdbt(item: Dir) -> tuple[dict[str, bytes], Iterable[str] | None]:
@@ -424,13 +452,14 @@ def _legacy_strings(item: Dir, entries: list[_Entry]) -> dict[str, str]:
 
 def _make_leaf(
     e: _Entry,
-    item: Dir,
-    base: dict[str, Any] | None,
-    arrays: dict[str, ArrayMetadata | str],
+    md: ArrayMetadata | str | None,
+    sources: _Sources,
     strings: dict[str, Any],
     legacy_strings: dict[str, str],
     prng: dict[str, str],
 ) -> Leaf:
+    """The leaf of one entry; `md`: the typed metadata of the array stored under its name, or why
+    it cannot be read, or None (no array stored under that name)."""
     if e.conflict:
         return Leaf(e.keys, Kind.ARRAY, e.value_type, error=e.conflict)
     if e.value_type in orbax.EMPTY_VALUE_TYPES:
@@ -446,43 +475,87 @@ def _make_leaf(
         if name in legacy_strings:
             return Leaf(e.keys, Kind.STRING, "string", value=legacy_strings[name])
         return Leaf(e.keys, Kind.STRING, "string", error=f"string {name!r} is missing from _strings.json")
-    if e.storage_name not in arrays:
+    if md is None:
         return Leaf(
             e.keys,
             Kind.ARRAY,
             e.value_type,
             error=f"array {e.storage_name!r} is listed in the tree metadata but missing from storage",
         )
-    md = arrays[e.storage_name]
     if isinstance(md, str):
         return Leaf(e.keys, Kind.ARRAY, e.value_type, error=md)
-    source, shape, dtype = _array_source(item, base, e.storage_name, md), md.shape, md.dtype
-    impl = prng.get(e.storage_name)
+    return _array_leaf(e, md, sources, prng)
+
+
+def _array_leaf(e: _Entry, md: ArrayMetadata, sources: _Sources, prng: dict[str, str] | None) -> Leaf:
+    impl = prng.get(e.storage_name) if prng else None
     if impl:
         kind = Kind.PRNG_KEY
-    elif shape == () and e.value_type in orbax.SCALAR_VALUE_TYPES:
+    elif md.shape == () and e.value_type in orbax.SCALAR_VALUE_TYPES:
         kind = Kind.SCALAR
     else:
         kind = Kind.ARRAY
-    return Leaf(e.keys, kind, e.value_type, shape=shape, dtype=dtype, source=source, prng_impl=impl)
+    source = sources.of(e.storage_name, md)
+    # Positional (path, kind, value_type, shape, dtype, source, value, prng_impl): a huge tree builds many.
+    return Leaf(e.keys, kind, e.value_type, md.shape, md.dtype, source, None, impl)
+
+
+class _Sources:
+    """The `ArraySource` of each array of one item: one base spec per distinct metadata object
+    (its document, the item's kvstore), shared by the leaves using it, and the array's own path."""
+
+    def __init__(self, item: Dir, ocdbt: bool):
+        self._kv: dict[str, Any]
+        if ocdbt:
+            # One base kvstore spec for every leaf of the item: the engine holds one store per item.
+            self._kv = {"driver": "ocdbt", "base": item.kv_spec(), "path": "", "cache_pool": META_CACHE}
+            self._prefix = ""
+        else:  # one directory per array: `Storage.spec` of the array's folder
+            self._kv = item.storage.spec(item.relpath)
+            self._prefix = str(self._kv["path"])
+        self._specs: dict[int, tuple[ArrayMetadata, dict[str, Any]]] = {}
+        self._last: tuple[ArrayMetadata | None, dict[str, Any]] = (None, {})
+
+    def of(self, name: str, md: ArrayMetadata) -> ArraySource:
+        if md is self._last[0]:  # leaves in a row mostly share one document
+            return ArraySource(self._last[1], md, self._prefix + name + "/" if name else self._prefix)
+        known = self._specs.get(id(md))
+        if known is None:
+            base = {
+                "driver": str(md.driver),
+                "kvstore": self._kv,
+                "metadata": md.document,
+                # A missing chunk must be an error, not zeros: orbax writes every chunk.
+                "fill_missing_data_reads": False,
+                "recheck_cached_data": False,
+                "recheck_cached_metadata": False,
+            }
+            known = self._specs[id(md)] = (md, base)  # md held: its id stays its own
+        self._last = known
+        return ArraySource(known[1], md, self._prefix + name + "/" if name else self._prefix)
 
 
 def _typed_metadata(
     zmeta: dict[str, tuple[int, dict[str, Any]]], bad: dict[str, str]
-) -> dict[str, ArrayMetadata | str]:
+) -> tuple[dict[str, ArrayMetadata | str], dict[str, ArrayMetadata]]:
     """name -> the array's typed metadata, or why it cannot be read (`bad`: name -> what the checks
-    refused); each distinct document is parsed once and its object shared by every leaf using it."""
+    refused), and the same for the readable ones only; each distinct document is parsed once and
+    its object shared by every leaf using it."""
     out: dict[str, ArrayMetadata | str] = {}
+    valid: dict[str, ArrayMetadata] = {}
     done: dict[int, ArrayMetadata | str] = {}
     for name, (fmt, md) in zmeta.items():
         if name in bad:
             out[name] = f"unreadable zarr metadata: {bad[name]}"
             continue
-        if id(md) not in done:
-            done[id(md)] = _parse_array(fmt, md)
-        parsed = done[id(md)]
-        out[name] = parsed if isinstance(parsed, ArrayMetadata) else f"unreadable zarr metadata {name}/{parsed}"
-    return out
+        parsed = done.get(id(md))
+        if parsed is None:
+            parsed = done[id(md)] = _parse_array(fmt, md)
+        if isinstance(parsed, ArrayMetadata):
+            out[name] = valid[name] = parsed
+        else:
+            out[name] = f"unreadable zarr metadata {name}/{parsed}"
+    return out, valid
 
 
 def _parse_array(fmt: int, md: Any) -> ArrayMetadata | str:
@@ -496,22 +569,3 @@ def _parse_array(fmt: int, md: Any) -> ArrayMetadata | str:
         return f"{where}: no field {exc.args[0]!r}"
     except (TypeError, ValueError, AttributeError, StreamdiffError) as exc:
         return f"{where}: {exc}"
-
-
-def _array_source(item: Dir, base: dict[str, Any] | None, name: str, md: ArrayMetadata) -> ArraySource:
-    """The array's tensorstore spec, around its typed metadata; `base`: the item's kvstore spec,
-    shared by every leaf, when the item is an OCDBT database (None: one directory per array)."""
-    if base is not None:
-        kv = {"driver": "ocdbt", "base": base, "path": name + "/" if name else "", "cache_pool": META_CACHE}
-    else:
-        kv = item.storage.spec(item.relpath + (name + "/" if name else ""))
-    spec = {
-        "driver": str(md.driver),
-        "kvstore": kv,
-        "metadata": md.document,
-        # A missing chunk must be an error, not zeros: orbax writes every chunk.
-        "fill_missing_data_reads": False,
-        "recheck_cached_data": False,
-        "recheck_cached_metadata": False,
-    }
-    return ArraySource(spec, md)

@@ -20,13 +20,16 @@ import json
 import math
 import re
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import tensorstore as ts
 
 from ..errors import CorruptCheckpointError
 from .formats.zarr_metadata import METADATA_FILE
+
+K = TypeVar("K")
 
 #: Metadata files larger than this are refused by size before they are read (a real `_METADATA` of a
 #: 405B-parameter model with optimizer state is a few MB).
@@ -54,6 +57,44 @@ def parse_json(raw: bytes, where: str) -> Any:
     if _too_deep(doc, MAX_JSON_DEPTH):
         raise CorruptCheckpointError(f"{where}: JSON nested too deeply (limit {MAX_JSON_DEPTH} levels)")
     return doc
+
+
+def text_too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool | None:
+    """Whether the JSON text `raw` nests objects and arrays deeper than `limit`, read from the text
+    itself, before (or instead of) building any object: None when `raw` is not ASCII (another
+    encoding could hide a bracket in a character's bytes). Exact for valid JSON: a backslash pair
+    or an escaped quote is dropped first, then every quote left opens or closes a string, and only
+    the brackets outside strings count. Worked in slices, so a huge document costs bounded memory."""
+    if not raw.isascii():
+        return None
+    if b"\\" in raw:  # escapes pair from the left, as a JSON reader reads them
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    # Only quotes and brackets matter: the rest goes first (one pass in C), then numpy on what is left.
+    text = np.frombuffer(raw.translate(None, _NOT_STRUCTURE), np.uint8)
+    depth, in_string = 0, 0
+    for start in range(0, len(text), _SLICE):
+        part = text[start : start + _SLICE]
+        # Odd running count of quotes (that of earlier slices included): inside a string. The
+        # count wraps in uint8, its parity does not.
+        quoted = (np.cumsum(part == _QUOTE, dtype=np.uint8) + in_string) & 1
+        steps = _BRACKET_STEP[part]
+        steps[quoted.view(bool)] = 0
+        levels = np.cumsum(steps, dtype=np.int64)
+        if len(levels) and depth + int(levels.max()) > limit:
+            return True
+        if len(levels):
+            depth += int(levels[-1])
+            in_string = int(quoted[-1])
+    return False
+
+
+_SLICE = 1 << 18  # small enough for the heap to reuse its buffers slice after slice
+_QUOTE = ord('"')
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
+#: +1 for an opening bracket, -1 for a closing one, 0 for any other byte.
+_BRACKET_STEP = np.zeros(256, np.int8)
+_BRACKET_STEP[[ord("["), ord("{")]] = 1
+_BRACKET_STEP[[ord("]"), ord("}")]] = -1
 
 
 def _too_deep(doc: Any, limit: int) -> bool:
@@ -362,31 +403,32 @@ def _ts_reason(e: BaseException, name: str) -> str:
 _strict = _StrictParser()
 
 
-def check_zarr_documents(docs: dict[Any, tuple[int, Any, str]]) -> dict[Any, str]:
-    """key -> why, for each (zarr_format, document, where) that fails `check_zarray` / `check_zarr_json`
-    or that tensorstore would not read from storage (see _StrictParser); the rest passed.
+def check_zarr_documents(docs: dict[K, tuple[int, Any]], where: Callable[[K], str]) -> dict[K, str]:
+    """key -> why, for each (zarr_format, document) that fails `check_zarray` / `check_zarr_json` or
+    that tensorstore would not read from storage (see _StrictParser); the rest passed. `where(key)`
+    names the key's file in the messages (asked only for the keys refused).
 
     Leaves of one model share a few documents (the reader parses each distinct one once and shares
     the object): each distinct document is checked once, its verdict given to every key using it."""
-    errors: dict[Any, str] = {}
-    users: dict[tuple[int, int], list[Any]] = {}
-    for key, (fmt, md, _) in docs.items():
+    errors: dict[K, str] = {}
+    users: dict[tuple[int, int], list[K]] = {}
+    for key, (fmt, md) in docs.items():
         users.setdefault((fmt, id(md)), []).append(key)
     ok = []
     for (fmt, _), keys in users.items():
         check = check_zarray if fmt == 2 else check_zarr_json
         md = docs[keys[0]][1]
         try:
-            check(md, docs[keys[0]][2])
+            check(md, where(keys[0]))
         except CorruptCheckpointError:
             for key in keys:  # the message names each key's own file
                 try:
-                    check(md, docs[key][2])
+                    check(md, where(key))
                 except CorruptCheckpointError as e:
                     errors[key] = str(e)
             continue
         ok.append((keys[0], md, fmt))
     for first, why in (_strict.refusals(ok) if ok else {}).items():
         for key in users[(docs[first][0], id(docs[first][1]))]:
-            errors[key] = f"{docs[key][2]}: tensorstore cannot read it ({why})"
+            errors[key] = f"{where(key)}: tensorstore cannot read it ({why})"
     return errors
