@@ -74,6 +74,19 @@ def prefetch_depth(is_local: bool) -> int:
     return PREFETCH_LOCAL if is_local else PREFETCH_REMOTE
 
 
+#: Tasks in flight at most while a pair reading a remote store is being submitted. Each remote read
+#: waits a round trip before its first byte, and a task whose bytes have arrived waits for a thread
+#: (and for its decode): with only `MemoryPlan.in_flight` tasks, all of them are often delivered and
+#: waiting, and nothing is on the wire. The bytes in flight stay capped by `in_flight_bytes`.
+REMOTE_IN_FLIGHT = 16
+
+
+def tasks_in_flight(mem: MemoryPlan, remote: bool) -> int:
+    """Tasks the executor keeps in flight (besides the cap on their bytes): `mem.in_flight`, or on a
+    remote store at least REMOTE_IN_FLIGHT."""
+    return max(mem.in_flight, REMOTE_IN_FLIGHT) if remote else mem.in_flight
+
+
 def default_jobs() -> int:
     return max(2, min(8, os.cpu_count() or 2))
 

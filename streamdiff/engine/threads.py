@@ -16,11 +16,11 @@ import tensorstore as ts
 
 from .. import malloc
 from ..datatypes import Pair
-from ..plan import MemoryPlan, Sample
+from ..plan import MemoryPlan, Sample, tasks_in_flight
 from ..stats import LeafStats, Policy
 from .chunks import ItemSizes
 from .plans import PairOutcome, cache_bytes, plan_pairs
-from .sides import STORAGE_ERRORS, ItemStores, OpenSide, Side, SideContexts, one_line
+from .sides import STORAGE_ERRORS, ItemStores, OpenSide, Side, SideContexts, one_line, stored_bases
 from .tasks import Task, tasks
 from .work import PairWork, start_task
 
@@ -59,6 +59,28 @@ class FreshOpener:
     def release(self, i: int) -> None:
         pass
 
+    def warm(self, plans: dict[int, PairOutcome]) -> None:
+        """On remote stores, begin at once what the first tasks of the first pair reading each item
+        would do one round trip after another: the B-tree walk for stored sizes (when its plan reads
+        stored bytes) and the held item store's manifest and root, both sides at once."""
+        seen: set[tuple[int, int]] = set()
+        for i, o in plans.items():
+            if o.error:
+                continue
+            for k, leaf in enumerate(self.pairs[i].both()):
+                for base in stored_bases(leaf):
+                    source = base.source
+                    kv = source.spec["kvstore"] if source is not None else {}
+                    if source is None or source.is_local or kv.get("driver") != "ocdbt":
+                        continue
+                    if (k, id(kv["base"])) in seen:
+                        continue
+                    seen.add((k, id(kv["base"])))
+                    context = self.contexts.contexts[k]
+                    self.items.warm(base, context)
+                    if base is leaf and (o.shortcut or o.rows is not None):
+                        self.sizes.start(source, context)
+
 
 def run_threads(
     pairs: list[Pair],
@@ -74,6 +96,7 @@ def run_threads(
     outcomes by pair index. `trim_memory` returns freed heap to the OS every TRIM_EVERY tasks."""
     plans = plan_pairs(pairs, policies, mem, shortcut)
     opener = FreshOpener(pairs, contexts, cache_bytes(plans))
+    opener.warm(plans)
     run = ThreadRun(pairs, policies, plans, mem, opener, progress, trim_memory)
     run.execute(tasks(pairs, plans, mem, sample))
     return plans
@@ -103,6 +126,7 @@ class ThreadRun:
         self.pending_of: dict[int, int] = {}  # tasks submitted and not settled, per opened pair
         self.current: int | None = None  # the pair whose tasks are being submitted
         self.settled = 0
+        self._remote: tuple[int, bool] = (-1, False)  # (pair, whether it reads a remote store)
 
     def execute(self, todo: Iterable[Task]) -> None:
         """Run `todo` with bounded bytes in flight; merge each result into its pair's outcome."""
@@ -114,7 +138,8 @@ class ThreadRun:
                 if self.plans[t.pair_index].error:
                     self._advance(t)
                     continue
-                while pending and (len(pending) >= self.mem.in_flight or held + t.nbytes > self.mem.in_flight_bytes):
+                most = self._most(t.pair_index)
+                while pending and (len(pending) >= most or held + t.nbytes > self.mem.in_flight_bytes):
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in done:
                         d = pending.pop(fut)
@@ -131,6 +156,13 @@ class ThreadRun:
                 self._settle(fut, pending.pop(fut))
         for i in list(self.opened):
             self._drop(i)
+
+    def _most(self, i: int) -> int:
+        """Tasks in flight at most while pair `i` is submitted (plan.tasks_in_flight)."""
+        if self._remote[0] != i:
+            bases = [b for leaf in self.pairs[i].both() for b in stored_bases(leaf)]
+            self._remote = (i, any(b.source is not None and not b.source.is_local for b in bases))
+        return tasks_in_flight(self.mem, self._remote[1])
 
     def _enter(self, i: int | None) -> None:
         """Tasks of pair `i` start (None: no more tasks): the pair before it gets no more tasks."""
