@@ -79,9 +79,9 @@ def prefetch_depth(is_local: bool) -> int:
 #: (and for its decode): with only `MemoryPlan.in_flight` tasks, all of them are often delivered and
 #: waiting, and nothing is on the wire.
 REMOTE_IN_FLIGHT = 16
-#: ... as long as they hold at most this much together (about a second of a fast link read ahead of
+#: ... as long as they hold at most this much together (over half a second of a fast link read ahead of
 #: the threads; more would only hold memory). The bytes in flight stay capped by `in_flight_bytes`.
-REMOTE_IN_FLIGHT_BYTES = 256 << 20
+REMOTE_IN_FLIGHT_BYTES = 128 << 20
 
 
 def tasks_in_flight(mem: MemoryPlan, remote: bool, task_bytes: int) -> int:
