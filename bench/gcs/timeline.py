@@ -17,6 +17,10 @@ slice - bytes delivered in it) is charged to what the client was doing then:
   flight to cover the round trip (each must be issued a latency ahead of the link needing it);
 * `transferring below the cap`: some bytes flowing, not enough of them: too few bytes in flight.
 
+Slices are judged alone, so the categories add up to a little more than the idle time when bytes
+arrive above the cap in bursts (the proxy's token bucket allows 20 ms of them): they rank causes;
+the first line gives the total.
+
 Printed besides: requests and bytes outstanding over the run (mean, and the share of time below the
 bandwidth-delay product), the metadata phase (until the first read of 1 MiB or more), the tail
 (from when fewer than 4 requests stay outstanding to the end) and the longest gaps with nothing
