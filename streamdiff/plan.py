@@ -74,6 +74,25 @@ def prefetch_depth(is_local: bool) -> int:
     return PREFETCH_LOCAL if is_local else PREFETCH_REMOTE
 
 
+#: Tasks in flight at most while a pair reading a remote store is being submitted. Each remote read
+#: waits a round trip before its first byte, and a task whose bytes have arrived waits for a thread
+#: (and for its decode): with only `MemoryPlan.in_flight` tasks, all of them are often delivered and
+#: waiting, and nothing is on the wire.
+REMOTE_IN_FLIGHT = 16
+#: ... as long as they hold at most this much together (over half a second of a fast link read ahead of
+#: the threads; more would only hold memory). The bytes in flight stay capped by `in_flight_bytes`.
+REMOTE_IN_FLIGHT_BYTES = 128 << 20
+
+
+def tasks_in_flight(mem: MemoryPlan, remote: bool, task_bytes: int) -> int:
+    """Tasks of `task_bytes` each the executor keeps in flight at most (besides the cap on their
+    bytes): `mem.in_flight`, or on a remote store up to REMOTE_IN_FLIGHT of them while they hold
+    REMOTE_IN_FLIGHT_BYTES together."""
+    if not remote:
+        return mem.in_flight
+    return max(mem.in_flight, min(REMOTE_IN_FLIGHT, REMOTE_IN_FLIGHT_BYTES // max(1, task_bytes)))
+
+
 def default_jobs() -> int:
     return max(2, min(8, os.cpu_count() or 2))
 

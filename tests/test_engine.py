@@ -142,3 +142,30 @@ def test_uncompressed_chunks_that_differ_are_compared_from_the_bytes_the_shortcu
         want = np.abs(moved[k].astype(np.float64) - tree[k].astype(np.float64))
         assert x.stats.max_abs_diff == pytest.approx(want.max(), rel=1e-6)
         assert x.stats.rms_diff == pytest.approx(np.sqrt((want**2).mean()), rel=1e-5)
+
+
+def test_remote_runs_submit_pairs_largest_block_first_with_the_same_results(tmp_path, monkeypatch):
+    """On remote stores (pretended here: `threads._remote`), pairs are submitted by decreasing block
+    size, so the run ends on its smallest tasks; the statistics do not depend on the order."""
+    tree = {
+        "a_small": RNG.standard_normal((4,), dtype=np.float32),
+        "b_big": RNG.standard_normal((256, 64), dtype=np.float32),
+        "c_mid": RNG.standard_normal((64, 64), dtype=np.float32),
+    }
+    save(tmp_path / "a", tree, use_ocdbt=False)
+    save(tmp_path / "b", {k: v + 1 for k, v in tree.items()}, use_ocdbt=False)
+    in_order = streamdiff.diff(str(tmp_path / "a"), str(tmp_path / "b"), shortcut=False)
+    submitted: list[str] = []
+    submit = threads.ThreadRun._submit
+
+    def recording(self, pool, t):
+        path = "/".join(self.pairs[t.pair_index].path)
+        if path not in submitted:
+            submitted.append(path)
+        return submit(self, pool, t)
+
+    monkeypatch.setattr(threads, "_remote", lambda p: True)
+    monkeypatch.setattr(threads.ThreadRun, "_submit", recording)
+    largest_first = streamdiff.diff(str(tmp_path / "a"), str(tmp_path / "b"), shortcut=False)
+    assert submitted == ["b_big", "c_mid", "a_small"]
+    assert largest_first.leaves == in_order.leaves

@@ -6,6 +6,7 @@ paths and endpoints give one line and exit 2 within seconds.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -290,3 +291,30 @@ def test_streamed_chunks_read_ahead_on_both_sides_over_gcs_match_chunk_for_chunk
     r = streamdiff.diff(gs("chunked_zarr3"), gs("chunked_noocdbt"), block_bytes=4096, shortcut=False)
     assert r.exit_code == 0 and r.identical
     assert sum(1 for x in r.leaves if x.stats and x.stats.streamed) >= 1
+
+
+STREAM_SCRIPT = """
+import json, sys, streamdiff
+r = streamdiff.diff(sys.argv[1], sys.argv[2], block_bytes=4096, shortcut=False)
+print(json.dumps([r.exit_code, sum(x.stats.blocks or 0 for x in r.leaves if x.stats and x.stats.streamed)]))
+"""
+
+
+def test_streamed_chunks_over_ocdbt_read_the_manifest_once_per_side_not_once_per_read(gcs):
+    """Byte-range reads through an OCDBT kvstore at tensorstore's default staleness bound (the read's
+    own time) first read `manifest.ocdbt` again, one more round trip before each read of a streamed
+    chunk; the engine's reads trust the manifest cached since the run began. Counted at a proxy
+    in front of the emulator: a handful of manifest reads (reader and engine, per side) for dozens
+    of streamed chunks."""
+    from fault_proxy import Fault, FaultProxy
+
+    with FaultProxy(gcs.port) as proxy:
+        proxy.fault = counter = Fault("status", "manifest.ocdbt", times=0)  # counts, never misbehaves
+        env = dict(os.environ, **tensorstore_env(proxy.url))
+        a = gs("chunked_zarr3")
+        p = subprocess.run(
+            [sys.executable, "-c", STREAM_SCRIPT, a, a], env=env, capture_output=True, text=True, timeout=240
+        )
+    code, streamed = json.loads(p.stdout.strip().splitlines()[-1])
+    assert code == 0 and streamed >= 30, p.stderr
+    assert 2 <= counter.seen <= 8, counter.seen

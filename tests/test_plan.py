@@ -26,6 +26,7 @@ from streamdiff.plan import (
     prefetch_depth,
     rows_hold,
     rows_plan,
+    tasks_in_flight,
 )
 
 MiB = 1 << 20
@@ -341,3 +342,13 @@ def test_pair_grid_cached_amplification_is_the_independent_lru_count(chunks_b, b
     assert g.amplification_a == lru_count(g.boxes(), shape, ca, capacity) / stored == amp_a
     assert g.amplification_b == 1.0
     assert brute_amplification(g.boxes(), shape, ca) == uncached  # without the cache: once per block
+
+
+def test_tasks_in_flight_grow_on_remote_stores_up_to_16_tasks_or_128_mib_never_below_the_plan():
+    m = memory_plan(2 << 30, 2)
+    assert m.in_flight == 6
+    assert tasks_in_flight(m, remote=False, task_bytes=4 * MiB) == 6  # local: the plan's own count
+    assert tasks_in_flight(m, remote=True, task_bytes=4 * MiB) == 16  # at most 16
+    assert tasks_in_flight(m, remote=True, task_bytes=12 * MiB) == 10  # 128 MiB / 12 MiB
+    assert tasks_in_flight(m, remote=True, task_bytes=32 * MiB) == 6  # never fewer than the plan's
+    assert tasks_in_flight(m, remote=True, task_bytes=0) == 16

@@ -74,9 +74,10 @@ class Responses:
         self.head = b""
         self.body_left: int | None = None  # None: in headers; -1: chunked
         self.tail = b""
+        self.lengths: list[int] = []  # Content-Length of each response begun, not yet taken (-1: chunked)
 
     def feed(self, data: bytes) -> int:
-        """Responses completed by `data`."""
+        """Responses completed by `data` (the length of each response begun is appended to `lengths`)."""
         done = 0
         while data:
             if self.body_left is None:
@@ -87,6 +88,7 @@ class Responses:
                 m = _LENGTH.search(self.head[:end])
                 data, self.head, self.tail = self.head[end + 4 :], b"", b"\r\n"
                 self.body_left = int(m.group(1)) if m else -1
+                self.lengths.append(self.body_left)
             if self.body_left < 0:  # chunked: ends with an empty chunk
                 seen = self.tail + data
                 end = seen.find(b"\r\n0\r\n\r\n")
@@ -106,23 +108,57 @@ class Responses:
         return done
 
 
-class Connection:
-    """One client connection's requests sent and responses completed, kept in a shared `Flight`."""
+_RANGE = re.compile(rb"range:\s*bytes=(\d*)-(\d*)", re.I)
 
-    def __init__(self, flight: Flight) -> None:
+
+class Connection:
+    """One client connection's requests sent and responses completed, kept in a shared `Flight`;
+    with a `timeline`, one record per request: [arrived, first response byte, last response byte
+    (monotonic seconds), body bytes, connection, request line, range]."""
+
+    def __init__(self, flight: Flight, timeline: list | None = None, number: int = 0) -> None:
         self.flight = flight
         self.open = 0
         self.responses = Responses()
+        self.timeline = timeline
+        self.number = number
+        self.queue: collections.deque = collections.deque()  # records of requests sent, not answered
+        self.sending = b""
 
     def sent(self, data: bytes) -> None:
         n = data.count(b" HTTP/1.1\r\n")  # one request line per request
         self.open += n
         self.flight.now += n
+        if self.timeline is None:
+            return
+        self.sending += data
+        while (end := self.sending.find(b"\r\n\r\n")) >= 0:  # GETs only: no request bodies
+            head, self.sending = self.sending[:end], self.sending[end + 4 :]
+            line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            r = _RANGE.search(head)
+            rng = [int(r.group(1) or -1), int(r.group(2) or -1)] if r else None
+            self.queue.append([time.monotonic(), None, None, 0, self.number, line, rng])
 
     def received(self, data: bytes) -> None:
+        now = time.monotonic()
+        if self.timeline is not None and self.queue and self.queue[0][1] is None:
+            self.queue[0][1] = now
         n = min(self.open, self.responses.feed(data))
         self.open -= n
         self.flight.now -= n
+        if self.timeline is None:
+            del self.responses.lengths[:]
+            return
+        for _ in range(n):
+            length = self.responses.lengths.pop(0) if self.responses.lengths else -1
+            if not self.queue:
+                break
+            rec = self.queue.popleft()
+            rec[1] = rec[1] or now
+            rec[2], rec[3] = now, length
+            self.timeline.append(rec)
+            if self.queue and self.responses.lengths:  # the next response has begun
+                self.queue[0][1] = now
 
     def close(self) -> None:
         self.flight.now -= self.open
@@ -176,9 +212,13 @@ def _close(writer: asyncio.StreamWriter) -> None:
         pass
 
 
-async def serve(listen: int, upstream: int, latency_ms: float, bw_mbps: float, stats: str | None = None) -> None:
+async def serve(
+    listen: int, upstream: int, latency_ms: float, bw_mbps: float, stats: str | None = None, timeline: str | None = None
+) -> None:
     bucket = Bucket(bw_mbps * 1e6)
-    flight = Flight() if stats else None
+    flight = Flight() if stats or timeline else None
+    records: list | None = [] if timeline else None
+    numbers = iter(range(1 << 62))
 
     async def handle(cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
         try:
@@ -186,7 +226,7 @@ async def serve(listen: int, upstream: int, latency_ms: float, bw_mbps: float, s
         except OSError:
             _close(cw)
             return
-        conn = Connection(flight) if flight else None
+        conn = Connection(flight, records, next(numbers)) if flight else None
         try:
             await asyncio.gather(_delayed(cr, uw, latency_ms / 1000, conn), _capped(ur, cw, bucket, conn))
         except (ConnectionError, OSError, asyncio.CancelledError):  # peer gone, or shutting down
@@ -211,7 +251,11 @@ async def serve(listen: int, upstream: int, latency_ms: float, bw_mbps: float, s
     sampler = asyncio.ensure_future(sample()) if flight else None
     async with server:
         await stop.wait()
-    if flight is not None:
+    if timeline is not None:
+        with open(timeline, "w") as f:
+            for rec in records:
+                f.write(json.dumps(rec) + "\n")
+    if stats is not None and flight is not None:
         sampler.cancel()
         n = sum(flight.samples.values())
         mean = sum(k * v for k, v in flight.samples.items()) / n if n else 0.0
@@ -228,8 +272,9 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=float, default=50.0)
     ap.add_argument("--bw-mbps", type=float, default=200.0, help="download cap in MB/s (10^6 bytes); 0 = none")
     ap.add_argument("--stats", default=None, help="write requests-in-flight statistics (JSON) here on exit")
+    ap.add_argument("--timeline", default=None, help="write one JSON line per request here on exit (timeline.py)")
     a = ap.parse_args()
-    asyncio.run(serve(a.listen, a.upstream, a.latency_ms, a.bw_mbps, a.stats))
+    asyncio.run(serve(a.listen, a.upstream, a.latency_ms, a.bw_mbps, a.stats, a.timeline))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ import json
 import os
 import struct
 import threading
+import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -59,12 +61,22 @@ class RawStore:
     """Stored bytes of one array: an opened kvstore under the array's prefix, plus known sizes."""
 
     def __init__(
-        self, source: ArraySource, context: ts.Context, sizes: ArraySizes | None, kv: ts.KvStore | None = None
+        self,
+        source: ArraySource,
+        context: ts.Context,
+        sizes: ArraySizes | None,
+        kv: ts.KvStore | None = None,
+        since: float | None = None,
     ):
         self.source = source
         self.format: ChunkFormat = source.metadata
         # `kv`: the array's kvstore already open (an OCDBT item's held store under the array's path).
         self.kv = kv if kv is not None else ts.KvStore.open(source.spec["kvstore"], context=context).result()
+        # Reads accept what the kvstore cached since `since` (the run's start; default: now) without
+        # asking again: through OCDBT, a read at the default bound (the read's own time) first reads
+        # the manifest again, one more round trip in series before nearly every read. A checkpoint
+        # being compared does not change under the run (the reader has read its structure already).
+        self.since = time.time() if since is None else since
         self._sizes = sizes  # key -> stored size, or None when unknown
         self._local = _local_dir(source.spec["kvstore"])
         self._started: dict[tuple[int, ...], _Started] = {}  # chunks whose first reads are on their way
@@ -104,21 +116,37 @@ class RawStore:
                 self._started.pop(next(iter(self._started)))
             self._started[key] = self._start(key, piece, depth)
 
+    def start_now(self, grid_index: tuple[int, ...], piece: int, depth: int) -> _Started | None:
+        """On a remote store, issue at once the reads `start_next` would have issued ahead for this
+        chunk (its shard index and first pieces, which do not wait for the index): a chunk nobody
+        started ahead (a leaf's first, or one whose task came before its neighbour's) then costs one
+        round trip before its bytes flow, not two. None on local stores."""
+        index = self.format.shard_index
+        if self.source.is_local or (index is not None and not index.at_end):
+            return None
+        return self._start(grid_index, piece, depth)
+
     def _start(self, grid_index: tuple[int, ...], piece: int, depth: int) -> _Started:
         f = self.format
         if f.shard_index is None:
             key = f.key(grid_index)
-            return _Started(None, _ranges(self.kv, key, 0, self.size(key), piece, depth), self.size(key))
+            return _Started(None, _ranges(self, key, 0, self.size(key), piece, depth), self.size(key))
         per = f.inner_per_shard
         key = f.key(tuple(g // p for g, p in zip(grid_index, per)))
-        index = self.kv.read(key, byte_range=_index_range(f))
+        index = self.fetch(key, _index_range(f))
         size = self.size(key)
         if size is None or any(p != 1 for p in per):
             return _Started(index, [], None)
         # One inner chunk per shard, index at the end: the chunk is the shard's first bytes (checked
         # against the index before the reads are used).
         stop = size - f.shard_index.nbytes
-        return _Started(index, _ranges(self.kv, key, 0, stop, piece, depth), stop)
+        return _Started(index, _ranges(self, key, 0, stop, piece, depth), stop)
+
+    def fetch(self, key: str, byte_range: slice | None = None) -> Read:
+        """A read of `key` (or of `byte_range` of it) that trusts what was cached since the store opened."""
+        if byte_range is None:
+            return self.kv.read(key, staleness_bound=self.since)
+        return self.kv.read(key, byte_range=byte_range, staleness_bound=self.since)
 
     def size(self, key: str) -> int | None:
         if self._sizes is not None:
@@ -140,10 +168,10 @@ class RawStore:
         """The stored value of `key` (`.result()` gives `.state` and `.value`): the inline value the
         B-tree walk kept when there is one (`stored`: what `stored(key)` said), else a kvstore read."""
         value = (self.stored(key) if stored is None else stored)[1]
-        return self.kv.read(key) if value is None else Known(value)
+        return self.fetch(key) if value is None else Known(value)
 
     def read_range(self, key: str, start: int, stop: int | None) -> bytes:
-        r = self.kv.read(key, byte_range=slice(start, stop)).result()
+        r = self.fetch(key, slice(start, stop)).result()
         if r.state != "value":
             raise ValueError(f"chunk {key!r} is missing")
         return bytes(r.value)
@@ -174,14 +202,14 @@ class _Started:
     stop: int | None
 
 
-def _ranges(kv: ts.KvStore, key: str, start: int, stop: int | None, piece: int, depth: int) -> list[tuple[Read, int]]:
+def _ranges(raw: RawStore, key: str, start: int, stop: int | None, piece: int, depth: int) -> list[tuple[Read, int]]:
     if stop is None:
         return []
     out: list[tuple[Read, int]] = []
     for off in range(start, stop, piece):
         if len(out) >= depth:
             break
-        out.append((kv.read(key, byte_range=slice(off, min(off + piece, stop))), off))
+        out.append((raw.fetch(key, slice(off, min(off + piece, stop))), off))
     return out
 
 
@@ -193,16 +221,27 @@ def _local_dir(kvspec: dict[str, Any]) -> str | None:
 
 
 class ItemSizes:
-    """Stored sizes of every key of OCDBT items, from one B-tree dump per item, computed once."""
+    """Stored sizes of every key of OCDBT items, from one B-tree dump per item, computed once. Each
+    item's walk runs at most once, outside any lock shared with other items: `start` begins the
+    walks of both sides at once (on a remote store each is two round trips), `for_source` waits for it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_base: dict[str, ocdbt.KeySizes | None] = {}
+        self._by_base: dict[str, Future[ocdbt.KeySizes | None]] = {}
         #: id of a leaf's base kvstore spec -> (the spec, its key): readers share one spec per item,
         #: so the key is spelled once per item, not once per leaf.
         self._base_keys: dict[int, tuple[Any, str]] = {}
 
+    def start(self, source: ArraySource, context: ts.Context) -> None:
+        """Begin the walk of `source`'s item on a thread of its own, if it has not begun."""
+        self._walk(source, context, background=True)
+
     def for_source(self, source: ArraySource, context: ts.Context) -> ArraySizes | None:
+        fut = self._walk(source, context, background=False)
+        sizes = None if fut is None else fut.result()
+        return None if sizes is None else ArraySizes(sizes, source.spec["kvstore"].get("path", ""))
+
+    def _walk(self, source: ArraySource, context: ts.Context, background: bool) -> Future[ocdbt.KeySizes | None] | None:
         kv = source.spec["kvstore"]
         if kv.get("driver") != "ocdbt":
             return None
@@ -210,11 +249,15 @@ class ItemSizes:
             known = self._base_keys.get(id(kv["base"]))
             if known is None:
                 known = self._base_keys[id(kv["base"])] = (kv["base"], json.dumps(kv["base"], sort_keys=True))
-            base_key = known[1]
-            if base_key not in self._by_base:
-                self._by_base[base_key] = _ocdbt_sizes(kv["base"], context)
-            sizes = self._by_base[base_key]
-        return None if sizes is None else ArraySizes(sizes, kv.get("path", ""))
+            fut = self._by_base.get(known[1])
+            if fut is not None:
+                return fut
+            fut = self._by_base[known[1]] = Future()
+        if background:
+            threading.Thread(target=_settle, args=(fut, kv["base"], context), daemon=True).start()
+        else:
+            _settle(fut, kv["base"], context)
+        return fut
 
 
 @dataclass(frozen=True)
@@ -230,6 +273,14 @@ class ArraySizes:
     def value(self, key: str) -> tuple[int | None, bytes | None]:
         """(stored size, inline value when the walk kept it): ocdbt.KeySizes.value."""
         return self.sizes.value(self.prefix + key)
+
+
+def _settle(fut: Future[ocdbt.KeySizes | None], base: dict[str, Any], context: ts.Context) -> None:
+    try:
+        fut.set_result(_ocdbt_sizes(base, context))
+    except BaseException as e:  # noqa: BLE001 - handed to whoever waits (an interrupt, memory)
+        fut.set_exception(e)
+        raise
 
 
 def _ocdbt_sizes(base: dict[str, Any], context: ts.Context) -> ocdbt.KeySizes | None:
@@ -282,7 +333,7 @@ class _RangeSource:
         start = self.pos
         end = start + self.piece if self.stop is None else min(start + self.piece, self.stop)
         self.pos = end
-        return self.raw.kv.read(self.key, byte_range=slice(start, end)), start
+        return self.raw.fetch(self.key, slice(start, end)), start
 
     def _take_next(self) -> bytes:
         fut, start = self._ahead.popleft()
@@ -332,7 +383,7 @@ def inner_chunk_range(
     """(offset, nbytes) of one inner chunk of a zarr3 shard, from the shard index (`read`: the
     index read, already issued)."""
     f = raw.format
-    r = (read or raw.kv.read(shard_key, byte_range=_index_range(f))).result()
+    r = (read or raw.fetch(shard_key, _index_range(f))).result()
     if r.state != "value":
         raise MissingChunk(f"shard {shard_key!r} is missing")
     index = bytes(r.value)
@@ -424,7 +475,7 @@ def _slabs(
 def _chunk_reader(raw: RawStore, grid_index: tuple[int, ...], piece: int, depth: int) -> tuple[str, _Reader]:
     """(key, file-like reader of the decoded bytes) of one (inner) chunk."""
     f = raw.format
-    started = raw.take_started(grid_index)
+    started = raw.take_started(grid_index) or raw.start_now(grid_index, piece, depth)
     issued: list[tuple[Read, int]] = []
     if f.shard_index is None:
         key, start, stop = f.key(grid_index), 0, None

@@ -12,6 +12,7 @@ import json
 import math
 import struct
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -164,7 +165,7 @@ class OpenSide:
                 source = self.side.stored_source
                 sizes = self._sizes.for_source(source, self.context)
                 kv = self._items.kvstore(self.leaf, self._item)
-                self._raw = RawStore(source, self.context, sizes, kv)
+                self._raw = RawStore(source, self.context, sizes, kv, self._items.since)
             return self._raw
 
     @property
@@ -201,6 +202,9 @@ class ItemStores:
     through its item's store under the leaf's path (`kvstore`), so no kvstore is opened per leaf."""
 
     def __init__(self) -> None:
+        #: When the run began: stored bytes read through these stores trust what their kvstores
+        #: cached since then (chunks.RawStore.fetch), so an OCDBT manifest is not read again per read.
+        self.since = time.time()
         self._held: dict[tuple[int, str], ts.KvStore] = {}
         #: id of an item's spec without its path -> (that spec, its JSON): readers share one base
         #: spec per item, so an item is spelled once, not once per leaf.
@@ -221,6 +225,23 @@ class ItemStores:
             if store is None:
                 store = self._held[key] = ts.KvStore.open(known[0], context=context).result()
             return store
+
+    def warm(self, leaf: Leaf, context: ts.Context) -> None:
+        """Begin, on a thread of its own, a read through the held store of each OCDBT item `leaf`
+        reads (its own metadata key): on a remote store it loads the manifest and B-tree root that
+        the first value read would otherwise wait for, round trip after round trip."""
+
+        def read() -> None:
+            try:
+                for base in stored_bases(leaf):
+                    kv = source_of(base).spec["kvstore"]
+                    if kv.get("driver") == "ocdbt":
+                        key = kv.get("path", "") + "zarr.json"
+                        self._item(kv, context).read(key, staleness_bound=self.since).result()
+            except Exception:  # noqa: BLE001 - a warm-up only; the real reads report real errors
+                pass
+
+        threading.Thread(target=read, daemon=True).start()
 
     def hold(self, leaf: Leaf, context: ts.Context) -> ts.KvStore | None:
         """Holds the item of every stored leaf `leaf` reads; returns the item store of `leaf` itself

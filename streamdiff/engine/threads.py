@@ -8,7 +8,8 @@ pair are consecutive), so memory follows the pairs in flight, not the size of th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Protocol
 
@@ -16,12 +17,12 @@ import tensorstore as ts
 
 from .. import malloc
 from ..datatypes import Pair
-from ..plan import MemoryPlan, Sample
+from ..plan import MemoryPlan, Sample, tasks_in_flight
 from ..stats import LeafStats, Policy
 from .chunks import ItemSizes
 from .plans import PairOutcome, cache_bytes, plan_pairs
-from .sides import STORAGE_ERRORS, ItemStores, OpenSide, Side, SideContexts, one_line
-from .tasks import Task, tasks
+from .sides import STORAGE_ERRORS, ItemStores, OpenSide, Side, SideContexts, itemsize, one_line, stored_bases
+from .tasks import Task, pair_tasks, tasks
 from .work import PairWork, start_task
 
 ProgressFn = Callable[[int], None]
@@ -59,6 +60,28 @@ class FreshOpener:
     def release(self, i: int) -> None:
         pass
 
+    def warm(self, plans: dict[int, PairOutcome]) -> None:
+        """On remote stores, begin at once what the first tasks of the first pair reading each item
+        would do one round trip after another: the B-tree walk for stored sizes (when its plan reads
+        stored bytes) and the held item store's manifest and root, both sides at once."""
+        seen: set[tuple[int, int]] = set()
+        for i, o in plans.items():
+            if o.error:
+                continue
+            for k, leaf in enumerate(self.pairs[i].both()):
+                for base in stored_bases(leaf):
+                    source = base.source
+                    kv = source.spec["kvstore"] if source is not None else {}
+                    if source is None or source.is_local or kv.get("driver") != "ocdbt":
+                        continue
+                    if (k, id(kv["base"])) in seen:
+                        continue
+                    seen.add((k, id(kv["base"])))
+                    context = self.contexts.contexts[k]
+                    self.items.warm(base, context)
+                    if base is leaf and (o.shortcut or o.rows is not None):
+                        self.sizes.start(source, context)
+
 
 def run_threads(
     pairs: list[Pair],
@@ -74,9 +97,36 @@ def run_threads(
     outcomes by pair index. `trim_memory` returns freed heap to the OS every TRIM_EVERY tasks."""
     plans = plan_pairs(pairs, policies, mem, shortcut)
     opener = FreshOpener(pairs, contexts, cache_bytes(plans))
+    opener.warm(plans)
     run = ThreadRun(pairs, policies, plans, mem, opener, progress, trim_memory)
-    run.execute(tasks(pairs, plans, mem, sample))
+    if any(_remote(pairs[i]) for i in plans):
+        order = largest_first(pairs, plans)
+        run.execute(t for i in order if not plans[i].error for t in pair_tasks(i, pairs[i], plans[i], mem, sample))
+    else:
+        run.execute(tasks(pairs, plans, mem, sample))
     return plans
+
+
+def largest_first(pairs: list[Pair], plans: Mapping[int, PairOutcome]) -> list[int]:
+    """Pair indices by decreasing block size (ties in pair order). The last tasks of a run finish
+    with nothing left to read: when they are the smallest ones, the link's idle tail is short (on a
+    remote store, the last chunk of a leaf of 16 MiB chunks keeps both threads busy after the last
+    byte has arrived)."""
+
+    def size(i: int) -> int:
+        o = plans[i]
+        if o.grid is None:
+            return 0
+        a, b = pairs[i].both()
+        return max(o.grid.hold, math.prod(o.grid.block_shape) * (itemsize(a) + itemsize(b)))
+
+    return sorted(plans, key=lambda i: (-size(i), i))
+
+
+def _remote(p: Pair) -> bool:
+    """Whether either side of `p` (a pair the engine reads: both sides exist) reads a store that is
+    not on local disk."""
+    return any(b.source is not None and not b.source.is_local for leaf in p.both() for b in stored_bases(leaf))
 
 
 class ThreadRun:
@@ -103,6 +153,7 @@ class ThreadRun:
         self.pending_of: dict[int, int] = {}  # tasks submitted and not settled, per opened pair
         self.current: int | None = None  # the pair whose tasks are being submitted
         self.settled = 0
+        self._remote: tuple[int, bool] = (-1, False)  # (pair, whether it reads a remote store)
 
     def execute(self, todo: Iterable[Task]) -> None:
         """Run `todo` with bounded bytes in flight; merge each result into its pair's outcome."""
@@ -114,7 +165,8 @@ class ThreadRun:
                 if self.plans[t.pair_index].error:
                     self._advance(t)
                     continue
-                while pending and (len(pending) >= self.mem.in_flight or held + t.nbytes > self.mem.in_flight_bytes):
+                most = self._most(t)
+                while pending and (len(pending) >= most or held + t.nbytes > self.mem.in_flight_bytes):
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in done:
                         d = pending.pop(fut)
@@ -131,6 +183,12 @@ class ThreadRun:
                 self._settle(fut, pending.pop(fut))
         for i in list(self.opened):
             self._drop(i)
+
+    def _most(self, t: Task) -> int:
+        """Tasks in flight at most while `t` is submitted (plan.tasks_in_flight)."""
+        if self._remote[0] != t.pair_index:
+            self._remote = (t.pair_index, _remote(self.pairs[t.pair_index]))
+        return tasks_in_flight(self.mem, self._remote[1], t.nbytes)
 
     def _enter(self, i: int | None) -> None:
         """Tasks of pair `i` start (None: no more tasks): the pair before it gets no more tasks."""

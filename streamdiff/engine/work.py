@@ -163,7 +163,7 @@ def compare_raw_streaming(w: PairWork, key_a: str, key_b: str) -> tuple[int, int
 
     def fetch(off: int) -> tuple[Read, Read]:
         rng = slice(off, min(off + piece, x))
-        return ra.kv.read(key_a, byte_range=rng), rb.kv.read(key_b, byte_range=rng)
+        return ra.fetch(key_a, rng), rb.fetch(key_b, rng)
 
     nxt = fetch(0)
     head = prev = va = b""
