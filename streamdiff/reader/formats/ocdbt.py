@@ -36,6 +36,8 @@ import numpy as np
 import tensorstore as ts
 import zstandard
 
+from ... import malloc
+
 #: Kept for callers that bound a walk; decoding nodes here holds no leaked objects, so any size is walked.
 MAX_WALK_KEYS = 1 << 62
 BTREE_MAGIC = 0x0CDB20DE
@@ -104,16 +106,31 @@ class KeySizes:
         self._ends = ends.astype(_offsets(len(keys)), copy=False)  # key i is keys[ends[i-1]:ends[i]]
         top = int(sizes.max()) if len(sizes) else 0
         self._sizes = sizes.astype(next(t for t in _SIZE_TYPES if top <= np.iinfo(t).max), copy=False)
-        self._lookup: tuple[np.ndarray, np.ndarray] | None = None  # (sorted CRC-32s, key index of each)
+        self._lookup: np.ndarray | None = None  # see _build_table
 
-    def _table(self) -> tuple[np.ndarray, np.ndarray]:
-        """The lookup table, built once (two threads may both build it: the same table, either kept)."""
+    def _table(self) -> np.ndarray:
+        """The lookup table, built once: the engine's threads all look up at once, and a table built
+        by each would hold its transient arrays once per thread (one lock for every index of the
+        process: a KeySizes is pickled to Dask workers, a lock of its own would not be)."""
         table = self._lookup
-        if table is None:
-            # crc32, not hash(): the same in every process (a Dask worker may get these pickled).
-            hashes = np.fromiter((zlib.crc32(k) for k in self._raw_keys()), np.uint32, len(self._sizes))
-            order = np.argsort(hashes, kind="stable").astype(np.int32)
-            table = self._lookup = (hashes[order], order)
+        if table is not None:
+            return table
+        with _TABLE_LOCK:
+            if self._lookup is None:
+                self._lookup = self._build_table()
+            return self._lookup
+
+    def _build_table(self) -> np.ndarray:
+        """(CRC-32 << 32 | key index) of every key, sorted in place: the table is the one array it
+        is built in (crc32, not hash(): the same in every process, as a Dask worker may get it pickled)."""
+        n = len(self._sizes)
+        if n >= 1 << 32:
+            raise ValueError("too many keys for a lookup table")
+        table = np.fromiter((zlib.crc32(k) for k in self._raw_keys()), np.uint64, n)
+        table <<= np.uint64(32)
+        for lo in range(0, n, _PIECE):
+            table[lo : lo + _PIECE] |= np.arange(lo, min(lo + _PIECE, n), dtype=np.uint64)
+        table.sort()
         return table
 
     def __len__(self) -> int:
@@ -140,11 +157,10 @@ class KeySizes:
         raw = key.encode()
         h = zlib.crc32(raw)
         # memoryviews: Python ints per probe, without numpy's per-call overhead on a single value.
-        sorted_hashes, key_of = self._table()
-        hashes, order, ends = sorted_hashes.data, key_of.data, self._ends.data
-        at = bisect.bisect_left(hashes, h)
-        while at < len(hashes) and hashes[at] == h:
-            i = order[at]
+        table, ends = self._table().data, self._ends.data
+        at = bisect.bisect_left(table, h << 32)
+        while at < len(table) and table[at] >> 32 == h:
+            i = table[at] & 0xFFFFFFFF
             if self._keys[(ends[i - 1] if i else 0) : ends[i]] == raw:
                 return i
             at += 1
@@ -181,6 +197,8 @@ class KeySizes:
                 return
             yield k.decode(), int(self._sizes[i])
 
+
+_TABLE_LOCK = threading.Lock()
 
 #: Stored sizes are held in the narrowest of these that fits the largest.
 _SIZE_TYPES = (np.uint8, np.uint16, np.uint32, np.int64)
@@ -256,7 +274,14 @@ def index(
             all_at = all_at[order]
         all_ends = np.cumsum([len(k) for k in keys], dtype=np.int64)
         blob = bytearray(b"".join(keys))
-    return kept, KeySizes(blob, all_ends, all_sizes, store, all_at)
+    out = KeySizes(blob, all_ends, all_sizes, store, all_at)
+    if len(all_sizes) >= TRIM_AFTER_KEYS and malloc.trim_enabled():
+        malloc.trim()  # the walk's columns, freed, would stay resident in holes of the heap
+    return kept, out
+
+
+#: A walk of at least this many keys hands the memory it freed back to the OS (when the program allows).
+TRIM_AFTER_KEYS = 1 << 16
 
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:
@@ -305,6 +330,8 @@ def _leaf_nodes(base: ts.KvStore, blob: bytearray) -> Iterator[tuple[np.ndarray,
     keys = versions[-1]["root"].get("statistics", {}).get("num_keys", 0)
     if keys > MAX_WALK_KEYS:
         raise TooManyKeys(f"{keys} keys")
+    if keys >= TRIM_AFTER_KEYS and malloc.trim_enabled():
+        malloc.trim()  # what earlier phases freed, so this walk's columns do not pile on top of it
     cap = node_limit(manifest.get("config") or {})
     level = [_root_ref(str(versions[-1]["root"]["location"]))]
     while level:
