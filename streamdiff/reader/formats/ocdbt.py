@@ -96,16 +96,23 @@ class KeySizes:
         sizes: np.ndarray,
         values: bytes | bytearray = b"",
         value_at: np.ndarray | None = None,
+        dense_values: bool = False,
     ):
         self._keys = keys
         #: Inline values kept (see `index(values=True)`): key i's bytes are values[value_at[i]:][:sizes[i]]
         #: when value_at[i] >= 0. Reading them here spares a B-tree lookup per chunk through the ocdbt
         #: driver, which costs more the bigger the leaf node (a node holds up to a million keys).
         self._values = values
-        self._value_at = None if value_at is None else value_at.astype(_offsets(len(values)), copy=False)
-        self._ends = ends.astype(_offsets(len(keys)), copy=False)  # key i is keys[ends[i-1]:ends[i]]
+        self._key_at = _Offsets(_lengths(ends))  # key i is keys[start(i):][:length(i)]
         top = int(sizes.max()) if len(sizes) else 0
         self._sizes = sizes.astype(next(t for t in _SIZE_TYPES if top <= np.iinfo(t).max), copy=False)
+        # Where each kept value starts in `values`: when every key's value is kept, back to back in
+        # key order (a checkpoint of a million tiny chunks), the sizes already say it.
+        self._value_at: np.ndarray | _Offsets | None = None
+        if dense_values:  # every key's value kept, back to back in key order
+            self._value_at = _Offsets(self._sizes)
+        elif value_at is not None:
+            self._value_at = value_at.astype(_offsets(len(values)), copy=False)
         self._lookup: np.ndarray | None = None  # see _build_table
 
     def _table(self) -> np.ndarray:
@@ -142,26 +149,29 @@ class KeySizes:
             yield k.decode()
 
     def _raw_keys(self) -> Iterator[bytes | bytearray]:
-        """Every key's bytes, in order (offsets turned into Python ints a piece at a time)."""
-        for lo in range(0, len(self._ends), _PIECE):
-            start = int(self._ends[lo - 1]) if lo else 0
-            for end in self._ends[lo : lo + _PIECE].tolist():
-                yield self._keys[start:end]
-                start = end
+        """Every key's bytes, in order (lengths turned into Python ints a piece at a time)."""
+        start = 0
+        lengths = self._key_at.lengths
+        for lo in range(0, len(lengths), _PIECE):
+            for length in lengths[lo : lo + _PIECE].tolist():
+                yield self._keys[start : start + length]
+                start += length
 
     def _key(self, i: int) -> bytes | bytearray:
-        return self._keys[(int(self._ends[i - 1]) if i else 0) : int(self._ends[i])]
+        start = self._key_at.start(i)
+        return self._keys[start : start + int(self._key_at.lengths[i])]
 
     def _find(self, key: str) -> int:
         """The index of `key`, or -1."""
         raw = key.encode()
         h = zlib.crc32(raw)
         # memoryviews: Python ints per probe, without numpy's per-call overhead on a single value.
-        table, ends = self._table().data, self._ends.data
+        table, key_at = self._table().data, self._key_at
         at = bisect.bisect_left(table, h << 32)
         while at < len(table) and table[at] >> 32 == h:
             i = table[at] & 0xFFFFFFFF
-            if self._keys[(ends[i - 1] if i else 0) : ends[i]] == raw:
+            start = key_at.start(i)
+            if self._keys[start : start + key_at.size(i)] == raw:
                 return i
             at += 1
         return -1
@@ -176,9 +186,15 @@ class KeySizes:
         if i < 0:
             return None, None
         size = int(self._sizes[i])
-        if self._value_at is None or self._value_at[i] < 0:
+        value_at = self._value_at
+        if value_at is None:
             return size, None
-        at = int(self._value_at[i])
+        if isinstance(value_at, _Offsets):
+            at = value_at.start(i)
+        elif value_at[i] < 0:
+            return size, None
+        else:
+            at = int(value_at[i])
         return size, bytes(self._values[at : at + size])
 
     def items(self, prefix: str = "") -> Iterator[tuple[str, int]]:
@@ -199,6 +215,38 @@ class KeySizes:
 
 
 _TABLE_LOCK = threading.Lock()
+
+
+class _Offsets:
+    """Where each of many back-to-back items starts, from their lengths (held in a narrow type) and
+    the start of every 64th: a fraction of an offset per item, for a few Python additions a lookup."""
+
+    def __init__(self, lengths: np.ndarray):
+        self.lengths = lengths
+        self._sizes = lengths.data
+        n = len(lengths)
+        blocks = np.zeros(-(-n // _BLOCK) + 1, np.int64)
+        if n:
+            np.cumsum(np.add.reduceat(lengths, np.arange(0, n, _BLOCK), dtype=np.int64), out=blocks[1:])
+        self._blocks = blocks.data
+
+    def start(self, i: int) -> int:
+        b = i // _BLOCK
+        return int(self._blocks[b] + sum(self._sizes[b * _BLOCK : i]))
+
+    def size(self, i: int) -> int:
+        return int(self._sizes[i])
+
+
+_BLOCK = 64
+
+
+def _lengths(ends: np.ndarray) -> np.ndarray:
+    """Each item's length from the end offsets of back-to-back items, in the narrowest unsigned type
+    (a piece at a time: the differences of a million offsets would otherwise be int64 at once)."""
+    pieces = [np.diff(ends[lo : lo + _PIECE], prepend=ends[lo - 1] if lo else 0) for lo in range(0, len(ends), _PIECE)]
+    return _narrowest(pieces) if pieces else np.zeros(0, np.uint8)
+
 
 #: Stored sizes are held in the narrowest of these that fits the largest.
 _SIZE_TYPES = (np.uint8, np.uint16, np.uint32, np.int64)
@@ -231,7 +279,7 @@ def index(
     ends: list[np.ndarray] = []
     lengths: list[np.ndarray] = []
     store = bytearray()  # inline values kept, node after node
-    value_at: list[np.ndarray] = []
+    value_at: list[np.ndarray | int] = []  # per node: offsets in `store`, or where its values start there when all are
     ordered = True
     wanted = tuple(("/" + name).encode() for name in keep_inline)
     last = (0, 0)  # the previous node's last key, as offsets in blob
@@ -248,11 +296,14 @@ def index(
         if keep:  # the node's inline values lie back to back: one slice
             at = len(store)
             body.append_to(store, total)
-            where = where.astype(_offsets(MAX_KEPT_VALUES), copy=False)
-            np.add(where, at, out=where, where=where >= 0)  # offsets in `store`
-            value_at.append(where)
             for i in named:
-                kept[_key_at(blob, first, node_ends, i)] = bytes(store[int(where[i]) :][: int(node_lengths[i])])
+                kept[_key_at(blob, first, node_ends, i)] = bytes(store[at + int(where[i]) :][: int(node_lengths[i])])
+            if bool((where >= 0).all()):
+                value_at.append(at)  # every value of the node inline: the sizes say where each starts
+            else:
+                where = where.astype(_offsets(MAX_KEPT_VALUES), copy=False)
+                np.add(where, at, out=where, where=where >= 0)  # offsets in `store`
+                value_at.append(where)
         else:
             if values:
                 value_at.append(np.full(len(where), -1, _offsets(MAX_KEPT_VALUES)))
@@ -263,7 +314,10 @@ def index(
         lengths.append(node_lengths)
         del node_ends, node_lengths, where, body  # the next node's are decoded before the loop rebinds these
     all_ends, all_sizes = _joined(ends), _joined(lengths)
-    all_at = _joined(value_at) if values else None
+    dense = values and ordered and all(isinstance(v, int) for v in value_at)
+    all_at = None
+    if values and not dense:
+        all_at = _joined([_value_offsets(v, n) for v, n in zip(value_at, lengths)])
     if not ordered:  # nodes came out of key order: sort once
         starts = np.concatenate(([0], all_ends[:-1])) if len(all_ends) else all_ends
         keys = [bytes(blob[s:e]) for s, e in zip(starts.tolist(), all_ends.tolist())]
@@ -274,7 +328,7 @@ def index(
             all_at = all_at[order]
         all_ends = np.cumsum([len(k) for k in keys], dtype=np.int64)
         blob = bytearray(b"".join(keys))
-    out = KeySizes(blob, all_ends, all_sizes, store, all_at)
+    out = KeySizes(blob, all_ends, all_sizes, store, all_at, dense_values=dense)
     if len(all_sizes) >= TRIM_AFTER_KEYS and malloc.trim_enabled():
         malloc.trim()  # the walk's columns, freed, would stay resident in holes of the heap
     return kept, out
@@ -282,6 +336,18 @@ def index(
 
 #: A walk of at least this many keys hands the memory it freed back to the OS (when the program allows).
 TRIM_AFTER_KEYS = 1 << 16
+
+
+def _value_offsets(at: np.ndarray | int, sizes: np.ndarray) -> np.ndarray:
+    """A node's value offsets in the store: as kept, or, for a node whose values all start at `at`
+    back to back, from their sizes."""
+    if not isinstance(at, int):
+        return at
+    starts = np.cumsum(sizes, dtype=np.int64)
+    starts -= sizes
+    starts += at
+    out: np.ndarray = starts.astype(_offsets(MAX_KEPT_VALUES))
+    return out
 
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:
@@ -305,7 +371,7 @@ def _named(
     for w in wanted:  # '/name' at the end of a key
         at = blob.find(w, first, stop)
         while at != -1:
-            i = int(np.searchsorted(ends, at + len(w)))
+            i = int(np.searchsorted(ends, ends.dtype.type(at + len(w))))  # a Python int would cast `ends`
             if i < len(ends) and int(ends[i]) == at + len(w) and at >= (int(ends[i - 1]) if i else first):
                 hits.add(i)  # the name ends key i and starts inside it
             at = blob.find(w, at + 1, stop)
@@ -509,10 +575,13 @@ class _Body:
         """The next `n` bytes appended to `out`, a window at a time (not a copy of them all first)."""
         if n > self.size - self.pos:
             raise ValueError("truncated B-tree node")
+        write = len(out)
+        out += bytes(n)  # grown once, exactly (zeros come from calloc: no page touched until written)
         while n > 0:
             self._need(min(n, _WINDOW))
             step = min(n, len(self._buf) - self._at)
-            out += memoryview(self._buf)[self._at : self._at + step]
+            out[write : write + step] = memoryview(self._buf)[self._at : self._at + step]
+            write += step
             self._at += step
             n -= step
 
