@@ -291,14 +291,16 @@ def index(
             ordered = False  # this node's first key is not after the previous node's last
         last = (int(node_ends[-2]) if len(node_ends) > 1 else first, int(node_ends[-1]))
         named = _named(blob, first, node_ends, wanted, keep_inline) if keep_inline else []
-        named = [i for i in named if where[i] >= 0]  # inline ones only
+        if where is not None:
+            named = [i for i in named if where[i] >= 0]  # inline ones only
+        starts = [int(where[i]) for i in named] if where is not None else _starts_of(node_lengths, named)
         keep = values and len(store) + total <= MAX_KEPT_VALUES
         if keep:  # the node's inline values lie back to back: one slice
             at = len(store)
             body.append_to(store, total)
-            for i in named:
-                kept[_key_at(blob, first, node_ends, i)] = bytes(store[at + int(where[i]) :][: int(node_lengths[i])])
-            if bool((where >= 0).all()):
+            for i, start in zip(named, starts):
+                kept[_key_at(blob, first, node_ends, i)] = bytes(store[at + start :][: int(node_lengths[i])])
+            if where is None:
                 value_at.append(at)  # every value of the node inline: the sizes say where each starts
             else:
                 where = where.astype(_offsets(MAX_KEPT_VALUES), copy=False)
@@ -306,8 +308,8 @@ def index(
                 value_at.append(where)
         else:
             if values:
-                value_at.append(np.full(len(where), -1, _offsets(MAX_KEPT_VALUES)))
-            got = body.pick(total, [(int(where[i]), int(node_lengths[i])) for i in named])
+                value_at.append(np.full(len(node_lengths), -1, _offsets(MAX_KEPT_VALUES)))
+            got = body.pick(total, [(start, int(node_lengths[i])) for i, start in zip(named, starts)])
             for i, value in zip(named, got):
                 kept[_key_at(blob, first, node_ends, i)] = value
         ends.append(node_ends.astype(_offsets(len(blob)), copy=False))
@@ -319,8 +321,8 @@ def index(
     if values and not dense:
         all_at = _joined([_value_offsets(v, n) for v, n in zip(value_at, lengths)])
     if not ordered:  # nodes came out of key order: sort once
-        starts = np.concatenate(([0], all_ends[:-1])) if len(all_ends) else all_ends
-        keys = [bytes(blob[s:e]) for s, e in zip(starts.tolist(), all_ends.tolist())]
+        key_starts = np.concatenate(([0], all_ends[:-1])) if len(all_ends) else all_ends
+        keys = [bytes(blob[s:e]) for s, e in zip(key_starts.tolist(), all_ends.tolist())]
         order = sorted(range(len(keys)), key=keys.__getitem__)
         keys = [keys[i] for i in order]
         all_sizes = all_sizes[order]
@@ -336,6 +338,24 @@ def index(
 
 #: A walk of at least this many keys hands the memory it freed back to the OS (when the program allows).
 TRIM_AFTER_KEYS = 1 << 16
+
+
+def _starts_of(lengths: np.ndarray, indices: list[int]) -> list[int]:
+    """Where items `indices` (sorted) start among back-to-back items of these lengths, summed a piece
+    at a time."""
+    out: list[int] = []
+    total = 0
+    j = 0
+    for lo in range(0, len(lengths), _PIECE):
+        if j == len(indices):
+            break
+        sums = np.cumsum(lengths[lo : lo + _PIECE], dtype=np.int64)
+        while j < len(indices) and indices[j] < lo + len(sums):
+            k = indices[j] - lo
+            out.append(total + (int(sums[k - 1]) if k else 0))
+            j += 1
+        total += int(sums[-1])
+    return out
 
 
 def _value_offsets(at: np.ndarray | int, sizes: np.ndarray) -> np.ndarray:
@@ -385,7 +405,9 @@ def _named(
     return sorted(hits)
 
 
-def _leaf_nodes(base: ts.KvStore, blob: bytearray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int, _Body]]:
+def _leaf_nodes(
+    base: ts.KvStore, blob: bytearray
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None, int, _Body]]:
     """(key end offsets in `blob`, value lengths, offset of each inline value among the node's inline
     values or -1, their total length, the node body positioned at them) of every leaf node, level by
     level with every read of a level in flight at once; each full key is appended to `blob`."""
@@ -750,10 +772,10 @@ KEY_EXPANSION = 64
 _PIECE = 1 << 16
 
 
-def _leaf(body: _Body, sink: tuple[bytearray, bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _leaf(body: _Body, sink: tuple[bytearray, bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
     """(key end offsets in the sink's buffer (see `_keys`), value lengths, offset of each inline value
-    in the node's inline values or -1, their total length) of a leaf node; `body` is left at its
-    inline values."""
+    in the node's inline values or -1 (None: every value is inline), their total length) of a leaf
+    node; `body` is left at its inline values."""
     n = body.varint()
     keys, _ = _keys(body, n, False, sink)
     lengths = body.varints(n)
@@ -768,12 +790,14 @@ def _leaf(body: _Body, sink: tuple[bytearray, bytes]) -> tuple[np.ndarray, np.nd
     # tensorstore refuses offset + length past 2**63; a size there would wrap in int64 (and int32).
     if n and max(int(lengths.max()), int(offsets.max()) if indirect else 0) >= 1 << 62:
         raise ValueError("value offset or length out of range")
-    inline = lengths[direct]
+    inline = lengths[direct] if indirect else lengths
     if len(inline) and int(inline.max()) > body.size:
         raise ValueError("truncated inline values")
     total = int(inline.sum(dtype=np.uint64))  # each at most the body's length: no overflow
     if total > body.size - body.pos:
         raise ValueError("truncated inline values")
+    if not indirect:
+        return keys, lengths, None, total  # every value inline, back to back: the lengths say where
     ends = np.cumsum(inline, dtype=np.int32)  # a node body is at most MAX_NODE_BYTES < 2**31
     np.subtract(ends, inline, out=ends, casting="unsafe")  # each inline length fits: checked above
     where = np.full(n, -1, np.int32)
