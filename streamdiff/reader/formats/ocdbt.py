@@ -92,7 +92,7 @@ class KeySizes:
     def __init__(
         self,
         keys: bytes | bytearray,
-        ends: np.ndarray,
+        key_lengths: np.ndarray,
         sizes: np.ndarray,
         values: bytes | bytearray = b"",
         value_at: np.ndarray | None = None,
@@ -103,7 +103,7 @@ class KeySizes:
         #: when value_at[i] >= 0. Reading them here spares a B-tree lookup per chunk through the ocdbt
         #: driver, which costs more the bigger the leaf node (a node holds up to a million keys).
         self._values = values
-        self._key_at = _Offsets(_lengths(ends))  # key i is keys[start(i):][:length(i)]
+        self._key_at = _Offsets(key_lengths)  # key i is keys[start(i):][:size(i)], keys back to back
         top = int(sizes.max()) if len(sizes) else 0
         self._sizes = sizes.astype(next(t for t in _SIZE_TYPES if top <= np.iinfo(t).max), copy=False)
         # Where each kept value starts in `values`: when every key's value is kept, back to back in
@@ -241,13 +241,6 @@ class _Offsets:
 _BLOCK = 64
 
 
-def _lengths(ends: np.ndarray) -> np.ndarray:
-    """Each item's length from the end offsets of back-to-back items, in the narrowest unsigned type
-    (a piece at a time: the differences of a million offsets would otherwise be int64 at once)."""
-    pieces = [np.diff(ends[lo : lo + _PIECE], prepend=ends[lo - 1] if lo else 0) for lo in range(0, len(ends), _PIECE)]
-    return _narrowest(pieces) if pieces else np.zeros(0, np.uint8)
-
-
 #: Stored sizes are held in the narrowest of these that fits the largest.
 _SIZE_TYPES = (np.uint8, np.uint16, np.uint32, np.int64)
 
@@ -276,20 +269,22 @@ def index(
     the `KeySizes` keeps every inline value too, in one buffer (see `KeySizes.value`)."""
     kept: dict[str, bytes] = {}
     blob = bytearray()
-    ends: list[np.ndarray] = []
+    key_sizes: list[np.ndarray] = []  # per node: its keys' lengths
     lengths: list[np.ndarray] = []
     store = bytearray()  # inline values kept, node after node
     value_at: list[np.ndarray | int] = []  # per node: offsets in `store`, or where its values start there when all are
     ordered = True
     wanted = tuple(("/" + name).encode() for name in keep_inline)
     last = (0, 0)  # the previous node's last key, as offsets in blob
-    for node_ends, node_lengths, where, total, body in _leaf_nodes(base, blob):
-        if not len(node_ends):
+    for key_lengths, node_lengths, where, total, body in _leaf_nodes(base, blob):
+        if not len(key_lengths):
             continue
         first = last[1]
-        if last[1] and blob[last[0] : last[1]] >= blob[first : int(node_ends[0])]:
+        stop = len(blob)  # this node's keys are blob[first:stop]
+        if last[1] and blob[last[0] : last[1]] >= blob[first : first + int(key_lengths[0])]:
             ordered = False  # this node's first key is not after the previous node's last
-        last = (int(node_ends[-2]) if len(node_ends) > 1 else first, int(node_ends[-1]))
+        last = (stop - int(key_lengths[-1]), stop)
+        node_ends = _ends_of(key_lengths, first, len(blob)) if keep_inline else np.zeros(0, np.int64)
         named = _named(blob, first, node_ends, wanted, keep_inline) if keep_inline else []
         if where is not None:
             named = [i for i in named if where[i] >= 0]  # inline ones only
@@ -312,15 +307,22 @@ def index(
             got = body.pick(total, [(start, int(node_lengths[i])) for i, start in zip(named, starts)])
             for i, value in zip(named, got):
                 kept[_key_at(blob, first, node_ends, i)] = value
-        ends.append(node_ends.astype(_offsets(len(blob)), copy=False))
+        key_sizes.append(key_lengths)
         lengths.append(node_lengths)
-        del node_ends, node_lengths, where, body  # the next node's are decoded before the loop rebinds these
-    all_ends, all_sizes = _joined(ends), _joined(lengths)
+        del (
+            key_lengths,
+            node_ends,
+            node_lengths,
+            where,
+            body,
+        )  # the next node's are decoded before the loop rebinds these
+    all_keys, all_sizes = _joined(key_sizes), _joined(lengths)
     dense = values and ordered and all(isinstance(v, int) for v in value_at)
     all_at = None
     if values and not dense:
         all_at = _joined([_value_offsets(v, n) for v, n in zip(value_at, lengths)])
     if not ordered:  # nodes came out of key order: sort once
+        all_ends = np.cumsum(all_keys, dtype=np.int64)
         key_starts = np.concatenate(([0], all_ends[:-1])) if len(all_ends) else all_ends
         keys = [bytes(blob[s:e]) for s, e in zip(key_starts.tolist(), all_ends.tolist())]
         order = sorted(range(len(keys)), key=keys.__getitem__)
@@ -328,9 +330,9 @@ def index(
         all_sizes = all_sizes[order]
         if all_at is not None:
             all_at = all_at[order]
-        all_ends = np.cumsum([len(k) for k in keys], dtype=np.int64)
+        all_keys = _narrowest([np.array([len(k) for k in keys], np.uint64)])
         blob = bytearray(b"".join(keys))
-    out = KeySizes(blob, all_ends, all_sizes, store, all_at, dense_values=dense)
+    out = KeySizes(blob, all_keys, all_sizes, store, all_at, dense_values=dense)
     if len(all_sizes) >= TRIM_AFTER_KEYS and malloc.trim_enabled():
         malloc.trim()  # the walk's columns, freed, would stay resident in holes of the heap
     return kept, out
@@ -338,6 +340,19 @@ def index(
 
 #: A walk of at least this many keys hands the memory it freed back to the OS (when the program allows).
 TRIM_AFTER_KEYS = 1 << 16
+
+
+def _ends_of(lengths: np.ndarray, first: int, extent: int) -> np.ndarray:
+    """End offsets of back-to-back items of these lengths starting at `first`, in the offset type of
+    a buffer of `extent` bytes, summed a piece at a time."""
+    out = np.empty(len(lengths), _offsets(extent))
+    total = first
+    for lo in range(0, len(lengths), _PIECE):
+        sums = np.cumsum(lengths[lo : lo + _PIECE], dtype=np.int64)
+        sums += total
+        out[lo : lo + len(sums)] = sums
+        total = int(sums[-1])
+    return out
 
 
 def _starts_of(lengths: np.ndarray, indices: list[int]) -> list[int]:
@@ -408,7 +423,7 @@ def _named(
 def _leaf_nodes(
     base: ts.KvStore, blob: bytearray
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None, int, _Body]]:
-    """(key end offsets in `blob`, value lengths, offset of each inline value among the node's inline
+    """(key lengths (each key appended to `blob`), value lengths, offset of each inline value among the node's inline
     values or -1, their total length, the node body positioned at them) of every leaf node, level by
     level with every read of a level in flight at once; each full key is appended to `blob`."""
     manifest = ts.ocdbt.dump(base).result()
@@ -714,8 +729,8 @@ def _keys(
 ) -> tuple[list[bytes] | np.ndarray, np.ndarray | None]:
     """The prefix-compressed relative keys of a node (and, for interior nodes, each subtree's common
     prefix length). With `sink` (a buffer, a key prefix), each full key is appended to the buffer
-    and its end offset returned in place of the key, so a node of a million keys makes no object per
-    key; the columns are checked and turned into Python ints `_PIECE` keys at a time, so nothing of
+    and its length returned (in the narrowest type) in place of the key, so a node of a million keys
+    makes no object per key; the columns are checked and turned into Python ints `_PIECE` keys at a time, so nothing of
     the node's length is held beyond the (narrow) columns and the returned offsets."""
     shared = body.varints(max(n - 1, 0))
     suffix = body.varints(n)
@@ -731,10 +746,15 @@ def _keys(
     keys: list[bytes] = []
     out, head = sink if sink is not None else (bytearray(), b"")
     write = len(out)  # with `sink`: where the next key goes in it
-    total = write + n * len(head) + spelled + int(shared.sum(dtype=np.uint64))
-    got = np.empty(n if sink is not None else 0, _offsets(total))  # with `sink`: each key's end in it
+    longest = 0
+    for lo in range(0, n, _PIECE):  # first pass: the longest key, for the type of the lengths returned
+        keep = shared[max(lo - 1, 0) : lo + _PIECE - 1].astype(np.int64)
+        suf = suffix[lo : lo + _PIECE].astype(np.int64)
+        suf[1 if lo == 0 else 0 :] += keep
+        longest = max(longest, int(suf.max()))
+    got = np.empty(n if sink is not None else 0, _narrowest([np.array([longest + len(head)], np.uint64)]).dtype)
     if sink is not None:  # grown once (zeros come from calloc: no page touched until written)
-        out += bytes(total - write)
+        out += bytes(n * len(head) + spelled + int(shared.sum(dtype=np.uint64)))
     prev = b""
     start = 0  # where the next key's suffix starts in `raw`
     for lo in range(0, n, _PIECE):
@@ -748,7 +768,6 @@ def _keys(
         if bool((keep > before).any()):
             raise ValueError("a key shares more than the key before it holds")
         ends = start + np.cumsum(suf)
-        piece_ends: list[int] = []
         for k, end in zip(keep.tolist(), ends.tolist()):
             prev = prev[:k] + raw[start:end]
             if sink is None:
@@ -756,11 +775,10 @@ def _keys(
             else:
                 stop = write + len(head) + len(prev)
                 out[write:stop] = head + prev
-                piece_ends.append(stop)
                 write = stop
             start = end
         if sink is not None:
-            got[lo:hi] = piece_ends
+            got[lo:hi] = keep + suf + len(head)
     return (got if sink is not None else keys), subtree
 
 
@@ -773,7 +791,7 @@ _PIECE = 1 << 16
 
 
 def _leaf(body: _Body, sink: tuple[bytearray, bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
-    """(key end offsets in the sink's buffer (see `_keys`), value lengths, offset of each inline value
+    """(key lengths, the keys appended to the sink's buffer (see `_keys`), value lengths, offset of each inline value
     in the node's inline values or -1 (None: every value is inline), their total length) of a leaf
     node; `body` is left at its inline values."""
     n = body.varint()
