@@ -219,7 +219,7 @@ _TABLE_LOCK = threading.Lock()
 
 class _Offsets:
     """Where each of many back-to-back items starts, from their lengths (held in a narrow type) and
-    the start of every 64th: a fraction of an offset per item, for a few Python additions a lookup."""
+    the start of every 16th: a fraction of an offset per item, for a few Python additions a lookup."""
 
     def __init__(self, lengths: np.ndarray):
         self.lengths = lengths
@@ -238,7 +238,7 @@ class _Offsets:
         return int(self._sizes[i])
 
 
-_BLOCK = 64
+_BLOCK = 16
 
 
 #: Stored sizes are held in the narrowest of these that fits the largest.
@@ -404,12 +404,20 @@ def _named(
     hits: set[int] = set()
     stop = int(ends[-1])
     for w in wanted:  # '/name' at the end of a key
+        found = []
         at = blob.find(w, first, stop)
         while at != -1:
-            i = int(np.searchsorted(ends, ends.dtype.type(at + len(w))))  # a Python int would cast `ends`
-            if i < len(ends) and int(ends[i]) == at + len(w) and at >= (int(ends[i - 1]) if i else first):
-                hits.add(i)  # the name ends key i and starts inside it
+            found.append(at)
             at = blob.find(w, at + 1, stop)
+        if not found:
+            continue
+        starts = np.array(found, ends.dtype)  # of `ends`' type: other types would cast all of `ends`
+        stops = starts + len(w)
+        keys = np.searchsorted(ends, stops)  # the key each occurrence ends in or before
+        inside = keys < len(ends)
+        starts, stops, keys = starts[inside], stops[inside], keys[inside]
+        begins = np.where(keys > 0, ends[np.maximum(keys - 1, 0)], first)  # each key's first byte
+        hits.update(keys[(ends[keys] == stops) & (starts >= begins)].tolist())  # the name ends the key, inside it
     bare = np.array(sorted({len(n.encode()) for n in names}), np.int64)  # a key that is the name itself
     for lo in range(0, len(ends), _PIECE):  # key lengths a piece at a time
         piece = ends[lo : lo + _PIECE]
@@ -630,8 +638,14 @@ class _Body:
         out = []
         base = self.pos
         for off, length in ranges:
-            self.skip(base + off - self.pos)
-            out.append(self.take(length))
+            gap = base + off - self.pos
+            if 0 <= gap and gap + length <= len(self._buf) - self._at:  # within the window: slice it
+                self._at += gap
+                out.append(self._buf[self._at : self._at + length])
+                self._at += length
+            else:
+                self.skip(gap)
+                out.append(self.take(length))
         self.skip(base + n - self.pos)
         return out
 
