@@ -9,8 +9,10 @@ The manifest comes from `tensorstore.ocdbt.dump` (one small document); the B-tre
 byte ranges of their data files and decoded here, following the format tensorstore documents
 (kvstore/ocdbt/index.rst, "B+tree node format"): tensorstore 0.1.86's `ocdbt.dump` of a node leaks
 every Python object it returns (about 600 bytes per key, never freed), which a checkpoint of
-hundreds of thousands of keys cannot afford. The columns of a node (varint arrays) are decoded with
-numpy; a node whose magic, length, version, checksum or columns do not add up raises `ValueError`,
+hundreds of thousands of keys cannot afford. A node is decoded as a stream, front to back (a node of
+a million chunk keys decodes to tens of MB, mostly inline values): its columns (varint arrays) are
+decoded with numpy a piece at a time into the narrowest integer type, and nothing per key is an
+object; a node whose magic, length, version, checksum or columns do not add up raises `ValueError`,
 and callers then read key by key through the ocdbt driver, which reports real errors.
 
 Keys inside a node are relative to the prefix accumulated on the way down (each interior entry's
@@ -752,7 +754,9 @@ def _keys(
     spelled = int(suffix.sum(dtype=np.uint64))  # each suffix is at most the body: no overflow
     if n and int(suffix.max()) > body.size:
         raise ValueError("truncated keys")
-    if spelled + int(shared.sum(dtype=np.uint64)) > KEY_EXPANSION * body.size + (1 << 20):
+    if n > 1 and int(shared.max()) > KEY_EXPANSION * body.size + (1 << 20):  # before any sum or cast can wrap
+        raise ValueError("a key shares more than the key before it holds")
+    if spelled + float(shared.sum(dtype=np.float64)) > KEY_EXPANSION * body.size + (1 << 20):  # float: cannot wrap
         # Prefix compression lets n keys of one byte each spell n*n/2 bytes: a hostile 1 MB node
         # would decode to 500 GB of keys.
         raise ValueError("B-tree node keys expand past any real database's")
