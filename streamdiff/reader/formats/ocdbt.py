@@ -9,8 +9,10 @@ The manifest comes from `tensorstore.ocdbt.dump` (one small document); the B-tre
 byte ranges of their data files and decoded here, following the format tensorstore documents
 (kvstore/ocdbt/index.rst, "B+tree node format"): tensorstore 0.1.86's `ocdbt.dump` of a node leaks
 every Python object it returns (about 600 bytes per key, never freed), which a checkpoint of
-hundreds of thousands of keys cannot afford. The columns of a node (varint arrays) are decoded with
-numpy; a node whose magic, length, version, checksum or columns do not add up raises `ValueError`,
+hundreds of thousands of keys cannot afford. A node is decoded as a stream, front to back (a node of
+a million chunk keys decodes to tens of MB, mostly inline values): its columns (varint arrays) are
+decoded with numpy a piece at a time into the narrowest integer type, and nothing per key is an
+object; a node whose magic, length, version, checksum or columns do not add up raises `ValueError`,
 and callers then read key by key through the ocdbt driver, which reports real errors.
 
 Keys inside a node are relative to the prefix accumulated on the way down (each interior entry's
@@ -21,7 +23,11 @@ transitive path growing by the base path at each level.
 from __future__ import annotations
 
 import bisect
+import collections
+import contextlib
+import io
 import struct
+import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +37,8 @@ import google_crc32c
 import numpy as np
 import tensorstore as ts
 import zstandard
+
+from ... import malloc
 
 #: Kept for callers that bound a walk; decoding nodes here holds no leaked objects, so any size is walked.
 MAX_WALK_KEYS = 1 << 62
@@ -78,24 +86,61 @@ def walk(base: ts.KvStore, keep_inline: frozenset[str] | None = None) -> list[En
 
 class KeySizes:
     """Stored size of every key of a database, compact: the sorted keys in one buffer with numpy
-    offsets and sizes (a dict of a million chunk keys would hold ~150 MB for the whole run), and
-    the keys' CRC-32s sorted for lookups, each confirmed against the key itself."""
+    offsets and sizes (a dict of a million chunk keys would hold ~150 MB for the whole run). Lookups
+    by key go through the keys' CRC-32s, sorted, each hit confirmed against the key itself; that
+    table is built at the first lookup, so a caller that only iterates (the reader's audit of
+    unreferenced keys) never holds it."""
 
     def __init__(
-        self, keys: bytes, ends: np.ndarray, sizes: np.ndarray, values: bytes = b"", value_at: np.ndarray | None = None
+        self,
+        keys: bytes | bytearray,
+        key_lengths: np.ndarray,
+        sizes: np.ndarray,
+        values: bytes | bytearray = b"",
+        value_at: np.ndarray | None = None,
+        dense_values: bool = False,
     ):
         self._keys = keys
         #: Inline values kept (see `index(values=True)`): key i's bytes are values[value_at[i]:][:sizes[i]]
         #: when value_at[i] >= 0. Reading them here spares a B-tree lookup per chunk through the ocdbt
         #: driver, which costs more the bigger the leaf node (a node holds up to a million keys).
         self._values = values
-        self._value_at = None if value_at is None else value_at.astype(np.int64 if len(values) >= 1 << 31 else np.int32)
-        self._ends = ends.astype(np.int64 if len(keys) >= 1 << 31 else np.int32)  # key i is keys[ends[i-1]:ends[i]]
-        self._sizes = sizes.astype(np.int64 if len(sizes) and int(sizes.max()) >= 1 << 31 else np.int32)
-        # crc32, not hash(): the same in every process (a Dask worker may get these pickled).
-        hashes = np.fromiter((zlib.crc32(k) for k in self._raw_keys()), np.int64, len(sizes))
-        self._order = np.argsort(hashes, kind="stable").astype(np.int32)
-        self._hashes = hashes[self._order]
+        self._key_at = _Offsets(key_lengths)  # key i is keys[start(i):][:size(i)], keys back to back
+        top = int(sizes.max()) if len(sizes) else 0
+        self._sizes = sizes.astype(next(t for t in _SIZE_TYPES if top <= np.iinfo(t).max), copy=False)
+        # Where each kept value starts in `values`: when every key's value is kept, back to back in
+        # key order (a checkpoint of a million tiny chunks), the sizes already say it.
+        self._value_at: np.ndarray | _Offsets | None = None
+        if dense_values:  # every key's value kept, back to back in key order
+            self._value_at = _Offsets(self._sizes)
+        elif value_at is not None:
+            self._value_at = value_at.astype(_offsets(len(values)), copy=False)
+        self._lookup: np.ndarray | None = None  # see _build_table
+
+    def _table(self) -> np.ndarray:
+        """The lookup table, built once: the engine's threads all look up at once, and a table built
+        by each would hold its transient arrays once per thread (one lock for every index of the
+        process: a KeySizes is pickled to Dask workers, a lock of its own would not be)."""
+        table = self._lookup
+        if table is not None:
+            return table
+        with _TABLE_LOCK:
+            if self._lookup is None:
+                self._lookup = self._build_table()
+            return self._lookup
+
+    def _build_table(self) -> np.ndarray:
+        """(CRC-32 << 32 | key index) of every key, sorted in place: the table is the one array it
+        is built in (crc32, not hash(): the same in every process, as a Dask worker may get it pickled)."""
+        n = len(self._sizes)
+        if n >= 1 << 32:
+            raise ValueError("too many keys for a lookup table")
+        table = np.fromiter((zlib.crc32(k) for k in self._raw_keys()), np.uint64, n)
+        table <<= np.uint64(32)
+        for lo in range(0, n, _PIECE):
+            table[lo : lo + _PIECE] |= np.arange(lo, min(lo + _PIECE, n), dtype=np.uint64)
+        table.sort()
+        return table
 
     def __len__(self) -> int:
         return len(self._sizes)
@@ -105,27 +150,30 @@ class KeySizes:
         for k in self._raw_keys():
             yield k.decode()
 
-    def _raw_keys(self) -> Iterator[bytes]:
-        """Every key's bytes, in order (offsets turned into Python ints a piece at a time)."""
-        for lo in range(0, len(self._ends), _PIECE):
-            start = int(self._ends[lo - 1]) if lo else 0
-            for end in self._ends[lo : lo + _PIECE].tolist():
-                yield self._keys[start:end]
-                start = end
+    def _raw_keys(self) -> Iterator[bytes | bytearray]:
+        """Every key's bytes, in order (lengths turned into Python ints a piece at a time)."""
+        start = 0
+        lengths = self._key_at.lengths
+        for lo in range(0, len(lengths), _PIECE):
+            for length in lengths[lo : lo + _PIECE].tolist():
+                yield self._keys[start : start + length]
+                start += length
 
-    def _key(self, i: int) -> bytes:
-        return self._keys[(int(self._ends[i - 1]) if i else 0) : int(self._ends[i])]
+    def _key(self, i: int) -> bytes | bytearray:
+        start = self._key_at.start(i)
+        return self._keys[start : start + int(self._key_at.lengths[i])]
 
     def _find(self, key: str) -> int:
         """The index of `key`, or -1."""
         raw = key.encode()
         h = zlib.crc32(raw)
         # memoryviews: Python ints per probe, without numpy's per-call overhead on a single value.
-        hashes, order, ends = self._hashes.data, self._order.data, self._ends.data
-        at = bisect.bisect_left(hashes, h)
-        while at < len(hashes) and hashes[at] == h:
-            i = order[at]
-            if self._keys[(ends[i - 1] if i else 0) : ends[i]] == raw:
+        table, key_at = self._table().data, self._key_at
+        at = bisect.bisect_left(table, h << 32)
+        while at < len(table) and table[at] >> 32 == h:
+            i = table[at] & 0xFFFFFFFF
+            start = key_at.start(i)
+            if self._keys[start : start + key_at.size(i)] == raw:
                 return i
             at += 1
         return -1
@@ -140,10 +188,16 @@ class KeySizes:
         if i < 0:
             return None, None
         size = int(self._sizes[i])
-        if self._value_at is None or self._value_at[i] < 0:
+        value_at = self._value_at
+        if value_at is None:
             return size, None
-        at = int(self._value_at[i])
-        return size, self._values[at : at + size]
+        if isinstance(value_at, _Offsets):
+            at = value_at.start(i)
+        elif value_at[i] < 0:
+            return size, None
+        else:
+            at = int(value_at[i])
+        return size, bytes(self._values[at : at + size])
 
     def items(self, prefix: str = "") -> Iterator[tuple[str, int]]:
         """(key, size) of the keys starting with `prefix`, in key order."""
@@ -160,6 +214,42 @@ class KeySizes:
             if not k.startswith(raw):
                 return
             yield k.decode(), int(self._sizes[i])
+
+
+_TABLE_LOCK = threading.Lock()
+
+
+class _Offsets:
+    """Where each of many back-to-back items starts, from their lengths (held in a narrow type) and
+    the start of every 16th: a fraction of an offset per item, for a few Python additions a lookup."""
+
+    def __init__(self, lengths: np.ndarray):
+        self.lengths = lengths
+        self._sizes = lengths.data
+        n = len(lengths)
+        blocks = np.zeros(-(-n // _BLOCK) + 1, np.int64)
+        if n:
+            np.cumsum(np.add.reduceat(lengths, np.arange(0, n, _BLOCK), dtype=np.int64), out=blocks[1:])
+        self._blocks = blocks.data
+
+    def start(self, i: int) -> int:
+        b = i // _BLOCK
+        return int(self._blocks[b] + sum(self._sizes[b * _BLOCK : i]))
+
+    def size(self, i: int) -> int:
+        return int(self._sizes[i])
+
+
+_BLOCK = 16
+
+
+#: Stored sizes are held in the narrowest of these that fits the largest.
+_SIZE_TYPES = (np.uint8, np.uint16, np.uint32, np.int64)
+
+
+def _offsets(extent: int) -> type[np.signedinteger[Any]]:
+    """The integer type offsets into a buffer of `extent` bytes are held in."""
+    return np.int64 if extent >= 1 << 31 else np.int32
 
 
 #: Inline values `sizes(values=True)` keeps at most, over all nodes (orbax inlines values of up to
@@ -181,72 +271,171 @@ def index(
     the `KeySizes` keeps every inline value too, in one buffer (see `KeySizes.value`)."""
     kept: dict[str, bytes] = {}
     blob = bytearray()
-    ends: list[np.ndarray] = []
+    key_sizes: list[np.ndarray] = []  # per node: its keys' lengths
     lengths: list[np.ndarray] = []
     store = bytearray()  # inline values kept, node after node
-    value_at: list[np.ndarray] = []
+    value_at: list[np.ndarray | int] = []  # per node: offsets in `store`, or where its values start there when all are
     ordered = True
     wanted = tuple(("/" + name).encode() for name in keep_inline)
-    bare = {len(name.encode()) for name in keep_inline}  # a key that is the name itself (a root array)
     last = (0, 0)  # the previous node's last key, as offsets in blob
-    for node_ends, node_lengths, starts, body in _leaf_nodes(base, blob):
-        if not len(node_ends):
+    for key_lengths, node_lengths, where, total, body in _leaf_nodes(base, blob):
+        if not len(key_lengths):
             continue
         first = last[1]
-        if last[1] and blob[last[0] : last[1]] >= blob[first : int(node_ends[0])]:
+        stop = len(blob)  # this node's keys are blob[first:stop]
+        if last[1] and blob[last[0] : last[1]] >= blob[first : first + int(key_lengths[0])]:
             ordered = False  # this node's first key is not after the previous node's last
-        last = (int(node_ends[-2]) if len(node_ends) > 1 else first, int(node_ends[-1]))
-        if wanted:
-            begin = first
-            for lo in range(0, len(node_ends), _PIECE):
-                piece = zip(*(c[lo : lo + _PIECE].tolist() for c in (node_ends, starts, node_lengths)))
-                for end, start, size in piece:
-                    if start >= 0 and (
-                        blob.endswith(wanted, begin, end)
-                        or (end - begin in bare and blob[begin:end].decode() in keep_inline)
-                    ):
-                        kept[blob[begin:end].decode()] = body[start : start + size]
-                    begin = end
-        ends.append(node_ends)
-        lengths.append(node_lengths.astype(np.int64))
-        if values:
-            value_at.append(_keep_values(store, starts, node_lengths, body))
-    all_ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
-    all_sizes = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
-    all_at = (np.concatenate(value_at) if value_at else np.zeros(0, np.int64)) if values else None
+        last = (stop - int(key_lengths[-1]), stop)
+        node_ends = _ends_of(key_lengths, first, len(blob)) if keep_inline else np.zeros(0, np.int64)
+        named = _named(blob, first, node_ends, wanted, keep_inline) if keep_inline else []
+        if where is not None:
+            named = [i for i in named if where[i] >= 0]  # inline ones only
+        starts = [int(where[i]) for i in named] if where is not None else _starts_of(node_lengths, named)
+        keep = values and len(store) + total <= MAX_KEPT_VALUES
+        if keep:  # the node's inline values lie back to back: one slice
+            at = len(store)
+            body.append_to(store, total)
+            for i, start in zip(named, starts):
+                kept[_key_at(blob, first, node_ends, i)] = bytes(store[at + start :][: int(node_lengths[i])])
+            if where is None:
+                value_at.append(at)  # every value of the node inline: the sizes say where each starts
+            else:
+                where = where.astype(_offsets(MAX_KEPT_VALUES), copy=False)
+                np.add(where, at, out=where, where=where >= 0)  # offsets in `store`
+                value_at.append(where)
+        else:
+            if values:
+                value_at.append(np.full(len(node_lengths), -1, _offsets(MAX_KEPT_VALUES)))
+            got = body.pick(total, [(start, int(node_lengths[i])) for i, start in zip(named, starts)])
+            for i, value in zip(named, got):
+                kept[_key_at(blob, first, node_ends, i)] = value
+        key_sizes.append(key_lengths)
+        lengths.append(node_lengths)
+        del (
+            key_lengths,
+            node_ends,
+            node_lengths,
+            where,
+            body,
+        )  # the next node's are decoded before the loop rebinds these
+    all_keys, all_sizes = _joined(key_sizes), _joined(lengths)
+    dense = values and ordered and all(isinstance(v, int) for v in value_at)
+    all_at = None
+    if values and not dense:
+        all_at = _joined([_value_offsets(v, n) for v, n in zip(value_at, lengths)])
     if not ordered:  # nodes came out of key order: sort once
-        starts = np.concatenate(([0], all_ends[:-1])) if len(all_ends) else all_ends
-        keys = [bytes(blob[s:e]) for s, e in zip(starts.tolist(), all_ends.tolist())]
+        all_ends = np.cumsum(all_keys, dtype=np.int64)
+        key_starts = np.concatenate(([0], all_ends[:-1])) if len(all_ends) else all_ends
+        keys = [bytes(blob[s:e]) for s, e in zip(key_starts.tolist(), all_ends.tolist())]
         order = sorted(range(len(keys)), key=keys.__getitem__)
         keys = [keys[i] for i in order]
         all_sizes = all_sizes[order]
         if all_at is not None:
             all_at = all_at[order]
-        all_ends = np.cumsum([len(k) for k in keys], dtype=np.int64)
+        all_keys = _narrowest([np.array([len(k) for k in keys], np.uint64)])
         blob = bytearray(b"".join(keys))
-    return kept, KeySizes(bytes(blob), all_ends, all_sizes, bytes(store), all_at)
+    out = KeySizes(blob, all_keys, all_sizes, store, all_at, dense_values=dense)
+    if len(all_sizes) >= TRIM_AFTER_KEYS and malloc.trim_enabled():
+        malloc.trim()  # the walk's columns, freed, would stay resident in holes of the heap
+    return kept, out
 
 
-def _keep_values(store: bytearray, starts: np.ndarray, lengths: np.ndarray, body: bytes) -> np.ndarray:
-    """Appends a leaf node's inline values to `store` (one slice: they lie back to back in the node)
-    and returns each key's offset in `store`, -1 where not inline or over MAX_KEPT_VALUES."""
-    at = np.full(len(starts), -1, np.int64)
-    inline = starts >= 0
-    if not inline.any():
+#: A walk of at least this many keys hands the memory it freed back to the OS (when the program allows).
+TRIM_AFTER_KEYS = 1 << 16
+
+
+def _ends_of(lengths: np.ndarray, first: int, extent: int) -> np.ndarray:
+    """End offsets of back-to-back items of these lengths starting at `first`, in the offset type of
+    a buffer of `extent` bytes, summed a piece at a time."""
+    out = np.empty(len(lengths), _offsets(extent))
+    total = first
+    for lo in range(0, len(lengths), _PIECE):
+        sums = np.cumsum(lengths[lo : lo + _PIECE], dtype=np.int64)
+        sums += total
+        out[lo : lo + len(sums)] = sums
+        total = int(sums[-1])
+    return out
+
+
+def _starts_of(lengths: np.ndarray, indices: list[int]) -> list[int]:
+    """Where items `indices` (sorted) start among back-to-back items of these lengths, summed a piece
+    at a time."""
+    out: list[int] = []
+    total = 0
+    j = 0
+    for lo in range(0, len(lengths), _PIECE):
+        if j == len(indices):
+            break
+        sums = np.cumsum(lengths[lo : lo + _PIECE], dtype=np.int64)
+        while j < len(indices) and indices[j] < lo + len(sums):
+            k = indices[j] - lo
+            out.append(total + (int(sums[k - 1]) if k else 0))
+            j += 1
+        total += int(sums[-1])
+    return out
+
+
+def _value_offsets(at: np.ndarray | int, sizes: np.ndarray) -> np.ndarray:
+    """A node's value offsets in the store: as kept, or, for a node whose values all start at `at`
+    back to back, from their sizes."""
+    if not isinstance(at, int):
         return at
-    first = int(starts[inline][0])
-    last = int(starts[inline][-1]) + int(lengths[inline][-1])
-    if len(store) + last - first > MAX_KEPT_VALUES:
-        return at
-    at[inline] = starts[inline] - first + len(store)
-    store += body[first:last]
-    return at
+    starts = np.cumsum(sizes, dtype=np.int64)
+    starts -= sizes
+    starts += at
+    out: np.ndarray = starts.astype(_offsets(MAX_KEPT_VALUES))
+    return out
 
 
-def _leaf_nodes(base: ts.KvStore, blob: bytearray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, bytes]]:
-    """(key end offsets in `blob`, value lengths, inline value offsets or -1, node body)
-    of every leaf node, level by level with every read of a level in flight at once; each full key
-    is appended to `blob`."""
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """The nodes' columns end to end (a database of one big node: that node's, not a copy)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _key_at(blob: bytearray, first: int, ends: np.ndarray, i: int) -> str:
+    """Key i of a leaf node whose keys are blob[first:ends[-1]]."""
+    return blob[(int(ends[i - 1]) if i else first) : int(ends[i])].decode()
+
+
+def _named(
+    blob: bytearray, first: int, ends: np.ndarray, wanted: tuple[bytes, ...], names: frozenset[str]
+) -> list[int]:
+    """The keys of a leaf node (keys blob[first:ends[-1]]) whose last path component is in `names`
+    (`wanted`: each as '/name'), in key order. Found by searching the keys' bytes for the names, not
+    key by key: a node may hold a million chunk keys and a handful of metadata files."""
+    hits: set[int] = set()
+    stop = int(ends[-1])
+    for w in wanted:  # '/name' at the end of a key
+        found = []
+        at = blob.find(w, first, stop)
+        while at != -1:
+            found.append(at)
+            at = blob.find(w, at + 1, stop)
+        if not found:
+            continue
+        starts = np.array(found, ends.dtype)  # of `ends`' type: other types would cast all of `ends`
+        stops = starts + len(w)
+        keys = np.searchsorted(ends, stops)  # the key each occurrence ends in or before
+        inside = keys < len(ends)
+        starts, stops, keys = starts[inside], stops[inside], keys[inside]
+        begins = np.where(keys > 0, ends[np.maximum(keys - 1, 0)], first)  # each key's first byte
+        hits.update(keys[(ends[keys] == stops) & (starts >= begins)].tolist())  # the name ends the key, inside it
+    bare = np.array(sorted({len(n.encode()) for n in names}), np.int64)  # a key that is the name itself
+    for lo in range(0, len(ends), _PIECE):  # key lengths a piece at a time
+        piece = ends[lo : lo + _PIECE]
+        lengths = np.diff(piece, prepend=int(ends[lo - 1]) if lo else first)
+        for i in (lo + np.flatnonzero(np.isin(lengths, bare))).tolist():
+            if blob[(int(ends[i - 1]) if i else first) : int(ends[i])].decode(errors="replace") in names:
+                hits.add(i)
+    return sorted(hits)
+
+
+def _leaf_nodes(
+    base: ts.KvStore, blob: bytearray
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None, int, _Body]]:
+    """(key lengths (each key appended to `blob`), value lengths, offset of each inline value among the node's inline
+    values or -1, their total length, the node body positioned at them) of every leaf node, level by
+    level with every read of a level in flight at once; each full key is appended to `blob`."""
     manifest = ts.ocdbt.dump(base).result()
     versions = manifest.get("versions") or []
     if not versions or "location" not in versions[-1].get("root", {}):
@@ -254,22 +443,38 @@ def _leaf_nodes(base: ts.KvStore, blob: bytearray) -> Iterator[tuple[np.ndarray,
     keys = versions[-1]["root"].get("statistics", {}).get("num_keys", 0)
     if keys > MAX_WALK_KEYS:
         raise TooManyKeys(f"{keys} keys")
+    if keys >= TRIM_AFTER_KEYS and malloc.trim_enabled():
+        malloc.trim()  # what earlier phases freed, so this walk's columns do not pile on top of it
     cap = node_limit(manifest.get("config") or {})
     level = [_root_ref(str(versions[-1]["root"]["location"]))]
     while level:
         if any(r.length > cap + cap // 128 + 1024 for r in level):  # zstd's worst-case growth
             raise ValueError("B-tree node larger than the database's max_decoded_node_bytes")
-        futures = [(base.read(r.path, byte_range=slice(r.offset, r.offset + r.length)), r) for r in level]
+        futures = collections.deque(
+            (base.read(r.path, byte_range=slice(r.offset, r.offset + r.length)), r) for r in level
+        )
         level = []
-        for fut, ref in futures:
+        while futures:
+            fut, ref = futures.popleft()  # a node read is not held past its turn
             got = fut.result()
+            del fut
             if got.state != "value" or len(got.value) != ref.length:
                 raise ValueError(f"B-tree node {ref.path}@{ref.offset} not found")
-            height, body, pos, files = _open_node(bytes(got.value), cap)
-            if height > 0:
-                level.extend(_interior(body, pos, files, ref))
-            else:
-                yield (*_leaf(body, pos, (blob, ref.prefix)), body)
+            with _BIG_NODE if ref.length > BIG_NODE_BYTES else contextlib.nullcontext():
+                height, body, files = _open_node(bytes(got.value), cap)
+                del got
+                if height > 0:
+                    level.extend(_interior(body, files, ref))
+                else:
+                    yield (*_leaf(body, (blob, ref.prefix)), body)
+                del body
+
+
+#: Stored B-tree nodes larger than this are decoded one at a time in a process (the two sides' trees
+#: are read on two threads): a node of a million chunk keys decodes to tens of MB, and its walk holds
+#: columns of its length.
+BIG_NODE_BYTES = 256 << 10
+_BIG_NODE = threading.Lock()
 
 
 def node_limit(config: dict[str, Any]) -> int:
@@ -300,33 +505,31 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 
 def varints(buf: bytes, pos: int, n: int) -> tuple[np.ndarray, int]:
-    """`n` consecutive varints from `pos`, as uint64, and the position after them."""
-    if n == 0:
-        return np.zeros(0, np.uint64), pos
-    window = np.frombuffer(buf, np.uint8, count=min(len(buf) - pos, 10 * n), offset=pos)
-    ends = _terminators(window, n)
-    starts = np.empty(n, np.int64)
-    starts[0] = 0
-    starts[1:] = ends[:-1] + 1
-    widths = ends - starts + 1
-    values = window[ends].astype(np.uint64) if widths.max() == 1 else _multi_byte(window, starts, widths)
-    return values, pos + int(ends[-1]) + 1
-
-
-def _terminators(window: np.ndarray, n: int) -> np.ndarray:
-    """Offsets of the first `n` bytes below 0x80 (each ends a varint) in `window`, looked for a
-    piece at a time: indices of every such byte of a window of 10n bytes would take 80n bytes."""
-    found: list[np.ndarray] = []
-    got = off = 0
-    while got < n and off < len(window):
-        piece = window[off : off + max(n - got, 1 << 16)]
-        hits = np.flatnonzero(piece < 0x80)[: n - got]
-        found.append(hits + off)
-        got += len(hits)
-        off += len(piece)
-    if got < n:
+    """`n` consecutive varints from `pos`, as uint32 when every one fits (else uint64), and the
+    position after them. Decoded `_PIECE` at a time: the offsets of a whole column of a million-key
+    node would take several int64 arrays of the column's length at once."""
+    if n > len(buf) - pos:  # each varint takes a byte at least (and n may be a hostile 2**60)
         raise ValueError("truncated varint column")
-    return found[0] if len(found) == 1 else np.concatenate(found)
+    out = np.zeros(n, np.uint32)
+    got = 0
+    while got < n:
+        k = min(n - got, _PIECE)
+        # Each varint takes at most 10 bytes: k of them lie in the next 10k bytes, or the column is bad.
+        window = np.frombuffer(buf, np.uint8, count=max(min(len(buf) - pos, 10 * k), 0), offset=min(pos, len(buf)))
+        ends = np.flatnonzero(window < 0x80)[:k]
+        if len(ends) < k:
+            raise ValueError("truncated varint column")
+        starts = np.empty(k, np.int64)
+        starts[0] = 0
+        starts[1:] = ends[:-1] + 1
+        widths = ends - starts + 1
+        values = window[ends].astype(np.uint64) if widths.max() == 1 else _multi_byte(window, starts, widths)
+        if out.dtype == np.uint32 and int(values.max()) >= 1 << 32:
+            out = out.astype(np.uint64)
+        out[got : got + k] = values
+        got += k
+        pos += int(ends[-1]) + 1
+    return out, pos
 
 
 def _multi_byte(window: np.ndarray, starts: np.ndarray, widths: np.ndarray) -> np.ndarray:
@@ -339,8 +542,145 @@ def _multi_byte(window: np.ndarray, starts: np.ndarray, widths: np.ndarray) -> n
     return values
 
 
-def _open_node(raw: bytes, cap: int = MAX_NODE_BYTES) -> tuple[int, bytes, int, list[tuple[str, str]]]:
-    """Checks the envelope; returns (height, decoded body, position after the data file table, table)."""
+class _Body:
+    """A node's decoded body, read front to back without holding it whole: a node of a million chunk
+    keys decodes to tens of MB, most of it inline values nobody keeps. Its columns lie one after
+    another, so a window of the next bytes is all a walk needs. `size` is the whole body's length
+    (known before any of it is used, as the checks against hostile nodes want)."""
+
+    def __init__(self, raw: bytes, start: int, stop: int, compressed: bool, cap: int):
+        if compressed:
+            data = memoryview(raw)[start:stop]
+            self.size = _unzstd_size(data, cap)
+            self._src: Any = zstandard.ZstdDecompressor().stream_reader(data)
+        else:
+            self.size = stop - start
+            self._src = io.BytesIO(memoryview(raw)[start:stop])
+        if not self.size or self.size > cap:
+            raise ValueError("B-tree node body empty or larger than max_decoded_node_bytes")
+        self._buf = b""
+        self._at = 0  # position in _buf
+        self._fed = 0  # body bytes read from the source so far
+
+    @property
+    def pos(self) -> int:
+        """Body bytes consumed so far."""
+        return self._fed - (len(self._buf) - self._at)
+
+    def _need(self, k: int) -> None:
+        """At least `k` bytes from the current position in the window, or what the body has left."""
+        have = len(self._buf) - self._at
+        if have >= k:
+            return
+        parts = [self._buf[self._at :]]
+        want = min(max(k - have, _WINDOW), self.size - self._fed)
+        while want > 0:
+            got = self._src.read(want)
+            if not got:
+                break
+            parts.append(got)
+            self._fed += len(got)
+            want -= len(got)
+        self._buf = b"".join(parts)
+        self._at = 0
+
+    def byte(self) -> int:
+        self._need(1)
+        if self._at >= len(self._buf):
+            raise ValueError("truncated B-tree node")
+        self._at += 1
+        return self._buf[self._at - 1]
+
+    def varint(self) -> int:
+        self._need(10)
+        value, end = _varint(self._buf, self._at)
+        self._at = end
+        return value
+
+    def varints(self, n: int) -> np.ndarray:
+        """`n` consecutive varints (see `varints`), read a window at a time."""
+        if n > self.size - self.pos:  # each varint takes a byte at least (and n may be a hostile 2**60)
+            raise ValueError("truncated varint column")
+        parts = []
+        for lo in range(0, n, _PIECE):
+            k = min(n - lo, _PIECE)
+            self._need(10 * k)
+            got, self._at = varints(self._buf, self._at, k)
+            parts.append(got)
+        return _narrowest(parts)
+
+    def take(self, n: int) -> bytes:
+        """The next `n` bytes."""
+        if n > self.size - self.pos:
+            raise ValueError("truncated B-tree node")
+        self._need(n)
+        out = self._buf[self._at : self._at + n]
+        self._at += n
+        return out
+
+    def append_to(self, out: bytearray, n: int) -> None:
+        """The next `n` bytes appended to `out`, a window at a time (not a copy of them all first)."""
+        if n > self.size - self.pos:
+            raise ValueError("truncated B-tree node")
+        write = len(out)
+        out += bytes(n)  # grown once, exactly (zeros come from calloc: no page touched until written)
+        while n > 0:
+            self._need(min(n, _WINDOW))
+            step = min(n, len(self._buf) - self._at)
+            out[write : write + step] = memoryview(self._buf)[self._at : self._at + step]
+            write += step
+            self._at += step
+            n -= step
+
+    def pick(self, n: int, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """The given (offset, length) ranges of the next `n` bytes, in the order given (sorted by
+        offset), reading through the rest a window at a time."""
+        if n > self.size - self.pos:
+            raise ValueError("truncated B-tree node")
+        out = []
+        base = self.pos
+        for off, length in ranges:
+            gap = base + off - self.pos
+            if 0 <= gap and gap + length <= len(self._buf) - self._at:  # within the window: slice it
+                self._at += gap
+                out.append(self._buf[self._at : self._at + length])
+                self._at += length
+            else:
+                self.skip(gap)
+                out.append(self.take(length))
+        self.skip(base + n - self.pos)
+        return out
+
+    def skip(self, n: int) -> None:
+        while n > 0:
+            self._need(min(n, _WINDOW))
+            step = min(n, len(self._buf) - self._at)
+            if step <= 0:
+                raise ValueError("truncated B-tree node")
+            self._at += step
+            n -= step
+
+
+#: Bytes of a node body decoded at once (a window a column's piece of varints always fits in).
+_WINDOW = 1 << 20
+
+
+def _narrowest(parts: list[np.ndarray]) -> np.ndarray:
+    """The pieces of a column end to end, in the narrowest unsigned type that holds its largest."""
+    top = max((int(p.max()) for p in parts if len(p)), default=0)
+    kind = next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if top <= np.iinfo(t).max)
+    if len(parts) == 1:
+        return parts[0].astype(kind, copy=False)
+    out = np.empty(sum(len(p) for p in parts), kind)
+    at = 0
+    for p in parts:
+        out[at : at + len(p)] = p
+        at += len(p)
+    return out
+
+
+def _open_node(raw: bytes, cap: int = MAX_NODE_BYTES) -> tuple[int, _Body, list[tuple[str, str]]]:
+    """Checks the envelope; returns (height, the body positioned after the data file table, table)."""
     if len(raw) < 16 or struct.unpack_from(">I", raw)[0] != BTREE_MAGIC:
         raise ValueError("not an OCDBT B-tree node")
     (length,) = struct.unpack_from("<Q", raw, 4)
@@ -352,109 +692,112 @@ def _open_node(raw: bytes, cap: int = MAX_NODE_BYTES) -> tuple[int, bytes, int, 
     compression, pos = _varint(raw, pos)
     if version != 0 or compression not in (0, 1):
         raise ValueError(f"B-tree node version {version} / compression {compression} not known")
-    body = raw[pos:-4]
-    if compression == 1:
-        body = _unzstd(body, cap)
-    if not body or len(body) > cap:
-        raise ValueError("B-tree node body empty or larger than max_decoded_node_bytes")
-    height = body[0]
-    files, pos = _data_files(body, 1)
-    return height, body, pos, files
+    body = _Body(raw, pos, len(raw) - 4, compression == 1, cap)
+    height = body.byte()
+    files = _data_files(body)
+    return height, body, files
 
 
-def _unzstd(data: bytes, cap: int) -> bytes:
-    """Decompressed in pieces: `decompress(max_output_size=...)` would allocate the whole cap up front."""
-    parts = []
+def _unzstd_size(data: memoryview, cap: int) -> int:
+    """The decoded length of a zstd frame, decoded and dropped a piece at a time (a first pass, so
+    the walk knows the body's length before using any of it); more than `cap` is refused as soon as
+    it is seen: a hostile node of a few KB may inflate to a GB."""
     total = 0
-    for piece in zstandard.ZstdDecompressor().read_to_iter(data):
-        total += len(piece)
-        if total > cap:
-            raise ValueError("B-tree node decodes to more than max_decoded_node_bytes")
-        parts.append(piece)
-    return b"".join(parts)
+    try:
+        for piece in zstandard.ZstdDecompressor().read_to_iter(data):
+            total += len(piece)
+            if total > cap:
+                raise ValueError("B-tree node decodes to more than max_decoded_node_bytes")
+    except zstandard.ZstdError as e:
+        raise ValueError(f"B-tree node does not decompress: {e}") from e
+    return total
 
 
-def _data_files(buf: bytes, pos: int) -> tuple[list[tuple[str, str]], int]:
+def _data_files(body: _Body) -> list[tuple[str, str]]:
     """The node's data file table: (base path, relative path) per file."""
-    n, pos = _varint(buf, pos)
-    prefix, pos = varints(buf, pos, max(n - 1, 0))
-    suffix, pos = varints(buf, pos, n)
-    base, pos = varints(buf, pos, n)
+    n = body.varint()
+    prefix = body.varints(max(n - 1, 0))
+    suffix = body.varints(n)
+    base = body.varints(n)
     out: list[tuple[str, str]] = []
     prev = b""
     for i in range(n):
         keep = int(prefix[i - 1]) if i else 0
-        end = pos + int(suffix[i])
-        path = prev[:keep] + buf[pos:end]
-        pos, prev = end, path
+        path = prev[:keep] + body.take(int(suffix[i]))
+        prev = path
         cut = int(base[i])
-        if end > len(buf) or cut > len(path):
+        if cut > len(path):
             raise ValueError("bad data file table")
         out.append((path[:cut].decode(), path[cut:].decode()))
-    return out, pos
+    return out
 
 
 @overload
-def _keys(
-    buf: bytes, pos: int, n: int, common: bool, sink: None = None
-) -> tuple[list[bytes], np.ndarray | None, int]: ...
+def _keys(body: _Body, n: int, common: bool, sink: None = None) -> tuple[list[bytes], np.ndarray | None]: ...
 
 
 @overload
-def _keys(
-    buf: bytes, pos: int, n: int, common: bool, sink: tuple[bytearray, bytes]
-) -> tuple[np.ndarray, np.ndarray | None, int]: ...
+def _keys(body: _Body, n: int, common: bool, sink: tuple[bytearray, bytes]) -> tuple[np.ndarray, np.ndarray | None]: ...
 
 
 def _keys(
-    buf: bytes, pos: int, n: int, common: bool, sink: tuple[bytearray, bytes] | None = None
-) -> tuple[list[bytes] | np.ndarray, np.ndarray | None, int]:
+    body: _Body, n: int, common: bool, sink: tuple[bytearray, bytes] | None = None
+) -> tuple[list[bytes] | np.ndarray, np.ndarray | None]:
     """The prefix-compressed relative keys of a node (and, for interior nodes, each subtree's common
     prefix length). With `sink` (a buffer, a key prefix), each full key is appended to the buffer
-    and its end offset returned in place of the key, so a node of a million keys makes no object per key."""
-    shared, pos = varints(buf, pos, max(n - 1, 0))
-    suffix, pos = varints(buf, pos, n)
-    subtree = None
-    if common:
-        subtree, pos = varints(buf, pos, n)
-    if n and int(suffix.max()) > len(buf):
+    and its length returned (in the narrowest type) in place of the key, so a node of a million keys
+    makes no object per key; the columns are checked and turned into Python ints `_PIECE` keys at a time, so nothing of
+    the node's length is held beyond the (narrow) columns and the returned offsets."""
+    shared = body.varints(max(n - 1, 0))
+    suffix = body.varints(n)
+    subtree = body.varints(n) if common else None
+    spelled = int(suffix.sum(dtype=np.uint64))  # each suffix is at most the body: no overflow
+    if n and int(suffix.max()) > body.size:
         raise ValueError("truncated keys")
-    lengths = suffix.astype(np.int64)  # each full key: what it shares with the one before, then its suffix
-    lengths[1:] += shared.astype(np.int64)
-    if n > 1 and bool((shared > lengths[:-1].astype(np.uint64)).any()):
+    if n > 1 and int(shared.max()) > KEY_EXPANSION * body.size + (1 << 20):  # before any sum or cast can wrap
         raise ValueError("a key shares more than the key before it holds")
-    if n and int(lengths.sum()) > KEY_EXPANSION * len(buf) + (1 << 20):
+    if spelled + float(shared.sum(dtype=np.float64)) > KEY_EXPANSION * body.size + (1 << 20):  # float: cannot wrap
         # Prefix compression lets n keys of one byte each spell n*n/2 bytes: a hostile 1 MB node
         # would decode to 500 GB of keys.
         raise ValueError("B-tree node keys expand past any real database's")
-    ends = pos + np.cumsum(suffix, dtype=np.int64)
-    if n and int(ends[-1]) > len(buf):
-        raise ValueError("truncated keys")
+    raw = body.take(spelled)
     keys: list[bytes] = []
-    parts: list[np.ndarray] = []  # with `sink`: key end offsets, a piece at a time
+    out, head = sink if sink is not None else (bytearray(), b"")
+    write = len(out)  # with `sink`: where the next key goes in it
+    longest = 0
+    for lo in range(0, n, _PIECE):  # first pass: the longest key, for the type of the lengths returned
+        keep = shared[max(lo - 1, 0) : lo + _PIECE - 1].astype(np.int64)
+        suf = suffix[lo : lo + _PIECE].astype(np.int64)
+        suf[1 if lo == 0 else 0 :] += keep
+        longest = max(longest, int(suf.max()))
+    got = np.empty(n if sink is not None else 0, _narrowest([np.array([longest + len(head)], np.uint64)]).dtype)
+    if sink is not None:  # grown once (zeros come from calloc: no page touched until written)
+        out += bytes(n * len(head) + spelled + int(shared.sum(dtype=np.uint64)))
     prev = b""
-    start = pos
-    for lo in range(0, n, _PIECE):  # Python ints for a piece of the columns at a time, not the node
-        keeps = shared[max(lo - 1, 0) : lo + _PIECE - 1].tolist()
-        if lo == 0:
-            keeps.insert(0, 0)  # the first key shares nothing
-        piece_ends: list[int] = []
-        for keep, end in zip(keeps, ends[lo : lo + _PIECE].tolist()):
-            prev = prev[:keep] + buf[start:end]
+    start = 0  # where the next key's suffix starts in `raw`
+    for lo in range(0, n, _PIECE):
+        hi = min(lo + _PIECE, n)
+        suf = suffix[lo:hi].astype(np.int64)
+        keep = np.zeros(hi - lo, np.int64)  # what each key shares with the one before (the first: nothing)
+        keep[1 if lo == 0 else 0 :] = shared[max(lo - 1, 0) : hi - 1]
+        before = np.empty(hi - lo, np.int64)  # the length of the key before each
+        before[0] = len(prev)
+        before[1:] = (keep + suf)[:-1]
+        if bool((keep > before).any()):
+            raise ValueError("a key shares more than the key before it holds")
+        ends = start + np.cumsum(suf)
+        for k, end in zip(keep.tolist(), ends.tolist()):
+            prev = prev[:k] + raw[start:end]
             if sink is None:
                 keys.append(prev)
             else:
-                out, head = sink
-                out += head
-                out += prev
-                piece_ends.append(len(out))
+                stop = write + len(head) + len(prev)
+                out[write:stop] = head + prev
+                write = stop
             start = end
         if sink is not None:
-            parts.append(np.array(piece_ends, np.int64))
-    end = int(ends[-1]) if n else pos
-    if sink is not None:
-        return (np.concatenate(parts) if parts else np.zeros(0, np.int64)), subtree, end
-    return keys, subtree, end
+            got[lo:hi] = keep + suf + len(head)
+    return (got if sink is not None else keys), subtree
 
 
 #: Full key bytes a node may decode to per byte of node: prefix compression of real keys (paths that
@@ -465,38 +808,47 @@ KEY_EXPANSION = 64
 _PIECE = 1 << 16
 
 
-def _leaf(buf: bytes, pos: int, sink: tuple[bytearray, bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(key end offsets in the sink's buffer (see `_keys`), value lengths, offset in `buf` of each
-    inline value or -1) of a leaf node."""
-    n, pos = _varint(buf, pos)
-    keys, _, pos = _keys(buf, pos, n, False, sink)
-    lengths, pos = varints(buf, pos, n)
-    kinds, pos = varints(buf, pos, n)
+def _leaf(body: _Body, sink: tuple[bytearray, bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """(key lengths, the keys appended to the sink's buffer (see `_keys`), value lengths, offset of each inline value
+    in the node's inline values or -1 (None: every value is inline), their total length) of a leaf
+    node; `body` is left at its inline values."""
+    n = body.varint()
+    keys, _ = _keys(body, n, False, sink)
+    lengths = body.varints(n)
+    kinds = body.varints(n)
     if n and int(kinds.max()) > 1:
         raise ValueError("unknown value kind")
-    indirect = int(kinds.sum())
-    _, pos = varints(buf, pos, indirect)  # data file ids
-    offsets, pos = varints(buf, pos, indirect)
+    direct = kinds == 0
+    del kinds
+    indirect = n - int(np.count_nonzero(direct))
+    body.varints(indirect)  # data file ids
+    offsets = body.varints(indirect)
     # tensorstore refuses offset + length past 2**63; a size there would wrap in int64 (and int32).
     if n and max(int(lengths.max()), int(offsets.max()) if indirect else 0) >= 1 << 62:
         raise ValueError("value offset or length out of range")
-    direct = kinds == 0
-    starts = pos + np.concatenate(([0], np.cumsum(lengths[direct], dtype=np.int64)))
-    if int(starts[-1]) > len(buf):
+    inline = lengths[direct] if indirect else lengths
+    if len(inline) and int(inline.max()) > body.size:
         raise ValueError("truncated inline values")
-    where = np.full(n, -1, np.int64)
-    where[direct] = starts[:-1]
-    return keys, lengths, where
+    total = int(inline.sum(dtype=np.uint64))  # each at most the body's length: no overflow
+    if total > body.size - body.pos:
+        raise ValueError("truncated inline values")
+    if not indirect:
+        return keys, lengths, None, total  # every value inline, back to back: the lengths say where
+    ends = np.cumsum(inline, dtype=np.int32)  # a node body is at most MAX_NODE_BYTES < 2**31
+    np.subtract(ends, inline, out=ends, casting="unsafe")  # each inline length fits: checked above
+    where = np.full(n, -1, np.int32)
+    where[direct] = ends
+    return keys, lengths, where, total
 
 
-def _interior(buf: bytes, pos: int, files: list[tuple[str, str]], parent: _Ref) -> list[_Ref]:
-    n, pos = _varint(buf, pos)
-    keys, subtree, pos = _keys(buf, pos, n, True)
+def _interior(body: _Body, files: list[tuple[str, str]], parent: _Ref) -> list[_Ref]:
+    n = body.varint()
+    keys, subtree = _keys(body, n, True)
     if subtree is None:  # `_keys` reads the subtree column whenever `common` is set
         raise ValueError("interior node without subtree prefix lengths")
-    ids, pos = varints(buf, pos, n)
-    offsets, pos = varints(buf, pos, n)
-    lengths, pos = varints(buf, pos, n)
+    ids = body.varints(n)
+    offsets = body.varints(n)
+    lengths = body.varints(n)
     out = []
     for key, common, fid, off, size in zip(keys, subtree.tolist(), ids.tolist(), offsets.tolist(), lengths.tolist()):
         if fid >= len(files) or common > len(key):
