@@ -269,7 +269,13 @@ def _build_trees(matched: list[tuple[str, Item, Item]]) -> tuple[list[Tree], lis
     with ThreadPoolExecutor(max(2, 2 * len(matched))) as pool:
         fa = [pool.submit(read_item, m[1]) for m in matched]
         fb = [pool.submit(read_item, m[2]) for m in matched]
-        return [f.result() for f in fa], [f.result() for f in fb]
+        try:
+            return [f.result() for f in fa], [f.result() for f in fb]
+        finally:
+            # Remote listings were kept from locating for the tree reads (each a round trip or more).
+            for m in matched:
+                m[1].dir.storage.forget_listings()
+                m[2].dir.storage.forget_listings()
 
 
 def _policy(p: Pair, tol: Tolerance, m: MapResult, layers: LayerAxes | None = None) -> Policy:

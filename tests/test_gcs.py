@@ -318,3 +318,31 @@ def test_streamed_chunks_over_ocdbt_read_the_manifest_once_per_side_not_once_per
     code, streamed = json.loads(p.stdout.strip().splitlines()[-1])
     assert code == 0 and streamed >= 30, p.stderr
     assert 2 <= counter.seen <= 8, counter.seen
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["chunked_zarr3", "v024_linen_scan/checkpoints/1", "v024_linen_scan/checkpoints"],
+    ids=["item", "step", "root-with-steps"],
+)
+def test_a_remote_prefix_is_listed_once_per_side_from_locating_to_the_built_tree(gcs, path):
+    """Locating a side lists its prefix; reading its items needs the same keys (or a folder's share
+    of them): each prefix is listed once per side, not again by the tree read (a round trip or more
+    each). Counted at a proxy in front of the emulator, a path against itself (two sides)."""
+    from fault_proxy import FaultProxy
+
+    step = ["--step", "1"] if path.endswith("checkpoints") else []
+    with FaultProxy(gcs.port) as proxy:
+        env = dict(os.environ, **tensorstore_env(proxy.url))
+        p = subprocess.run(
+            [sys.executable, "-m", "streamdiff", gs(path), gs(path), "--structure-only", "-q", *step],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        lines = list(proxy.requests)
+    assert p.returncode == 0, p.stderr
+    listings = [line.split(" ")[1] for line in lines if "/o?" in line]
+    assert listings, lines
+    assert max(listings.count(x) for x in set(listings)) == 2, listings

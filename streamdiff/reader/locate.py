@@ -103,8 +103,11 @@ def locate(
                 return Located((_file_item(above, base, url),), ())
     try:
         return _resolve(root, step, children)
-    finally:
-        storage.forget_listings()  # held only while locating: a listing can be large
+    except BaseException:
+        storage.forget_listings()
+        raise
+    # A remote listing stays cached for the tree reads (api forgets it once the trees are built): reading
+    # the items lists the same prefixes again, a round trip each.
 
 
 def _resolve(d: Dir, step: int | None, children: dict[str, str]) -> Located:

@@ -310,6 +310,12 @@ def _listing(d: Dir) -> list[bytes]:
         return _list(d.storage.kv, d.relpath.encode(), d.display)
     with d.storage._lock:
         cached = d.storage._listings.get(d.relpath)
+        if cached is None:
+            # A listing of a folder above (locating a step lists the root) holds this one's keys too.
+            prefix = d.relpath.encode()
+            above = next((keys for rp, keys in d.storage._listings.items() if d.relpath.startswith(rp)), None)
+            if above is not None:
+                cached = [k for k in above if k.startswith(prefix)] or None  # empty: list it afresh
     if cached is None:
         cached = _list(d.storage.kv, d.relpath.encode(), d.display, remote=True)
         with d.storage._lock:
