@@ -49,6 +49,8 @@ DESCRIPTOR_DIR = "descriptor"
 DESCRIPTOR_FILE = re.compile(r"descriptor\.pbtxt|uuid-[^/]*")
 #: Shown per folder: at most this many of the keys it holds.
 SHOWN = 3
+#: Chunk keys whose test result is remembered, per distinct metadata document.
+REMEMBERED = 1 << 12
 
 
 def is_bookkeeping(name: str, kind: str, ocdbt: bool) -> bool:
@@ -146,18 +148,22 @@ def ocdbt_leftovers(
             extra[(unread,)] = f"zarr array {unread!r} in the OCDBT store, not named by the checkpoint's tree: not read"
     strays: dict[str, list[str]] = {}
     odd: dict[str, list[str]] = {}
-    tests: dict[str, Callable[[str], bool]] = {}
-    by_doc: dict[int, Callable[[str], bool]] = {}  # arrays share a few metadata objects
+    tests: dict[str, tuple[Callable[[str], bool], dict[str, bool]]] = {}
+    # Arrays share a few metadata objects, and their chunk keys repeat ('0.0', '0.1'...): each test
+    # remembers its first answers.
+    by_doc: dict[int, tuple[Callable[[str], bool], dict[str, bool]]] = {}
     for n, md in (arrays or {}).items():
         if n in used:
             if id(md) not in by_doc:
-                by_doc[id(md)] = chunk_key_test(md)
+                by_doc[id(md)] = (chunk_key_test(md), {})
             tests[n] = by_doc[id(md)]
     # Keys come sorted: a run of chunk keys shares its array, unless one array's name is below another's.
-    runs = not any(owner(n, stored) is not None for n in stored if n)
+    # (A name without '/' can only be below the bare-leaf array '', and only names with '/' below others.)
+    runs = not ("" in stored and len(stored) > 1) and not any(owner(n, stored) is not None for n in stored if "/" in n)
     last: str | None = None
     name: str | None = None
     test: Callable[[str], bool] | None = None
+    known: dict[str, bool] = {}
     for k in keys:
         if last is None or not runs or not k.startswith(last):
             name = owner(k, stored)
@@ -165,9 +171,17 @@ def ocdbt_leftovers(
                 strays.setdefault(k.partition("/")[0], []).append(k)
                 last = None
                 continue
-            last, test = (name + "/" if name else ""), tests.get(name)
-        if test is not None and name is not None and not test(k[len(last) :]):
-            odd.setdefault(name, []).append(k[len(last) :])
+            last = name + "/" if name else ""
+            test, known = tests.get(name, (None, known))
+        if test is not None and name is not None:
+            rest = k[len(last) :]
+            ok = known.get(rest)
+            if ok is None:
+                ok = test(rest)
+                if len(known) < REMEMBERED:
+                    known[rest] = ok
+            if not ok:
+                odd.setdefault(name, []).append(rest)
     for head, inside in sorted(strays.items()):
         why = f"{len(inside)} key(s) in the OCDBT store outside any zarr array ({_shown(inside)}): not read"
         extra[(head,)] = extra[(head,)] + "; also " + why if (head,) in extra else why
