@@ -126,6 +126,10 @@ def chunk_key_test(md: ArrayMetadata) -> Callable[[str], bool]:
     return test
 
 
+#: name -> (its chunk-key test, the answers that test remembers)
+_Tests = dict[str, tuple[Callable[[str], bool], dict[str, bool]]]
+
+
 def ocdbt_leftovers(
     keys: Iterable[str],
     stored: set[str],
@@ -148,7 +152,7 @@ def ocdbt_leftovers(
             extra[(unread,)] = f"zarr array {unread!r} in the OCDBT store, not named by the checkpoint's tree: not read"
     strays: dict[str, list[str]] = {}
     odd: dict[str, list[str]] = {}
-    tests: dict[str, tuple[Callable[[str], bool], dict[str, bool]]] = {}
+    tests: _Tests = {}
     # Arrays share a few metadata objects, and their chunk keys repeat ('0.0', '0.1'...): each test
     # remembers its first answers.
     by_doc: dict[int, tuple[Callable[[str], bool], dict[str, bool]]] = {}
@@ -157,6 +161,60 @@ def ocdbt_leftovers(
             if id(md) not in by_doc:
                 by_doc[id(md)] = (chunk_key_test(md), {})
             tests[n] = by_doc[id(md)]
+    if "" not in stored and not any("/" in n for n in stored):  # orbax's names: a key's array is its first part
+        _owned_keys(keys, stored, tests, strays, odd)
+    else:
+        _nested_keys(keys, stored, tests, strays, odd)
+    for head, inside in sorted(strays.items()):
+        why = f"{len(inside)} key(s) in the OCDBT store outside any zarr array ({_shown(inside)}): not read"
+        extra[(head,)] = extra[(head,)] + "; also " + why if (head,) in extra else why
+    for name, inside in sorted(odd.items()):
+        why = f"{len(inside)} key(s) in array {name!r} that are not its chunks ({_shown(inside)}): not read"
+        extra[(name,)] = extra[(name,)] + "; also " + why if (name,) in extra else why
+    return extra, claimed
+
+
+def _check(rest: str, test: Callable[[str], bool], known: dict[str, bool]) -> bool:
+    ok = known.get(rest)
+    if ok is None:
+        ok = test(rest)
+        if len(known) < REMEMBERED:
+            known[rest] = ok
+    return ok
+
+
+def _owned_keys(
+    keys: Iterable[str], stored: set[str], tests: _Tests, strays: dict[str, list[str]], odd: dict[str, list[str]]
+) -> None:
+    """`ocdbt_leftovers`' key check when no array name holds '/' and none is '': a key belongs to
+    the array named by its first part, if any. Keys in any order."""
+    current: str | None = None
+    owned = False
+    test: Callable[[str], bool] | None = None
+    known: dict[str, bool] = {}
+    for k in keys:
+        name, sep, rest = k.partition("/")
+        if not sep:
+            strays.setdefault(k, []).append(k)
+            continue
+        if name != current:
+            current, owned = name, name in stored
+            test, known = tests.get(name, (None, known))
+        if not owned:
+            strays.setdefault(name, []).append(k)
+        elif test is not None:
+            ok = known.get(rest)
+            if ok is None:
+                ok = _check(rest, test, known)
+            if not ok:
+                odd.setdefault(name, []).append(rest)
+
+
+def _nested_keys(
+    keys: Iterable[str], stored: set[str], tests: _Tests, strays: dict[str, list[str]], odd: dict[str, list[str]]
+) -> None:
+    """`ocdbt_leftovers`' key check for any array names: each key's owner is its longest prefix
+    that names an array."""
     # Keys come sorted: a run of chunk keys shares its array, unless one array's name is below another's.
     # (A name without '/' can only be below the bare-leaf array '', and only names with '/' below others.)
     runs = not ("" in stored and len(stored) > 1) and not any(owner(n, stored) is not None for n in stored if "/" in n)
@@ -175,20 +233,8 @@ def ocdbt_leftovers(
             test, known = tests.get(name, (None, known))
         if test is not None and name is not None:
             rest = k[len(last) :]
-            ok = known.get(rest)
-            if ok is None:
-                ok = test(rest)
-                if len(known) < REMEMBERED:
-                    known[rest] = ok
-            if not ok:
+            if not _check(rest, test, known):
                 odd.setdefault(name, []).append(rest)
-    for head, inside in sorted(strays.items()):
-        why = f"{len(inside)} key(s) in the OCDBT store outside any zarr array ({_shown(inside)}): not read"
-        extra[(head,)] = extra[(head,)] + "; also " + why if (head,) in extra else why
-    for name, inside in sorted(odd.items()):
-        why = f"{len(inside)} key(s) in array {name!r} that are not its chunks ({_shown(inside)}): not read"
-        extra[(name,)] = extra[(name,)] + "; also " + why if (name,) in extra else why
-    return extra, claimed
 
 
 def directory_leftovers(
