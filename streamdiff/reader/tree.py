@@ -184,11 +184,16 @@ def build_tree(item: Dir) -> Tree:
     leaves: dict[KeyPath, Leaf] = {}
     sources = _Sources(item, ocdbt)
     plain = not (claimed or legacy_strings or prng)  # then an entry whose array was typed is a plain array leaf
+    no_array, scalar_types, array = orbax.NO_ARRAY_VALUE_TYPES, orbax.SCALAR_VALUE_TYPES, Kind.ARRAY
     for entry in entries:
         md = arrays.get(entry.storage_name)
         if plain and type(md) is ArrayMetadata and entry.conflict is None and entry.spec is None:
-            if not entry.has_inline and entry.value_type not in orbax.NO_ARRAY_VALUE_TYPES:
-                leaves[entry.keys] = _array_leaf(entry, md, sources, None)  # the common case, as decided below
+            vt = entry.value_type
+            if not entry.has_inline and vt not in no_array:
+                # The common case, as decided below (`_array_leaf` without a PRNG key), in fewer steps.
+                kind = Kind.SCALAR if md.shape == () and vt in scalar_types else array
+                source = sources.of(entry.storage_name, md)
+                leaves[entry.keys] = Leaf(entry.keys, kind, vt, md.shape, md.dtype, source, None, None)
                 continue
         if entry.keys in claimed:
             why = f"value_type {entry.value_type!r} in the tree (no stored array), {claimed[entry.keys]}"
@@ -322,8 +327,10 @@ def _entries_from_metadata(
     """The leaves `_METADATA` names, and (why, by path) the legacy msgpack file's entries it lacks:
     orbax restores from both, so a value only the msgpack file holds is never silently dropped."""
     if packed is None:  # the common case, kept lean: one tuple per leaf of a tree of 100k
+        # `_Entry(...)` with its defaults spelled out (all 8 fields), without its Python-level __new__.
+        new, join = tuple.__new__, ".".join
         return [
-            _Entry(e.keys, e.value.value_type, ".".join(e.keys), e.value.skip_deserialize)
+            new(_Entry, (e.keys, e.value.value_type, join(e.keys), e.value.skip_deserialize, None, False, None, None))
             for e in orbax.without_placeholders(metadata)
         ], {}
     inline = {m.keys: m for m in packed}
