@@ -403,24 +403,30 @@ def _zarr_documents(
     its object shared (nothing downstream mutates it)."""
     docs: dict[str, tuple[int, Any]] = {}
     pending: dict[str, ts.Future[ts.KvStore.ReadResult]] = {}
-    parsed: dict[bytes, Any] = {}
+    # Per format: bytes -> (format, document), the pair itself shared by every name with those bytes.
+    parsed: dict[int, dict[bytes, tuple[int, Any]]] = {fmt: {} for fmt in METADATA_FILE}
 
     def add(name: str, fmt: int, raw: bytes) -> None:
-        doc = parsed.get(raw)
-        if doc is None:
-            doc = parsed[raw] = _parse_json(raw, item, _meta_key(name, fmt))
-        docs[name] = (fmt, doc)
+        got = parsed[fmt].get(raw)
+        if got is None:
+            got = parsed[fmt][raw] = (fmt, _parse_json(raw, item, _meta_key(name, fmt)))
+        docs[name] = got
 
+    meta = METADATA_FILE
     for name in names:
         fmt = stored.get(name)
         if fmt is None or name in docs or name in pending:
             continue
-        key = _meta_key(name, fmt)
+        key = name + "/" + meta[fmt] if name else meta[fmt]  # `_meta_key`, once per leaf of a huge tree
         raw = inline.get(key)
-        if raw is not None:
+        if raw is None:
+            pending[name] = kv.read(key) if kv is not None else item.read_async(key)
+            continue
+        got = parsed[fmt].get(raw)
+        if got is None:
             add(name, fmt, raw)
         else:
-            pending[name] = kv.read(key) if kv is not None else item.read_async(key)
+            docs[name] = got
     for name, fut in pending.items():
         fmt = stored[name]
         raw = result_bytes(fut, f"{item.display}/{_meta_key(name, fmt)}")

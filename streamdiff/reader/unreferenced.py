@@ -163,7 +163,7 @@ def ocdbt_leftovers(
             if id(md) not in by_doc:
                 by_doc[id(md)] = (chunk_key_test(md), {})
             tests[n] = by_doc[id(md)]
-    if "" not in stored and not any("/" in n for n in stored):  # orbax's names: a key's array is its first part
+    if "" not in stored and "/" not in "\n".join(stored):  # orbax's names: a key's array is its first part
         _owned_keys(keys, stored, tests, strays, odd)
     else:
         _nested_keys(keys, stored, tests, strays, odd)
