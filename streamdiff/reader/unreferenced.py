@@ -77,12 +77,10 @@ def arrays_in(keys: Iterable[str]) -> dict[str, int]:
     """Array name -> zarr version among stored keys: only keys ending in .zarray / zarr.json define
     arrays (the name is the key's prefix)."""
     out: dict[str, int] = {}
-    endings = tuple(METADATA_FILES)  # most keys are chunks: told apart without splitting them
     for k in keys:
-        if k.endswith(endings):
-            head, _, last = k.rpartition("/")
-            if last in METADATA_FILES:
-                out.setdefault(head, METADATA_FILES[last])
+        head, _, last = k.rpartition("/")
+        if last in METADATA_FILES:
+            out.setdefault(head, METADATA_FILES[last])
     return out
 
 
