@@ -444,7 +444,7 @@ def _walk_ocdbt(item: Dir) -> tuple[dict[str, bytes], Iterable[str] | None]:
         inline, keys = ocdbt.index(base, frozenset(METADATA_FILES))
     except Exception:  # noqa: BLE001 - an optimisation: the per-key path reports real errors
         return {}, None
-    return inline, (list(keys) if len(keys) <= COMPACT_KEYS else keys)
+    return inline, (keys.strings() if len(keys) <= COMPACT_KEYS else keys)
 
 
 #: Databases with more keys than this keep them compact (iterated a little slower than a list).
