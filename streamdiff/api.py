@@ -15,7 +15,6 @@ from . import gcpause, malloc
 from .datatypes import (
     KeyPath,
     Kind,
-    Leaf,
     LeafResult,
     Pair,
     PairStatus,
@@ -319,7 +318,15 @@ def _result(
 ) -> LeafResult:
     a, b = p.a, p.b
     if structure_only and p.status is PairStatus.COMPARE and a is not None and b is not None:
-        if a.kind is b.kind and a.dtype == b.dtype and a.kind not in VALUE_KINDS and _unmoved(a) and _unmoved(b):
+        if (
+            a.kind is b.kind
+            and a.dtype == b.dtype
+            and a.kind not in VALUE_KINDS
+            and a.view is None
+            and b.view is None
+            and (a.source_path is None or a.source_path == a.path)
+            and (b.source_path is None or b.source_path == b.path)
+        ):  # unmoved: `moved_source` gives None for both
             # The common pair, as decided below in fewer steps: same kind and dtype, nothing to report.
             return LeafResult(p.path, Status.EQUAL, a.kind, a.shape, None, a.dtype)
     ref = p.ref
@@ -401,11 +408,6 @@ def _result(
     differs = stats.mismatches > 0 or dtype_differs
     msg = "; ".join(outcome.warnings) or None
     return out(Status.DIFFERENT if differs else Status.EQUAL, msg, stats)
-
-
-def _unmoved(leaf: Leaf) -> bool:
-    """Where it was stored, not viewed: `moved_source` gives None."""
-    return leaf.view is None and (leaf.source_path is None or leaf.source_path == leaf.path)
 
 
 def _allowed(policy: Policy, b: float | complex | str) -> float:

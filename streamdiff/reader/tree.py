@@ -164,7 +164,11 @@ def build_tree(item: Dir) -> Tree:
 
     # The parsed _METADATA is the biggest object of a huge tree (objects per key): not held past here.
     del metadata, raw
-    needing = [e for e in entries if e.needs_array]
+    no_array = orbax.NO_ARRAY_VALUE_TYPES
+    # `needs_array`, its common case (no spec, no inline value) tested without a call per entry
+    needing = [
+        e for e in entries if ((e.value_type not in no_array and not e.has_inline) if e.spec is None else e.needs_array)
+    ]
     wanted = [e.storage_name for e in needing]
     if stored is None:
         stored, probed = _probe_per_leaf(item, wanted)
@@ -184,7 +188,7 @@ def build_tree(item: Dir) -> Tree:
     leaves: dict[KeyPath, Leaf] = {}
     sources = _Sources(item, ocdbt)
     plain = not (claimed or legacy_strings or prng)  # then an entry whose array was typed is a plain array leaf
-    no_array, scalar_types, array = orbax.NO_ARRAY_VALUE_TYPES, orbax.SCALAR_VALUE_TYPES, Kind.ARRAY
+    scalar_types, array = orbax.SCALAR_VALUE_TYPES, Kind.ARRAY
     for entry in entries:
         md = arrays.get(entry.storage_name)
         if plain and type(md) is ArrayMetadata and entry.conflict is None and entry.spec is None:
