@@ -323,6 +323,18 @@ def _result(
     sample: Sample | None = None,
 ) -> LeafResult:
     a, b = p.a, p.b
+    if structure_only and p.status is PairStatus.COMPARE and a is not None and b is not None:
+        if (
+            a.kind is b.kind
+            and a.dtype == b.dtype
+            and a.kind not in VALUE_KINDS
+            and a.view is None
+            and b.view is None
+            and (a.source_path is None or a.source_path == a.path)
+            and (b.source_path is None or b.source_path == b.path)
+        ):  # unmoved: `moved_source` gives None for both
+            # The common pair, as decided below in fewer steps: same kind and dtype, nothing to report.
+            return LeafResult(p.path, Status.EQUAL, a.kind, a.shape, None, a.dtype)
     ref = p.ref
     source_a, source_b = moved_source(a), moved_source(b)
     dtype_b: str | None = None

@@ -164,7 +164,11 @@ def build_tree(item: Dir) -> Tree:
 
     # The parsed _METADATA is the biggest object of a huge tree (objects per key): not held past here.
     del metadata, raw
-    needing = [e for e in entries if e.needs_array]
+    no_array = orbax.NO_ARRAY_VALUE_TYPES
+    # `needs_array`, its common case (no spec, no inline value) tested without a call per entry
+    needing = [
+        e for e in entries if ((e.value_type not in no_array and not e.has_inline) if e.spec is None else e.needs_array)
+    ]
     wanted = [e.storage_name for e in needing]
     if stored is None:
         stored, probed = _probe_per_leaf(item, wanted)
@@ -184,11 +188,16 @@ def build_tree(item: Dir) -> Tree:
     leaves: dict[KeyPath, Leaf] = {}
     sources = _Sources(item, ocdbt)
     plain = not (claimed or legacy_strings or prng)  # then an entry whose array was typed is a plain array leaf
+    scalar_types, array = orbax.SCALAR_VALUE_TYPES, Kind.ARRAY
     for entry in entries:
         md = arrays.get(entry.storage_name)
         if plain and type(md) is ArrayMetadata and entry.conflict is None and entry.spec is None:
-            if not entry.has_inline and entry.value_type not in orbax.NO_ARRAY_VALUE_TYPES:
-                leaves[entry.keys] = _array_leaf(entry, md, sources, None)  # the common case, as decided below
+            vt = entry.value_type
+            if not entry.has_inline and vt not in no_array:
+                # The common case, as decided below (`_array_leaf` without a PRNG key), in fewer steps.
+                kind = Kind.SCALAR if md.shape == () and vt in scalar_types else array
+                source = sources.of(entry.storage_name, md)
+                leaves[entry.keys] = Leaf(entry.keys, kind, vt, md.shape, md.dtype, source, None, None)
                 continue
         if entry.keys in claimed:
             why = f"value_type {entry.value_type!r} in the tree (no stored array), {claimed[entry.keys]}"
@@ -322,8 +331,10 @@ def _entries_from_metadata(
     """The leaves `_METADATA` names, and (why, by path) the legacy msgpack file's entries it lacks:
     orbax restores from both, so a value only the msgpack file holds is never silently dropped."""
     if packed is None:  # the common case, kept lean: one tuple per leaf of a tree of 100k
+        # `_Entry(...)` with its defaults spelled out (all 8 fields), without its Python-level __new__.
+        new, join = tuple.__new__, ".".join
         return [
-            _Entry(e.keys, e.value.value_type, ".".join(e.keys), e.value.skip_deserialize)
+            new(_Entry, (e.keys, e.value.value_type, join(e.keys), e.value.skip_deserialize, None, False, None, None))
             for e in orbax.without_placeholders(metadata)
         ], {}
     inline = {m.keys: m for m in packed}
@@ -396,24 +407,30 @@ def _zarr_documents(
     its object shared (nothing downstream mutates it)."""
     docs: dict[str, tuple[int, Any]] = {}
     pending: dict[str, ts.Future[ts.KvStore.ReadResult]] = {}
-    parsed: dict[bytes, Any] = {}
+    # Per format: bytes -> (format, document), the pair itself shared by every name with those bytes.
+    parsed: dict[int, dict[bytes, tuple[int, Any]]] = {fmt: {} for fmt in METADATA_FILE}
 
     def add(name: str, fmt: int, raw: bytes) -> None:
-        doc = parsed.get(raw)
-        if doc is None:
-            doc = parsed[raw] = _parse_json(raw, item, _meta_key(name, fmt))
-        docs[name] = (fmt, doc)
+        got = parsed[fmt].get(raw)
+        if got is None:
+            got = parsed[fmt][raw] = (fmt, _parse_json(raw, item, _meta_key(name, fmt)))
+        docs[name] = got
 
+    meta = METADATA_FILE
     for name in names:
         fmt = stored.get(name)
         if fmt is None or name in docs or name in pending:
             continue
-        key = _meta_key(name, fmt)
+        key = name + "/" + meta[fmt] if name else meta[fmt]  # `_meta_key`, once per leaf of a huge tree
         raw = inline.get(key)
-        if raw is not None:
+        if raw is None:
+            pending[name] = kv.read(key) if kv is not None else item.read_async(key)
+            continue
+        got = parsed[fmt].get(raw)
+        if got is None:
             add(name, fmt, raw)
         else:
-            pending[name] = kv.read(key) if kv is not None else item.read_async(key)
+            docs[name] = got
     for name, fut in pending.items():
         fmt = stored[name]
         raw = result_bytes(fut, f"{item.display}/{_meta_key(name, fmt)}")
@@ -431,7 +448,7 @@ def _walk_ocdbt(item: Dir) -> tuple[dict[str, bytes], Iterable[str] | None]:
         inline, keys = ocdbt.index(base, frozenset(METADATA_FILES))
     except Exception:  # noqa: BLE001 - an optimisation: the per-key path reports real errors
         return {}, None
-    return inline, (list(keys) if len(keys) <= COMPACT_KEYS else keys)
+    return inline, (keys.strings() if len(keys) <= COMPACT_KEYS else keys)
 
 
 #: Databases with more keys than this keep them compact (iterated a little slower than a list).

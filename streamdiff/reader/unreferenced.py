@@ -49,6 +49,8 @@ DESCRIPTOR_DIR = "descriptor"
 DESCRIPTOR_FILE = re.compile(r"descriptor\.pbtxt|uuid-[^/]*")
 #: Shown per folder: at most this many of the keys it holds.
 SHOWN = 3
+#: Chunk keys whose test result is remembered, per distinct metadata document.
+REMEMBERED = 1 << 12
 
 
 def is_bookkeeping(name: str, kind: str, ocdbt: bool) -> bool:
@@ -124,6 +126,10 @@ def chunk_key_test(md: ArrayMetadata) -> Callable[[str], bool]:
     return test
 
 
+#: name -> (its chunk-key test, the answers that test remembers)
+_Tests = dict[str, tuple[Callable[[str], bool], dict[str, bool]]]
+
+
 def ocdbt_leftovers(
     keys: Iterable[str],
     stored: set[str],
@@ -146,28 +152,19 @@ def ocdbt_leftovers(
             extra[(unread,)] = f"zarr array {unread!r} in the OCDBT store, not named by the checkpoint's tree: not read"
     strays: dict[str, list[str]] = {}
     odd: dict[str, list[str]] = {}
-    tests: dict[str, Callable[[str], bool]] = {}
-    by_doc: dict[int, Callable[[str], bool]] = {}  # arrays share a few metadata objects
+    tests: _Tests = {}
+    # Arrays share a few metadata objects, and their chunk keys repeat ('0.0', '0.1'...): each test
+    # remembers its first answers.
+    by_doc: dict[int, tuple[Callable[[str], bool], dict[str, bool]]] = {}
     for n, md in (arrays or {}).items():
         if n in used:
             if id(md) not in by_doc:
-                by_doc[id(md)] = chunk_key_test(md)
+                by_doc[id(md)] = (chunk_key_test(md), {})
             tests[n] = by_doc[id(md)]
-    # Keys come sorted: a run of chunk keys shares its array, unless one array's name is below another's.
-    runs = not any(owner(n, stored) is not None for n in stored if n)
-    last: str | None = None
-    name: str | None = None
-    test: Callable[[str], bool] | None = None
-    for k in keys:
-        if last is None or not runs or not k.startswith(last):
-            name = owner(k, stored)
-            if name is None:
-                strays.setdefault(k.partition("/")[0], []).append(k)
-                last = None
-                continue
-            last, test = (name + "/" if name else ""), tests.get(name)
-        if test is not None and name is not None and not test(k[len(last) :]):
-            odd.setdefault(name, []).append(k[len(last) :])
+    if "" not in stored and "/" not in "\n".join(stored):  # orbax's names: a key's array is its first part
+        _owned_keys(keys, stored, tests, strays, odd)
+    else:
+        _nested_keys(keys, stored, tests, strays, odd)
     for head, inside in sorted(strays.items()):
         why = f"{len(inside)} key(s) in the OCDBT store outside any zarr array ({_shown(inside)}): not read"
         extra[(head,)] = extra[(head,)] + "; also " + why if (head,) in extra else why
@@ -175,6 +172,69 @@ def ocdbt_leftovers(
         why = f"{len(inside)} key(s) in array {name!r} that are not its chunks ({_shown(inside)}): not read"
         extra[(name,)] = extra[(name,)] + "; also " + why if (name,) in extra else why
     return extra, claimed
+
+
+def _check(rest: str, test: Callable[[str], bool], known: dict[str, bool]) -> bool:
+    ok = known.get(rest)
+    if ok is None:
+        ok = test(rest)
+        if len(known) < REMEMBERED:
+            known[rest] = ok
+    return ok
+
+
+def _owned_keys(
+    keys: Iterable[str], stored: set[str], tests: _Tests, strays: dict[str, list[str]], odd: dict[str, list[str]]
+) -> None:
+    """`ocdbt_leftovers`' key check when no array name holds '/' and none is '': a key belongs to
+    the array named by its first part, if any. Keys in any order."""
+    current: str | None = None
+    owned = False
+    test: Callable[[str], bool] | None = None
+    known: dict[str, bool] = {}
+    for k in keys:
+        name, sep, rest = k.partition("/")
+        if not sep:
+            strays.setdefault(k, []).append(k)
+            continue
+        if name != current:
+            current, owned = name, name in stored
+            test, known = tests.get(name, (None, known))
+        if not owned:
+            strays.setdefault(name, []).append(k)
+        elif test is not None:
+            ok = known.get(rest)
+            if ok is None:
+                ok = _check(rest, test, known)
+            if not ok:
+                odd.setdefault(name, []).append(rest)
+
+
+def _nested_keys(
+    keys: Iterable[str], stored: set[str], tests: _Tests, strays: dict[str, list[str]], odd: dict[str, list[str]]
+) -> None:
+    """`ocdbt_leftovers`' key check for any array names: each key's owner is its longest prefix
+    that names an array."""
+    # Keys come sorted: a run of chunk keys shares its array, unless one array's name is below another's.
+    # (A name without '/' can only be below the bare-leaf array '', and only names with '/' below others.)
+    runs = not ("" in stored and len(stored) > 1) and not any(owner(n, stored) is not None for n in stored if "/" in n)
+    last: str | None = None
+    name: str | None = None
+    test: Callable[[str], bool] | None = None
+    known: dict[str, bool] = {}
+    for k in keys:
+        if last is None or not runs or not k.startswith(last):
+            name = owner(k, stored)
+            if name is None:
+                strays.setdefault(k.partition("/")[0], []).append(k)
+                last = None
+                continue
+            last = name + "/" if name else ""
+            test, known = tests.get(name, (None, known))
+        if test is not None and name is not None:
+            rest = k[len(last) :]
+            if not _check(rest, test, known):
+                odd.setdefault(name, []).append(rest)
 
 
 def directory_leftovers(

@@ -26,6 +26,7 @@ import bisect
 import collections
 import contextlib
 import io
+import itertools
 import struct
 import threading
 import zlib
@@ -149,6 +150,19 @@ class KeySizes:
         """Every key, in order."""
         for k in self._raw_keys():
             yield k.decode()
+
+    def strings(self) -> list[str]:
+        """Every key, in order, as a list: when the keys are ASCII (orbax's are), one decode of the
+        buffer, each key then sliced by its length (its characters are its bytes)."""
+        if not self._keys.isascii():
+            return list(self)
+        text = self._keys.decode("ascii")
+        out = []
+        start = 0
+        for end in itertools.accumulate(self._key_at.lengths.tolist()):
+            out.append(text[start:end])
+            start = end
+        return out
 
     def _raw_keys(self) -> Iterator[bytes | bytearray]:
         """Every key's bytes, in order (lengths turned into Python ints a piece at a time)."""
