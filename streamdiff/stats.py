@@ -251,6 +251,8 @@ _TINY = float(np.finfo(np.float64).tiny)
 #: When bounds leave at most 1/_FEW of a tile's elements undecided (the tolerance test) or possibly
 #: holding the largest ratio (the relative difference), only those are computed one by one.
 _FEW = 16
+#: Largest float64: a ratio d/|b| overflows to inf where |b| < |d| / _MAX.
+_MAX = float(np.finfo(np.float64).max)
 #: Dtypes whose |b| numpy takes natively; others are widened to float64 first.
 _NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -396,8 +398,11 @@ def _relative(
     bk = float(t[k])
     seed = max(dm / b_at if b_at else math.inf, abs(float(d[k])) / bk if bk else (math.inf if d[k] else 0.0))
     best = max(out.max_rel, seed)
-    if best > 0 and math.isfinite(dm / best):
-        np.less_equal(t, _at_least(dm / best * (1 + 2.0**-40), t.dtype), out=m)  # margin: rounding
+    # An infinite best (b == 0, or a ratio that overflowed) is reached by ratios that overflow too:
+    # those where |b| <= |d| / the largest double, not only those where b == 0.
+    limit = dm / best if best < math.inf else dm / _MAX
+    if best > 0 and math.isfinite(limit):
+        np.less_equal(t, _at_least(limit * (1 + 2.0**-40), t.dtype), out=m)  # margin: rounding
         few = int(np.count_nonzero(m))
         if few == 0:
             return  # nothing here reaches the block's best ratio

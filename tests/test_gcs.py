@@ -346,3 +346,28 @@ def test_a_remote_prefix_is_listed_once_per_side_from_locating_to_the_built_tree
     listings = [line.split(" ")[1] for line in lines if "/o?" in line]
     assert listings, lines
     assert max(listings.count(x) for x in set(listings)) == 2, listings
+
+
+@pytest.mark.parametrize("where", ["root", "step"])
+def test_a_file_the_tree_does_not_name_in_a_step_on_gcs_is_seen_whichever_prefix_was_listed(gcs, tmp_path, where):
+    """Manager roots (orbax CheckpointManager) where only B's step 1 item holds a file `_METADATA` does
+    not name: over GCS, given the roots with --step or the steps themselves (a listing of a prefix
+    above the item, or of the step), the file is an only_b leaf and the exit is 1, as locally."""
+    import orbax.checkpoint as ocp
+
+    for name in ("a", "b"):
+        with ocp.CheckpointManager(tmp_path / name) as mngr:
+            mngr.save(1, args=ocp.args.StandardSave({"w": np.arange(8, dtype=np.float32)}))
+            mngr.wait_until_finished()
+        items = [p for p in (tmp_path / name / "1").iterdir() if p.is_dir()]
+        assert len(items) == 1, items
+        if name == "b":
+            (items[0] / "notes.txt").write_text("not in the tree")
+        upload(str(tmp_path / name), BUCKET, f"mgr_unref_{where}_{name}")
+    args = ["--step", "1"] if where == "root" else []
+    sub = "" if where == "root" else "/1"
+    local = run_cli(f"{tmp_path / 'a'}{sub}", f"{tmp_path / 'b'}{sub}", "--json", "-", "-q", *args)
+    remote = run_cli(gs(f"mgr_unref_{where}_a{sub}"), gs(f"mgr_unref_{where}_b{sub}"), "--json", "-", "-q", *args)
+    for r in (local, remote):
+        assert r.code == 1, r.err
+        assert {x["path"]: x["status"] for x in r.json["leaves"]} == {"w": "equal", "notes.txt": "only_b"}
