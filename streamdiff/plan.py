@@ -84,6 +84,22 @@ REMOTE_IN_FLIGHT = 16
 REMOTE_IN_FLIGHT_BYTES = 128 << 20
 
 
+#: Pause between the first submissions of large tasks on a remote store. Equal reads started at once
+#: share the link and all finish at once; the tasks they free then start their reads together, and
+#: the link idles a round trip before the first byte of any of them, over and over. Starting the
+#: first reads a little apart keeps their ends apart for the rest of the run (each finished read
+#: frees a task whose read starts while the others still transfer).
+REMOTE_STAGGER_SECONDS = 0.03
+#: ... for tasks at least this large: a smaller task's read is over in about a round trip anyway,
+#: and a run of small tasks should not wait.
+REMOTE_STAGGER_MIN_BYTES = 8 << 20
+
+
+def fill_stagger(remote: bool, task_bytes: int) -> float:
+    """Seconds to wait before submitting another task while the first ones are still in flight."""
+    return REMOTE_STAGGER_SECONDS if remote and task_bytes >= REMOTE_STAGGER_MIN_BYTES else 0.0
+
+
 def tasks_in_flight(mem: MemoryPlan, remote: bool, task_bytes: int) -> int:
     """Tasks of `task_bytes` each the executor keeps in flight at most (besides the cap on their
     bytes): `mem.in_flight`, or on a remote store up to REMOTE_IN_FLIGHT of them while they hold

@@ -352,3 +352,13 @@ def test_tasks_in_flight_grow_on_remote_stores_up_to_16_tasks_or_128_mib_never_b
     assert tasks_in_flight(m, remote=True, task_bytes=12 * MiB) == 10  # 128 MiB / 12 MiB
     assert tasks_in_flight(m, remote=True, task_bytes=32 * MiB) == 6  # never fewer than the plan's
     assert tasks_in_flight(m, remote=True, task_bytes=0) == 16
+
+
+def test_only_large_tasks_on_remote_stores_start_their_reads_apart():
+    """The first reads of large remote tasks start REMOTE_STAGGER_SECONDS apart; local tasks and
+    small remote ones never wait."""
+    from streamdiff.plan import REMOTE_STAGGER_MIN_BYTES, REMOTE_STAGGER_SECONDS, fill_stagger
+
+    assert fill_stagger(True, REMOTE_STAGGER_MIN_BYTES) == REMOTE_STAGGER_SECONDS > 0
+    assert fill_stagger(True, REMOTE_STAGGER_MIN_BYTES - 1) == 0
+    assert fill_stagger(False, 1 << 30) == 0

@@ -9,6 +9,7 @@ pair are consecutive), so memory follows the pairs in flight, not the size of th
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Protocol
@@ -17,7 +18,7 @@ import tensorstore as ts
 
 from .. import malloc
 from ..datatypes import Pair
-from ..plan import MemoryPlan, Sample, tasks_in_flight
+from ..plan import MemoryPlan, Sample, fill_stagger, tasks_in_flight
 from ..stats import LeafStats, Policy
 from .chunks import ItemSizes
 from .plans import PairOutcome, cache_bytes, plan_pairs
@@ -172,6 +173,10 @@ class ThreadRun:
                         d = pending.pop(fut)
                         held -= d.nbytes
                         self._settle(fut, d)
+                if pending and not self.settled:
+                    stagger = fill_stagger(self._remote[1], t.nbytes)
+                    if stagger:
+                        time.sleep(stagger)  # plan.REMOTE_STAGGER_SECONDS: large remote reads end apart
                 submitted = self._submit(pool, t)
                 if submitted is None:
                     self._advance(t)
