@@ -304,8 +304,8 @@ def test_streamed_chunks_over_ocdbt_read_the_manifest_once_per_side_not_once_per
     """Byte-range reads through an OCDBT kvstore at tensorstore's default staleness bound (the read's
     own time) first read `manifest.ocdbt` again, one more round trip before each read of a streamed
     chunk; the engine's reads trust the manifest cached since the run began. Counted at a proxy
-    in front of the emulator: a handful of manifest reads (reader and engine, per side) for dozens
-    of streamed chunks."""
+    in front of the emulator: a handful of manifest requests (the reader's size probe and reads, the
+    engine's reads, per side) for dozens of streamed chunks."""
     from fault_proxy import Fault, FaultProxy
 
     with FaultProxy(gcs.port) as proxy:
@@ -317,7 +317,7 @@ def test_streamed_chunks_over_ocdbt_read_the_manifest_once_per_side_not_once_per
         )
     code, streamed = json.loads(p.stdout.strip().splitlines()[-1])
     assert code == 0 and streamed >= 30, p.stderr
-    assert 2 <= counter.seen <= 8, counter.seen
+    assert 2 <= counter.seen <= 10, counter.seen
 
 
 @pytest.mark.parametrize(

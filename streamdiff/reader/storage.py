@@ -201,6 +201,26 @@ class Dir:
             return read_capped(self.storage.kv, self.relpath + name, max_bytes, display)
         return self.storage.kv.read(self.relpath + name)
 
+    def refuse_big(self, names: list[str], max_bytes: int = MAX_METADATA_BYTES) -> SizeChecks:
+        """Begin checking that none of `names` holds more than `max_bytes`, for files tensorstore reads
+        whole by itself (an OCDBT manifest): on local disk at once (`check_file`), on a remote store
+        with the one-byte probe of `read_capped`, all at once; `SizeChecks.wait` raises for the first
+        one over the limit. A missing file passes: whoever reads it reports it."""
+        if self.storage.is_local:
+            for name in names:
+                check_file(
+                    os.path.join(self.storage.root_path, self.relpath + name), self.display + "/" + name, max_bytes
+                )
+            return SizeChecks([], max_bytes)
+        kv = self.storage.kv
+        return SizeChecks(
+            [
+                (self.display + "/" + n, kv.read(self.relpath + n, byte_range=slice(max_bytes, max_bytes + 1)))
+                for n in names
+            ],
+            max_bytes,
+        )
+
     def exists(self, name: str) -> bool:
         """Whether the object exists, reading none of its bytes (it may be a 1 GB file)."""
         if self.storage.is_local:
@@ -266,14 +286,35 @@ def read_capped(kv: ts.KvStore, key: str, max_bytes: int, display: str) -> ts.Fu
                 promise.set_exception(e2)
             return
         if r.state == "value":
-            promise.set_exception(
-                CorruptCheckpointError(f"{display}: over the {human_bytes(max_bytes)} limit for a metadata file")
-            )
+            promise.set_exception(_over_limit(display, max_bytes))
         else:  # missing: nothing more to read
             promise.set_result(r)
 
     kv.read(key, byte_range=slice(max_bytes, max_bytes + 1)).add_done_callback(probed)
     return future
+
+
+@dataclass(frozen=True)
+class SizeChecks:
+    """Probes begun by `Dir.refuse_big`: (display name, read of the byte at the limit)."""
+
+    probes: list[tuple[str, ts.Future[ts.KvStore.ReadResult]]]
+    max_bytes: int
+
+    def wait(self) -> None:
+        for display, probe in self.probes:
+            try:
+                r = probe.result()
+            except Exception as e:
+                if _unsatisfiable(e):
+                    continue  # no byte at the limit: the object is smaller
+                raise storage_error(e, display) from e
+            if r.state == "value":
+                raise _over_limit(display, self.max_bytes)
+
+
+def _over_limit(display: str, max_bytes: int) -> CorruptCheckpointError:
+    return CorruptCheckpointError(f"{display}: over the {human_bytes(max_bytes)} limit for a metadata file")
 
 
 def _stat(kv: ts.KvStore, key: str | bytes) -> ts.Future[ts.KvStore.ReadResult]:

@@ -107,6 +107,8 @@ def build_tree(item: Dir) -> Tree:
     ocdbt = "manifest.ocdbt" in files
 
     # Issue every independent read at once: on GCS each is a round trip.
+    # tensorstore reads an OCDBT manifest whole, so its size is checked first (its probes overlap the reads below).
+    manifests = item.refuse_big(_manifest_names(item, children) if ocdbt and not item.storage.is_local else [])
     futures = {n: item.read_async(n, _max_bytes(n)) for n in ("_METADATA", "_strings.json", "checkpoint") if n in files}
     am_dir = item.child("array_metadatas")
     am_names = [n for n, k in am_dir.list_children().items() if k == "file"] if "array_metadatas" in children else []
@@ -117,6 +119,7 @@ def build_tree(item: Dir) -> Tree:
     inline: dict[str, bytes] = {}  # zarr metadata already in hand: from the B-tree walk or the per-leaf probe
     if ocdbt:
         _audit_ocdbt(item, children)
+        manifests.wait()
         ocdbt_kv = _open_ocdbt(item)
         inline, keys_walked = _walk_ocdbt(item)
         if keys_walked is None:
@@ -272,6 +275,19 @@ def _plain_store(keys: Iterable[str], stored: dict[str, int]) -> bool:
 
 def _max_bytes(name: str) -> int:
     return validate.MAX_MSGPACK_BYTES if name == "checkpoint" else validate.MAX_METADATA_BYTES
+
+
+def _manifest_names(item: Dir, children: dict[str, str]) -> list[str]:
+    """The item's OCDBT manifests tensorstore may read: its own and each process's (multi-process saves)."""
+    names = [n for n, k in children.items() if k == "file" and n.startswith("manifest")]
+    for name, kind in children.items():
+        if kind == "dir" and name.startswith("ocdbt.process_"):
+            names.extend(
+                name + "/" + n
+                for n, k in item.child(name).list_children().items()
+                if k == "file" and n.startswith("manifest")
+            )
+    return names
 
 
 def _audit_ocdbt(item: Dir, children: dict[str, str]) -> None:
