@@ -212,13 +212,8 @@ class Dir:
                     os.path.join(self.storage.root_path, self.relpath + name), self.display + "/" + name, max_bytes
                 )
             return SizeChecks([], max_bytes)
-        kv = self.storage.kv
         return SizeChecks(
-            [
-                (self.display + "/" + n, kv.read(self.relpath + n, byte_range=slice(max_bytes, max_bytes + 1)))
-                for n in names
-            ],
-            max_bytes,
+            [(self.display + "/" + n, _probe(self.storage.kv, self.relpath + n, max_bytes)) for n in names], max_bytes
         )
 
     def exists(self, name: str) -> bool:
@@ -275,22 +270,21 @@ def read_capped(kv: ts.KvStore, key: str, max_bytes: int, display: str) -> ts.Fu
 
     def probed(probe: ts.Future[ts.KvStore.ReadResult]) -> None:
         try:
-            r = probe.result()
-        except Exception as e:  # noqa: BLE001 - handed on, or the expected "no such byte"
-            if not _unsatisfiable(e):
-                promise.set_exception(e)
-                return
+            r = _probe_result(probe)
+        except Exception as e:  # noqa: BLE001 - handed to whoever waits on the future
+            promise.set_exception(e)
+            return
+        if r is None:  # smaller than the limit: read it
             try:
                 kv.read(key).add_done_callback(forward)
-            except Exception as e2:  # noqa: BLE001 - raised in a tensorstore callback it would be lost: hand it on
-                promise.set_exception(e2)
-            return
-        if r.state == "value":
+            except Exception as e:  # noqa: BLE001 - raised in a tensorstore callback it would be lost: hand it on
+                promise.set_exception(e)
+        elif r.state == "value":
             promise.set_exception(_over_limit(display, max_bytes))
         else:  # missing: nothing more to read
             promise.set_result(r)
 
-    kv.read(key, byte_range=slice(max_bytes, max_bytes + 1)).add_done_callback(probed)
+    _probe(kv, key, max_bytes).add_done_callback(probed)
     return future
 
 
@@ -304,13 +298,27 @@ class SizeChecks:
     def wait(self) -> None:
         for display, probe in self.probes:
             try:
-                r = probe.result()
+                r = _probe_result(probe)
             except Exception as e:
-                if _unsatisfiable(e):
-                    continue  # no byte at the limit: the object is smaller
                 raise storage_error(e, display) from e
-            if r.state == "value":
+            if r is not None and r.state == "value":
                 raise _over_limit(display, self.max_bytes)
+
+
+def _probe(kv: ts.KvStore, key: str, max_bytes: int) -> ts.Future[ts.KvStore.ReadResult]:
+    """A read of the one byte at offset `max_bytes`: it exists only in an object over the limit."""
+    return kv.read(key, byte_range=slice(max_bytes, max_bytes + 1))
+
+
+def _probe_result(probe: ts.Future[ts.KvStore.ReadResult]) -> ts.KvStore.ReadResult | None:
+    """A `_probe`'s answer: None when the object ends before the limit (the server answers 416),
+    else the read (state "value": over the limit; "missing": no such object). Other errors raise."""
+    try:
+        return probe.result()
+    except Exception as e:
+        if _unsatisfiable(e):
+            return None
+        raise
 
 
 def _over_limit(display: str, max_bytes: int) -> CorruptCheckpointError:
