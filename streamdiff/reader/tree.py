@@ -441,12 +441,8 @@ def _zarr_documents(
         raw = inline.get(key)
         if raw is None:
             pending[name] = kv.read(key) if kv is not None else item.read_async(key)
-            continue
-        got = parsed[fmt].get(raw)
-        if got is None:
-            add(name, fmt, raw)
         else:
-            docs[name] = got
+            add(name, fmt, raw)
     for name, fut in pending.items():
         fmt = stored[name]
         raw = result_bytes(fut, f"{item.display}/{_meta_key(name, fmt)}")

@@ -202,8 +202,6 @@ def without_placeholders(entries: tuple[TreeEntry, ...]) -> list[TreeEntry]:
             if keys in prefixes:
                 break
             prefixes.add(keys)
-    if not any(e.keys in prefixes for e in entries):
-        return list(entries)
     return [e for e in entries if e.keys not in prefixes]
 
 
