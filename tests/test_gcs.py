@@ -300,7 +300,7 @@ print(json.dumps([r.exit_code, sum(x.stats.blocks or 0 for x in r.leaves if x.st
 """
 
 
-def test_streamed_chunks_over_ocdbt_read_the_manifest_once_per_side_not_once_per_read(gcs):
+def test_streamed_chunks_over_ocdbt_request_the_manifest_at_most_10_times_not_once_per_read(gcs):
     """Byte-range reads through an OCDBT kvstore at tensorstore's default staleness bound (the read's
     own time) first read `manifest.ocdbt` again, one more round trip before each read of a streamed
     chunk; the engine's reads trust the manifest cached since the run began. Counted at a proxy

@@ -354,7 +354,7 @@ def test_tasks_in_flight_grow_on_remote_stores_up_to_16_tasks_or_128_mib_never_b
     assert tasks_in_flight(m, remote=True, task_bytes=0) == 16
 
 
-def test_only_large_tasks_on_remote_stores_start_their_reads_apart():
+def test_fill_stagger_pauses_only_before_large_tasks_on_remote_stores():
     """The first reads of large remote tasks start REMOTE_STAGGER_SECONDS apart; local tasks and
     small remote ones never wait."""
     from streamdiff.plan import REMOTE_STAGGER_MIN_BYTES, REMOTE_STAGGER_SECONDS, fill_stagger
