@@ -334,7 +334,7 @@ def _result(
             and (b.source_path is None or b.source_path == b.path)
         ):  # unmoved: `moved_source` gives None for both
             # The common pair, as decided below in fewer steps: same kind and dtype, nothing to report.
-            return LeafResult(p.path, Status.EQUAL, a.kind, a.shape, None, a.dtype)
+            return LeafResult(p.path, Status.EQUAL, a.kind, a.shape, dtype=a.dtype)
     ref = p.ref
     source_a, source_b = moved_source(a), moved_source(b)
     dtype_b: str | None = None

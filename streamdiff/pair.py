@@ -24,7 +24,7 @@ def pair_trees(a: dict[KeyPath, Leaf], b: dict[KeyPath, Leaf]) -> list[Pair]:
             out.append(Pair(path, la, None, PairStatus.ONLY_A))
             continue
         in_both += 1
-        if (  # both `_plain`, spelled out: a call per leaf costs more than the test
+        if (  # no error, nothing uncomparable, no container chain: inline, a call per leaf costs more
             la.kind is lb.kind is Kind.ARRAY
             and la.shape == lb.shape
             and la.error is None
@@ -77,11 +77,6 @@ def _pair(path: KeyPath, a: Leaf, b: Leaf | None) -> Pair:
         why = f"{a.kind} vs {b.kind} (a typed PRNG key against raw key data)"
         return Pair(path, a, b, PairStatus.KIND_MISMATCH, why)
     return Pair(path, a, b, PairStatus.COMPARE)
-
-
-def _plain(leaf: Leaf) -> bool:
-    """No error, nothing the reader could not compare, no container chain to check."""
-    return leaf.error is None and leaf.not_compared is None and leaf.containers is None
 
 
 def _chain(containers: tuple[str, ...]) -> str:

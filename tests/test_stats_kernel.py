@@ -150,7 +150,7 @@ def test_largest_relative_difference_found_across_tiles_and_at_zeros():
     assert (s.max_rel, s.max_rel_index) == (math.inf, 700)
 
 
-def test_nan_in_the_second_tile_goes_to_the_exact_path_and_the_others_stay_fast():
+def test_nan_and_inf_in_the_second_tile_leave_every_stat_and_the_other_tiles_sums_equal_to_numpys():
     """A NaN (and an Inf) in the second tile: that tile alone takes the NaN-aware path; all
     statistics still equal numpy's, and the finite tiles' sums of squares are numpy's."""
     rng = np.random.default_rng(4)

@@ -80,6 +80,10 @@ class RawStore:
         self._sizes = sizes  # key -> stored size, or None when unknown
         self._local = _local_dir(source.spec["kvstore"])
         self._started: dict[tuple[int, ...], _Started] = {}  # chunks whose first reads are on their way
+        # First reads go out ahead of their task on remote stores only, and only where they do not
+        # wait for a shard index read first (none, or one at the shard's end).
+        index = self.format.shard_index
+        self._ahead = not source.is_local and (index is None or index.at_end)
         self._taken: tuple[int, ...] | None = None  # the furthest chunk (C order) a task has streamed
         self._lock = threading.Lock()
 
@@ -93,8 +97,7 @@ class RawStore:
         order chunk tasks are handed out): its shard index and, where the inner chunk must start
         its shard, its first `depth` pieces. The task that streams it then finds its round trips
         already made; a task streaming one chunk keeps the link busy for the next."""
-        index = self.format.shard_index
-        if self.source.is_local or (index is not None and not index.at_end):
+        if not self._ahead:
             return
         shape = self.format.shape
         if not shape or len(shape) != len(grid_index):
@@ -121,8 +124,7 @@ class RawStore:
         chunk (its shard index and first pieces, which do not wait for the index): a chunk nobody
         started ahead (a leaf's first, or one whose task came before its neighbour's) then costs one
         round trip before its bytes flow, not two. None on local stores."""
-        index = self.format.shard_index
-        if self.source.is_local or (index is not None and not index.at_end):
+        if not self._ahead:
             return None
         return self._start(grid_index, piece, depth)
 
@@ -143,7 +145,7 @@ class RawStore:
         return _Started(index, _ranges(self, key, 0, stop, piece, depth), stop)
 
     def fetch(self, key: str, byte_range: slice | None = None) -> Read:
-        """A read of `key` (or of `byte_range` of it) that trusts what was cached since the store opened."""
+        """A read of `key` (or of `byte_range` of it) that trusts what was cached since `self.since`."""
         if byte_range is None:
             return self.kv.read(key, staleness_bound=self.since)
         return self.kv.read(key, byte_range=byte_range, staleness_bound=self.since)

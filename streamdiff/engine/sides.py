@@ -226,18 +226,16 @@ class ItemStores:
                 store = self._held[key] = ts.KvStore.open(known[0], context=context).result()
             return store
 
-    def warm(self, leaf: Leaf, context: ts.Context) -> None:
-        """Begin, on a thread of its own, a read through the held store of each OCDBT item `leaf`
-        reads (its own metadata key): on a remote store it loads the manifest and B-tree root that
-        the first value read would otherwise wait for, round trip after round trip."""
+    def warm(self, base: Leaf, context: ts.Context) -> None:
+        """Begin, on a thread of its own, a read through the held store of the OCDBT item `base` (a
+        stored leaf, of `stored_bases`) is in (its own metadata key): on a remote store it loads the
+        manifest and B-tree root that the first value read would otherwise wait for, round trip
+        after round trip."""
+        kv = source_of(base).spec["kvstore"]
 
         def read() -> None:
             try:
-                for base in stored_bases(leaf):
-                    kv = source_of(base).spec["kvstore"]
-                    if kv.get("driver") == "ocdbt":
-                        key = kv.get("path", "") + "zarr.json"
-                        self._item(kv, context).read(key, staleness_bound=self.since).result()
+                self._item(kv, context).read(kv.get("path", "") + "zarr.json", staleness_bound=self.since).result()
             except Exception:  # noqa: BLE001 - a warm-up only; the real reads report real errors
                 pass
 

@@ -30,10 +30,15 @@ class Task:
 
 
 def tasks(
-    pairs: list[Pair], plans: Mapping[int, PairOutcome], mem: MemoryPlan, sample: Sample | None = None
+    pairs: list[Pair],
+    plans: Mapping[int, PairOutcome],
+    mem: MemoryPlan,
+    sample: Sample | None = None,
+    order: Iterable[int] | None = None,
 ) -> Iterator[Task]:
-    """Every task of every planned pair without an error, in pair order, then in block order."""
-    for i in sorted(plans):
+    """Every task of every planned pair without an error, in pair order (or in `order`, pair
+    indices of `plans`), then in block order."""
+    for i in sorted(plans) if order is None else order:
         if not plans[i].error:
             yield from pair_tasks(i, pairs[i], plans[i], mem, sample)
 

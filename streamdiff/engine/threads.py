@@ -22,8 +22,8 @@ from ..plan import MemoryPlan, Sample, fill_stagger, tasks_in_flight
 from ..stats import LeafStats, Policy
 from .chunks import ItemSizes
 from .plans import PairOutcome, cache_bytes, plan_pairs
-from .sides import STORAGE_ERRORS, ItemStores, OpenSide, Side, SideContexts, itemsize, one_line, stored_bases
-from .tasks import Task, pair_tasks, tasks
+from .sides import STORAGE_ERRORS, ItemStores, OpenSide, Side, SideContexts, itemsize, one_line, source_of, stored_bases
+from .tasks import Task, tasks
 from .work import PairWork, start_task
 
 ProgressFn = Callable[[int], None]
@@ -71,11 +71,9 @@ class FreshOpener:
                 continue
             for k, leaf in enumerate(self.pairs[i].both()):
                 for base in stored_bases(leaf):
-                    source = base.source
-                    kv = source.spec["kvstore"] if source is not None else {}
-                    if source is None or source.is_local or kv.get("driver") != "ocdbt":
-                        continue
-                    if (k, id(kv["base"])) in seen:
+                    source = source_of(base)
+                    kv = source.spec["kvstore"]
+                    if source.is_local or kv.get("driver") != "ocdbt" or (k, id(kv["base"])) in seen:
                         continue
                     seen.add((k, id(kv["base"])))
                     context = self.contexts.contexts[k]
@@ -100,11 +98,8 @@ def run_threads(
     opener = FreshOpener(pairs, contexts, cache_bytes(plans))
     opener.warm(plans)
     run = ThreadRun(pairs, policies, plans, mem, opener, progress, trim_memory)
-    if any(_remote(pairs[i]) for i in plans):
-        order = largest_first(pairs, plans)
-        run.execute(t for i in order if not plans[i].error for t in pair_tasks(i, pairs[i], plans[i], mem, sample))
-    else:
-        run.execute(tasks(pairs, plans, mem, sample))
+    order = largest_first(pairs, plans) if any(_remote(pairs[i]) for i in plans) else None
+    run.execute(tasks(pairs, plans, mem, sample, order))
     return plans
 
 
